@@ -1,0 +1,226 @@
+"""The agent's database: nodes, reservations, actions (deployments and other processes), events,
+environments, switches and monitoring samples.
+
+Every datetime is timezone-aware UTC (`UTCDateTime` stores naive UTC on SQLite and `timestamptz` on
+PostgreSQL, and always gives back aware values).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# Reservation statuses (DESIGN §5.2).
+CONFIGURING = "configuring"
+SCHEDULED = "scheduled"
+DEPLOYING = "deploying"
+DEPLOYED = "deployed"
+FAILED = "failed"
+DESTROYING = "destroying"
+ENDED = "ended"
+CANCELLED = "cancelled"
+RESERVATION_STATUSES = (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED, DESTROYING, ENDED, CANCELLED)
+# A reservation in one of these holds its node in the calendar.
+ACTIVE_STATUSES = (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED, DESTROYING)
+FINAL_STATUSES = (ENDED, CANCELLED)
+
+# Node statuses.
+NODE_AVAILABLE = "available"
+NODE_MAINTENANCE = "maintenance"
+NODE_BROKEN = "broken"
+NODE_STATUSES = (NODE_AVAILABLE, NODE_MAINTENANCE, NODE_BROKEN)
+
+# Action statuses.
+ACTION_PENDING = "pending"
+ACTION_RUNNING = "running"
+ACTION_DONE = "done"
+ACTION_FAILED = "failed"
+ACTION_CANCELLED = "cancelled"
+ACTION_OPEN = (ACTION_PENDING, ACTION_RUNNING)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16), default=NODE_AVAILABLE)
+    # What users see and filter on (model, cluster, cores, memory, archi...).
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What only the driver uses (switch, port, serial, ssh_port, host_key, network address...).
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # False once a remote inventory (g5k, iot-lab) no longer lists the node.
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Reservation(Base):
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name", ondelete="RESTRICT"), index=True)
+    owner: Mapped[str] = mapped_column(String(320), index=True)
+    bin: Mapped[str] = mapped_column(String(128), default="")
+    start: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # end + turnaround gap: the node is held until then (the exclusion constraint on PostgreSQL uses it).
+    busy_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default=CONFIGURING, index=True)
+    # The deploy form's values (environment, part_size, os_password, ssh_keys...).
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The driver's own bookkeeping (OAR job id, Kadeploy id, experiment id...).
+    driver_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What the user needs to reach the node (ssh command, user, host, port, url...).
+    connection: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Fernet token of {"user", "password"} forwarded by the webui; erased when the reservation ends.
+    credentials: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    node: Mapped[Node] = relationship(lazy="joined")
+    actions: Mapped[list[Action]] = relationship(
+        back_populates="reservation", order_by="Action.id", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[Event]] = relationship(
+        back_populates="reservation", order_by="Event.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (Index("ix_reservations_node_time", "node_name", "start", "busy_until"),)
+
+
+class Action(Base):
+    """One run of a process (deploy, destroy, reboot, redeploy, bootfiles, register_env) on one
+    reservation. The engine advances it step by step; the lease makes one executor own it."""
+
+    __tablename__ = "actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reservation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reservations.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    process: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=ACTION_PENDING, index=True)
+    step_index: Mapped[int] = mapped_column(Integer, default=0)
+    step_name: Mapped[str] = mapped_column(String(64), default="")
+    # When the current step began (the reference for reboot_after / fail_after).
+    step_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # True once the current step had its one automatic hard reboot.
+    step_rebooted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # True while `run()` of the current step has completed and the engine is polling `done()`.
+    step_ran: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    locked_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    reservation: Mapped[Reservation | None] = relationship(back_populates="actions")
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reservation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reservations.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    action_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node_name: Mapped[str] = mapped_column(String(128), default="")
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    step: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    reservation: Mapped[Reservation | None] = relationship(back_populates="events")
+
+
+class Environment(Base):
+    __tablename__ = "environments"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    image: Mapped[str] = mapped_column(String(512), default="")  # file name inside env_path
+    size: Mapped[int] = mapped_column(Integer, default=0)  # bytes of the uncompressed image
+    sector_start: Mapped[int] = mapped_column(Integer, default=0)  # first sector of the root partition
+    ssh_user: Mapped[str] = mapped_column(String(64), default="root")
+    web: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="available")
+    description: Mapped[str] = mapped_column(Text, default="")
+    checksum: Mapped[str] = mapped_column(String(128), default="")  # sha256 of the image file
+    owner: Mapped[str] = mapped_column(String(320), default="")  # "" = public
+
+
+class Switch(Base):
+    __tablename__ = "switches"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(255))
+    snmp_port: Mapped[int] = mapped_column(Integer, default=161)
+    community: Mapped[str] = mapped_column(String(128), default="private")
+    poe_oid: Mapped[str] = mapped_column(String(255), default="1.3.6.1.2.1.105.1.1.1.3.1")
+    oid_offset: Mapped[int] = mapped_column(Integer, default=0)
+    port_count: Mapped[int] = mapped_column(Integer, default=8)
+    power_oid: Mapped[str] = mapped_column(String(255), default="")
+    master_port: Mapped[int] = mapped_column(Integer, default=0)  # the uplink: never powered off
+
+
+class Sample(Base):
+    """A monitoring sample: power of a switch port (W) or a node's temperature (°C)."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "power" | "temperature"
+    subject: Mapped[str] = mapped_column(String(128))  # node name, or "switch:port"
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_samples_kind_subject_time", "kind", "subject", "time"),)

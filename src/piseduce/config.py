@@ -1,0 +1,222 @@
+"""Configuration files of the agent and the web UI.
+
+The seed's keys keep their meaning (`auth_token`, `port_number`, `node_type`, `g5k_site`,
+`iot_site`, `key_file`, `db_url`, `env_path`); `comments` keys are ignored; every new key has a
+safe default. Loading never raises anything but `ConfigError`, whose message is one line naming
+the file and the key, so the CLI can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+NodeType = Literal["raspberry", "g5k", "iot-lab"]
+NODE_TYPES: tuple[str, ...] = ("raspberry", "g5k", "iot-lab")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a one-line message naming the file and the key."""
+
+
+def _duplicate_keys_ok(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # The seed repeats "comments" several times in one object; json.loads keeps the last one,
+    # which is fine for comments, but a repeated real key would silently win: refuse it.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out and key != "comments":
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_duplicate_keys_ok)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    data.pop("comments", None)
+    return data
+
+
+def resolve_db_url(db_url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the config file's folder."""
+    prefix = "sqlite:///"
+    if db_url.startswith(prefix) and not db_url.startswith("sqlite:////"):
+        rel = db_url[len(prefix):]
+        if rel and rel != ":memory:" and not rel.startswith("file:"):
+            return prefix + str((base / rel).resolve())
+    return db_url
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return key, msg
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+    path: Path = Field(default=Path("config.json"), exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: str | Path) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+
+class AgentConfig(_Base):
+    auth_token: list[str]
+    port_number: int = Field(default=8090, ge=1, le=65535)
+    node_type: NodeType = "raspberry"
+    g5k_site: str = "nancy"
+    iot_site: str = "grenoble"
+    key_file: str = "secret.key"
+    db_url: str = "sqlite:///agent.db"
+    env_path: str = "environments/"
+
+    # New keys, all with safe defaults.
+    name: str = ""
+    host: str = "127.0.0.1"
+    tftp_root: str = "tftpboot"
+    nfs_root: str = "nfs"
+    ssh_key_file: str = "agent_ssh_key"
+    known_hosts_file: str = "known_hosts"
+    firmware_path: str = "firmwares/"
+    g5k_api_url: str = "https://api.grid5000.fr/stable"
+    iotlab_api_url: str = "https://www.iot-lab.info/api/"
+    max_duration_hours: float = Field(default=72, gt=0, le=24 * 365)
+    max_advance_days: float = Field(default=30, gt=0, le=3650)
+    max_nodes_per_user: int = Field(default=64, ge=1, le=100_000)
+    turnaround_minutes: float = Field(default=10, ge=0, le=24 * 60)
+    # Multiplies every step timeout; the simulators run faster than real hardware.
+    timeout_scale: float = Field(default=1.0, gt=0, le=100)
+    poll_interval: float = Field(default=2.0, gt=0, le=60)
+    max_concurrent_actions: int = Field(default=256, ge=1, le=10_000)
+    inventory_refresh_seconds: float = Field(default=300, ge=1)
+    monitor_period_seconds: float = Field(default=30, ge=1)
+    monitor_retention_days: float = Field(default=7, gt=0)
+    # "module:Class" of a driver to use instead of the one of node_type (tests, third-party types).
+    driver: str = ""
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v:
+            raise ValueError("must be a non-empty list of tokens")
+        for tok in v:
+            if not isinstance(tok, str) or len(tok) < 10:
+                raise ValueError("every token must be a string of at least 10 characters")
+        return v
+
+    @field_validator("env_path", "firmware_path")
+    @classmethod
+    def _trailing_slash(cls, v: str) -> str:
+        # The seed asks for a trailing '/'; tolerate it either way.
+        return v.rstrip("/") + "/" if v else v
+
+    @property
+    def site(self) -> str:
+        return {"g5k": self.g5k_site, "iot-lab": self.iot_site}.get(self.node_type, self.name or "local")
+
+    @property
+    def agent_name(self) -> str:
+        return self.name or f"{self.node_type}-{self.site}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.resolve(self.key_file)
+
+    @property
+    def env_dir(self) -> Path:
+        return self.resolve(self.env_path)
+
+    @property
+    def tftp_dir(self) -> Path:
+        return self.resolve(self.tftp_root)
+
+    @property
+    def firmware_dir(self) -> Path:
+        return self.resolve(self.firmware_path)
+
+    @property
+    def database_url(self) -> str:
+        return resolve_db_url(self.db_url, self.base_dir)
+
+
+class WebuiConfig(_Base):
+    port_number: int = Field(default=9000, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    db_url: str = "sqlite:///webui.db"
+    key_file: str = "secret.key"
+    secret_file: str = "session.secret"
+    agent_timeout_seconds: float = Field(default=1.5, gt=0, le=30)
+    health_check_seconds: float = Field(default=15, ge=1)
+    login_attempts_per_minute: int = Field(default=10, ge=1)
+
+    @property
+    def key_path(self) -> Path:
+        return self.resolve(self.key_file)
+
+    @property
+    def secret_path(self) -> Path:
+        return self.resolve(self.secret_file)
+
+    @property
+    def database_url(self) -> str:
+        return resolve_db_url(self.db_url, self.base_dir)
+
+
+def _load(model: type[_Base], path: str | Path) -> Any:
+    p = Path(path).expanduser().resolve()
+    data = read_json(p)
+    try:
+        cfg = model.model_validate({**data, "path": p})
+    except ValidationError as exc:
+        key, msg = _first_error(exc)
+        raise ConfigError(f"{p}: key {key!r}: {msg}") from None
+    known = set(model.model_fields)
+    for key in data:
+        if key not in known:
+            log.warning("%s: unknown key %r ignored", p, key)
+    return cfg
+
+
+def load_agent_config(path: str | Path, *, check_files: bool = True) -> AgentConfig:
+    cfg: AgentConfig = _load(AgentConfig, path)
+    if check_files and cfg.node_type in ("g5k", "iot-lab") and not cfg.key_path.is_file():
+        raise ConfigError(
+            f"{cfg.path}: key 'key_file': {cfg.key_path} does not exist; copy the key file generated by "
+            f"'piseduce webui gen-key' there (a {cfg.node_type} agent needs it to read users' credentials)"
+        )
+    return cfg
+
+
+def load_webui_config(path: str | Path) -> WebuiConfig:
+    cfg: WebuiConfig = _load(WebuiConfig, path)
+    return cfg

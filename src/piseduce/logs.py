@@ -1,0 +1,51 @@
+"""Logging: one line per event, with node, reservation and step when known; JSON for shippers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+CONTEXT_FIELDS = ("node", "reservation", "step", "process", "agent")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ctx = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None) is not None)
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if ctx:
+            line += f" [{ctx}]"
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for k in CONTEXT_FIELDS:
+            v = getattr(record, k, None)
+            if v is not None:
+                out[k] = v
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Never let HTTP client libraries log request headers (they may carry credentials).
+    for noisy in ("httpx", "httpcore", "asyncssh", "pysnmp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
