@@ -1,0 +1,94 @@
+"""Starting actions and recording events: the one place where the API and the engine create
+`Action` and `Event` rows, so both follow the same rules.
+
+Rules: a reservation has at most one open (pending or running) action; a `destroy` supersedes the
+open one (it is cancelled, with an event); any other request while an action is open is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from piseduce.agent.drivers.base import ActionRefused
+from piseduce.agent.models import (
+    ACTION_CANCELLED,
+    ACTION_OPEN,
+    Action,
+    Event,
+    Reservation,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_event(
+    session: Session,
+    reservation: Reservation | None,
+    message: str,
+    *,
+    step: str = "",
+    level: str = "info",
+    action: Action | None = None,
+) -> Event:
+    ev = Event(
+        reservation_id=reservation.id if reservation is not None else None,
+        action_id=action.id if action is not None else None,
+        node_name=reservation.node_name if reservation is not None else "",
+        time=utcnow(),
+        level=level,
+        step=step,
+        message=message[:4000],
+    )
+    session.add(ev)
+    log.log(
+        logging.WARNING if level in ("warning", "error") else logging.INFO,
+        message,
+        extra={
+            "node": ev.node_name or None,
+            "reservation": ev.reservation_id,
+            "step": step or None,
+            "process": action.process if action is not None else None,
+        },
+    )
+    return ev
+
+
+def open_action(session: Session, reservation_id: int) -> Action | None:
+    return session.scalars(
+        select(Action)
+        .where(Action.reservation_id == reservation_id, Action.status.in_(ACTION_OPEN))
+        .order_by(Action.id.desc())
+    ).first()
+
+
+def start_action(
+    session: Session,
+    reservation: Reservation,
+    process: str,
+    args: dict[str, Any] | None = None,
+    *,
+    supersede: bool = False,
+    reason: str = "",
+) -> Action:
+    """Queue `process` on `reservation` (the executor picks it up). Not committed here."""
+    current = open_action(session, reservation.id)
+    if current is not None:
+        if not supersede:
+            raise ActionRefused(
+                f"{reservation.node_name} is busy with '{current.process}' (step {current.step_name or 'starting'}); "
+                "wait for it to finish"
+            )
+        current.status = ACTION_CANCELLED
+        current.locked_by = None
+        current.locked_until = None
+        add_event(session, reservation, f"{current.process} cancelled by {process}", level="warning", action=current)
+    action = Action(reservation_id=reservation.id, process=process, args=dict(args or {}))
+    session.add(action)
+    session.flush()
+    add_event(session, reservation, reason or f"{process} requested", action=action)
+    return action
