@@ -186,3 +186,28 @@ class NodeIn(Strict):
 
 class NodeStatusIn(Strict):
     status: Literal["available", "maintenance", "broken"]
+
+
+class AdminNodeOut(BaseModel):
+    """A node as admins see it: what users see plus the driver's attributes (secrets removed)."""
+
+    name: str
+    ip: str
+    status: str
+    present: bool
+    properties: dict[str, Any]
+    attrs: dict[str, Any]
+
+
+class ActionOut(BaseModel):
+    id: int
+    reservation_id: int | None
+    node: str = ""
+    owner: str = ""
+    process: str
+    status: str
+    step: str
+    progress: int
+    error: str
+    locked_by: str | None = None
+    created_at: dt.datetime

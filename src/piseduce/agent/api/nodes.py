@@ -1,0 +1,98 @@
+"""The nodes users can book and the calendar of who holds them when."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import select
+
+from piseduce.agent import scheduling
+from piseduce.agent.api.deps import AgentState, StateDep, db, driver_errors
+from piseduce.agent.auth import Caller, CallerDep
+from piseduce.agent.models import Node
+from piseduce.agent.schemas import BusySlot, NodeOut, ScheduleOut
+
+router = APIRouter(prefix="/api", tags=["nodes"])
+
+MAX_WINDOW = dt.timedelta(days=31)
+# Far enough for any calendar, near enough that date arithmetic never overflows.
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+async def refresh_inventory(state: AgentState, caller: Caller) -> None:
+    if state.driver.remote_inventory:
+        async with driver_errors(state, "listing the nodes"):
+            await state.inventory.refresh(caller.credentials)
+
+
+def _nodes(state: AgentState) -> list[NodeOut]:
+    with state.sessions() as s:
+        rows = s.execute(
+            select(Node.name, Node.properties, Node.status).where(Node.present.is_(True)).order_by(Node.name)
+        )
+        return [NodeOut(name=r.name, properties=dict(r.properties or {}), status=r.status) for r in rows]
+
+
+@router.get("/nodes", response_model=list[NodeOut])
+async def nodes(state: StateDep, caller: CallerDep) -> list[NodeOut]:
+    await refresh_inventory(state, caller)
+    return await db(_nodes, state)
+
+
+def utc(t: dt.datetime, name: str) -> dt.datetime:
+    # A time without zone is taken as UTC (the calendar is in UTC everywhere).
+    t = t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+    if not EARLIEST <= t <= LATEST:
+        raise HTTPException(422, f"{name} must be between 2000 and 2200")
+    return t
+
+
+def _schedule(
+    state: AgentState, caller: Caller, start: dt.datetime, end: dt.datetime
+) -> dict[str, list[BusySlot]]:
+    with state.sessions() as s:
+        names = list(s.scalars(select(Node.name).where(Node.present.is_(True)).order_by(Node.name)))
+        found = scheduling.group_by_node(scheduling.slots(s, start, end))
+    out: dict[str, list[BusySlot]] = {n: [] for n in names}
+    for node, items in found.items():
+        if node not in out:
+            continue
+        out[node] = [
+            BusySlot(
+                start=x.start,
+                end=x.end,
+                owner=x.owner if caller.may_see(x.owner) else None,
+                mine=x.owner == caller.user,
+                reservation_id=x.reservation_id if caller.may_see(x.owner) else None,
+                status=x.status if caller.may_see(x.owner) else "",
+            )
+            for x in items
+        ]
+    return out
+
+
+@router.get("/schedule", response_model=ScheduleOut)
+async def schedule(
+    state: StateDep,
+    caller: CallerDep,
+    start: Annotated[dt.datetime, Query(description="ISO-8601 (UTC when no zone is given)")],
+    end: Annotated[dt.datetime, Query(description="ISO-8601; at most 31 days after start")],
+) -> ScheduleOut:
+    start, end = utc(start, "start"), utc(end, "end")
+    if end <= start:
+        raise HTTPException(422, "end must be after start")
+    if end - start > MAX_WINDOW:
+        raise HTTPException(422, "the window is limited to 31 days")
+    await refresh_inventory(state, caller)
+    async with driver_errors(state, "reading the remote calendar"):
+        remote = await state.driver.remote_busy(start, end, caller.credentials)
+    busy = await db(_schedule, state, caller, start, end)
+    for b in remote:
+        if b.node in busy:
+            busy[b.node].append(BusySlot(start=b.start, end=b.end, reason=b.reason))
+    for items in busy.values():
+        items.sort(key=lambda x: x.start)
+    return ScheduleOut(start=start, end=end, nodes=busy)

@@ -1,0 +1,129 @@
+"""`piseduce agent init-db|api|exec CONFIG`: the seed's three steps (init_database.py, agent_api.py,
+agent_exec.py). A bad config file ends the command with one line (`piseduce.cli.main` prints the
+ConfigError)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from piseduce.config import AgentConfig, ConfigError, load_agent_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+ConfigArg = Annotated[Path, typer.Argument(help="The agent's config_agent.json", show_default=False)]
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _setup(config: Path, log_format: LogFormat = LogFormat.text) -> AgentConfig:
+    from piseduce.logs import configure
+
+    # Logging first: unknown keys of the config are reported as warnings.
+    configure(fmt=log_format.value)
+    return load_agent_config(config)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(database)"
+
+
+def _current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from piseduce.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"cannot open the database {_safe_url(url)} (key 'db_url'): {exc.__class__.__name__}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+@app.command("init-db")
+def init_db(config: ConfigArg) -> None:
+    """Create or upgrade the agent's database (idempotent)."""
+    from piseduce import db
+
+    cfg = _setup(config)
+    # Alembic's INFO lines would drown the one line this command prints.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    url = cfg.database_url
+    before = _current_revision(url)
+    head = db.upgrade("agent", url)
+    where = _safe_url(url)
+    if before == head:
+        typer.echo(f"{where}: already up to date (revision {head})")
+    elif before is None:
+        typer.echo(f"{where}: tables created (revision {head})")
+    else:
+        typer.echo(f"{where}: upgraded from revision {before} to {head}")
+
+
+def _check_database(cfg: AgentConfig) -> None:
+    from piseduce.db import has_tables, make_engine
+
+    engine = make_engine(cfg.database_url)
+    try:
+        ready = has_tables(engine, "nodes", "reservations", "actions")
+    finally:
+        engine.dispose()
+    if not ready:
+        raise ConfigError(
+            f"{cfg.path}: the database of 'db_url' ({_safe_url(cfg.database_url)}) has no tables; "
+            f"run 'piseduce agent init-db {cfg.path}' first"
+        )
+
+
+@app.command("api")
+def api(
+    config: ConfigArg,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API worker processes")] = 1,
+    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+) -> None:
+    """Serve the agent API on the config's host and port_number."""
+    import uvicorn
+
+    from piseduce.agent.app import CONFIG_ENV, create_app
+
+    cfg = _setup(config, log_format)
+    _check_database(cfg)
+    common = {"host": cfg.host, "port": cfg.port_number, "log_config": None, "access_log": False}
+    if workers > 1:
+        # Each worker process builds its own app (and database engine) from the config path.
+        os.environ[CONFIG_ENV] = str(cfg.path)
+        uvicorn.run("piseduce.agent.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(cfg), **common)  # type: ignore[arg-type]
+
+
+@app.command("exec")
+def exec_(config: ConfigArg) -> None:
+    """Run the executor: deployments, actions and expiries (the durable state machine)."""
+    cfg = _setup(config)
+    _check_database(cfg)
+    from piseduce.agent.engine import run_executor
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_executor(cfg))
