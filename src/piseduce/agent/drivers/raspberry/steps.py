@@ -17,6 +17,7 @@ helper commands rewrite what they wrote. Timeouts are seconds of real hardware, 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -60,6 +61,8 @@ TIMEOUTS: dict[str, tuple[float | None, float | None]] = {
     "remove_boot": (None, 60),
     "power_off": (None, 60),
 }
+BOOT_WAITS = ("wait_nfs", "wait_deployed")
+MIN_WORK_SECONDS = 60.0
 
 
 def image_path(env_dir: Path, image: str) -> Path:
@@ -313,13 +316,17 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
     def step(name: str, run: Callable[[StepContext], Awaitable[None]], label: str, *,
              done: Callable[[StepContext], Awaitable[bool]] | None = None, weight: int = 1) -> Step:
         reboot_after, fail_after = TIMEOUTS[name]
+        fail = fail_after * scale if fail_after is not None else None
+        if fail is not None and name not in BOOT_WAITS:
+            # Only boots follow the (simulated) clock; writing a card takes real time at any scale.
+            fail = max(fail, MIN_WORK_SECONDS)
         return Step(
             name=name,
             run=run,
             done=done,
             label=label,
             reboot_after=reboot_after * scale if reboot_after is not None else None,
-            fail_after=fail_after * scale if fail_after is not None else None,
+            fail_after=fail,
             poll=poll,
             weight=weight,
         )
@@ -541,19 +548,20 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
     async def power_off(ctx: StepContext) -> None:
         await ops.power(ctx, False)
 
-    return {
+    steps = {
         s.name: s
         for s in (
             step("boot_nfs", boot_nfs, "boot folder → netboot system"),
             step("power_cycle", power_cycle, "power cycle"),
-            step("wait_nfs", wait_nfs_run, "wait for the netboot system", done=wait_nfs_done, weight=3),
+            step("wait_nfs", wait_nfs_run, "wait for the board to boot the netboot system",
+                 done=wait_nfs_done, weight=3),
             step("write_image", write_image, "write the image", weight=12),
             step("verify", verify, "verify the image"),
             step("partition", partition, "resize the root partition", weight=2),
             step("configure", configure, "configure the system"),
             step("boot_deployed", boot_deployed, "boot folder → deployed system"),
             step("reboot", reboot, "reboot"),
-            step("wait_deployed", wait_deployed_run, "wait for the deployed system",
+            step("wait_deployed", wait_deployed_run, "wait for the board to boot the deployed system",
                  done=wait_deployed_done, weight=3),
             step("user_config", user_config, "check the user's login"),
             step("wipe", wipe, "wipe the SD card", weight=2),
@@ -561,6 +569,11 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
             step("power_off", power_off, "power off"),
         )
     }
+    # The same wait in a destroy: its failure message must say the card could not be wiped.
+    steps["wait_nfs_wipe"] = dataclasses.replace(
+        steps["wait_nfs"], label="wait for the board to boot the netboot system (its card is not wiped yet)"
+    )
+    return steps
 
 
 def build_processes(ops: RpiOps) -> dict[str, Process]:
@@ -576,7 +589,7 @@ def build_processes(ops: RpiOps) -> dict[str, Process]:
         "redeploy": Process("redeploy", deploy, "deploying", "deployed"),
         "destroy": Process(
             "destroy",
-            seq("boot_nfs", "power_cycle", "wait_nfs", "wipe", "remove_boot", "power_off"),
+            seq("boot_nfs", "power_cycle", "wait_nfs_wipe", "wipe", "remove_boot", "power_off"),
             "destroying",
             "ended",
         ),
