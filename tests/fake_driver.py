@@ -1,7 +1,8 @@
 """A controllable driver for the API and engine tests (never shipped).
 
 Each node's behaviour comes from its `attrs` in the database, so it works across processes:
-  behavior: "ok" (default) | "hang" (a step never finishes) | "raise" (a step raises)
+  behavior: "ok" (default) | "hang" (a step never finishes) | "raise" (a step raises StepError)
+            | "crash" (a step raises an unexpected RuntimeError)
             | "need_reboot" (a step finishes only after a hard reboot) | "never_boot"
   behavior_step: the step the behaviour applies to (default "boot")
   step_delay: seconds each run() sleeps (default 0)
@@ -54,6 +55,8 @@ def simple(name: str, **kw: Any) -> Step:
             await asyncio.sleep(delay)
         if _behaves(ctx, name) == "raise":
             raise StepError(f"{name} broke on {ctx.node.name}")
+        if _behaves(ctx, name) == "crash":
+            raise RuntimeError(f"unexpected crash on {ctx.node.name}")
         await ctx.progress(100)
 
     async def done(ctx: StepContext) -> bool:

@@ -1,0 +1,81 @@
+"""Action leases: which executor runs which action.
+
+Several executor processes may share one database. An open action is run by the executor whose
+name is in `locked_by` until `locked_until`; the owner extends the lease while it works. Claiming is
+one conditional UPDATE per action (`... WHERE locked_until IS NULL OR locked_until < now`), checked
+by its row count, so two executors never both win. An executor that stops cleanly releases its
+leases; one that is killed has them expire, and any executor then claims and resumes the action.
+
+Times are the executors' own UTC clocks: hosts sharing a database must keep them synchronised
+(NTP) to well under the lease length.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.orm import Session
+
+from piseduce.agent.models import ACTION_OPEN, Action
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+class LeaseLost(Exception):
+    """This executor no longer owns the action (cancelled, superseded or taken over)."""
+
+
+def _free(now: dt.datetime) -> ColumnElement[bool]:
+    return or_(Action.locked_until.is_(None), Action.locked_until < now)
+
+
+def claimable(session: Session, now: dt.datetime, limit: int, exclude: Iterable[int] = ()) -> list[int]:
+    """Ids of open actions nobody holds (or whose lease expired), oldest first."""
+    skip = set(exclude)
+    query = (
+        select(Action.id)
+        .where(Action.status.in_(ACTION_OPEN), _free(now))
+        .order_by(Action.id)
+        .limit(limit + len(skip))
+    )
+    return [i for i in session.scalars(query) if i not in skip][:limit]
+
+
+def claim(session: Session, action_id: int, owner: str, now: dt.datetime, seconds: float) -> bool:
+    """Take the lease of one action; False when someone else holds it or it is no longer open."""
+    result = session.execute(
+        update(Action)
+        .where(Action.id == action_id, Action.status.in_(ACTION_OPEN), _free(now))
+        .values(locked_by=owner, locked_until=now + dt.timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def renew(session: Session, ids: Iterable[int], owner: str, now: dt.datetime, seconds: float) -> set[int]:
+    """Extend the leases this owner still holds among `ids`; returns the ids still held."""
+    wanted = list(ids)
+    if not wanted:
+        return set()
+    session.execute(
+        update(Action)
+        .where(Action.id.in_(wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
+        .values(locked_until=now + dt.timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    mine = (Action.id.in_(wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
+    return set(session.scalars(select(Action.id).where(*mine)))
+
+
+def release(session: Session, owner: str, ids: Iterable[int] | None = None) -> int:
+    """Give back the leases of `owner` (all of them, or only `ids`) so another executor may resume
+    the actions at once instead of waiting for the leases to expire."""
+    query = update(Action).where(Action.locked_by == owner)
+    if ids is not None:
+        query = query.where(Action.id.in_(list(ids)))
+    result = session.execute(
+        query.values(locked_by=None, locked_until=None).execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
