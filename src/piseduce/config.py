@@ -116,6 +116,9 @@ class AgentConfig(_Base):
     timeout_scale: float = Field(default=1.0, gt=0, le=100)
     poll_interval: float = Field(default=2.0, gt=0, le=60)
     max_concurrent_actions: int = Field(default=256, ge=1, le=10_000)
+    # How long an executor owns an action without renewing it: after a crash, another executor
+    # (or a restart) resumes the action once its lease is over.
+    lease_seconds: float = Field(default=30, ge=0.5, le=3600)
     inventory_refresh_seconds: float = Field(default=300, ge=1)
     monitor_period_seconds: float = Field(default=30, ge=1)
     monitor_retention_days: float = Field(default=7, gt=0)

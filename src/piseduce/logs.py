@@ -8,7 +8,9 @@ import logging
 import sys
 from typing import Any
 
-CONTEXT_FIELDS = ("node", "reservation", "step", "process", "agent")
+# `action` is the process name (deploy, destroy...): `process` is taken by LogRecord (the PID), and
+# passing it in `extra` raises KeyError.
+CONTEXT_FIELDS = ("node", "reservation", "step", "action", "agent")
 
 
 class TextFormatter(logging.Formatter):

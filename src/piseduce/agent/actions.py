@@ -52,7 +52,7 @@ def add_event(
             "node": ev.node_name or None,
             "reservation": ev.reservation_id,
             "step": step or None,
-            "process": action.process if action is not None else None,
+            "action": action.process if action is not None else None,
         },
     )
     return ev

@@ -167,9 +167,16 @@ PollFn = Callable[[StepContext], Awaitable[bool]]
 class Step:
     """One step of a process. `run` is idempotent: after a crash the engine calls it again.
     When `done` is given, the engine polls it (every `poll` seconds) after `run` until it is True.
-    Timeouts are seconds (multiplied by the agent's `timeout_scale`) since the step began:
+    Timeouts are seconds since the step began:
     past `reboot_after` the node gets one automatic hard reboot and the step starts over;
-    past `fail_after` the action fails with a readable reason."""
+    past `fail_after` the action fails with a readable reason.
+
+    Scaling rule: the DRIVER multiplies its timeouts (and `poll`, if it wishes) by
+    `config.timeout_scale` when it builds its steps; the engine uses the values as given, never
+    rescales them. After the automatic reboot the step's clock restarts, so a step that never
+    answers fails after `reboot_after + fail_after`. When an executor resumes an interrupted step
+    (after a crash or a restart) the step's clock restarts too, but a step rebooted once is never
+    rebooted again."""
 
     name: str
     run: StepFn
