@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 
 from piseduce.config import AgentConfig
@@ -83,7 +82,7 @@ class Emulator:
         raise KeyError(exp_id)
 
 
-PROFILE = {
+PROFILE: dict[str, Any] = {
     "profilename": "power_mon",
     "nodearch": "m3",
     "power": "dc",
@@ -100,12 +99,6 @@ def running_emulator(time_scale: float = 40.0, **site_kw: Any) -> Iterator[Emula
     site = build_site(SITE, accounts, nodes="m3=6,a8=2", time_scale=time_scale, seed=1, **site_kw)
     with serve(create_app(site)) as root:
         yield Emulator(site, root, users)
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with running_emulator() as emu:
-        yield emu
 
 
 def firmware_folder(path: Path) -> Path:

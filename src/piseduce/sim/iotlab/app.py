@@ -29,6 +29,24 @@ from piseduce.sim.iotlab.model import (
 MAX_PART_BYTES = 16 * 1024 * 1024
 
 
+class FaultsIn(BaseModel):
+    submit_error: str | None = Field(default=None, max_length=1000)
+    launch_error: str | None = Field(default=None, max_length=1000)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+
+
+class ForeignExperiment(BaseModel):
+    user: str = Field(default="someone-else", min_length=1, max_length=64)
+    nodes: list[str] = Field(min_length=1)
+    duration: int = Field(default=60, ge=1)
+    reservation: int | None = None
+    name: str | None = None
+
+
+class NodeStateIn(BaseModel):
+    state: str
+
+
 def _error(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=code, headers=headers)
 
@@ -267,21 +285,6 @@ def create_app(site: Site) -> FastAPI:
         return Response(status_code=204)
 
     # ---------------------------------------------------------------- emulator controls
-
-    class FaultsIn(BaseModel):
-        submit_error: str | None = Field(default=None, max_length=1000)
-        launch_error: str | None = Field(default=None, max_length=1000)
-        error_rate: float | None = Field(default=None, ge=0, le=1)
-
-    class ForeignExperiment(BaseModel):
-        user: str = Field(default="someone-else", min_length=1, max_length=64)
-        nodes: list[str] = Field(min_length=1)
-        duration: int = Field(default=60, ge=1)
-        reservation: int | None = None
-        name: str | None = None
-
-    class NodeStateIn(BaseModel):
-        state: str
 
     @app.get("/_sim/faults")
     async def get_faults() -> dict[str, Any]:
