@@ -175,6 +175,9 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     extra = driver.admin_router()
     if extra is not None:
         app.include_router(extra, prefix="/api/admin", dependencies=[Depends(require_admin)])
+    user_extra = driver.user_router()
+    if user_extra is not None:
+        app.include_router(user_extra, prefix="/api/reservations")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

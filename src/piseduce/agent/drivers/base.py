@@ -292,5 +292,10 @@ class Driver(abc.ABC):
         """Extra `/api/admin/...` routes (switches, environments of a raspberry agent)."""
         return None
 
+    def user_router(self) -> APIRouter | None:
+        """Extra `/api/reservations/...` routes for users (the IoT-LAB data archive). Each route
+        authenticates its caller and checks ownership itself (`piseduce.agent.auth.CallerDep`)."""
+        return None
+
     async def close(self) -> None:
         """Release clients and connections."""
