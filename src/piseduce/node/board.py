@@ -1,0 +1,72 @@
+"""What the board says about itself: /proc/cpuinfo and the thermal zone.
+
+On a real Pi the default paths are read; the simulator points PISEDUCE_NODE_CPUINFO and
+PISEDUCE_NODE_THERMAL at files it writes, so the helper runs the same code in both places.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from piseduce.node.disk import DiskError
+
+CPUINFO_ENV = "PISEDUCE_NODE_CPUINFO"
+THERMAL_ENV = "PISEDUCE_NODE_THERMAL"
+DEFAULT_CPUINFO = "/proc/cpuinfo"
+DEFAULT_THERMAL = "/sys/class/thermal/thermal_zone0/temp"
+
+# new-style revision codes: bits 4-11 = board type, bits 20-22 = memory size
+_TYPES = {0x04: "RPI2B", 0x08: "RPI3B", 0x0D: "RPI3B+", 0x0E: "RPI3A+", 0x11: "RPI4B", 0x13: "RPI400",
+          0x17: "RPI5"}
+_MEMORY_GB = {2: "1G", 3: "2G", 4: "4G", 5: "8G", 6: "16G"}
+
+
+def model_from_revision(revision: str) -> str:
+    try:
+        code = int(revision, 16)
+    except ValueError:
+        return "unknown"
+    if not code & (1 << 23):
+        return "unknown"
+    board = _TYPES.get((code >> 4) & 0xFF)
+    if board is None:
+        return "unknown"
+    if board in ("RPI4B", "RPI5"):
+        return board + _MEMORY_GB.get((code >> 20) & 0x7, "")
+    return board
+
+
+def read_cpuinfo() -> dict[str, str]:
+    path = Path(os.environ.get(CPUINFO_ENV, DEFAULT_CPUINFO))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DiskError(f"cannot read {path}: {exc.strerror}") from exc
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def board_info() -> dict[str, str]:
+    cpu = read_cpuinfo()
+    revision = cpu.get("Revision", "")
+    serial = cpu.get("Serial", "")
+    return {
+        "model": model_from_revision(revision),
+        "model_name": cpu.get("Model", ""),
+        # the firmware names the TFTP folder after the serial's last 8 hex digits
+        "serial": serial[-8:].lower() if serial else "",
+        "revision": revision,
+    }
+
+
+def temperature_celsius() -> float:
+    path = Path(os.environ.get(THERMAL_ENV, DEFAULT_THERMAL))
+    try:
+        return int(path.read_text().strip()) / 1000.0
+    except (OSError, ValueError) as exc:
+        raise DiskError(f"cannot read the temperature from {path}") from exc

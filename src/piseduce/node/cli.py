@@ -1,0 +1,211 @@
+"""`piseduce-node`: the helper the agent runs on a board booted on the NFS system.
+
+Output is JSON lines on stdout: progress lines `{"progress": N, "message": ...}`, then one result
+line `{"ok": true, ...}`; on error the last line is `{"ok": false, "error": ...}` with exit status 1.
+`export-boot` writes a tar archive on stdout instead and reports errors on stderr.
+
+Environment: PISEDUCE_NODE_DEVICE (the card, default /dev/mmcblk0), PISEDUCE_NODE_CPUINFO and
+PISEDUCE_NODE_THERMAL (defaults /proc/cpuinfo and /sys/class/thermal/thermal_zone0/temp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from piseduce.node import disk
+from piseduce.node.board import board_info, temperature_celsius
+from piseduce.node.disk import DiskError
+from piseduce.node.fs import Ext4, Fat
+from piseduce.node.image import FORMATS, HolePuncher, write_image
+from piseduce.node.system import Settings, configure
+
+DEVICE_ENV = "PISEDUCE_NODE_DEVICE"
+DEFAULT_DEVICE = "/dev/mmcblk0"
+GIB = 1024**3
+PART_SIZES = {"2gb": 2 * GIB, "5gb": 5 * GIB, "10gb": 10 * GIB}
+WIPE_LENGTH = 1 << 20
+
+
+def emit(obj: dict[str, Any], stream: Any = None) -> None:
+    out = stream or sys.stdout
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
+
+
+def progress(pct: int, message: str) -> None:
+    emit({"progress": pct, "message": message})
+
+
+def _partitions(device: Path) -> disk.PartitionTable:
+    table = disk.read_table(device)
+    if table is None:
+        raise DiskError("the card has no partition table (write an image first)")
+    return table
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    info: dict[str, Any] = dict(board_info())
+    info["card_size"] = disk.device_size(args.device)
+    table = disk.read_table(args.device)
+    info["partitions"] = (
+        [{"number": p.number, "type": f"{p.type_id:02x}", "start": p.start, "size": p.size}
+         for p in table.partitions] if table else []
+    )
+    return info
+
+
+def cmd_write_image(args: argparse.Namespace) -> dict[str, Any]:
+    if len(args.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in args.sha256):
+        raise DiskError("--sha256 must be 64 hexadecimal digits")
+    progress(0, "writing")
+    return write_image(
+        sys.stdin.buffer,
+        args.device,
+        expected_sha256=args.sha256,
+        fmt=args.format,
+        size_hint=args.size,
+        device_size=disk.device_size(args.device),
+        progress=progress,
+    )
+
+
+def cmd_partition(args: argparse.Namespace) -> dict[str, Any]:
+    table = _partitions(args.device)
+    root = table.get(2)
+    card_sectors = disk.device_size(args.device) // disk.SECTOR
+    # a partition must not overlap a later one (a third partition, if any, bounds the growth)
+    limit = min([p.start for p in table.partitions if p.start > root.start] + [card_sectors])
+    if args.size == "whole":
+        sectors = limit - root.start
+    else:
+        sectors = PART_SIZES[args.size] // disk.SECTOR
+        if root.start + sectors > limit:
+            raise DiskError(f"the card is too small for a {args.size} root partition")
+    fs = Ext4(args.device, root.offset)
+    fs.check()
+    progress(10, "checking the filesystem")
+    current = fs.block_count() * fs.block_size()
+    if sectors * disk.SECTOR < current:
+        # shrink the filesystem before the partition so no data ends up outside it
+        progress(30, "shrinking the filesystem")
+        size = fs.resize(sectors * disk.SECTOR)
+        disk.set_partition_sectors(args.device, 2, sectors)
+    else:
+        disk.set_partition_sectors(args.device, 2, sectors)
+        progress(30, "growing the filesystem")
+        size = fs.resize(sectors * disk.SECTOR)
+    progress(100, "resized")
+    return {"root_size": size, "partition_size": sectors * disk.SECTOR}
+
+
+def cmd_configure(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        raw = json.loads(sys.stdin.buffer.read(1 << 20) or b"null")
+    except json.JSONDecodeError as exc:
+        raise DiskError(f"configure expects JSON on stdin: {exc.msg}") from exc
+    settings = Settings.parse(raw)
+    table = _partitions(args.device)
+    root = Ext4(args.device, table.get(2).offset)
+    root.check()
+    return configure(root, Fat(args.device, table.get(1).offset), settings)
+
+
+def cmd_export_boot(args: argparse.Namespace) -> dict[str, Any]:
+    table = _partitions(args.device)
+    boot = Fat(args.device, table.get(1).offset)
+    with tempfile.TemporaryDirectory(prefix="piseduce-boot-") as tmp:
+        boot.export(Path(tmp))
+        with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(Path(tmp).rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(tmp)), recursive=False)
+    sys.stdout.buffer.flush()
+    return {}
+
+
+def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
+    size = disk.device_size(args.device)
+    table = disk.read_table(args.device)
+    regions = [(0, min(WIPE_LENGTH, size))]
+    if table:
+        regions += [(p.offset, min(WIPE_LENGTH, size - p.offset)) for p in table.partitions if p.offset < size]
+    if args.full:
+        regions = [(0, size)]
+    zero = bytes(WIPE_LENGTH)
+    done, total = 0, sum(length for _, length in regions)
+    with open(args.device, "r+b") as f:
+        puncher = HolePuncher(f.fileno(), args.device)
+        for offset, length in regions:
+            if puncher.zero(offset, length):
+                done += length
+                continue
+            f.seek(offset)
+            end = offset + length
+            while f.tell() < end:
+                n = f.write(zero[: min(WIPE_LENGTH, end - f.tell())])
+                done += n or 0
+                if args.full and done % (256 * WIPE_LENGTH) == 0:
+                    progress(done * 100 // total, f"{done} bytes zeroed")
+        f.flush()
+        os.fsync(f.fileno())
+    disk.reread_partitions(args.device)
+    return {"zeroed": total}
+
+
+def cmd_temperature(args: argparse.Namespace) -> dict[str, Any]:
+    return {"celsius": temperature_celsius()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="piseduce-node", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=Path, default=Path(os.environ.get(DEVICE_ENV, DEFAULT_DEVICE)),
+                        help=f"the SD card (default ${DEVICE_ENV} or {DEFAULT_DEVICE})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="model, serial and card size").set_defaults(func=cmd_info)
+    p = sub.add_parser("write-image", help="write the image read on stdin, then verify it")
+    p.add_argument("--sha256", required=True, help="sha256 of the bytes sent on stdin")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--size", type=int, default=None, help="bytes sent on stdin, for progress")
+    p.set_defaults(func=cmd_write_image)
+    p = sub.add_parser("partition", help="resize the root partition and its filesystem")
+    p.add_argument("--size", choices=["whole", *PART_SIZES], required=True)
+    p.set_defaults(func=cmd_partition)
+    sub.add_parser("configure", help="hostname, SSH keys, password (JSON on stdin)").set_defaults(
+        func=cmd_configure)
+    sub.add_parser("export-boot", help="tar archive of the boot partition on stdout").set_defaults(
+        func=cmd_export_boot)
+    p = sub.add_parser("wipe", help="erase the partition table and filesystem headers")
+    p.add_argument("--full", action="store_true", help="zero the whole card")
+    p.set_defaults(func=cmd_wipe)
+    sub.add_parser("temperature", help="SoC temperature").set_defaults(func=cmd_temperature)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
+    binary_out = args.command == "export-boot"
+    try:
+        result = func(args)
+    except (DiskError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, DiskError) else f"{exc.strerror or exc}"
+        emit({"ok": False, "error": reason}, sys.stderr if binary_out else None)
+        return 1
+    except KeyboardInterrupt:
+        emit({"ok": False, "error": "interrupted"}, sys.stderr if binary_out else None)
+        return 130
+    if not binary_out:
+        emit({"ok": True, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

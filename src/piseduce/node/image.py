@@ -1,0 +1,216 @@
+"""Streaming an OS image from stdin onto the card: decompress, write, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from piseduce.node.disk import DiskError, is_block_device, punch_hole
+
+CHUNK = 1 << 20
+FORMATS = ("auto", "raw", "gz", "xz", "zst", "tar", "tar.gz")
+
+Progress = Callable[[int, str], None]
+
+
+class _HashingReader:
+    """Counts and hashes the bytes as they come in (the checksum is of what was sent)."""
+
+    def __init__(self, stream: BinaryIO, head: bytes = b"") -> None:
+        self.stream = stream
+        self.head = head
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            data, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else (
+                self.head[:n], self.head[n:])
+        else:
+            data = self.stream.read(n if n >= 0 else CHUNK)
+        self.sha.update(data)
+        self.count += len(data)
+        return data
+
+
+def detect_format(head: bytes) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            inner = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
+        except zlib.error:
+            inner = b""
+        return "tar.gz" if inner[257:262] == b"ustar" else "gz"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zst"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return "raw"
+
+
+def _chunks(reader: _HashingReader) -> Iterator[bytes]:
+    while True:
+        data = reader.read(CHUNK)
+        if not data:
+            return
+        yield data
+
+
+def _gunzip(reader: _HashingReader) -> Iterator[bytes]:
+    dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    for data in _chunks(reader):
+        while data:
+            yield dec.decompress(data)
+            # concatenated gzip members are one stream for gzip(1)
+            data = dec.unused_data
+            if data:
+                dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if not dec.eof:
+        raise DiskError("the gzip stream is truncated")
+
+
+def _unxz(reader: _HashingReader) -> Iterator[bytes]:
+    dec = lzma.LZMADecompressor()
+    for data in _chunks(reader):
+        while data:
+            yield dec.decompress(data)
+            data = dec.unused_data
+            if data:
+                dec = lzma.LZMADecompressor()
+    if not dec.eof:
+        raise DiskError("the xz stream is truncated")
+
+
+def _unzstd(reader: _HashingReader) -> Iterator[bytes]:
+    with zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True) as stream:  # type: ignore[arg-type]
+        while True:
+            data = stream.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+
+def _untar(reader: _HashingReader, mode: str) -> Iterator[bytes]:
+    with tarfile.open(fileobj=reader, mode=mode) as tar:  # type: ignore[call-overload]
+        for member in tar:
+            if member.isfile():
+                f = tar.extractfile(member)
+                assert f is not None
+                while True:
+                    data = f.read(CHUNK)
+                    if not data:
+                        break
+                    yield data
+                # the image is the archive's first regular file; drain the rest for the checksum
+                while reader.read(CHUNK):
+                    pass
+                return
+    raise DiskError("the tar archive holds no file")
+
+
+def decompressed(reader: _HashingReader, fmt: str) -> Iterator[bytes]:
+    try:
+        if fmt == "raw":
+            yield from _chunks(reader)
+        elif fmt == "gz":
+            yield from _gunzip(reader)
+        elif fmt == "xz":
+            yield from _unxz(reader)
+        elif fmt == "zst":
+            yield from _unzstd(reader)
+        elif fmt == "tar":
+            yield from _untar(reader, "r|")
+        elif fmt == "tar.gz":
+            yield from _untar(reader, "r|gz")
+        else:
+            raise DiskError(f"unknown image format {fmt!r}")
+    except (zlib.error, lzma.LZMAError, zstandard.ZstdError, tarfile.TarError, EOFError) as exc:
+        raise DiskError(f"the image is not valid {fmt}: {exc}") from exc
+
+
+class HolePuncher:
+    """On a card that is a regular file, zero blocks become holes (the simulator's cards stay sparse)."""
+
+    def __init__(self, fd: int, device: Path) -> None:
+        self.fd = fd
+        self.enabled = not is_block_device(device)
+
+    def zero(self, offset: int, length: int) -> bool:
+        return self.enabled and punch_hole(self.fd, offset, length)
+
+
+def write_image(
+    stream: BinaryIO,
+    device: Path,
+    *,
+    expected_sha256: str,
+    fmt: str = "auto",
+    size_hint: int | None = None,
+    device_size: int,
+    progress: Progress,
+) -> dict[str, object]:
+    """Writes the decompressed stream at the start of the device, then re-reads it to verify."""
+    if fmt not in FORMATS:
+        raise DiskError(f"unknown image format {fmt!r}")
+    head = stream.read(4096)
+    if not head:
+        raise DiskError("no image data on stdin")
+    if fmt == "auto":
+        fmt = detect_format(head)
+    reader = _HashingReader(stream, head)
+    out_sha = hashlib.sha256()
+    written = 0
+    zero_chunk = bytes(CHUNK)
+    last_pct = -1
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        puncher = HolePuncher(fd, device)
+        for data in decompressed(reader, fmt):
+            if not data:
+                continue
+            if written + len(data) > device_size:
+                raise DiskError(f"the image is larger than the card ({device_size} bytes)")
+            out_sha.update(data)
+            if not (data == zero_chunk[: len(data)] and puncher.zero(written, len(data))):
+                view = memoryview(data)
+                pos = 0
+                while pos < len(view):
+                    pos += os.pwrite(fd, view[pos:], written + pos)
+            written += len(data)
+            if size_hint:
+                pct = min(90, reader.count * 90 // size_hint)
+                if pct >= last_pct + 5:
+                    last_pct = pct
+                    progress(pct, f"{written} bytes written")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    got = reader.sha.hexdigest()
+    if got != expected_sha256.lower():
+        raise DiskError(f"checksum mismatch: received data has sha256 {got}")
+    if written == 0:
+        raise DiskError("the image is empty")
+    progress(92, "verifying")
+    check = hashlib.sha256()
+    remaining = written
+    with open(device, "rb") as f:
+        while remaining:
+            data = f.read(min(CHUNK, remaining))
+            if not data:
+                break
+            check.update(data)
+            remaining -= len(data)
+    if remaining or check.hexdigest() != out_sha.hexdigest():
+        raise DiskError("verification failed: the card does not hold what was written")
+    progress(100, "verified")
+    return {"written": written, "sha256": got, "image_sha256": out_sha.hexdigest(), "verified": True,
+            "format": fmt}

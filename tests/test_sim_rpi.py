@@ -1,0 +1,324 @@
+"""The simulated Raspberry Pi cluster: SNMP PoE switch, netboot, SSH systems, fault knobs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import asyncssh
+import pytest
+from pysnmp.hlapi.v3arch.asyncio import (
+    CommunityData,
+    ContextData,
+    Integer,
+    ObjectIdentity,
+    ObjectType,
+    SnmpEngine,
+    UdpTransportTarget,
+    get_cmd,
+    set_cmd,
+    walk_cmd,
+)
+
+from piseduce.sim.images import build_environment
+from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
+from tests.rpi_fixtures import connect, nfs_boot_folder, power, running_cluster, wait_for
+
+
+def _target_args(sw: dict) -> tuple[str, int]:
+    return sw["ip"], sw["snmp_port"]
+
+
+async def _pysnmp_get(sw: dict, oids: list[str], community: str | None = None, timeout: float = 1.0):
+    engine = SnmpEngine()
+    try:
+        target = await UdpTransportTarget.create(_target_args(sw), timeout=timeout, retries=0)
+        return await get_cmd(engine, CommunityData(community or sw["community"], mpModel=1), target,
+                             ContextData(), *[ObjectType(ObjectIdentity(o)) for o in oids])
+    finally:
+        engine.close_dispatcher()
+
+
+async def _pysnmp_set(sw: dict, oid: str, value: int):
+    engine = SnmpEngine()
+    try:
+        target = await UdpTransportTarget.create(_target_args(sw), timeout=1, retries=0)
+        return await set_cmd(engine, CommunityData(sw["community"], mpModel=1), target, ContextData(),
+                             ObjectType(ObjectIdentity(oid), Integer(value)))
+    finally:
+        engine.close_dispatcher()
+
+
+async def _pysnmp_walk(sw: dict, oid: str) -> list[tuple[str, int]]:
+    engine = SnmpEngine()
+    rows = []
+    try:
+        target = await UdpTransportTarget.create(_target_args(sw), timeout=1, retries=1)
+        async for err, status, _, var_binds in walk_cmd(
+            engine, CommunityData(sw["community"], mpModel=1), target, ContextData(),
+            ObjectType(ObjectIdentity(oid)), lexicographicMode=False,
+        ):
+            assert not err and not status
+            rows += [(str(name), int(value)) for name, value in var_binds]
+    finally:
+        engine.close_dispatcher()
+    return rows
+
+
+async def test_snmp_with_pysnmp(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=3) as (cluster, _key):
+        sw = cluster.inventory()["switch"]
+        assert sw["port_count"] == 4 and sw["master_port"] == 4
+        poe = sw["poe_oid"]
+        rows = await _pysnmp_walk(sw, poe)
+        assert rows == [(f"{poe}.1", 2), (f"{poe}.2", 2), (f"{poe}.3", 2), (f"{poe}.4", 1)]
+
+        err, status, _, _ = await _pysnmp_set(sw, f"{poe}.2", 1)
+        assert not err and not status
+        assert cluster.board("pi-2").powered and not cluster.board("pi-1").powered
+        err, status, _, binds = await _pysnmp_get(sw, [f"{poe}.2", f"{sw['power_oid']}.2", f"{sw['power_oid']}.1"])
+        assert not err and not status
+        assert int(binds[0][1]) == 1
+        assert int(binds[1][1]) > 2000  # a booting Pi 4 draws about 3.4 W
+        assert int(binds[2][1]) == 0
+
+        err, status, _, _ = await _pysnmp_set(sw, f"{poe}.2", 2)
+        assert not status and not cluster.board("pi-2").powered
+
+        # a port that does not exist cannot be written, and nothing changes
+        err, status, index, _ = await _pysnmp_set(sw, f"{poe}.9", 1)
+        assert status.prettyPrint() == "notWritable" and int(index) == 1
+        err, status, _, _ = await _pysnmp_set(sw, f"{poe}.1", 7)
+        assert status.prettyPrint() == "wrongValue"
+        assert not any(b.powered for b in cluster.boards)
+
+        # a wrong community gets no answer at all
+        err, status, _, _ = await _pysnmp_get(sw, [f"{poe}.1"], community="public", timeout=0.3)
+        assert err is not None and "timeout" in str(err).lower()
+
+
+def _snmp(tool: str, sw: dict, *args: str, community: str | None = None, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool, "-v2c", "-c", community or sw["community"], "-On", "-t", "0.5", "-r", "0",
+         f"{sw['ip']}:{sw['snmp_port']}", *args],
+        capture_output=True, text=True, timeout=20, env=env,
+    )
+
+
+async def test_snmp_with_net_snmp_tools(tmp_path: Path) -> None:
+    env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "snmp"), "MIBS": ""}
+    async with running_cluster(tmp_path, boards=2) as (cluster, _key):
+        sw = cluster.inventory()["switch"]
+        poe = sw["poe_oid"]
+        out = await asyncio.to_thread(_snmp, "snmpset", sw, f"{poe}.1", "i", "1", env=env)
+        assert out.returncode == 0, out.stderr
+        assert cluster.board("pi-1").powered
+        out = await asyncio.to_thread(_snmp, "snmpwalk", sw, poe, env=env)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines == [f".{poe}.1 = INTEGER: 1", f".{poe}.2 = INTEGER: 2", f".{poe}.3 = INTEGER: 1"]
+        out = await asyncio.to_thread(_snmp, "snmpbulkwalk", sw, sw["power_oid"], env=env)
+        assert out.returncode == 0 and out.stdout.count("Gauge32") == 3
+        out = await asyncio.to_thread(_snmp, "snmpget", sw, f"{poe}.1", f"{poe}.2", env=env)
+        assert out.stdout.split("\n")[:2] == [f".{poe}.1 = INTEGER: 1", f".{poe}.2 = INTEGER: 2"]
+        out = await asyncio.to_thread(_snmp, "snmpset", sw, f"{poe}.1", "i", "2", env=env)
+        assert out.returncode == 0 and not cluster.board("pi-1").powered
+        out = await asyncio.to_thread(_snmp, "snmpset", sw, f"{poe}.5", "i", "1", env=env)
+        assert out.returncode != 0 and "notWritable" in out.stderr
+        out = await asyncio.to_thread(_snmp, "snmpget", sw, f"{poe}.1", community="nope", env=env)
+        assert out.returncode != 0 and "Timeout" in out.stderr
+
+
+async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=2) as (cluster, key):
+        inv = cluster.inventory()
+        board = cluster.board("pi-1")
+        nfs_boot_folder(cluster, "pi-1")
+        await power(inv, 1, on=True)
+        assert board.system == "booting"
+        async with await connect(cluster, "pi-1", key) as conn:
+            assert board.system == "nfs"
+            assert (await conn.run("hostname", check=True)).stdout == "nfspi\n"
+            assert (await conn.run("cat /etc/hostname", check=True)).stdout == "nfspi\n"
+            temp = int((await conn.run("cat /sys/class/thermal/thermal_zone0/temp", check=True)).stdout)
+            assert 20000 < temp < 90000
+            cpu = (await conn.run("cat /proc/cpuinfo", check=True)).stdout
+            assert f"Serial\t\t: 10000000{board.identity.serial}" in cpu and "Revision" in cpu
+            result = await conn.run("piseduce-node info")
+            info = json.loads(result.stdout.splitlines()[-1])
+            assert info["ok"] and info["serial"] == board.identity.serial
+            assert info["model"] == board.identity.model and info["card_size"] == 16 * 1024**3
+            assert (await conn.run("no-such-command")).exit_status == 127
+        # any other user, or a key that is not authorized, is refused
+        with pytest.raises(asyncssh.PermissionDenied):
+            await connect(cluster, "pi-1", key, username="pi")
+        other = asyncssh.generate_private_key("ssh-ed25519")
+        other.write_private_key(tmp_path / "other")
+        with pytest.raises(asyncssh.PermissionDenied):
+            await connect(cluster, "pi-1", tmp_path / "other")
+
+        # the real OpenSSH client, checking the host key strictly
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{board.ssh_port} {inv['boards'][0]['nfs_host_key']}\n")
+        cmd = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+               "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(board.ssh_port),
+               "root@127.0.0.1", "hostname"]
+        out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "nfspi\n"
+        # the deployed system's host key is not the NFS system's: strict checking refuses it
+        known.write_text(f"[127.0.0.1]:{board.ssh_port} {inv['boards'][0]['host_key']}\n")
+        out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 255 and "host key" in out.stderr.lower()
+
+
+async def test_empty_folder_does_not_boot(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=1) as (cluster, key):
+        board = cluster.board("pi-1")
+        (cluster.opts.tftp_root / board.identity.serial).mkdir()
+        await power(cluster.inventory(), 1, on=True)
+        await wait_for(lambda: board.system == "none", 5)
+        assert board.powered and "cmdline.txt" in board.last_boot_error
+        with pytest.raises(OSError):
+            await asyncssh.connect("127.0.0.1", board.ssh_port, username="root", client_keys=[str(key)],
+                                   known_hosts=None, connect_timeout=2)
+
+
+async def test_power_off_kills_ssh(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=2) as (cluster, key):
+        inv = cluster.inventory()
+        nfs_boot_folder(cluster, "pi-2")
+        await power(inv, 2, on=True)
+        conn = await connect(cluster, "pi-2", key)
+        proc = await conn.create_process("cat")  # an interactive-ish session left open
+        await power(inv, 2, on=False)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        proc.close()
+        board = cluster.board("pi-2")
+        assert board.system == "off" and board.power_mw() == 0
+        with pytest.raises(OSError):
+            await asyncssh.connect("127.0.0.1", board.ssh_port, username="root", client_keys=[str(key)],
+                                   known_hosts=None, connect_timeout=2)
+        # powered again, it boots again on the same port
+        await power(inv, 2, on=True)
+        async with await connect(cluster, "pi-2", key) as conn2:
+            assert (await conn2.run("hostname")).stdout == "nfspi\n"
+
+
+async def test_fail_next_boots_and_reboot(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=1) as (cluster, key):
+        inv = cluster.inventory()
+        board = cluster.board("pi-1")
+        nfs_boot_folder(cluster, "pi-1")
+        board.fail_next_boots = 1
+        await power(inv, 1, on=True)
+        await wait_for(lambda: board.system == "none", 5)
+        assert board.fail_next_boots == 0
+        await power(inv, 1, on=False)
+        await power(inv, 1, on=True)
+        async with await connect(cluster, "pi-1", key) as conn:
+            assert board.system == "nfs" and board.boots == 2
+            await conn.run("reboot")
+        await wait_for(lambda: board.boots == 3 and board.system == "nfs", 5)
+        board.never_boot = True
+        await power(inv, 1, on=False)
+        await power(inv, 1, on=True)
+        await wait_for(lambda: board.system == "none", 5)
+
+
+async def test_ssh_drop_and_snmp_loss_knobs(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=1, ssh_drop_rate=1.0, snmp_loss=1.0) as (cluster, key):
+        sw = cluster.inventory()["switch"]
+        err, _, _, _ = await _pysnmp_get(sw, [f"{sw['poe_oid']}.1"], timeout=0.3)
+        assert err is not None
+        cluster.switch.options.loss = 0.0
+        nfs_boot_folder(cluster, "pi-1")
+        await power(cluster.inventory(), 1, on=True)
+        async with await connect(cluster, "pi-1", key) as conn:
+            with pytest.raises((asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError,
+                                BrokenPipeError, ConnectionError)):
+                result = await conn.run("piseduce-node info")
+                if result.exit_status is None:
+                    raise ConnectionError("dropped")
+
+
+async def test_identity_and_host_keys_persist(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=2) as (cluster, _):
+        first = cluster.inventory()["boards"]
+    async with running_cluster(tmp_path, boards=3) as (cluster, _):
+        again = cluster.inventory()["boards"]
+    for a, b in zip(first, again[:2], strict=True):
+        assert (a["serial"], a["mac"], a["host_key"], a["nfs_host_key"]) == (
+            b["serial"], b["mac"], b["host_key"], b["nfs_host_key"])
+    assert len({b["serial"] for b in again}) == 3
+
+
+async def test_two_hundred_boards(tmp_path: Path) -> None:
+    opts = ClusterOptions(boards=200, state_dir=tmp_path / "s", tftp_root=tmp_path / "t", nfs_root=tmp_path / "n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with RpiCluster(opts) as cluster:
+        assert loop.time() - started < 20
+        sw = cluster.inventory()["switch"]
+        rows = await _pysnmp_walk(sw, sw["poe_oid"])
+        assert len(rows) == 201
+        assert len({b["ssh_port"] for b in cluster.inventory()["boards"]}) == 200
+
+
+def _helper(lines: str) -> dict:
+    return json.loads(lines.strip().splitlines()[-1])
+
+
+async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
+    env = build_environment(tmp_path / "envs", "raspios", compress="zst")
+    image = (tmp_path / "envs" / env["image"]).read_bytes()
+    async with running_cluster(tmp_path, boards=1) as (cluster, key):
+        inv = cluster.inventory()
+        board = cluster.board("pi-1")
+        folder = nfs_boot_folder(cluster, "pi-1")
+        await power(inv, 1, on=True)
+        user_key = asyncssh.generate_private_key("ssh-ed25519")
+        agent_pub = Path(str(key) + ".pub").read_text().strip()
+        async with await connect(cluster, "pi-1", key) as conn:
+            sha = hashlib.sha256(image).hexdigest()
+            r = await conn.run(f"piseduce-node write-image --sha256 {sha} --size {len(image)}", input=image,
+                               encoding=None)
+            assert r.exit_status == 0, r.stdout
+            assert _helper(r.stdout.decode())["verified"] is True
+            r = await conn.run("piseduce-node partition --size 2gb")
+            assert _helper(r.stdout)["root_size"] == 2 * 1024**3
+            settings = {"hostname": "pi-1", "user": "pi", "password": "s3cret-pw",
+                        "ssh_keys": [agent_pub, user_key.export_public_key().decode().strip()]}
+            r = await conn.run("piseduce-node configure", input=json.dumps(settings))
+            assert _helper(r.stdout)["ok"] is True, r.stdout
+            r = await conn.run("piseduce-node export-boot", encoding=None)
+            assert r.exit_status == 0
+            shutil.rmtree(folder)
+            folder.mkdir()
+            with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+                tar.extractall(folder, filter="data")
+            await conn.run("reboot")
+        assert "root=PARTUUID=" in (folder / "cmdline.txt").read_text()
+        await wait_for(lambda: board.system == "deployed", 10)
+        async with await connect(cluster, "pi-1", key, nfs=False) as conn:
+            assert (await conn.run("hostname")).stdout == "pi-1\n"
+            assert (await conn.run("whoami")).stdout == "root\n"
+            assert (await conn.run("piseduce-node info")).exit_status == 127
+        host_key = asyncssh.import_public_key(inv["boards"][0]["host_key"])
+        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {host_key.export_public_key().decode()}")
+        async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="s3cret-pw",
+                                    client_keys=None, known_hosts=known) as conn:
+            assert (await conn.run("whoami")).stdout == "pi\n"
+        async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", client_keys=[user_key],
+                                    known_hosts=known) as conn:
+            assert (await conn.run("id")).stdout.startswith("uid=1000(pi)")
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="wrong",
+                                   client_keys=None, known_hosts=known)
