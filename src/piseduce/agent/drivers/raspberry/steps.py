@@ -113,6 +113,7 @@ class Throttle:
         self.every = every
         self.last = -100
         self.at = 0.0
+        self.message = ""
 
     async def __call__(self, percent: int, message: str = "") -> None:
         percent = max(0, min(100, percent))
@@ -120,7 +121,10 @@ class Throttle:
         if percent >= 100 or (percent - self.last >= self.step and now - self.at >= self.every):
             self.last = percent
             self.at = now
-            await self.ctx.progress(percent, message or None)
+            # A message becomes an event: only a new phase ("writing", "verifying") is worth one.
+            fresh = message if message and message != self.message else None
+            self.message = message or self.message
+            await self.ctx.progress(percent, fresh)
 
 
 class RpiOps:
@@ -343,7 +347,7 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
         await ops.power_cycle(ctx)
 
     async def wait_nfs_run(ctx: StepContext) -> None:
-        await ctx.progress(0, "waiting for the board to boot the netboot system")
+        """Nothing to start: the power cycle did; `wait_nfs_done` polls."""
 
     async def wait_nfs_done(ctx: StepContext) -> bool:
         b = ops.board(ctx)
@@ -474,7 +478,7 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
         await ops.power_cycle(ctx)
 
     async def wait_deployed_run(ctx: StepContext) -> None:
-        await ctx.progress(0, "waiting for the deployed system to boot")
+        """Nothing to start: the reboot did; `wait_deployed_done` polls."""
 
     async def wait_deployed_done(ctx: StepContext) -> bool:
         b = ops.board(ctx)
