@@ -1,0 +1,108 @@
+"""`piseduce webui ...`: gen-key, init-db, serve, create-admin."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+
+import typer
+
+from piseduce import crypto
+from piseduce.config import WebuiConfig, load_webui_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The PiSeduce web UI.")
+
+ConfigArg = typer.Argument(..., help="config_webui.json", exists=False)
+
+
+def _migrate(cfg: WebuiConfig) -> None:
+    from piseduce.db import upgrade
+
+    upgrade("webui", cfg.database_url)
+
+
+def _first_admin(cfg: WebuiConfig) -> None:
+    from piseduce.db import make_engine, session_factory
+    from piseduce.webui.auth import ensure_first_admin
+
+    engine = make_engine(cfg.database_url)
+    try:
+        new = ensure_first_admin(session_factory(engine))
+    finally:
+        engine.dispose()
+    if new is not None:
+        # Printed once, on the terminal only: it is stored hashed and never shown again.
+        typer.echo("=" * 64)
+        typer.echo("First start: an admin account was created.")
+        typer.echo(f"  email:    {new.email}")
+        typer.echo(f"  password: {new.password}")
+        typer.echo("This password is shown only now. Change it in Settings, or set another with")
+        typer.echo(f"  piseduce webui create-admin {cfg.path} --email you@example.org")
+        typer.echo("=" * 64)
+
+
+@app.command("gen-key")
+def gen_key(config: Path = ConfigArg) -> None:
+    """Write the Fernet key file named by key_file (never overwrites an existing one)."""
+    cfg = load_webui_config(config)
+    if crypto.generate_key_file(cfg.key_path):
+        typer.echo(f"key file written: {cfg.key_path} (copy it to the key_file of your g5k and iot-lab agents)")
+    else:
+        typer.echo(f"key file {cfg.key_path} exists already: left unchanged")
+
+
+@app.command("init-db")
+def init_db(config: Path = ConfigArg) -> None:
+    """Create or upgrade the database (idempotent); creates the first admin on an empty one."""
+    cfg = load_webui_config(config)
+    _migrate(cfg)
+    typer.echo(f"database ready: {cfg.database_url}")
+    _first_admin(cfg)
+
+
+@app.command("serve")
+def serve(config: Path = ConfigArg, log_level: str = typer.Option("info", help="uvicorn log level")) -> None:
+    """Run the web UI on host:port_number (migrates the database first)."""
+    import uvicorn
+
+    from piseduce.webui.app import create_app
+
+    cfg = load_webui_config(config)
+    _migrate(cfg)
+    _first_admin(cfg)
+    web = create_app(cfg)
+    typer.echo(f"PiSeduce web UI on http://{cfg.host}:{cfg.port_number}/", err=False)
+    sys.stdout.flush()
+    uvicorn.run(web, host=cfg.host, port=cfg.port_number, log_level=log_level, proxy_headers=False)
+
+
+@app.command("create-admin")
+def create_admin(config: Path = ConfigArg, email: str = typer.Option(..., "--email", help="the admin's email")) -> None:
+    """Create an admin (or reset one). The password is read from stdin or prompted, never an argument."""
+    from piseduce.db import make_engine, session_factory
+    from piseduce.webui.auth import check_email, check_new_password, normalise_email, set_admin
+
+    cfg = load_webui_config(config)
+    email = normalise_email(email)
+    problem = check_email(email)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        confirm = getpass.getpass("Password again: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        confirm = password
+    problem = check_new_password(password, confirm)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    _migrate(cfg)
+    engine = make_engine(cfg.database_url)
+    try:
+        created = set_admin(session_factory(engine), email, password)
+    finally:
+        engine.dispose()
+    typer.echo(f"admin {email} {'created' if created else 'updated'}")
