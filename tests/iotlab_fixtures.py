@@ -3,7 +3,9 @@ two testbed accounts, small ELF firmware files made at run time, and an agent co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import json
 import secrets
 import struct
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from piseduce.agent.drivers.base import Driver, NodeView, ReservationView, StepContext, StepError
 from piseduce.config import AgentConfig
 from piseduce.crypto import generate_key_file
 from piseduce.sim.iotlab import Site, build_site, create_app
@@ -128,3 +131,82 @@ def agent_config(tmp_path: Path, api_url: str, **extra: Any) -> AgentConfig:
     path = tmp_path / "config_agent.json"
     path.write_text(json.dumps(data))
     return AgentConfig.model_validate({**data, "path": path})
+
+
+# ---------------------------------------------------------------- running a driver's steps directly
+
+
+class MiniContext(StepContext):
+    """The StepContext of the engine, in memory: enough to run a driver's steps in unit tests."""
+
+    def __init__(
+        self,
+        reservation: ReservationView,
+        config: AgentConfig,
+        process: str,
+        credentials: dict[str, str] | None,
+    ) -> None:
+        self.reservation = reservation
+        self.config = config
+        self.process = process
+        self.args = {}
+        self.credentials = credentials
+        self.events: list[tuple[str, str]] = []
+        self.percent = 0
+
+    async def progress(self, percent: int, message: str | None = None) -> None:
+        self.percent = percent
+
+    async def log(self, message: str, level: str = "info") -> None:
+        self.events.append((level, message))
+
+    async def save_node_attrs(self, **attrs: Any) -> None:
+        self.reservation.node.attrs.update(attrs)
+
+
+async def run_process(
+    driver: Driver,
+    name: str,
+    reservation: ReservationView,
+    credentials: dict[str, str] | None,
+    timeout: float = 15.0,
+) -> MiniContext:
+    """Run every step of a process as the engine would (run, then poll done); StepError propagates."""
+    ctx = MiniContext(reservation, driver.config, name, credentials)
+    for step in driver.processes()[name].steps:
+        await step.run(ctx)
+        if step.done is None:
+            continue
+        deadline = time.monotonic() + timeout
+        while not await step.done(ctx):
+            if time.monotonic() > deadline:
+                raise StepError(f"{step.name}: timed out in the test")
+            await asyncio.sleep(min(step.poll, 0.05))
+    return ctx
+
+
+def reservation_view(
+    rid: int,
+    node: str = "m3-1",
+    *,
+    hours: float = 1.0,
+    start: dt.datetime | None = None,
+    owner: str = "alice@example.org",
+    params: dict[str, Any] | None = None,
+) -> ReservationView:
+    start = start or dt.datetime.now(dt.UTC)
+    model = node.split("-", 1)[0]
+    return ReservationView(
+        id=rid,
+        node=NodeView(
+            name=node,
+            properties={"model": model, "archi": f"{model}:at86rf231"},
+            attrs={"network_address": f"{node}.{SITE}.iot-lab.info"},
+        ),
+        owner=owner,
+        bin="exp",
+        start=start,
+        end=start + dt.timedelta(hours=hours),
+        status="deploying",
+        params=dict(params or {}),
+    )

@@ -170,6 +170,9 @@ class Experiment:
                 "deploymentresults": dict(self.deployment),
             }
         )
+        if self.state == ERROR and self.error:
+            # Not a documented field of the real API: the emulator's way to say why a launch failed.
+            out["error"] = self.error
         return out
 
 

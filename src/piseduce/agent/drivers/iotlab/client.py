@@ -72,7 +72,7 @@ def translate(exc: Exception) -> DriverError:
     """The driver error that an exception of iotlabcli or requests stands for."""
     if isinstance(exc, HTTPError):
         if exc.code in (401, 403):
-            return CredentialsRequired(CREDENTIALS_MESSAGE)
+            return CredentialsRequired(f"refused by the IoT-LAB API (HTTP {exc.code})")
         if exc.code in TRANSIENT_CODES:
             return TransientError(f"IoT-LAB API unavailable (HTTP {exc.code}): {remote_message(exc)}")
         return RemoteError(exc.code, remote_message(exc))
@@ -99,7 +99,7 @@ class Client:
         user = (credentials or {}).get("user") or ""
         password = (credentials or {}).get("password") or ""
         if not user or not password:
-            raise CredentialsRequired(CREDENTIALS_MESSAGE)
+            raise CredentialsRequired("none were forwarded with the request")
         return SiteApi(user, password, self.url, self.timeout)
 
     async def call(

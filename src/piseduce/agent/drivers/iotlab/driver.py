@@ -50,6 +50,7 @@ from piseduce.agent.drivers.iotlab.client import (
 from piseduce.agent.drivers.iotlab.firmware import FirmwareStore, check_name
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
     from sqlalchemy.orm import Session, sessionmaker
 
     from piseduce.config import AgentConfig
@@ -61,6 +62,7 @@ PROGRESS = {"Waiting": 10, "toLaunch": 30, "Launching": 60, "Running": 100}
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ADDRESS = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*-\d+\.[a-z0-9-]+\.iot-lab\.info$")
 RUNNING_CACHE_SECONDS = 10.0
+INVENTORY_BURST_SECONDS = 5.0
 
 
 def _utcnow() -> dt.datetime:
@@ -124,12 +126,12 @@ class IotlabDriver(Driver):
     # ------------------------------------------------------------------ inventory and availability
 
     async def sync_nodes(self, credentials: Mapping[str, str] | None = None) -> list[NodeSpec] | None:
-        """The site's Alive and Busy nodes, cached for `inventory_refresh_seconds`. Without
-        credentials an anonymous request is tried; when it is refused the last list is kept."""
-        if (
-            self._inventory is not None
-            and time.monotonic() - self._inventory_at < self.config.inventory_refresh_seconds
-        ):
+        """The site's Alive and Busy nodes. The agent's inventory already refreshes only every
+        `inventory_refresh_seconds`, so the list is kept here only briefly (to absorb bursts) and
+        as a fallback: without credentials an anonymous request is tried, and when the API refuses
+        or fails the last list is served."""
+        fresh_for = min(INVENTORY_BURST_SECONDS, self.config.inventory_refresh_seconds)
+        if self._inventory is not None and time.monotonic() - self._inventory_at < fresh_for:
             return list(self._inventory)
         site = self.site
         try:
@@ -219,7 +221,7 @@ class IotlabDriver(Driver):
 
     async def _check_credentials(self, credentials: Mapping[str, str] | None) -> None:
         if not await self.client.call(credentials, lambda api: api.check_credential()):
-            raise CredentialsRequired(CREDENTIALS_MESSAGE)
+            raise CredentialsRequired("refused by the IoT-LAB API")
 
     async def on_booked(
         self, reservations: list[ReservationView], credentials: Mapping[str, str] | None
@@ -230,7 +232,6 @@ class IotlabDriver(Driver):
         assert credentials is not None
         start = min(r.start for r in reservations)
         end = max(r.end for r in reservations)
-        self._running_cache_at = -math.inf  # a booking deserves a fresh look
         busy = await self.remote_busy(start, end, credentials)
         for r in reservations:
             for b in busy:
@@ -384,7 +385,7 @@ class IotlabDriver(Driver):
         try:
             return await self.client.call(creds, fn, retry=retry)
         except CredentialsRequired as exc:
-            raise StepError(str(exc)) from None
+            raise StepError(f"{CREDENTIALS_MESSAGE} ({exc})") from None
 
     async def _release(self, ctx: StepContext) -> None:
         """Stop the reservation's current experiment when it is still live (redeploy, destroy, or a
@@ -641,6 +642,12 @@ class IotlabDriver(Driver):
         }
 
     # ------------------------------------------------------------------ data
+
+    def user_router(self) -> APIRouter | None:
+        # Imported here: the executor loads this driver too and needs none of the API.
+        from piseduce.agent.drivers.iotlab.routes import build_router
+
+        return build_router(self)
 
     async def download_data(
         self, reservation: ReservationView, credentials: Mapping[str, str] | None
