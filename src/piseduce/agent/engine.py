@@ -93,6 +93,8 @@ T = TypeVar("T")
 
 # Bound on the automatic hard reboot when the step declares no fail_after.
 REBOOT_TIMEOUT = 120.0
+# Longest pause between scheduling passes while they fail (database unreachable...).
+MAX_BACKOFF = 30.0
 # Reservations past their end in one of these are destroyed (the node may hold the user's system).
 DESTROY_ON_EXPIRY = (SCHEDULED, DEPLOYING, DEPLOYED, FAILED)
 EVENT_LEVELS = ("info", "warning", "error")
@@ -176,6 +178,13 @@ def reservation_view(r: Reservation) -> ReservationView:
         driver_state=copy.deepcopy(r.driver_state or {}),
         connection=copy.deepcopy(r.connection or {}),
     )
+
+
+def lock_reservation(s: Session, rid: int) -> Reservation | None:
+    """Lock a reservation row (PostgreSQL; SQLite's write transaction is already exclusive) and
+    load it fresh. Locked apart from the load: FOR UPDATE cannot cover the outer join of `node`."""
+    s.execute(select(Reservation.id).where(Reservation.id == rid).with_for_update())
+    return s.get(Reservation, rid, populate_existing=True)
 
 
 @dataclass
@@ -562,7 +571,7 @@ class ActionRunner:
             r = None
             if self.reservation_id is not None:
                 # Reservation first, then action: the API locks in that order too.
-                r = s.get(Reservation, self.reservation_id, with_for_update=True, populate_existing=True)
+                r = lock_reservation(s, self.reservation_id)
             a = s.get(Action, self.action_id, with_for_update=True, populate_existing=True)
             if a is None or a.status not in ACTION_OPEN or a.locked_by != ex.name:
                 raise lease.LeaseLost(f"action {self.action_id} is no longer held by {ex.name}")
@@ -713,7 +722,7 @@ class Executor:
         ).all()
         cancelled: list[tuple[ReservationView, str | None]] = []
         for rid in sorted(set(expired) | set(stuck) | set(due)):
-            r = s.get(Reservation, rid, with_for_update=True, populate_existing=True)
+            r = lock_reservation(s, rid)
             if r is None:
                 continue
             current = open_action(s, r.id)
@@ -908,18 +917,25 @@ class Executor:
         )
         renewer = asyncio.create_task(self._renew_loop())
         try:
+            failures = 0
             while not stop.is_set():
                 self._wake.clear()
+                wait = self.poll_interval
                 try:
                     await self.tick()
-                except Exception:
-                    log.exception(
-                        "scheduling pass failed; retrying in %s s", _fmt_seconds(self.poll_interval)
-                    )
+                    failures = 0
+                except Exception as exc:
+                    # Back off while the database is unreachable; the traceback once, then one line.
+                    failures += 1
+                    wait = min(self.poll_interval * 2**failures, MAX_BACKOFF)
+                    if failures == 1:
+                        log.exception("scheduling pass failed; retrying in %s s", _fmt_seconds(wait))
+                    else:
+                        log.warning(
+                            "scheduling pass failed again (%s); retrying in %s s", exc, _fmt_seconds(wait)
+                        )
                 waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())}
-                _, pending = await asyncio.wait(
-                    waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                )
+                _, pending = await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 for w in pending:
                     w.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
