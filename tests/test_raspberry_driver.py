@@ -24,6 +24,7 @@ from piseduce.agent.drivers.raspberry.snmp import MasterPortRefused, SnmpClient,
 from piseduce.agent.drivers.raspberry.steps import ensure_nfs_key, image_path
 from piseduce.sim.rpi.switch import SnmpSwitch, SwitchOptions
 from raspberry_helpers import ADMIN, USER, Ctx, add_environment, agent_config, sessions_for, user_key
+from rpi_fixtures import running_cluster
 
 # ---------------------------------------------------------------- keys, passwords, form
 
@@ -327,6 +328,29 @@ async def test_snmp_power_on_off_status(switch: tuple[Ports, SwitchInfo]) -> Non
             await client.port_status(wrong, 1)
     finally:
         client.close()
+
+
+async def test_snmp_drives_the_simulated_cluster(tmp_path: Path) -> None:
+    async with running_cluster(tmp_path, boards=3, time_scale=100, boot_delay=20) as (cluster, _):
+        inv = cluster.inventory()["switch"]
+        sw = SwitchInfo(**{k: inv[k] for k in SwitchInfo.__dataclass_fields__})
+        client = SnmpClient(timeout=0.5, retries=2)
+        try:
+            assert sw.master_port == 4
+            status = await client.ports_status(sw)
+            assert [status[p] for p in (1, 2, 3)] == ["off", "off", "off"]
+            await client.set_power(sw, 2, True)
+            assert cluster.board("pi-2").powered and not cluster.board("pi-1").powered
+            assert await client.port_status(sw, 2) == "on"
+            watts = await client.port_power(sw, 2)
+            assert watts is not None and watts > 0
+            await client.set_power(sw, 2, False)
+            assert not cluster.board("pi-2").powered and await client.port_status(sw, 2) == "off"
+            with pytest.raises(MasterPortRefused):
+                await client.set_power(sw, sw.master_port, False)
+            assert (await client.ports_status(sw))[sw.master_port] == "on"
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------- pinned SSH host keys

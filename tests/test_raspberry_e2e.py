@@ -24,9 +24,9 @@ from piseduce.agent.drivers.raspberry import RaspberryDriver
 from piseduce.agent.engine import Executor
 from piseduce.config import AgentConfig
 from piseduce.sim.images import build_environment
-from piseduce.sim.rpi import prepare_pimaster
-from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
+from piseduce.sim.rpi.cluster import RpiCluster
 from raspberry_helpers import ADMIN, USER, agent_config, sessions_for, user_key
+from rpi_fixtures import running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -66,51 +66,51 @@ async def _ok(r: httpx.Response, status: int = 200) -> Any:
 
 @pytest.fixture
 async def site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> AsyncIterator[Site]:
-    config = agent_config(tmp_path, timeout_scale=TIMEOUT_SCALE, poll_interval=0.05, lease_seconds=30)
-    sessions = sessions_for(config)
-    driver = RaspberryDriver(config, sessions)
-    nfs_root = config.resolve(config.nfs_root)
-    prepare_pimaster(config.tftp_dir, nfs_root, driver.ops.agent_pubkey)
-    cluster = RpiCluster(
-        ClusterOptions(
-            boards=2,
-            state_dir=tmp_path / "sim",
-            tftp_root=config.tftp_dir,
-            nfs_root=nfs_root,
-            time_scale=SIM_TIME_SCALE,
-            boot_delay=20.0,
-            seed=1,
+    async with running_cluster(tmp_path, boards=2, time_scale=SIM_TIME_SCALE, boot_delay=20.0, seed=1) as (
+        cluster,
+        agent_key,
+    ):
+        # The agent uses the key the simulated pimaster authorised on its NFS root.
+        config = agent_config(
+            tmp_path,
+            timeout_scale=TIMEOUT_SCALE,
+            poll_interval=0.05,
+            lease_seconds=30,
+            tftp_root=str(cluster.opts.tftp_root),
+            nfs_root=str(cluster.opts.nfs_root),
+            ssh_key_file=str(agent_key),
         )
-    )
-    await cluster.start()
-    app = create_app(config)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent", timeout=30)
-    folder, env = image_dir
-    shutil.copy(folder / env["image"], config.env_dir / env["image"])
-    key, pub = user_key(tmp_path)
-    stop = asyncio.Event()
-    executor = Executor(config, sessions, driver)
-    task = asyncio.create_task(executor.run_forever(stop))
-    try:
-        inv = cluster.inventory()
-        sw = inv["switch"]
-        await _ok(await client.post("/api/admin/switches", json=sw, headers=ADMIN), 201)
-        for b in inv["boards"]:
-            body = {k: b[k] for k in ("name", "ip", "switch", "port", "ssh_port", "model", "serial", "mac")}
-            body["host_key"] = b["nfs_host_key"]
-            await _ok(await client.post("/api/admin/nodes", json=body, headers=ADMIN), 201)
-        # The environment is registered by the sidecar scan, as an operator would after copying images.
-        (config.env_dir / f"{env['image']}.json").write_text(json.dumps(env))
-        scan = await _ok(await client.post("/api/admin/environments/scan", headers=ADMIN))
-        assert scan["added"] == [env["name"]], scan
-        yield Site(config, cluster, client, env, key, pub, tmp_path)
-    finally:
-        stop.set()
-        await task
-        await client.aclose()
-        await cluster.stop()
-        await driver.close()
-        await app.state.agent.driver.close()
+        sessions = sessions_for(config)
+        driver = RaspberryDriver(config, sessions)
+        app = create_app(config)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://agent", timeout=30
+        )
+        folder, env = image_dir
+        shutil.copy(folder / env["image"], config.env_dir / env["image"])
+        key, pub = user_key(tmp_path)
+        stop = asyncio.Event()
+        task = asyncio.create_task(Executor(config, sessions, driver).run_forever(stop))
+        try:
+            inv = cluster.inventory()
+            await _ok(await client.post("/api/admin/switches", json=inv["switch"], headers=ADMIN), 201)
+            for b in inv["boards"]:
+                body = {
+                    k: b[k] for k in ("name", "ip", "switch", "port", "ssh_port", "model", "serial", "mac")
+                }
+                body["host_key"] = b["nfs_host_key"]
+                await _ok(await client.post("/api/admin/nodes", json=body, headers=ADMIN), 201)
+            # Registered by the sidecar scan, as an operator would after copying images to env_path.
+            (config.env_dir / f"{env['image']}.json").write_text(json.dumps(env))
+            scan = await _ok(await client.post("/api/admin/environments/scan", headers=ADMIN))
+            assert scan["added"] == [env["name"]], scan
+            yield Site(config, cluster, client, env, key, pub, tmp_path)
+        finally:
+            stop.set()
+            await task
+            await client.aclose()
+            await driver.close()
+            await app.state.agent.driver.close()
 
 
 async def reserve(site: Site, nodes: list[str]) -> list[int]:
@@ -230,6 +230,11 @@ async def test_deploy_two_boards_login_and_destroy(site: Site) -> None:
     # Reboot keeps the pinned key and comes back deployed.
     await _ok(await site.client.post(f"/api/reservations/{ids[0]}/reboot", headers=USER), 202)
     again = await wait_for(site, ids[0], ("failed",), events=("reboot finished",))
+    assert again["status"] == "deployed", again["error"]
+    assert await openssh_login(site, again) == again["node"]
+    # Boot files exported again from the card (through the netboot system), then back to the system.
+    await _ok(await site.client.post(f"/api/reservations/{ids[1]}/bootfiles", headers=USER), 202)
+    again = await wait_for(site, ids[1], ("failed",), events=("bootfiles finished",))
     assert again["status"] == "deployed", again["error"]
     assert await openssh_login(site, again) == again["node"]
 
