@@ -241,7 +241,7 @@ async def test_the_reboot_allowance_resets_for_each_step(db: Db) -> None:
 
 
 async def test_a_failing_node_does_not_stop_its_neighbours_or_the_executor(db: Db, running: Any) -> None:
-    behaviours = {
+    behaviours: dict[str, dict[str, Any]] = {
         "n0": {},
         "n1": {"behavior": "raise", "behavior_step": "install"},
         "n2": {"behavior": "crash", "behavior_step": "prepare"},
