@@ -1,6 +1,6 @@
 """Reusable helpers to run the simulated Raspberry Pi cluster in tests.
 
-    from tests.rpi_fixtures import running_cluster, power, nfs_boot_folder
+    from rpi_fixtures import running_cluster, power, nfs_boot_folder
 
     async with running_cluster(tmp_path, boards=2, time_scale=20) as (cluster, agent_key_path):
         inv = cluster.inventory()
@@ -121,7 +121,8 @@ async def connect(
     await wait_for(lambda: board.system in ("nfs", "deployed", "none"), timeout)
     info = board.describe()
     host_key = asyncssh.import_public_key(info["nfs_host_key"] if nfs else info["host_key"])
-    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {host_key.export_public_key().decode()}")
+    line = host_key.export_public_key().decode().strip()
+    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {line}\n")
     return await asyncssh.connect(
         "127.0.0.1", board.ssh_port, username=username, client_keys=[str(key_path)], known_hosts=known,
         connect_timeout=timeout,

@@ -29,7 +29,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
 
 from piseduce.sim.images import build_environment
 from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
-from tests.rpi_fixtures import connect, nfs_boot_folder, power, running_cluster, wait_for
+from rpi_fixtures import connect, nfs_boot_folder, power, running_cluster, wait_for
 
 
 def _target_args(sw: dict) -> tuple[str, int]:
@@ -83,7 +83,8 @@ async def test_snmp_with_pysnmp(tmp_path: Path) -> None:
         err, status, _, _ = await _pysnmp_set(sw, f"{poe}.2", 1)
         assert not err and not status
         assert cluster.board("pi-2").powered and not cluster.board("pi-1").powered
-        err, status, _, binds = await _pysnmp_get(sw, [f"{poe}.2", f"{sw['power_oid']}.2", f"{sw['power_oid']}.1"])
+        power_oid = sw["power_oid"]
+        err, status, _, binds = await _pysnmp_get(sw, [f"{poe}.2", f"{power_oid}.2", f"{power_oid}.1"])
         assert not err and not status
         assert int(binds[0][1]) == 1
         assert int(binds[1][1]) > 2000  # a booting Pi 4 draws about 3.4 W
@@ -104,7 +105,8 @@ async def test_snmp_with_pysnmp(tmp_path: Path) -> None:
         assert err is not None and "timeout" in str(err).lower()
 
 
-def _snmp(tool: str, sw: dict, *args: str, community: str | None = None, env: dict) -> subprocess.CompletedProcess:
+def _snmp(tool: str, sw: dict, *args: str, community: str | None = None,
+          env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [tool, "-v2c", "-c", community or sw["community"], "-On", "-t", "0.5", "-r", "0",
          f"{sw['ip']}:{sw['snmp_port']}", *args],
@@ -147,12 +149,12 @@ async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
             assert board.system == "nfs"
             assert (await conn.run("hostname", check=True)).stdout == "nfspi\n"
             assert (await conn.run("cat /etc/hostname", check=True)).stdout == "nfspi\n"
-            temp = int((await conn.run("cat /sys/class/thermal/thermal_zone0/temp", check=True)).stdout)
+            temp = int(text(await conn.run("cat /sys/class/thermal/thermal_zone0/temp", check=True)))
             assert 20000 < temp < 90000
-            cpu = (await conn.run("cat /proc/cpuinfo", check=True)).stdout
+            cpu = text(await conn.run("cat /proc/cpuinfo", check=True))
             assert f"Serial\t\t: 10000000{board.identity.serial}" in cpu and "Revision" in cpu
             result = await conn.run("piseduce-node info")
-            info = json.loads(result.stdout.splitlines()[-1])
+            info = json.loads(text(result).splitlines()[-1])
             assert info["ok"] and info["serial"] == board.identity.serial
             assert info["model"] == board.identity.model and info["card_size"] == 16 * 1024**3
             assert (await conn.run("no-such-command")).exit_status == 127
@@ -167,7 +169,8 @@ async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
         # the real OpenSSH client, checking the host key strictly
         known = tmp_path / "known_hosts"
         known.write_text(f"[127.0.0.1]:{board.ssh_port} {inv['boards'][0]['nfs_host_key']}\n")
-        cmd = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+        cmd = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known}",
+               "-o", "StrictHostKeyChecking=yes",
                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(board.ssh_port),
                "root@127.0.0.1", "hostname"]
         out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
@@ -261,7 +264,8 @@ async def test_identity_and_host_keys_persist(tmp_path: Path) -> None:
 
 
 async def test_two_hundred_boards(tmp_path: Path) -> None:
-    opts = ClusterOptions(boards=200, state_dir=tmp_path / "s", tftp_root=tmp_path / "t", nfs_root=tmp_path / "n")
+    opts = ClusterOptions(boards=200, state_dir=tmp_path / "s", tftp_root=tmp_path / "t",
+                          nfs_root=tmp_path / "n")
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with RpiCluster(opts) as cluster:
@@ -270,6 +274,16 @@ async def test_two_hundred_boards(tmp_path: Path) -> None:
         rows = await _pysnmp_walk(sw, sw["poe_oid"])
         assert len(rows) == 201
         assert len({b["ssh_port"] for b in cluster.inventory()["boards"]}) == 200
+
+
+def text(result: asyncssh.SSHCompletedProcess) -> str:
+    assert isinstance(result.stdout, str)
+    return result.stdout
+
+
+def raw(result: asyncssh.SSHCompletedProcess) -> bytes:
+    assert isinstance(result.stdout, bytes)
+    return result.stdout
 
 
 def _helper(lines: str) -> dict:
@@ -291,18 +305,18 @@ async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
             r = await conn.run(f"piseduce-node write-image --sha256 {sha} --size {len(image)}", input=image,
                                encoding=None)
             assert r.exit_status == 0, r.stdout
-            assert _helper(r.stdout.decode())["verified"] is True
+            assert _helper(raw(r).decode())["verified"] is True
             r = await conn.run("piseduce-node partition --size 2gb")
-            assert _helper(r.stdout)["root_size"] == 2 * 1024**3
+            assert _helper(text(r))["root_size"] == 2 * 1024**3
             settings = {"hostname": "pi-1", "user": "pi", "password": "s3cret-pw",
                         "ssh_keys": [agent_pub, user_key.export_public_key().decode().strip()]}
             r = await conn.run("piseduce-node configure", input=json.dumps(settings))
-            assert _helper(r.stdout)["ok"] is True, r.stdout
+            assert _helper(text(r))["ok"] is True, r.stdout
             r = await conn.run("piseduce-node export-boot", encoding=None)
             assert r.exit_status == 0
             shutil.rmtree(folder)
             folder.mkdir()
-            with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+            with tarfile.open(fileobj=io.BytesIO(raw(r))) as tar:
                 tar.extractall(folder, filter="data")
             await conn.run("reboot")
         assert "root=PARTUUID=" in (folder / "cmdline.txt").read_text()
@@ -312,13 +326,14 @@ async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
             assert (await conn.run("whoami")).stdout == "root\n"
             assert (await conn.run("piseduce-node info")).exit_status == 127
         host_key = asyncssh.import_public_key(inv["boards"][0]["host_key"])
-        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {host_key.export_public_key().decode()}")
+        line = host_key.export_public_key().decode().strip()
+        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {line}\n")
         async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="s3cret-pw",
                                     client_keys=None, known_hosts=known) as conn:
             assert (await conn.run("whoami")).stdout == "pi\n"
         async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", client_keys=[user_key],
                                     known_hosts=known) as conn:
-            assert (await conn.run("id")).stdout.startswith("uid=1000(pi)")
+            assert text(await conn.run("id")).startswith("uid=1000(pi)")
         with pytest.raises(asyncssh.PermissionDenied):
             await asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="wrong",
                                    client_keys=None, known_hosts=known)

@@ -135,7 +135,8 @@ def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
     table = disk.read_table(args.device)
     regions = [(0, min(WIPE_LENGTH, size))]
     if table:
-        regions += [(p.offset, min(WIPE_LENGTH, size - p.offset)) for p in table.partitions if p.offset < size]
+        regions += [(p.offset, min(WIPE_LENGTH, size - p.offset))
+                    for p in table.partitions if p.offset < size]
     if args.full:
         regions = [(0, size)]
     zero = bytes(WIPE_LENGTH)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import stat
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SECTOR = 512
 MBR_SIGNATURE = b"\x55\xaa"
@@ -135,14 +137,20 @@ def reread_partitions(device: Path) -> None:
         subprocess.run(["blockdev", "--rereadpt", str(device)], check=False, capture_output=True)
 
 
+@functools.cache
+def _fallocate() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return fn
+
+
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate a region of a regular file (reads back as zeros); False when unsupported."""
-    if length <= 0:
+    fallocate = _fallocate()
+    if fallocate is None or length <= 0:
         return False
-    try:
-        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return False
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
     return bool(fallocate(fd, 0x03, offset, length) == 0)

@@ -16,6 +16,7 @@ import zstandard
 from piseduce.node.disk import DiskError, is_block_device, punch_hole
 
 CHUNK = 1 << 20
+HOLE_BLOCK = 1 << 16
 FORMATS = ("auto", "raw", "gz", "xz", "zst", "tar", "tar.gz")
 
 Progress = Callable[[int, str], None]
@@ -66,27 +67,46 @@ def _chunks(reader: _HashingReader) -> Iterator[bytes]:
 
 
 def _gunzip(reader: _HashingReader) -> Iterator[bytes]:
-    dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    # output is bounded per call: a megabyte of compressed zeros is a gigabyte of image
+    dec, fed = zlib.decompressobj(zlib.MAX_WBITS | 16), False
     for data in _chunks(reader):
         while data:
-            yield dec.decompress(data)
-            # concatenated gzip members are one stream for gzip(1)
-            data = dec.unused_data
-            if data:
-                dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    if not dec.eof:
-        raise DiskError("the gzip stream is truncated")
+            fed = True
+            out = dec.decompress(data, CHUNK)
+            if out:
+                yield out
+            if dec.eof:
+                # concatenated gzip members are one stream for gzip(1)
+                data = dec.unused_data
+                dec, fed = zlib.decompressobj(zlib.MAX_WBITS | 16), False
+            else:
+                data = dec.unconsumed_tail
+        while fed and not dec.eof:
+            out = dec.decompress(b"", CHUNK)
+            if not out:
+                break
+            yield out
+    if fed:
+        out = dec.flush()
+        if out:
+            yield out
+        if not dec.eof:
+            raise DiskError("the gzip stream is truncated")
 
 
 def _unxz(reader: _HashingReader) -> Iterator[bytes]:
-    dec = lzma.LZMADecompressor()
+    dec, fed = lzma.LZMADecompressor(), False
     for data in _chunks(reader):
-        while data:
-            yield dec.decompress(data)
-            data = dec.unused_data
-            if data:
-                dec = lzma.LZMADecompressor()
-    if not dec.eof:
+        while data or (fed and not dec.eof and not dec.needs_input):
+            fed = fed or bool(data)
+            out = dec.decompress(data, CHUNK)
+            data = b""
+            if out:
+                yield out
+            if dec.eof:
+                data = dec.unused_data
+                dec, fed = lzma.LZMADecompressor(), False
+    if fed and not dec.eof:
         raise DiskError("the xz stream is truncated")
 
 
@@ -148,6 +168,19 @@ class HolePuncher:
         return self.enabled and punch_hole(self.fd, offset, length)
 
 
+def _write_block(fd: int, puncher: HolePuncher, data: bytes, offset: int, zero: bytes) -> None:
+    """Writes data at offset; runs of zero blocks become holes when the card is a file."""
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        end = min(pos + HOLE_BLOCK, len(view))
+        if view[pos:end] == zero[: end - pos] and puncher.zero(offset + pos, end - pos):
+            pos = end
+            continue
+        written = os.pwrite(fd, view[pos:end], offset + pos)
+        pos += written
+
+
 def write_image(
     stream: BinaryIO,
     device: Path,
@@ -180,11 +213,7 @@ def write_image(
             if written + len(data) > device_size:
                 raise DiskError(f"the image is larger than the card ({device_size} bytes)")
             out_sha.update(data)
-            if not (data == zero_chunk[: len(data)] and puncher.zero(written, len(data))):
-                view = memoryview(data)
-                pos = 0
-                while pos < len(view):
-                    pos += os.pwrite(fd, view[pos:], written + pos)
+            _write_block(fd, puncher, data, written, zero_chunk)
             written += len(data)
             if size_hint:
                 pct = min(90, reader.count * 90 // size_hint)

@@ -101,7 +101,8 @@ def _root_tree(dest: Path, flavor: dict[str, Any]) -> None:
         f"{user}:!:19700:0:99999:7:::\n"
     )
     (etc / "os-release").write_text(flavor["os_release"])
-    (etc / "ssh" / "sshd_config").write_text("PermitRootLogin prohibit-password\nPasswordAuthentication yes\n")
+    (etc / "ssh" / "sshd_config").write_text(
+        "PermitRootLogin prohibit-password\nPasswordAuthentication yes\n")
     (etc / "fstab").write_text("proc /proc proc defaults 0 0\n")
 
 

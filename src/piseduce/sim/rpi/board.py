@@ -285,7 +285,9 @@ class Board:
             self._rebind()
             raise
 
-    async def _listen(self, sock: socket.socket, system: System, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    async def _listen(
+        self, sock: socket.socket, system: System, key: asyncssh.SSHKey
+    ) -> asyncssh.SSHAcceptor:
         return await asyncssh.listen(
             sock=sock,
             server_factory=lambda: _SshServer(self, system),

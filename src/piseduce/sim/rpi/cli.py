@@ -18,8 +18,8 @@ from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
 
 def command(
     boards: Annotated[int, typer.Option(min=1, max=1000, help="Number of boards.")] = 8,
-    state_dir: Annotated[Path, typer.Option(help="Cards, host keys and identities (kept across runs).")] = Path(
-        "sim-rpi"),
+    state_dir: Annotated[Path, typer.Option(
+        help="Cards, host keys and identities (kept across runs).")] = Path("sim-rpi"),
     tftp_root: Annotated[Path, typer.Option(help="The pimaster's TFTP root.")] = Path("sim-rpi/tftpboot"),
     nfs_root: Annotated[Path, typer.Option(help="The NFS system's root filesystem.")] = Path("sim-rpi/nfs"),
     snmp_port: Annotated[int, typer.Option(min=0, max=65535, help="UDP port of the switch (0 = free).")] = 0,
@@ -60,10 +60,11 @@ async def _serve(opts: ClusterOptions, inventory_file: Path | None) -> None:
             tmp.write_text(json.dumps(inventory, indent=1))
             tmp.replace(inventory_file)
         sw = inventory["switch"]
-        typer.echo(f"switch {sw['name']}: SNMP v2c on {sw['ip']}:{sw['snmp_port']} community {sw['community']}, "
-                   f"{sw['port_count']} ports (uplink {sw['master_port']})")
+        typer.echo(f"switch {sw['name']}: SNMP v2c on {sw['ip']}:{sw['snmp_port']} "
+                   f"community {sw['community']}, {sw['port_count']} ports (uplink {sw['master_port']})")
         for b in inventory["boards"]:
-            typer.echo(f"  {b['name']}: port {b['port']} {b['model']} serial {b['serial']} ssh {b['ssh_port']}")
+            typer.echo(f"  {b['name']}: port {b['port']} {b['model']} serial {b['serial']} "
+                       f"ssh {b['ssh_port']}")
         await stop.wait()
     finally:
         await cluster.stop()

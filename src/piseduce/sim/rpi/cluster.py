@@ -118,7 +118,8 @@ class RpiCluster:
         for i in range(self.opts.boards):
             if i < len(known):
                 b = known[i]
-                ids.append(Identity(b["name"], i + 1, b["model"], b["serial"], b["mac"], b.get("ssh_port", 0)))
+                ids.append(Identity(b["name"], i + 1, b["model"], b["serial"], b["mac"],
+                                    b.get("ssh_port", 0)))
                 continue
             model = models[i % len(models)]
             serial = f"{self.rng.getrandbits(32):08x}"
