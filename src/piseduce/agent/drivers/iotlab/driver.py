@@ -200,13 +200,13 @@ class IotlabDriver(Driver):
         for item in await self._running_experiments(credentials):
             if str(item.get("name") or "").startswith(ours) or item.get("state") not in LIVE:
                 continue
-            begin = _parse_date(item.get("start_date")) or _parse_date(item.get("scheduled_date")) or now
-            minutes = _as_float(item.get("submitted_duration")) or 0.0
-            finish = (
-                max(begin, now) + dt.timedelta(minutes=minutes)
-                if item.get("state") != "Running"
-                else (begin + dt.timedelta(minutes=minutes))
-            )
+            started = _parse_date(item.get("start_date"))
+            if started is not None and item.get("state") == "Running":
+                begin = started
+            else:
+                # Not started yet: it runs from its scheduled date, or as soon as possible (now).
+                begin = max(_parse_date(item.get("scheduled_date")) or now, now)
+            finish = begin + dt.timedelta(minutes=_as_float(item.get("submitted_duration")) or 0.0)
             if finish <= start or begin >= end:
                 continue
             reason = f"IoT-LAB experiment {item.get('id')} (outside PiSeduce)"
@@ -547,7 +547,7 @@ class IotlabDriver(Driver):
             ctx.state["exp_state"] = state
             await ctx.log(f"IoT-LAB experiment {exp_id}: {state}")
         if state in PENDING:
-            await ctx.progress(PROGRESS[state], f"experiment {exp_id} {state}")
+            await ctx.progress(PROGRESS[state])
             return False
         if state == "Running":
             nodes = [n for n in info.get("nodes") or [] if isinstance(n, str)] or [
