@@ -355,6 +355,17 @@ async def test_failed_destroy_ends_the_reservation_and_marks_the_node_broken(db:
         assert node is not None and node.status == "broken"
     assert any("marked broken" in m for m in messages(db.sessions, rid))
 
+    # Nobody gets the dirty node: the next booking of it fails at once with the reason.
+    ex = make_executor(db)
+    nxt = add_reservation(db.sessions, "n1")
+    await run_once(ex)
+    await ex.shutdown()
+    r = reservation(db.sessions, nxt)
+    assert r.status == "failed"
+    assert r.error.startswith("n1 is broken: it cannot be deployed")
+    assert actions(db.sessions, nxt) == []
+    assert fake_runs(db.log)[("n1", "deploy", "prepare")] == 0
+
 
 # ---------------------------------------------------------------- what steps see and report
 

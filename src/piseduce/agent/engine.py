@@ -75,6 +75,7 @@ from piseduce.agent.models import (
     DESTROYING,
     ENDED,
     FAILED,
+    NODE_AVAILABLE,
     NODE_BROKEN,
     SCHEDULED,
     Action,
@@ -700,7 +701,8 @@ class Executor:
             self._spawn_side(self._cancel_remote(view, token))
         for action_id in claimed:
             self._start(action_id)
-        self._backlog = free > 0 and len(claimed) == free
+        # Every free slot was used: more actions may be waiting, so look again as soon as one ends.
+        self._backlog = len(claimed) >= free
         return claimed
 
     def _schedule(self, s: Session, now: dt.datetime) -> list[tuple[ReservationView, str | None]]:
@@ -734,9 +736,22 @@ class Executor:
             ):
                 self._destroy(s, r, current, now)
             elif r.status == SCHEDULED and r.start <= now < r.end and current is None:
-                start_action(s, r, "deploy", reason="the reservation starts: deployment queued")
-                r.status = DEPLOYING
+                self._deploy(s, r)
         return cancelled
+
+    def _deploy(self, s: Session, r: Reservation) -> None:
+        node = r.node
+        if node.status != NODE_AVAILABLE:
+            # A node under maintenance, or marked broken (by a failed destroy...), is not deployed.
+            r.status = FAILED
+            r.error = (
+                f"{node.name} is {node.status}: it cannot be deployed until an administrator makes it "
+                "available again"
+            )
+            add_event(s, r, r.error, level="error")
+            return
+        start_action(s, r, "deploy", reason="the reservation starts: deployment queued")
+        r.status = DEPLOYING
 
     def _cancel(self, s: Session, r: Reservation, current: Action | None) -> None:
         if current is not None:
