@@ -43,6 +43,9 @@ def build_router(driver: IotlabDriver) -> APIRouter:
             403: {"description": "Not the owner, or IoT-LAB credentials missing or refused"},
             404: {"description": "No such reservation (or not yours)"},
             409: {"description": "No experiment yet, or IoT-LAB refused"},
+            400: {"description": "Missing or malformed X-Piseduce-* header"},
+            401: {"description": "Missing or wrong agent token"},
+            502: {"description": "The IoT-LAB API failed"},
         },
     )
     async def experiment_data(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> Response:
