@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ def make_sim(clock: Clock, **kw: object) -> G5kSim:
     return G5kSim("nancy", [("grisou", 3), ("gros", 2)], dict(USERS), clock=clock, dead=["gros-2"], **kw)  # type: ignore[arg-type]
 
 
-def job_payload(host: str = G1, **extra: object) -> dict[str, object]:
+def job_payload(host: str = G1, **extra: object) -> dict[str, Any]:
     return {
         "name": "t",
         "resources": "nodes=1,walltime=1:00",
@@ -134,7 +135,7 @@ def test_advance_reservation_refused_when_hosts_are_taken() -> None:
 
 def test_job_admission_errors() -> None:
     sim = make_sim(Clock())
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"resources": "nodes=1"}, "you must give a :command"),
         (job_payload(properties="host in ('nowhere.nancy.grid5000.fr')"), "not enough resources"),
         (job_payload(properties="color = 'red'"), "unknown resource property"),
