@@ -8,7 +8,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
 
 from piseduce.sim.images import build_environment
 from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
-from rpi_fixtures import connect, nfs_boot_folder, power, running_cluster, wait_for
+from rpi_fixtures import connect, make_agent_key, nfs_boot_folder, power, running_cluster, wait_for
 
 
 def _target_args(sw: dict) -> tuple[str, int]:
@@ -158,6 +160,11 @@ async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
             assert info["ok"] and info["serial"] == board.identity.serial
             assert info["model"] == board.identity.model and info["card_size"] == 16 * 1024**3
             assert (await conn.run("no-such-command")).exit_status == 127
+            # an interactive session: a prompt, the same commands, `exit`
+            session = await conn.create_process(term_type=None)
+            session.stdin.write("whoami\nexit 3\n")
+            done = await session.wait(timeout=10)
+            assert done.stdout == "root@nfspi:~# root\nroot@nfspi:~# " and done.exit_status == 3
         # any other user, or a key that is not authorized, is refused
         with pytest.raises(asyncssh.PermissionDenied):
             await connect(cluster, "pi-1", key, username="pi")
@@ -334,6 +341,45 @@ async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
         async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", client_keys=[user_key],
                                     known_hosts=known) as conn:
             assert text(await conn.run("id")).startswith("uid=1000(pi)")
-        with pytest.raises(asyncssh.PermissionDenied):
-            await asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="wrong",
-                                   client_keys=None, known_hosts=known)
+        for user, password in (("pi", "wrong"), ("root", "s3cret-pw")):
+            with pytest.raises(asyncssh.PermissionDenied):
+                await asyncssh.connect("127.0.0.1", board.ssh_port, username=user, password=password,
+                                       client_keys=None, known_hosts=known)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_runs_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    key_path = make_agent_key(tmp_path)
+    inventory_file = tmp_path / "inventory.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "piseduce.cli", "sim", "rpi", "--boards", "2",
+        "--state-dir", str(tmp_path / "s"),
+        "--tftp-root", str(tmp_path / "tftp"), "--nfs-root", str(tmp_path / "nfs"), "--time-scale", "40",
+        "--community", "c0mm", "--inventory-file", str(inventory_file), "--agent-pubkey", f"{key_path}.pub",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_for(inventory_file.exists, 30, 0.05)
+        inv = json.loads(inventory_file.read_text())
+        assert inv["switch"]["community"] == "c0mm" and len(inv["boards"]) == 2
+        board = inv["boards"][1]
+        shutil.copytree(tmp_path / "tftp" / "rpiboot_uboot", tmp_path / "tftp" / board["serial"])
+        await power(inv, 2, on=True)
+        host_key = asyncssh.import_public_key(board["nfs_host_key"]).export_public_key().decode().strip()
+        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board['ssh_port']} {host_key}\n")
+        for _ in range(100):
+            try:
+                conn = await asyncssh.connect("127.0.0.1", board["ssh_port"], username="root",
+                                              client_keys=[str(key_path)], known_hosts=known)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with conn:
+            assert text(await conn.run("hostname")) == "nfspi\n"
+            proc.send_signal(sig)
+            await asyncio.wait_for(conn.wait_closed(), 10)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
