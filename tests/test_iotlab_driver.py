@@ -331,6 +331,16 @@ async def test_destroy_touches_only_its_own_experiment_and_works_without_credent
     assert any(level == "warning" and "ends by itself" in m for level, m in ctx.events)
     assert emulator.experiment(other.driver_state["previous_id"])["state"] == "Running"
 
+    # refused credentials end a destroy too (the experiment ends at the reservation's end) ...
+    third = reservation_view(53, "m3-5")
+    await run_process(driver, "deploy", third, alice)
+    ctx = await run_process(driver, "destroy", third, {"user": "alice", "password": "changed"})
+    assert any(level == "warning" and "refused" in m for level, m in ctx.events)
+    # ... but not a redeploy, which needs them to reload
+    third.driver_state["experiment_id"] = third.driver_state["previous_id"]
+    with pytest.raises(StepError, match=CREDENTIALS_HINT):
+        await run_process(driver, "redeploy", third, {"user": "alice", "password": "changed"})
+
 
 async def test_transient_api_errors_are_retried(emulator: Emulator, driver: IotlabDriver) -> None:
     emulator.faults(error_rate=0.25)

@@ -13,6 +13,7 @@ released, which a redeploy reloads), `experiments` (every id, oldest first), `ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import re
@@ -30,7 +31,6 @@ from piseduce.agent.drivers.base import (
     BusyInterval,
     CredentialsRequired,
     Driver,
-    DriverError,
     FormField,
     InvalidParams,
     NodeSpec,
@@ -86,8 +86,8 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _step_error(exc: DriverError) -> StepError:
-    return exc if isinstance(exc, StepError) else StepError(str(exc))
+class CredentialsFailed(StepError):
+    """A step could not act because the user's IoT-LAB credentials are missing or refused."""
 
 
 class IotlabDriver(Driver):
@@ -377,7 +377,7 @@ class IotlabDriver(Driver):
 
     def _credentials(self, ctx: StepContext) -> Mapping[str, str]:
         if not ctx.credentials or not ctx.credentials.get("user") or not ctx.credentials.get("password"):
-            raise StepError(CREDENTIALS_MESSAGE)
+            raise CredentialsFailed(CREDENTIALS_MESSAGE)
         return ctx.credentials
 
     async def _call(self, creds: Mapping[str, str], fn: Any, *, retry: bool = True) -> Any:
@@ -385,24 +385,31 @@ class IotlabDriver(Driver):
         try:
             return await self.client.call(creds, fn, retry=retry)
         except CredentialsRequired as exc:
-            raise StepError(f"{CREDENTIALS_MESSAGE} ({exc})") from None
+            raise CredentialsFailed(f"{CREDENTIALS_MESSAGE} ({exc})") from None
+
+    async def _skip_release(self, ctx: StepContext, exp_id: Any, why: str) -> None:
+        ctx.state["release_skipped"] = True
+        await ctx.log(
+            f"{why}: IoT-LAB experiment {exp_id} ends by itself at the reservation's end", "warning"
+        )
 
     async def _release(self, ctx: StepContext) -> None:
         """Stop the reservation's current experiment when it is still live (redeploy, destroy, or a
-        deploy after a failure). Destroy works without credentials: the experiment then ends by
-        itself at the reservation's end, its submitted duration."""
+        deploy after a failure). Destroy also ends without usable credentials: the experiment then
+        ends by itself at the reservation's end (its submitted duration), and an IoT-LAB node holds
+        nothing of the user's that a wipe would have to remove."""
         exp_id = ctx.state.get("experiment_id")
         ctx.state.pop("release_skipped", None)
         if not exp_id:
             return
-        if not ctx.credentials and ctx.process == "destroy":
-            ctx.state["release_skipped"] = True
-            await ctx.log(
-                f"no IoT-LAB credentials to stop experiment {exp_id}: "
-                "it ends by itself at the reservation's end",
-                "warning",
-            )
-            return
+        try:
+            await self._stop_live(ctx, exp_id)
+        except CredentialsFailed:
+            if ctx.process != "destroy":
+                raise
+            await self._skip_release(ctx, exp_id, "IoT-LAB credentials missing or refused")
+
+    async def _stop_live(self, ctx: StepContext, exp_id: Any) -> None:
         creds = self._credentials(ctx)
         try:
             info = await self._call(creds, lambda api: iotlab_experiment.get_experiment(api, exp_id))
@@ -417,28 +424,38 @@ class IotlabDriver(Driver):
 
     async def _released(self, ctx: StepContext) -> bool:
         exp_id = ctx.state.get("experiment_id")
-        if exp_id and not ctx.state.get("release_skipped"):
-            creds = self._credentials(ctx)
-            try:
-                info = await self._call(creds, lambda api: iotlab_experiment.get_experiment(api, exp_id))
-            except TransientError:
+        try:
+            if exp_id and not ctx.state.get("release_skipped") and not await self._stopped(ctx, exp_id):
                 return False
-            except RemoteError as exc:
-                if exc.code != 404:
-                    raise StepError(f"IoT-LAB experiment {exp_id}: {exc.message}") from None
-                info = {"state": "Stopped"}
-            state = info.get("state")
-            if state in LIVE:
-                # A stop that did not take (an API hiccup): ask again.
-                await self._call(creds, lambda api: iotlab_experiment.stop_experiment(api, exp_id))
-                return False
-            if state not in FINAL:
-                return False
-            ctx.state["exp_state"] = state
+        except CredentialsFailed:
+            if ctx.process != "destroy":
+                raise
+            await self._skip_release(ctx, exp_id, "IoT-LAB credentials refused")
         ctx.state["previous_id"] = exp_id or ctx.state.get("previous_id")
         ctx.state["experiment_id"] = None
         ctx.state.pop("release_skipped", None)
         ctx.connection.clear()
+        return True
+
+    async def _stopped(self, ctx: StepContext, exp_id: Any) -> bool:
+        """True once the experiment is over; a stop that did not take is asked again."""
+        creds = self._credentials(ctx)
+        try:
+            info = await self._call(creds, lambda api: iotlab_experiment.get_experiment(api, exp_id))
+        except TransientError:
+            return False
+        except RemoteError as exc:
+            if exc.code != 404:
+                raise StepError(f"IoT-LAB experiment {exp_id}: {exc.message}") from None
+            info = {"state": "Stopped"}
+        state = info.get("state")
+        if state in LIVE:
+            with contextlib.suppress(RemoteError, TransientError):  # the next poll looks again
+                await self._call(creds, lambda api: iotlab_experiment.stop_experiment(api, exp_id))
+            return False
+        if state not in FINAL:
+            return False
+        ctx.state["exp_state"] = state
         return True
 
     def _timing(self, ctx: StepContext) -> tuple[int | None, int]:
