@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from piseduce.node.disk import DiskError, is_block_device, punch_hole
+from piseduce.node.disk import DiskError, is_block_device, punch_hole, reread_partitions
 
 CHUNK = 1 << 20
 HOLE_BLOCK = 1 << 16
@@ -240,6 +240,7 @@ def write_image(
             remaining -= len(data)
     if remaining or check.hexdigest() != out_sha.hexdigest():
         raise DiskError("verification failed: the card does not hold what was written")
+    reread_partitions(device)
     progress(100, "verified")
     return {"written": written, "sha256": got, "image_sha256": out_sha.hexdigest(), "verified": True,
             "format": fmt}

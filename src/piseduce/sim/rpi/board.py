@@ -220,11 +220,15 @@ class Board:
             if self._powered:
                 self._shutdown()
                 self._start_boot()
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(later()))
+
+        if self._boot_task is not None:
+            self._boot_task.cancel()
+        self._boot_task = asyncio.create_task(later(), name=f"reboot-{self.name}")
 
     def _start_boot(self) -> None:
         self._system = "booting"
-        if self._boot_task is not None:
+        current = asyncio.current_task()
+        if self._boot_task is not None and self._boot_task is not current:
             self._boot_task.cancel()
         self._boot_task = asyncio.create_task(self._boot(), name=f"boot-{self.name}")
 
