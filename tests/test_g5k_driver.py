@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -349,7 +350,10 @@ async def test_api_5xx_for_a_while_is_retried(driver: G5kDriver, g5k_emulator: E
     assert specs is not None and len(specs) == 5
 
 
-async def test_api_5xx_that_lasts_is_a_clear_failure(driver: G5kDriver, g5k_emulator: Emulator) -> None:
+async def test_api_5xx_that_lasts_is_a_clear_failure(
+    driver: G5kDriver, g5k_emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     (r,) = await book(driver, view(111, "grisou-1"))
     r.params["environment"] = "debian12-min"
     g5k_emulator.faults(error_rate=1.0)
@@ -361,6 +365,8 @@ async def test_api_5xx_that_lasts_is_a_clear_failure(driver: G5kDriver, g5k_emul
         await run_process(driver, "deploy", r)
     g5k_emulator.faults(error_rate=0.0)
     assert [j.user for j in g5k_emulator.sim.jobs.values()] == ["alice"]
+    # The retries were logged, the password never.
+    assert "retrying" in caplog.text and USERS["alice"] not in caplog.text
 
 
 # ---------------------------------------------------------------- through the agent API and executor

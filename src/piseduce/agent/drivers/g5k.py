@@ -131,7 +131,6 @@ class G5kDriver(Driver):
         self._status: dict[str, Any] | None = None
         self._status_at = 0.0
         self._poll_wait: dict[tuple[int, str], float] = {}
-        self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------ credentials and client
 
@@ -211,28 +210,27 @@ class G5kDriver(Driver):
 
     async def sync_nodes(self, credentials: Mapping[str, str] | None = None) -> list[NodeSpec] | None:
         """The site's nodes from the reference API (queues with `default`), minus dead ones;
-        cached for `inventory_refresh_seconds`."""
-        async with self._lock:
-            if (
-                self._inventory is not None
-                and time.monotonic() - self._inventory_at < self.config.inventory_refresh_seconds
-            ):
-                return list(self._inventory)
-            creds = self._service_creds(credentials)
-            if creds is None:
-                raise CredentialsRequired("no Grid'5000 login was forwarded to read the node list")
-            try:
-                async with self._client(creds) as api:
-                    clusters = await api.clusters()
-                    per_cluster = await asyncio.gather(*(api.nodes(str(c["uid"])) for c in clusters))
-                    status = await api.status()
-            except G5kError as exc:
-                raise self._hook_error(exc, "reading the Grid'5000 node list") from exc
-            specs = self._specs(clusters, per_cluster, status)
-            self._inventory, self._inventory_at = specs, time.monotonic()
-            self._status, self._status_at = status, time.monotonic()
-            log.info("Grid'5000 %s: %d nodes in the inventory", self.site, len(specs))
-            return list(specs)
+        cached for `inventory_refresh_seconds` (the agent's Inventory serialises the refreshes)."""
+        if (
+            self._inventory is not None
+            and time.monotonic() - self._inventory_at < self.config.inventory_refresh_seconds
+        ):
+            return list(self._inventory)
+        creds = self._service_creds(credentials)
+        if creds is None:
+            raise CredentialsRequired("no Grid'5000 login was forwarded to read the node list")
+        try:
+            async with self._client(creds) as api:
+                clusters = await api.clusters()
+                per_cluster = await asyncio.gather(*(api.nodes(str(c["uid"])) for c in clusters))
+                status = await api.status()
+        except G5kError as exc:
+            raise self._hook_error(exc, "reading the Grid'5000 node list") from exc
+        specs = self._specs(clusters, per_cluster, status)
+        self._inventory, self._inventory_at = specs, time.monotonic()
+        self._status, self._status_at = status, time.monotonic()
+        log.info("Grid'5000 %s: %d nodes in the inventory", self.site, len(specs))
+        return list(specs)
 
     def _specs(
         self, clusters: list[dict[str, Any]], per_cluster: list[list[dict[str, Any]]], status: dict[str, Any]
@@ -578,7 +576,13 @@ class G5kDriver(Driver):
         deploy = (
             Step("prepare", self._prepare, label="prepare the deployment"),
             Step(
-                "wait_job", self._wait_job_run, self._wait_job_done, label="wait for the OAR job", poll=poll
+                "wait_job",
+                self._wait_job_run,
+                self._wait_job_done,
+                label="wait for the OAR job",
+                # done() fails first, with OAR's message; this is the engine's safety net.
+                fail_after=(JOB_START_TIMEOUT + 120) * t,
+                poll=poll,
             ),
             Step(
                 "kadeploy",
@@ -618,6 +622,15 @@ class G5kDriver(Driver):
         self._poll_wait[key] = nxt
         if wait is not None:
             await asyncio.sleep(wait)
+
+    @staticmethod
+    async def _report(ctx: StepContext, percent: int, message: str) -> None:
+        """Progress of a poll; the message (an event in the timeline) only when it changes."""
+        if ctx.state.get("last_report") == message:
+            await ctx.progress(percent)
+            return
+        ctx.state["last_report"] = message
+        await ctx.progress(percent, message)
 
     def _api_down(self, ctx: StepContext, exc: G5kUnavailable, what: str) -> None:
         """A poll could not reach the API: tolerated a few times in a row, then fatal."""
@@ -685,7 +698,7 @@ class G5kDriver(Driver):
             )
         scheduled = _ts(job.get("scheduled_at"))
         when = f", scheduled at {_hhmm(scheduled)}" if scheduled else ""
-        await ctx.progress(10 if state == "waiting" else 60, f"OAR job {job_id} is {state}{when}")
+        await self._report(ctx, 10 if state == "waiting" else 60, f"OAR job {job_id} is {state}{when}")
         return False
 
     async def _kadeploy_run(self, ctx: StepContext) -> None:
@@ -738,7 +751,7 @@ class G5kDriver(Driver):
         if status in ("waiting", "processing"):
             elapsed = time.time() - float(ctx.state.get("deployment_started") or time.time())
             pct = min(95, 5 + int(90 * elapsed / (KADEPLOY_EXPECTED * self.scale)))
-            await ctx.progress(pct, f"Kadeploy {status}: {env} on {fqdn}")
+            await self._report(ctx, pct, f"Kadeploy {status}: {env} on {fqdn}")
             return False
         if status == "terminated":
             result = (dep.get("result") or {}).get(fqdn) or {}

@@ -5,6 +5,9 @@ and retries with exponential back-off on 5xx answers and connection errors for t
 verbs (GET, PUT, DELETE). POSTs are never retried blindly here: submitting a job twice would hold
 two sets of nodes, so the callers check what the failed POST may have created before retrying.
 
+python-grid5000 (requests, blocking) would stall the agent's event loop, so the agent speaks the
+same HTTP itself; the emulator's tests prove python-grid5000 works against the same routes.
+
 The password lives only in this object's `httpx` auth; it never appears in a message, a log line
 or a `repr`.
 """
