@@ -383,3 +383,28 @@ async def test_cli_runs_until_signal(tmp_path: Path, sig: signal.Signals) -> Non
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_power_and_temperature_follow_activity(tmp_path: Path) -> None:
+    # time_scale 1000: the 120 s thermal time constant is 0.12 s of real time
+    async with running_cluster(tmp_path, boards=1, time_scale=1000, boot_delay=20) as (cluster, key):
+        board = cluster.board("pi-1")
+        off_temp = board.temperature_mc()
+        nfs_boot_folder(cluster, "pi-1")
+        await power(cluster.inventory(), 1, on=True)
+        await wait_for(lambda: board.system == "nfs", 5)
+        await asyncio.sleep(0.6)
+        idle_mw, idle_temp = board.power_mw(), board.temperature_mc()
+        assert 2500 < idle_mw < 3000 and 40000 < idle_temp < 52000 and idle_temp > off_temp
+        busy = object()
+        board.helper_started(busy)  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)
+        busy_mw, busy_temp = board.power_mw(), board.temperature_mc()
+        board.helper_finished(busy)  # type: ignore[arg-type]
+        assert busy_mw > idle_mw + 2000 and busy_temp > idle_temp + 10000
+        sw = cluster.inventory()["switch"]
+        _, _, _, binds = await _pysnmp_get(sw, [f"{sw['power_oid']}.1"])
+        assert 2500 < int(binds[0][1]) < 3000
+        await power(cluster.inventory(), 1, on=False)
+        await asyncio.sleep(0.6)
+        assert board.power_mw() == 0 and board.temperature_mc() < 32000
