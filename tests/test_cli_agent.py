@@ -1,0 +1,138 @@
+"""`piseduce agent init-db|api` as users run them (subprocesses of the real console entry point)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_helpers import ROOT, TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http, write_config
+from piseduce.crypto import generate_key_file
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        piseduce_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=timeout
+    )
+
+
+def error_lines(p: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in p.stderr.splitlines() if line.strip()]
+
+
+def test_init_db_is_idempotent(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    first = run("agent", "init-db", str(cfg))
+    assert first.returncode == 0, first.stderr
+    assert "tables created" in first.stdout
+    second = run("agent", "init-db", str(cfg))
+    assert second.returncode == 0, second.stderr
+    assert "already up to date" in second.stdout
+    assert (tmp_path / "agent.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "command"),
+    [
+        ({"auth_token": ["short"]}, "auth_token", "api"),
+        ({"auth_token": ["short"]}, "auth_token", "init-db"),
+        ({"auth_token": [TOKEN], "node_type": "arduino"}, "node_type", "api"),
+        ({"auth_token": [TOKEN], "node_type": "g5k", "key_file": "missing.key"}, "key_file", "api"),
+        (None, "malformed JSON", "init-db"),
+    ],
+)
+def test_bad_config_is_one_line(
+    tmp_path: Path, data: dict[str, object] | None, key: str, command: str
+) -> None:
+    cfg = tmp_path / "config_agent.json"
+    cfg.write_text(
+        json.dumps(data) if data is not None else '{"auth_token": ["0123456789abc"],\n  "port_number": }'
+    )
+    p = run("agent", command, str(cfg))
+    assert p.returncode != 0
+    lines = error_lines(p)
+    assert len(lines) == 1, p.stderr
+    assert str(cfg) in lines[0] and key in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+def test_unknown_key_is_a_warning(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, colour="blue")
+    p = run("agent", "init-db", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "WARNING" in p.stderr and "'colour'" in p.stderr
+
+
+def test_api_refuses_an_uninitialised_database(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    p = run("agent", "api", str(cfg))
+    assert p.returncode != 0
+    lines = error_lines(p)
+    assert len(lines) == 1 and "init-db" in lines[0]
+
+
+def serve(cfg: Path, port: int, *extra: str) -> None:
+    proc = subprocess.Popen(
+        piseduce_cmd("agent", "api", str(cfg), *extra),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        try:
+            r = wait_http(f"http://127.0.0.1:{port}/api/health", timeout=30)
+        except TimeoutError:
+            proc.kill()
+            out, _ = proc.communicate(timeout=10)
+            raise AssertionError(f"the agent did not answer; its output:\n{out}") from None
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        spec = wait_http(f"http://127.0.0.1:{port}/openapi.json").json()
+        assert "/api/reservations" in spec["paths"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_api_serves_health(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, port_number=port)
+    assert run("agent", "init-db", str(cfg)).returncode == 0
+    serve(cfg, port, "--log-format", "json")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("piseduce.agent.drivers.g5k") is None, reason="no g5k driver yet"
+)
+def test_seed_example_serves_once_the_key_is_there(tmp_path: Path) -> None:
+    port = free_port()
+    data = (ROOT / "docs" / "examples" / "config_agent.json").read_text().replace("8099", str(port))
+    cfg = tmp_path / "config_agent.json"
+    cfg.write_text(data)
+    p = run("agent", "api", str(cfg))
+    assert p.returncode != 0 and "key_file" in error_lines(p)[0]
+    generate_key_file(tmp_path / "secret.key")  # what `piseduce webui gen-key` writes, copied here
+    assert run("agent", "init-db", str(cfg)).returncode == 0
+    serve(cfg, port)
+
+
+def test_cli_help_lists_commands() -> None:
+    p = subprocess.run(
+        [sys.executable, "-c", "from piseduce.cli import main; main()", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert p.returncode == 0
+    for cmd in ("init-db", "api", "exec"):
+        assert cmd in p.stdout
