@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -268,3 +269,13 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
             return value
         time.sleep(interval)
     raise TimeoutError("condition not reached")
+
+
+@pytest.fixture(autouse=False)
+def fast_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id with small parameters for in-process tests (the real ones cost ~0.7 s per hash here)."""
+    from argon2 import PasswordHasher
+
+    from piseduce import crypto
+
+    monkeypatch.setattr(crypto, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))

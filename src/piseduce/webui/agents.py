@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce import crypto
 from piseduce.config import WebuiConfig
+from piseduce.db import write_session
 from piseduce.webui.models import (
     AGENT_CONNECTED,
     AGENT_ERROR,
@@ -280,7 +281,7 @@ class AgentHub:
             brk.success()
         elif status == AGENT_UNREACHABLE:
             brk.failure(time.monotonic(), error.removeprefix("unreachable: "))
-        with self.factory() as db, db.begin():
+        with write_session(self.factory) as db:
             agent = db.get(Agent, agent_id)
             if agent is None:
                 return ""

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce import crypto
+from piseduce.db import write_session
 from piseduce.webui.models import ROLE_ADMIN, STATE_ACTIVE, User
 
 CSRF_FIELD = "csrf_token"
@@ -188,7 +189,7 @@ DEFAULT_ADMIN_EMAIL = "admin@piseduce.local"
 def ensure_first_admin(factory: sessionmaker[Session]) -> NewAdmin | None:
     """On a database without any admin, create one with a random password (returned once, to be
     printed once; never a published default)."""
-    with factory() as db, db.begin():
+    with write_session(factory) as db:
         if db.scalar(select(func.count()).select_from(User).where(User.role == ROLE_ADMIN)):
             return None
         password = crypto.generate_password(16)
@@ -204,7 +205,7 @@ def ensure_first_admin(factory: sessionmaker[Session]) -> NewAdmin | None:
 
 def set_admin(factory: sessionmaker[Session], email: str, password: str) -> bool:
     """Create or reset an admin account; True when it was created."""
-    with factory() as db, db.begin():
+    with write_session(factory) as db:
         email = normalise_email(email)
         user = db.scalar(select(User).where(User.email == email))
         created = user is None

@@ -66,12 +66,25 @@ def hub(request: Request) -> AgentHub:
     return h
 
 
+def begin_write(db: Session) -> None:
+    """Start the request's write transaction now, taking SQLite's write lock at once: a read
+    transaction upgraded to a write fails at once (no busy wait) when another process wrote in
+    between, so every writing handler calls this before reading what it changes."""
+    if db.in_transaction():
+        db.commit()
+    if db.get_bind().dialect.name == "sqlite":
+        db.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+
+
 def optional_user(request: Request, db: Session = Depends(db_session)) -> User | None:
-    return auth.session_user(request, db)
+    user = auth.session_user(request, db)
+    db.commit()  # end the read transaction: pages then wait on agents without holding one
+    return user
 
 
 def current_user(request: Request, db: Session = Depends(db_session)) -> User:
     user = auth.session_user(request, db)
+    db.commit()
     if user is None:
         raise auth.LoginRequired()
     request.state.user = user

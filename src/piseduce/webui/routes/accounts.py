@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from piseduce import crypto
 from piseduce.webui import auth
 from piseduce.webui.models import ROLE_USER, STATE_PENDING, User, utcnow
-from piseduce.webui.web import db_session, flash, form_str, optional_user, redirect, render
+from piseduce.webui.web import begin_write, db_session, flash, form_str, optional_user, redirect, render
 
 router = APIRouter()
 
@@ -41,6 +41,7 @@ async def login(request: Request, db: Session = Depends(db_session)) -> Response
     user = auth.authenticate(db, email, password)
     if user is None:
         return render(request, "login.html", {"email": email, "error": LOGIN_FAILED}, status=401)
+    begin_write(db)
     user.last_login = utcnow()
     db.commit()
     auth.login_session(request, user)
@@ -61,6 +62,7 @@ async def signup(request: Request, db: Session = Depends(db_session)) -> Respons
     client = request.client.host if request.client else "?"
     if error is None and not request.app.state.limiter.hit(f"signup:{client}"):
         error = "Too many attempts. Wait a minute and try again."
+    begin_write(db)
     if error is None and db.scalar(select(User.id).where(User.email == email)) is not None:
         error = "An account with this email already exists."
     if error is not None:

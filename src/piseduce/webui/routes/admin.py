@@ -23,7 +23,7 @@ from piseduce.webui.models import (
     Agent,
     User,
 )
-from piseduce.webui.web import admin_user, db_session, flash, form_str, hub, redirect, render
+from piseduce.webui.web import admin_user, begin_write, db_session, flash, form_str, hub, redirect, render
 
 router = APIRouter(prefix="/admin")
 
@@ -51,6 +51,7 @@ USER_ACTIONS = ("approve", "revoke", "promote", "demote", "remove")
 @router.post("/users/{user_id}/{action}")
 def user_action(user_id: int, action: str, request: Request, me: User = Depends(admin_user),
                 db: Session = Depends(db_session)) -> Response:
+    begin_write(db)
     target = db.get(User, user_id)
     if target is None or action not in USER_ACTIONS:
         flash(request, "No such user or action.", "error")
@@ -137,6 +138,10 @@ async def add_agent(request: Request, me: User = Depends(admin_user), db: Sessio
             "page": "admin_agents", "agents": agents, "down": {a.id: h.is_down(a.id) for a in agents},
             "error": error, "form": {"name": name, "host": host, "port": port_text},
         }, status=400)
+    begin_write(db)
+    if db.scalar(select(Agent.id).where(Agent.name == name)) is not None:
+        flash(request, f"An agent named {name} exists already.", "error")
+        return redirect(request, "/admin/agents")
     agent = Agent(name=name, host=host, port=port, token=crypto.encrypt_str(request.app.state.fernet, token),
                   status=status)
     db.add(agent)
@@ -155,6 +160,7 @@ async def check_agent(agent_id: int, request: Request, me: User = Depends(admin_
         flash(request, "No such agent.", "error")
         return redirect(request, "/admin/agents")
     status = await h.check_agent(agent_id)
+    db.commit()  # a new snapshot: the check was written by another connection
     db.refresh(agent)
     kind = "ok" if status == AGENT_CONNECTED else "error"
     flash(request, f"Agent {agent.name}: {status}" + (f" ({agent.last_error})" if agent.last_error else ""), kind)
@@ -164,6 +170,7 @@ async def check_agent(agent_id: int, request: Request, me: User = Depends(admin_
 @router.post("/agents/{agent_id}/delete")
 def delete_agent(agent_id: int, request: Request, me: User = Depends(admin_user),
                  db: Session = Depends(db_session), h: AgentHub = Depends(hub)) -> Response:
+    begin_write(db)
     agent = db.get(Agent, agent_id)
     if agent is None:
         flash(request, "No such agent.", "error")

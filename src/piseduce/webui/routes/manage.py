@@ -166,12 +166,14 @@ async def action(request: Request, user: User = Depends(current_user), h: AgentH
             messages.append(("error", "Extend by a number of hours (0 = by the reservation's own length)."))
         body = {"hours": hours}
     if not messages:
-        replies = await asyncio.gather(*(
+        # The node names come from the user's own list, read in the same round trip.
+        listing, replies = await asyncio.gather(mine(h, who), asyncio.gather(*(
             h.call(ref, "POST", f"/api/reservations/{rid}/{name}", who=who, json=body) for ref, rid in targets
-        ))
+        )))
+        names = {it.ref: str(it.r.get("node")) for it in listing[0]}
         for (ref, rid), reply in zip(targets, replies, strict=True):
             data = reply.data if isinstance(reply.data, dict) else {}
-            node = data.get("node") or f"reservation {rid}"
+            node = data.get("node") or names.get(f"{ref.id}:{rid}") or f"reservation {rid}"
             if reply.ok:
                 extra = data.get("message") or data.get("status") or "accepted"
                 messages.append(("ok", f"{ACTIONS[name].split(' (')[0]}: {node} on {ref.name}: {extra}"))

@@ -10,7 +10,7 @@ from piseduce import crypto
 from piseduce.webui import auth
 from piseduce.webui.models import User
 from piseduce.webui.sshkeys import parse_key, parse_keys
-from piseduce.webui.web import current_user, db_session, flash, form_str, redirect, render
+from piseduce.webui.web import begin_write, current_user, db_session, flash, form_str, redirect, render
 
 router = APIRouter(prefix="/settings")
 
@@ -42,6 +42,7 @@ def settings_page(request: Request, tab: str = "account", user: User = Depends(c
 async def change_password(request: Request, user: User = Depends(current_user),
                           db: Session = Depends(db_session)) -> Response:
     form = await request.form()
+    begin_write(db)
     current = form_str(form, "current", auth.MAX_PASSWORD)
     new = form_str(form, "password", auth.MAX_PASSWORD + 1)
     if not crypto.verify_password(user.password_hash, current):
@@ -62,6 +63,7 @@ async def change_password(request: Request, user: User = Depends(current_user),
 async def add_keys(request: Request, user: User = Depends(current_user),
                    db: Session = Depends(db_session)) -> Response:
     form = await request.form()
+    begin_write(db)
     try:
         keys = parse_keys(form_str(form, "keys", 64 * 1024))
     except ValueError as exc:
@@ -96,6 +98,7 @@ def _valid(line: str) -> bool:
 async def delete_key(request: Request, user: User = Depends(current_user),
                      db: Session = Depends(db_session)) -> Response:
     form = await request.form()
+    begin_write(db)
     fingerprint = form_str(form, "fingerprint", 100)
     kept = [k for k in user.ssh_keys or [] if not (_valid(k) and parse_key(k).fingerprint == fingerprint)]
     if len(kept) == len(user.ssh_keys or []):
@@ -114,6 +117,7 @@ async def set_credentials(kind: str, request: Request, user: User = Depends(curr
         return Response("unknown credential type", status_code=404)
     label, user_attr, pwd_attr = CRED_TYPES[kind]
     form = await request.form()
+    begin_write(db)
     login = form_str(form, "login", 200).strip()
     password = form_str(form, "password", 1025)
     error = None
@@ -139,6 +143,7 @@ def delete_credentials(kind: str, request: Request, user: User = Depends(current
     if kind not in CRED_TYPES:
         return Response("unknown credential type", status_code=404)
     label, user_attr, pwd_attr = CRED_TYPES[kind]
+    begin_write(db)
     setattr(user, user_attr, "")
     setattr(user, pwd_attr, None)
     db.commit()
