@@ -345,6 +345,11 @@ async def test_api_5xx_for_a_while_is_retried(driver: G5kDriver, g5k_emulator: E
     (r,) = await book(driver, view(101, "grisou-1"))
     # The failed POST was retried, never doubled.
     assert [j.uid for j in g5k_emulator.sim.jobs.values()] == [r.driver_state["job_id"]]
+    # OAR accepts the job but the proxy loses the answer: the job is found and adopted.
+    g5k_emulator.faults(drop_next=1)
+    (r2,) = await book(driver, view(102, "grisou-2"))
+    alice_jobs = [j.uid for j in g5k_emulator.sim.jobs.values() if j.user == "alice"]
+    assert alice_jobs == [r.driver_state["job_id"], r2.driver_state["job_id"]]
     g5k_emulator.faults(fail_next=3)
     specs = await driver.sync_nodes(ALICE)
     assert specs is not None and len(specs) == 5

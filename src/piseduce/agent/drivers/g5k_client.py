@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import math
 import re
+import time
 from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -243,6 +244,7 @@ class G5kClient:
         """POST the job. When the API fails (5xx, no answer), look for a job of this name before
         trying again, so that a job OAR accepted behind a failing proxy is adopted, not doubled."""
         name = payload["name"]
+        began = time.time()
         last: G5kUnavailable | None = None
         for attempt in range(self.attempts):
             if attempt:
@@ -251,6 +253,13 @@ class G5kClient:
                     found = await self.jobs(user=self.user, name=name, state="waiting,launching,running")
                 except G5kUnavailable:
                     found = []
+                # Only a job of this very request: same name and filter, submitted since it began.
+                found = [
+                    j
+                    for j in found
+                    if j.get("properties") == payload.get("properties")
+                    and float(j.get("submitted_at") or 0) >= began - 60
+                ]
                 if found:
                     log.info(
                         "Grid'5000 job %s (%s) was created by an earlier attempt", found[0].get("uid"), name

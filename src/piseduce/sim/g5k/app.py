@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from piseduce.sim.g5k.model import G5kSim, SimError
 
@@ -454,10 +454,22 @@ class G5kFrontDoor:
             await resp(scope, receive, send)
             return
         scope["g5k_user"] = user
+        lost = self.sim.answer_lost()
+        target = send
+        if lost:
+
+            async def swallow(message: Message) -> None:
+                return None
+
+            target = swallow
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, target)
         except SimError as exc:
-            await _error(exc)(scope, receive, send)
+            await _error(exc)(scope, receive, target)
+        if lost:
+            await PlainTextResponse("Bad Gateway (emulated: the answer was lost)", status_code=502)(
+                scope, receive, send
+            )
 
     def _authenticate(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", []):

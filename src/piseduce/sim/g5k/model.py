@@ -49,6 +49,7 @@ class Faults:
     ko_nodes: set[str] = field(default_factory=set)  # nodes (uid or FQDN) that always end KO
     error_rate: float = 0.0  # probability that an API request answers 503
     fail_next: int = 0  # the next N API requests answer 503
+    drop_next: int = 0  # the next N API requests are processed, but their answer is lost (502)
     latency: float = 0.0  # seconds added to every API request
     deploy_error: str = ""  # when set, deployments end in `error` with this output
 
@@ -58,6 +59,7 @@ class Faults:
             "ko_nodes": sorted(self.ko_nodes),
             "error_rate": self.error_rate,
             "fail_next": self.fail_next,
+            "drop_next": self.drop_next,
             "latency": self.latency,
             "deploy_error": self.deploy_error,
         }
@@ -78,11 +80,11 @@ class Faults:
                 if not 0 <= v <= 60:
                     raise SimError(400, "latency must be between 0 and 60 seconds")
                 self.latency = v
-            elif key == "fail_next":
+            elif key in ("fail_next", "drop_next"):
                 n = int(value)
                 if n < 0:
-                    raise SimError(400, "fail_next must be >= 0")
-                self.fail_next = n
+                    raise SimError(400, f"{key} must be >= 0")
+                setattr(self, key, n)
             elif key == "deploy_error":
                 self.deploy_error = str(value or "")
             else:
@@ -234,6 +236,15 @@ class G5kSim:
                 self.faults.fail_next -= 1
                 return True
             return self.faults.error_rate > 0 and self.random.random() < self.faults.error_rate
+
+    def answer_lost(self) -> bool:
+        """Whether this API request is processed but its answer replaced by a 502 (a proxy that
+        gave up while the backend worked)."""
+        with self.lock:
+            if self.faults.drop_next > 0:
+                self.faults.drop_next -= 1
+                return True
+            return False
 
     # -- nodes
 
