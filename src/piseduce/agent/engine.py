@@ -94,6 +94,8 @@ T = TypeVar("T")
 
 # Bound on the automatic hard reboot when the step declares no fail_after.
 REBOOT_TIMEOUT = 120.0
+# Shortest interval between two commits of a bare progress percentage of one action.
+PROGRESS_INTERVAL = 1.0
 # Longest pause between scheduling passes while they fail (database unreachable...).
 MAX_BACKOFF = 30.0
 # Reservations past their end in one of these are destroyed (the node may hold the user's system).
@@ -184,7 +186,8 @@ def reservation_view(r: Reservation) -> ReservationView:
 def lock_reservation(s: Session, rid: int) -> Reservation | None:
     """Lock a reservation row (PostgreSQL; SQLite's write transaction is already exclusive) and
     load it fresh. Locked apart from the load: FOR UPDATE cannot cover the outer join of `node`."""
-    s.execute(select(Reservation.id).where(Reservation.id == rid).with_for_update())
+    if s.get_bind().dialect.name != "sqlite":
+        s.execute(select(Reservation.id).where(Reservation.id == rid).with_for_update())
     return s.get(Reservation, rid, populate_existing=True)
 
 
@@ -225,6 +228,11 @@ class ActionRunner:
         self.saved_state: dict[str, Any] = {}
         self.saved_connection: dict[str, Any] = {}
         self.ctx: EngineStepContext | None = None
+        self._prelude: Mutation | None = None
+        # Progress without a message is committed at most every PROGRESS_INTERVAL seconds;
+        # in between it rides along with the next commit.
+        self._progress_dirty = False
+        self._progress_committed = time.monotonic()
 
     # ------------------------------------------------------------ the whole action
 
@@ -306,11 +314,13 @@ class ActionRunner:
                     r.error = ""
                 add_event(s, r, f"{process.name} started", action=a)
 
-            await self._commit(start)
+            if step is None:
+                await self._commit(start)
+            else:
+                self._prelude = start  # committed with the first step's start: one commit less
             return
         # A resumed action: the step it was in restarts its clock (the outage is not the node's fault).
         resumed_in_step = step is not None and loaded.step_name == step.name
-        now = utcnow()
 
         def resume(s: Session, a: Action, r: Reservation | None) -> None:
             where = f" at step '{step.title}'" if step is not None and resumed_in_step else ""
@@ -322,12 +332,14 @@ class ActionRunner:
                 step=step.name if step is not None else "",
             )
             if resumed_in_step:
-                a.step_started_at = now
+                a.step_started_at = utcnow()
 
+        if step is not None and not resumed_in_step:
+            self._prelude = resume
+            return
         await self._commit(resume)
         if resumed_in_step:
             self.begun = True
-            self.step_started_at = now
 
     async def _steps(self, process: Process) -> None:
         steps = process.steps
@@ -366,8 +378,18 @@ class ActionRunner:
                 async with timeout:
                     if not self.step_ran:
                         await self._call(step, step.run(ctx))
-                        if step.done is not None:
+                        if step.done is None:
+                            return
+                        # What run() recorded (a remote job id...) is saved before anything else.
+                        if ctx.state != self.saved_state or ctx.connection != self.saved_connection:
                             await self._mark_ran(step)
+                        # A step done at once needs no "ran" commit of its own: the "done" commit
+                        # follows, and a crash before it only repeats the idempotent run().
+                        if await self._call(step, step.done(ctx)):
+                            return
+                        if not self.step_ran:
+                            await self._mark_ran(step)
+                        await asyncio.sleep(step.poll)
                     if step.done is not None:
                         while not await self._call(step, step.done(ctx)):
                             if ctx.state != self.saved_state or ctx.connection != self.saved_connection:
@@ -401,19 +423,20 @@ class ActionRunner:
             raise _StepFailed(f"{step.title}: {str(exc) or type(exc).__name__}") from exc
 
     async def _start_step(self, step: Step) -> None:
-        now = utcnow()
+        prelude, self._prelude = self._prelude, None
 
         def start(s: Session, a: Action, r: Reservation | None) -> None:
+            if prelude is not None:
+                prelude(s, a, r)
             a.step_index = self.index
             a.step_name = step.name
-            a.step_started_at = now
+            a.step_started_at = utcnow()
             a.step_ran = False
             a.step_rebooted = False
             add_event(s, r, f"{step.title}: started", step=step.name, action=a)
 
         await self._commit(start)
         self.begun = True
-        self.step_started_at = now
         self.step_ran = False
         self.step_rebooted = False
 
@@ -454,14 +477,12 @@ class ActionRunner:
             ) from None
         except _StepFailed as failure:
             raise _StepFailed(f"{step.title}: automatic hard reboot failed: {failure.message}") from None
-        now = utcnow()
 
         def rebooted(s: Session, a: Action, r: Reservation | None) -> None:
-            a.step_started_at = now
+            a.step_started_at = utcnow()
             add_event(s, r, f"{step.title}: node rebooted, the step starts over", step=step.name, action=a)
 
         await self._commit(rebooted)
-        self.step_started_at = now
 
     def _overall(self, index: int, step_percent: int) -> int:
         assert self.process is not None
@@ -472,14 +493,13 @@ class ActionRunner:
         return max(0, min(100, int((done + current) * 100 / total)))
 
     async def _advance(self, step: Step, nxt: Step) -> None:
-        now = utcnow()
         progress = self._overall(self.index + 1, 0)
 
         def advance(s: Session, a: Action, r: Reservation | None) -> None:
             add_event(s, r, f"{step.title}: done", step=step.name, action=a)
             a.step_index = self.index + 1
             a.step_name = nxt.name
-            a.step_started_at = now
+            a.step_started_at = utcnow()
             a.step_ran = False
             a.step_rebooted = False
             a.progress = progress
@@ -488,7 +508,6 @@ class ActionRunner:
         await self._commit(advance)
         self.index += 1
         self.begun = True
-        self.step_started_at = now
         self.step_ran = False
         self.step_rebooted = False
         self.progress = progress
@@ -567,8 +586,9 @@ class ActionRunner:
         connection = copy.deepcopy(ctx.connection)
         saved_state, saved_connection = self.saved_state, self.saved_connection
         ex = self.ex
+        progress = self.progress if self._progress_dirty else None
 
-        def work(s: Session) -> dt.datetime | None:
+        def work(s: Session) -> tuple[dt.datetime | None, dt.datetime]:
             r = None
             if self.reservation_id is not None:
                 # Reservation first, then action: the API locks in that order too.
@@ -577,6 +597,8 @@ class ActionRunner:
             if a is None or a.status not in ACTION_OPEN or a.locked_by != ex.name:
                 raise lease.LeaseLost(f"action {self.action_id} is no longer held by {ex.name}")
             a.locked_until = utcnow() + dt.timedelta(seconds=ex.lease_seconds)
+            if progress is not None:
+                a.progress = progress
             if r is not None:
                 if state != saved_state:
                     r.driver_state = _merge(r.driver_state or {}, saved_state, state)
@@ -586,10 +608,15 @@ class ActionRunner:
                 a.args = {**(a.args or {}), "driver_state": state, "connection": connection}
             if mutate is not None:
                 mutate(s, a, r)
-            return r.end if r is not None else None
+            # Step clocks are stamped inside the transaction, so waiting for the database
+            # never counts against a step's timeouts.
+            return (r.end if r is not None else None), a.step_started_at
 
-        end = await ex.db.write(work)
+        end, self.step_started_at = await ex.db.write(work)
         self.saved_state, self.saved_connection = state, connection
+        if progress is not None and progress == self.progress:
+            self._progress_dirty = False
+        self._progress_committed = time.monotonic()
         if end is not None:
             ctx.reservation.end = end  # an extension made meanwhile
 
@@ -610,10 +637,14 @@ class ActionRunner:
         step = self._current_step()
         pct = max(0, min(100, int(percent)))
         overall = self._overall(self.index, pct)
-        # Only a change of the integer percentage (or a message) is committed: no commit storm.
+        # Only a change of the integer percentage (or a message) counts, and a bare percentage is
+        # committed at most once per PROGRESS_INTERVAL: no commit storm from chatty steps.
         if overall == self.progress and not message:
             return
         self.progress = overall
+        if not message and time.monotonic() - self._progress_committed < PROGRESS_INTERVAL:
+            self._progress_dirty = True
+            return
 
         def progress(s: Session, a: Action, r: Reservation | None) -> None:
             a.progress = overall
