@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
 from piseduce.agent.api import admin, health, nodes, reservations
-from piseduce.agent.api.deps import AgentState
+from piseduce.agent.api.deps import ERRORS, AgentState
 from piseduce.agent.auth import admin as require_admin
 from piseduce.agent.drivers import load_driver
 from piseduce.agent.drivers.base import Driver
@@ -171,13 +171,15 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     app.state.registry = registry
 
     for router in (health.router, nodes.router, reservations.router, admin.router):
-        app.include_router(router)
+        app.include_router(router, responses=ERRORS)
     extra = driver.admin_router()
     if extra is not None:
-        app.include_router(extra, prefix="/api/admin", dependencies=[Depends(require_admin)])
+        app.include_router(
+            extra, prefix="/api/admin", dependencies=[Depends(require_admin)], responses=ERRORS
+        )
     user_extra = driver.user_router()
     if user_extra is not None:
-        app.include_router(user_extra, prefix="/api/reservations")
+        app.include_router(user_extra, prefix="/api/reservations", responses=ERRORS)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -19,12 +19,6 @@ from piseduce.db import write_session
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin)])
 
 NodeName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong agent token"},
-    403: {"description": "Administrators only"},
-    404: {"description": "No such node"},
-    409: {"description": "Not possible now; the detail says why"},
-}
 
 
 def node_out(n: Node) -> AdminNodeOut:
@@ -43,7 +37,7 @@ def _list(state: AgentState) -> list[AdminNodeOut]:
         return [node_out(n) for n in s.scalars(select(Node).order_by(Node.name))]
 
 
-@router.get("/nodes", response_model=list[AdminNodeOut], responses=ERRORS)
+@router.get("/nodes", response_model=list[AdminNodeOut])
 async def list_nodes(state: StateDep) -> list[AdminNodeOut]:
     """Every node, absent ones included."""
     return await db(_list, state)
@@ -79,7 +73,7 @@ def _add(state: AgentState, caller: Caller, body: NodeIn) -> AdminNodeOut:
         return node_out(node)
 
 
-@router.post("/nodes", status_code=201, response_model=AdminNodeOut, responses=ERRORS)
+@router.post("/nodes", status_code=201, response_model=AdminNodeOut)
 async def add_node(body: NodeIn, state: StateDep, caller: AdminDep) -> AdminNodeOut:
     """Register a node (raspberry agents); agents with a remote inventory sync theirs (409)."""
     if state.driver.remote_inventory:
@@ -101,13 +95,13 @@ def _status(state: AgentState, caller: Caller, name: str, status: str) -> AdminN
         return node_out(node)
 
 
-@router.patch("/nodes/{name}", response_model=AdminNodeOut, responses=ERRORS)
+@router.patch("/nodes/{name}", response_model=AdminNodeOut)
 async def patch_node(name: NodeName, body: NodeStatusIn, state: StateDep, caller: AdminDep) -> AdminNodeOut:
     """Set a node available, in maintenance or broken (only `available` nodes are bookable)."""
     return await db(_status, state, caller, name, body.status)
 
 
-@router.post("/nodes/{name}/status", response_model=AdminNodeOut, responses=ERRORS)
+@router.post("/nodes/{name}/status", response_model=AdminNodeOut)
 async def post_node_status(
     name: NodeName, body: NodeStatusIn, state: StateDep, caller: AdminDep
 ) -> AdminNodeOut:
@@ -139,7 +133,7 @@ def _delete(state: AgentState, caller: Caller, name: str) -> dict[str, str]:
         return {"name": name, "result": result}
 
 
-@router.delete("/nodes/{name}", responses=ERRORS)
+@router.delete("/nodes/{name}")
 async def delete_node(name: NodeName, state: StateDep, caller: AdminDep) -> dict[str, str]:
     """Remove a node; refused while it has an active reservation."""
     return await db(_delete, state, caller, name)
@@ -171,7 +165,7 @@ def _actions(session_state: AgentState) -> list[ActionOut]:
         ]
 
 
-@router.get("/actions", response_model=list[ActionOut], responses=ERRORS)
+@router.get("/actions", response_model=list[ActionOut])
 async def open_actions(state: StateDep) -> list[ActionOut]:
     """Actions waiting for or being run by an executor."""
     return await db(_actions, state)

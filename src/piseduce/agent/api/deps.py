@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from cryptography.fernet import Fernet
 from fastapi import Depends, HTTPException, Request
+from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +31,30 @@ from piseduce.config import AgentConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ErrorOut(BaseModel):
+    """Every error: a sentence, or (for malformed input) the list of what is wrong."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# Documented on every route, so that clients (and schemathesis) know each answer.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _err("Missing or malformed X-Piseduce-* header (or unreadable X-Piseduce-Credentials)"),
+    401: _err("Missing or wrong agent token"),
+    403: _err("Administrators only, or the user's testbed credentials are missing or refused"),
+    404: _err("No such object, or not the caller's"),
+    409: _err("Not possible now; the detail says why"),
+    413: _err("Request body too large"),
+    422: _err("Invalid input; the detail names the field"),
+    502: _err("The remote testbed failed or did not answer"),
+    503: _err("The agent's database is busy; try again"),
+}
 
 TESTBED_NAMES = {"g5k": ("Grid'5000", "G5k Credentials"), "iot-lab": ("FIT IoT-LAB", "IoT-LAB Credentials")}
 

@@ -67,15 +67,6 @@ StatusQuery = Literal[
     "cancelled",
     "active",
 ]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Missing or malformed X-Piseduce-* header"},
-    401: {"description": "Missing or wrong agent token"},
-    403: {"description": "Testbed credentials missing or refused, or admin only"},
-    404: {"description": "No such reservation (or not yours)"},
-    409: {"description": "Not possible now; the detail says why"},
-    422: {"description": "Invalid input"},
-    502: {"description": "The remote testbed failed"},
-}
 
 
 def _get(s: Session, caller: Caller, rid: int) -> Reservation:
@@ -155,7 +146,7 @@ def _store_states(
         return [reservation_out(r, caller, state) for r in rows]
 
 
-@router.post("", status_code=201, response_model=BookingOut, responses=ERRORS)
+@router.post("", status_code=201, response_model=BookingOut)
 async def create(req: ReservationRequest, state: StateDep, caller: CallerDep) -> BookingOut:
     """Book every filter or nothing (409 with the reason). The reservations start `configuring`."""
     now = utcnow()
@@ -202,7 +193,7 @@ def _list(
         return [reservation_out(r, caller, state, acts.get(r.id)) for r in rows]
 
 
-@router.get("", response_model=list[ReservationOut], responses=ERRORS)
+@router.get("", response_model=list[ReservationOut])
 async def list_reservations(
     state: StateDep,
     caller: CallerDep,
@@ -216,7 +207,7 @@ async def list_reservations(
     return await db(_list, state, caller, all, status, limit)
 
 
-@router.get("/{reservation_id}", response_model=ReservationOut, responses=ERRORS)
+@router.get("/{reservation_id}", response_model=ReservationOut)
 async def get_reservation(
     reservation_id: ReservationId, state: StateDep, caller: CallerDep
 ) -> ReservationOut:
@@ -224,7 +215,7 @@ async def get_reservation(
     return await db(_out, state, caller, reservation_id, True)
 
 
-@router.get("/{reservation_id}/form", response_model=list[FormField], responses=ERRORS)
+@router.get("/{reservation_id}/form", response_model=list[FormField])
 async def deploy_form(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> list[FormField]:
     """The deploy form of this reservation's node type."""
     view, status, _ = await db(_load, state, caller, reservation_id)
@@ -276,7 +267,7 @@ def _store_deploy(
         )
 
 
-@router.post("/{reservation_id}/deploy", status_code=202, response_model=AcceptedOut, responses=ERRORS)
+@router.post("/{reservation_id}/deploy", status_code=202, response_model=AcceptedOut)
 async def deploy(
     reservation_id: ReservationId, body: DeployRequest, state: StateDep, caller: CallerDep
 ) -> AcceptedOut:
@@ -333,7 +324,7 @@ def _destroy_tx(state: AgentState, caller: Caller, rid: int, cancel_ok: bool) ->
         )
 
 
-@router.post("/{reservation_id}/destroy", status_code=202, response_model=AcceptedOut, responses=ERRORS)
+@router.post("/{reservation_id}/destroy", status_code=202, response_model=AcceptedOut)
 async def destroy(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> AcceptedOut:
     """End this reservation (and only this one): cancelled at once when nothing ran yet, otherwise
     the node is wiped and released by the executor."""
@@ -387,7 +378,6 @@ for _process in ("reboot", "redeploy", "bootfiles"):
         f"/{{reservation_id}}/{_process}",
         status_code=202,
         response_model=AcceptedOut,
-        responses=ERRORS,
         name=_process,
     )(_action_route(_process))
 
@@ -433,7 +423,7 @@ def _extend_store(state: AgentState, caller: Caller, rid: int, update: dict[str,
         return reservation_out(r, caller, state, current_action(s, r))
 
 
-@router.post("/{reservation_id}/extend", status_code=202, response_model=ReservationOut, responses=ERRORS)
+@router.post("/{reservation_id}/extend", status_code=202, response_model=ReservationOut)
 async def extend(
     reservation_id: ReservationId, state: StateDep, caller: CallerDep, body: ExtendRequest | None = None
 ) -> ReservationOut:
