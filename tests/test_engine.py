@@ -459,6 +459,40 @@ async def test_a_lease_is_claimed_by_one_executor_only_until_it_expires(db: Db) 
         assert lease.claim(s, aid, "three", later, 5)
 
 
+async def test_an_action_taken_away_is_stopped_by_the_lease_renewal(db: Db, running: Any) -> None:
+    add_node(db.sessions, "n1", behavior="hang", behavior_step="boot")
+    rid = add_reservation(db.sessions, "n1")
+    ex = make_executor(db, timeout_scale=50, lease_seconds=0.6)
+    running(ex)
+    await wait_until(lambda: "boot: waiting for the result" in messages(db.sessions, rid), 5)
+    (action,) = actions(db.sessions, rid)
+    assert ex.running == [action.id]
+    with db.sessions() as s:  # another executor took it over (its clock ran ahead, say)
+        row = s.get(Action, action.id)
+        assert row is not None
+        row.locked_by = "someone-else"
+        row.locked_until = utcnow() + dt.timedelta(hours=1)
+        s.commit()
+    await wait_until(lambda: ex.running == [], 2)
+    (action,) = actions(db.sessions, rid)
+    assert (action.status, action.locked_by) == ("running", "someone-else")  # left untouched
+    assert status(db, rid) == "deploying"
+
+
+async def test_an_unknown_process_fails_its_action_only(db: Db) -> None:
+    add_node(db.sessions, "n1")
+    rid = add_reservation(db.sessions, "n1", status="deployed")
+    with db.sessions() as s:
+        s.add(Action(reservation_id=rid, process="frobnicate"))
+        s.commit()
+    ex = make_executor(db)
+    await run_once(ex)
+    await ex.shutdown()
+    (action,) = actions(db.sessions, rid)
+    assert (action.status, action.error) == ("failed", "unknown process 'frobnicate' for raspberry nodes")
+    assert status(db, rid) == "deployed"
+
+
 async def test_clean_stop_releases_leases_and_the_next_executor_resumes_the_interrupted_step(
     db: Db, running: Any
 ) -> None:

@@ -96,6 +96,8 @@ T = TypeVar("T")
 REBOOT_TIMEOUT = 120.0
 # Shortest interval between two commits of a bare progress percentage of one action.
 PROGRESS_INTERVAL = 1.0
+# How long a stopping executor waits for its cancelled actions.
+SHUTDOWN_GRACE = 10.0
 # Longest pause between scheduling passes while they fail (database unreachable...).
 MAX_BACKOFF = 30.0
 # Reservations past their end in one of these are destroyed (the node may hold the user's system).
@@ -1001,7 +1003,11 @@ class Executor:
         tasks = list(self._tasks.values()) + list(self._side_tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            if stuck:
+                # A driver step that ignores cancellation must not keep the executor alive.
+                log.warning("%d actions did not stop within %s s", len(stuck), _fmt_seconds(SHUTDOWN_GRACE))
         try:
             released = await self.db.write(lambda s: lease.release(s, self.name))
             if released:
