@@ -398,5 +398,8 @@ async def _plan_count(
 def _result(request: Request, outcome: Outcome, status: int) -> Response:
     ctx = {"outcome": outcome, "page": "reserve"}
     if is_htmx(request):
-        return render(request, "_booking_result.html", ctx, status=200)
+        resp = render(request, "_booking_result.html", ctx, status=200)
+        if outcome.booked:
+            resp.headers["HX-Trigger"] = "calendar-refresh"  # the new bookings appear in the calendar
+        return resp
     return render(request, "booking_result.html", ctx, status=status)
