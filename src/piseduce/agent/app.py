@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
@@ -184,6 +187,21 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        # Starlette names only the first matching route's methods; list those of every route
+        # of this path (GET and POST /api/reservations are two routes).
+        allowed: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches({**request.scope, "method": "\0"})
+            if match != Match.NONE:
+                allowed |= set(getattr(route, "methods", None) or ())
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
+        )
 
     @app.exception_handler(OperationalError)
     async def db_busy(_request: Request, exc: OperationalError) -> JSONResponse:
