@@ -67,13 +67,30 @@ PG = pytest.param(
 )
 
 
-@pytest.fixture(params=["sqlite", PG])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+# The tests whose subject is the database's behaviour (locks, leases, concurrent writers) also run
+# on PostgreSQL; the others test driver-facing logic that does not depend on the database.
+ALSO_ON_POSTGRES = {
+    "test_deploy_runs_each_step_once_and_commits_every_transition_with_an_event",
+    "test_expired_reservation_is_destroyed_and_its_node_released",
+    "test_expiry_supersedes_a_running_deploy",
+    "test_a_lease_is_claimed_by_one_executor_only_until_it_expires",
+    "test_an_action_taken_away_is_stopped_by_the_lease_renewal",
+    "test_clean_stop_releases_leases_and_the_next_executor_resumes_the_interrupted_step",
+    "test_two_executors_share_the_work_and_run_each_step_once",
+    "test_nodes_advance_concurrently",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_kind" in metafunc.fixturenames:
+        kinds = ["sqlite", PG] if metafunc.function.__name__ in ALSO_ON_POSTGRES else ["sqlite"]
+        metafunc.parametrize("db_kind", kinds)
+
+
+@pytest.fixture
+def db(db_kind: str, tmp_path: Path) -> Iterator[Db]:
     with contextlib.ExitStack() as stack:
-        if request.param == "postgres":
-            url = stack.enter_context(postgres_database())
-        else:
-            url = sqlite_url(tmp_path)
+        url = stack.enter_context(postgres_database()) if db_kind == "postgres" else sqlite_url(tmp_path)
         engine, sessions = migrated(url)
         stack.callback(engine.dispose)
         yield Db(tmp_path, url, engine, sessions)

@@ -84,7 +84,7 @@ def test_kill_9_then_another_executor_resumes_at_the_interrupted_step(tmp_path: 
     url = sqlite_url(tmp_path)
     engine, sessions = migrated(url)
     try:
-        names, rids = setup_nodes(sessions, 3, step_delay=0.8)
+        names, rids = setup_nodes(sessions, 3, step_delay=1.2)
         config = write_config(tmp_path, url, lease_seconds=1.5)
         log = tmp_path / "fake.log"
         first = spawn(config)
@@ -123,7 +123,7 @@ def test_sigterm_stops_cleanly_and_releases_the_leases(tmp_path: Path, spawn: An
     url = sqlite_url(tmp_path)
     engine, sessions = migrated(url)
     try:
-        _, (rid,) = setup_nodes(sessions, 1, step_delay=1.0)
+        _, (rid,) = setup_nodes(sessions, 1, step_delay=1.5)
         # A long lease: the next executor only resumes at once if the lease was released.
         config = write_config(tmp_path, url, lease_seconds=60)
         log = tmp_path / "fake.log"
