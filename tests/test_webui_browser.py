@@ -241,7 +241,7 @@ def test_browser_flow_with_fake_agent(browser: Any, tmp_path: Path) -> None:
         admin = new_page(browser)
         login(admin, webui.url, ADMIN_EMAIL, ADMIN_PASSWORD)
         admin.goto(f"{webui.url}/admin/agents")
-        admin.locator('tr[data-agent="hung-site"] >> text=unreachable').wait_for()
+        admin.locator('tr[data-agent="hung-site"] .badge.agent-unreachable').wait_for()
         shot(admin, "admin_agents.png")
         admin.context.close()
     finally:

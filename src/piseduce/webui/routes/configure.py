@@ -46,7 +46,7 @@ async def configuring(h: AgentHub, who: Identity) -> tuple[list[Card], list[str]
     errors: list[str] = []
     for reply in lists:
         if not reply.ok or not isinstance(reply.data, list):
-            errors.append(reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer")
+            errors.append("Agent " + (reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer"))
             continue
         for r in reply.data:
             if isinstance(r, dict) and r.get("status") == "configuring" and r.get("owner") == who.email:
