@@ -17,6 +17,21 @@ Every commit re-checks in the same transaction that this executor still holds th
 (it also extends it), so an action cancelled or superseded by a destroy stops at its next
 transition, and the lease renewal loop stops it within a third of the lease otherwise.
 
+Fewer commits, same guarantees: the process start is committed with its first step's start, a step
+done at once (done() True right after run()) gets no separate "run finished" commit unless run()
+changed the state or connection (a remote job id is saved before done() is first called), and a
+bare progress percentage is committed at most once a second (it rides along with the next commit
+otherwise). Step clocks (`step_started_at`) are stamped inside the transaction, so time spent
+waiting for the database never counts against a step's timeouts; when an executor resumes an
+interrupted step, its clock restarts (an executor outage is not the node's fault) but a step
+rebooted once is never rebooted again.
+
+Node release: a destroy that completes ends the reservation (the calendar ignores ended ones) and
+erases its credentials. A destroy that fails ends the reservation too (the slot is over) but marks
+the node `broken`, with an event saying why: it may still hold the user's data, so no later
+reservation is deployed on it (they fail at once with the reason) until an administrator makes it
+available again.
+
 Errors: a driver error fails its action only (reservation `failed`, with a readable reason); the
 executor never exits because of one. A database error stops the action's task without touching
 its row: the lease expires and the action is resumed.
