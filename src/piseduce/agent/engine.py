@@ -1025,8 +1025,7 @@ class Executor:
                 log.warning("%d actions did not stop within %s s", len(stuck), _fmt_seconds(SHUTDOWN_GRACE))
         try:
             released = await self.db.write(lambda s: lease.release(s, self.name))
-            if released:
-                log.info("executor %s stopped: %d actions released, to be resumed", self.name, released)
+            log.info("executor %s stopped: %d actions released, to be resumed", self.name, released)
         except SQLAlchemyError:
             log.exception("cannot release the leases; they expire in %s s", _fmt_seconds(self.lease_seconds))
         self.db.close()
