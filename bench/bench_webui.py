@@ -33,12 +33,21 @@ TARGET_DEAD = 1.2
 
 def serve_agents(ports: list[int], ready: mp.Event) -> None:  # type: ignore[valid-type]
     import uvicorn
+
     from webui_fixtures import fake_agent_app
 
     async def main() -> None:
-        servers = [uvicorn.Server(uvicorn.Config(fake_agent_app(f"site{i}", nodes=NODES, delay=DELAY),
-                                                 host="127.0.0.1", port=p, log_level="error"))
-                   for i, p in enumerate(ports)]
+        servers = [
+            uvicorn.Server(
+                uvicorn.Config(
+                    fake_agent_app(f"site{i}", nodes=NODES, delay=DELAY),
+                    host="127.0.0.1",
+                    port=p,
+                    log_level="error",
+                )
+            )
+            for i, p in enumerate(ports)
+        ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
         while not all(s.started for s in servers):
             await asyncio.sleep(0.05)
@@ -66,12 +75,11 @@ def measure(client: httpx.Client, path: str) -> float:
 
 def main() -> None:
     from agent_helpers import TOKEN, piseduce_cmd, subprocess_env
-    from webui_fixtures import ADMIN_EMAIL, ADMIN_PASSWORD, SilentPort, add_user, csrf_of, write_webui_config
-
     from piseduce import crypto
     from piseduce.config import load_webui_config
     from piseduce.db import make_engine, session_factory
     from piseduce.webui.models import Agent
+    from webui_fixtures import ADMIN_EMAIL, ADMIN_PASSWORD, SilentPort, add_user, csrf_of, write_webui_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webui-"))
     ports = [free_port() for _ in range(AGENTS)]
@@ -86,11 +94,24 @@ def main() -> None:
     engine = make_engine(cfg.database_url)
     with session_factory(engine)() as s, s.begin():
         for i, p in enumerate(ports):
-            s.add(Agent(name=f"site{i}", host="127.0.0.1", port=p, token=crypto.encrypt_str(fernet, TOKEN),
-                        node_type="raspberry", site=f"site{i}", status="connected"))
+            s.add(
+                Agent(
+                    name=f"site{i}",
+                    host="127.0.0.1",
+                    port=p,
+                    token=crypto.encrypt_str(fernet, TOKEN),
+                    node_type="raspberry",
+                    site=f"site{i}",
+                    status="connected",
+                )
+            )
     log = open(tmp / "webui.log", "ab")  # noqa: SIM115
-    webui = subprocess.Popen(piseduce_cmd("webui", "serve", str(cfg_path), "--log-level", "warning"),
-                             env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    webui = subprocess.Popen(
+        piseduce_cmd("webui", "serve", str(cfg_path), "--log-level", "warning"),
+        env=subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     silent = SilentPort()
     try:
         if not ready.wait(60):
@@ -107,31 +128,48 @@ def main() -> None:
                 time.sleep(0.2)
         with httpx.Client(base_url=url, timeout=30, follow_redirects=False) as c:
             token = csrf_of(c.get("/login").text)
-            r = c.post("/login", data={"email": "bench@example.org", "password": "bench-password",
-                                       "csrf_token": token})
+            r = c.post(
+                "/login",
+                data={"email": "bench@example.org", "password": "bench-password", "csrf_token": token},
+            )
             assert r.status_code == 303, r.text[:300]
             page = c.get("/reserve").text  # warm-up (connections, templates)
             assert page.count('class="cal-row') == AGENTS * NODES + 1, "not every node is shown"
             c.get("/manage")
             results = {"reserve": measure(c, "/reserve"), "manage": measure(c, "/manage")}
             with session_factory(engine)() as s, s.begin():
-                s.add(Agent(name="dead", host="127.0.0.1", port=silent.port, token=crypto.encrypt_str(fernet, TOKEN),
-                            node_type="raspberry", site="dead", status="connected"))
+                s.add(
+                    Agent(
+                        name="dead",
+                        host="127.0.0.1",
+                        port=silent.port,
+                        token=crypto.encrypt_str(fernet, TOKEN),
+                        node_type="raspberry",
+                        site="dead",
+                        status="connected",
+                    )
+                )
             t0 = time.perf_counter()
             first = c.get("/reserve")
             first_dead = time.perf_counter() - t0
             assert "Agent dead: unreachable" in first.text
             results["reserve (dead agent)"] = measure(c, "/reserve")
             results["manage (dead agent)"] = measure(c, "/manage")
-        print(f"web UI fan-out: {AGENTS} agents x {NODES} nodes, {DELAY * 1000:.0f} ms per agent call, "
-              f"median of {ROUNDS} requests")
+        print(
+            f"web UI fan-out: {AGENTS} agents x {NODES} nodes, {DELAY * 1000:.0f} ms per agent call, "
+            f"median of {ROUNDS} requests"
+        )
         for name, value in results.items():
             target = TARGET_DEAD if "dead" in name else TARGET
             verdict = "OK" if value < target else "OVER TARGET"
-            print(f"  {name:<22} {value * 1000:7.1f} ms   target {target * 1000:.0f} ms   "
-                  f"ratio {value / target:4.2f}  {verdict}")
-        print(f"  first request after the agent died: {first_dead * 1000:.0f} ms (one timeout of "
-              f"{cfg.agent_timeout_seconds:g} s, then the circuit breaker skips it)")
+            print(
+                f"  {name:<22} {value * 1000:7.1f} ms   target {target * 1000:.0f} ms   "
+                f"ratio {value / target:4.2f}  {verdict}"
+            )
+        print(
+            f"  first request after the agent died: {first_dead * 1000:.0f} ms (one timeout of "
+            f"{cfg.agent_timeout_seconds:g} s, then the circuit breaker skips it)"
+        )
         print(json.dumps({k: round(v * 1000, 1) for k, v in results.items()}))
     finally:
         silent.close()

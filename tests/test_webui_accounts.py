@@ -9,6 +9,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+
+from agent_helpers import piseduce_cmd, subprocess_env
+from piseduce import crypto
+from piseduce.config import load_webui_config
+from piseduce.db import make_engine, session_factory
+from piseduce.webui.auth import ensure_first_admin
+from piseduce.webui.models import User
+from piseduce.webui.sshkeys import parse_key
 from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -18,14 +26,6 @@ from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
     webui_client,
     write_webui_config,
 )
-
-from agent_helpers import piseduce_cmd, subprocess_env
-from piseduce import crypto
-from piseduce.config import load_webui_config
-from piseduce.db import make_engine, session_factory
-from piseduce.webui.auth import ensure_first_admin
-from piseduce.webui.models import User
-from piseduce.webui.sshkeys import parse_key
 
 
 def ed25519_line(seed: int = 1, comment: str = "me@laptop") -> str:
@@ -55,8 +55,11 @@ def db_user(config: Path, email: str) -> User | None:
 
 def test_signup_pending_until_approved(config: Path) -> None:
     with webui_client(config) as b:
-        r = b.post("/signup", {"email": "Ann@Example.org", "password": "ann-password", "confirm": "ann-password"},
-                   page="/signup")
+        r = b.post(
+            "/signup",
+            {"email": "Ann@Example.org", "password": "ann-password", "confirm": "ann-password"},
+            page="/signup",
+        )
         assert r.status_code == 303 and r.headers["location"] == "/login"
         assert "administrator must approve" in b.get("/login").text
         pending = b.login("ann@example.org", "ann-password")
@@ -101,9 +104,12 @@ def test_csrf_rejected_and_get_changes_nothing(config: Path) -> None:
     with webui_client(config) as b:
         b.login(ADMIN_EMAIL, ADMIN_PASSWORD)
         no_token = b.post(f"/admin/users/{target.id}/approve", csrf=False)
-        wrong = b.c.post(f"/admin/users/{target.id}/approve", data={"csrf_token": "x" * 43}, follow_redirects=False)
-        header = b.c.post(f"/admin/users/{target.id}/approve", headers={"X-CSRF-Token": "forged"},
-                          follow_redirects=False)
+        wrong = b.c.post(
+            f"/admin/users/{target.id}/approve", data={"csrf_token": "x" * 43}, follow_redirects=False
+        )
+        header = b.c.post(
+            f"/admin/users/{target.id}/approve", headers={"X-CSRF-Token": "forged"}, follow_redirects=False
+        )
         for r in (no_token, wrong, header):
             assert r.status_code == 403 and "CSRF" in r.text
         # No GET route changes anything: state-changing URLs answer 405 to GET.
@@ -112,7 +118,9 @@ def test_csrf_rejected_and_get_changes_nothing(config: Path) -> None:
         assert db_user(config, "pending@example.org").state == "pending"  # type: ignore[union-attr]
         # The htmx header form of the token works.
         token = csrf_of(b.get("/admin/users").text)
-        ok = b.c.post(f"/admin/users/{target.id}/approve", headers={"X-CSRF-Token": token}, follow_redirects=False)
+        ok = b.c.post(
+            f"/admin/users/{target.id}/approve", headers={"X-CSRF-Token": token}, follow_redirects=False
+        )
         assert ok.status_code == 303
     assert db_user(config, "pending@example.org").state == "active"  # type: ignore[union-attr]
     # A login form posted without the token is refused too (login CSRF).
@@ -166,11 +174,17 @@ def test_password_change_needs_current_and_ends_other_sessions(config: Path) -> 
     with webui_client(config) as other, webui_client(config) as b:
         other.login("carl@example.org", "carl-password")
         b.login("carl@example.org", "carl-password")
-        r = b.post("/settings/password", {"current": "bad-guess", "password": "new-password-1",
-                                          "confirm": "new-password-1"}, page="/settings")
+        r = b.post(
+            "/settings/password",
+            {"current": "bad-guess", "password": "new-password-1", "confirm": "new-password-1"},
+            page="/settings",
+        )
         assert "current password is wrong" in b.get("/settings?tab=password").text
-        r = b.post("/settings/password", {"current": "carl-password", "password": "new-password-1",
-                                          "confirm": "new-password-1"}, page="/settings")
+        r = b.post(
+            "/settings/password",
+            {"current": "carl-password", "password": "new-password-1", "confirm": "new-password-1"},
+            page="/settings",
+        )
         assert r.status_code == 303
         assert b.get("/settings").status_code == 200  # this session stays
         assert other.get("/settings", follow_redirects=False).headers["location"] == "/login"
@@ -218,19 +232,29 @@ def test_testbed_credentials_encrypted_and_deletable(config: Path) -> None:
     add_user(config, "fay@example.org", "fay-password")
     with webui_client(config) as b:
         b.login("fay@example.org", "fay-password")
-        r = b.post("/settings/credentials/g5k", {"login": "fay", "password": "g5k-secret-pw", "confirm": "g5k-secret-pw"},
-                   page="/settings")
+        r = b.post(
+            "/settings/credentials/g5k",
+            {"login": "fay", "password": "g5k-secret-pw", "confirm": "g5k-secret-pw"},
+            page="/settings",
+        )
         assert r.status_code == 303
-        b.post("/settings/credentials/iotlab", {"login": "fay2", "password": "iot-pw", "confirm": "iot-pw"},
-               page="/settings")
+        b.post(
+            "/settings/credentials/iotlab",
+            {"login": "fay2", "password": "iot-pw", "confirm": "iot-pw"},
+            page="/settings",
+        )
         assert "fay" in b.get("/settings?tab=g5k").text
         user = db_user(config, "fay@example.org")
-        assert user is not None and user.g5k_user == "fay" and "g5k-secret-pw" not in (user.g5k_password or "")
+        assert (
+            user is not None and user.g5k_user == "fay" and "g5k-secret-pw" not in (user.g5k_password or "")
+        )
         fernet = crypto.load_fernet(load_webui_config(config).key_path)
         assert crypto.decrypt_str(fernet, user.g5k_password or "") == "g5k-secret-pw"
         b.post("/settings/credentials/g5k/delete", page="/settings")
     user = db_user(config, "fay@example.org")
-    assert user is not None and user.g5k_user == "" and user.g5k_password is None and user.iotlab_user == "fay2"
+    assert (
+        user is not None and user.g5k_user == "" and user.g5k_password is None and user.iotlab_user == "fay2"
+    )
 
 
 def test_first_admin_and_cli(tmp_path: Path) -> None:
@@ -246,11 +270,22 @@ def test_first_admin_and_cli(tmp_path: Path) -> None:
         assert b.login(first.email, first.password).status_code == 303
     # gen-key never overwrites; create-admin reads the password from stdin, never from argv.
     key_before = cfg.key_path.read_bytes()
-    out = subprocess.run(piseduce_cmd("webui", "gen-key", str(cfg_path)), env=subprocess_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        piseduce_cmd("webui", "gen-key", str(cfg_path)),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "left unchanged" in out.stdout and cfg.key_path.read_bytes() == key_before
-    out = subprocess.run(piseduce_cmd("webui", "create-admin", str(cfg_path), "--email", "ops@example.org"),
-                         env=subprocess_env(), input="ops-password-9\n", capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        piseduce_cmd("webui", "create-admin", str(cfg_path), "--email", "ops@example.org"),
+        env=subprocess_env(),
+        input="ops-password-9\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "ops-password-9" not in out.stdout + out.stderr
     with webui_client(cfg_path) as b:
@@ -265,4 +300,3 @@ def test_security_headers_and_autoescape(config: Path) -> None:
         assert r.headers["x-frame-options"] == "DENY"
         r = b.post("/login", {"email": "<b>x</b>@example.org", "password": "whatever1"})
         assert "<b>x</b>" not in r.text and "&lt;b&gt;x&lt;/b&gt;" in r.text
-

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+
+from agent_helpers import TOKEN, free_port
+from piseduce import crypto
+from piseduce.config import load_webui_config
+from piseduce.db import make_engine, session_factory
+from piseduce.webui.agents import AgentHub, Identity, detail_words
+from piseduce.webui.models import Agent
 from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -23,13 +30,6 @@ from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
     webui_client,
     write_webui_config,
 )
-
-from agent_helpers import TOKEN, free_port
-from piseduce import crypto
-from piseduce.config import load_webui_config
-from piseduce.db import make_engine, session_factory
-from piseduce.webui.agents import AgentHub, Identity, detail_words
-from piseduce.webui.models import Agent
 
 pytestmark = pytest.mark.usefixtures("fast_argon2")
 
@@ -151,11 +151,19 @@ def test_book_configure_deploy_manage(config: Path, agent: AgentProcess) -> None
         assert "Reboot: pi-1 on rpi-lab" in r.text, re.findall(r"class=.flash[^<]*", r.text)
         r = b.post("/manage/action", {"action": "extend", "sel": one.group(1), "hours": "1"}, page="/manage")
         assert 'class="flash ok"' in r.text
-        r = b.post("/manage/action", {"action": "extend", "sel": one.group(1), "hours": "5000"}, page="/manage")
+        r = b.post(
+            "/manage/action", {"action": "extend", "sel": one.group(1), "hours": "5000"}, page="/manage"
+        )
         err = re.findall(r'class="flash error"[^>]*>([^<]*)', r.text)
         assert err and "rpi-lab" in err[0] and len(err[0]) > 40, err  # the agent's reason, in words
-        r = b.post("/manage/action", {"action": "destroy", "sel": [m for _p, m in re.findall(
-            r'data-node="(pi-\d+)" data-ref="(\d+:\d+)"', page)]}, page="/manage")
+        r = b.post(
+            "/manage/action",
+            {
+                "action": "destroy",
+                "sel": [m for _p, m in re.findall(r'data-node="(pi-\d+)" data-ref="(\d+:\d+)"', page)],
+            },
+            page="/manage",
+        )
         assert r.text.count('class="flash ok"') == 3
 
 
@@ -182,8 +190,11 @@ def test_other_users_reservations_invisible_and_untouchable(config: Path, agent:
             r = bob.post("/manage/action", {"action": action, "sel": ref.group(1)}, page="/manage")
             assert 'class="flash error"' in r.text and "not found" in r.text
         r = bob.post("/configure/cancel", {"sel": ref.group(1)}, page="/configure")
-        r = bob.post("/configure/deploy", {"bin": "x", "r0.ref": ref.group(1), "r0.environment": "tiny"},
-                     page="/configure")
+        r = bob.post(
+            "/configure/deploy",
+            {"bin": "x", "r0.ref": ref.group(1), "r0.environment": "tiny"},
+            page="/configure",
+        )
         assert r.status_code == 400 and "not found" in r.text
         # Alice's reservation is untouched.
         assert 'name="r0.ref"' in alice.get("/configure").text
@@ -202,9 +213,18 @@ def test_dead_agent_never_stalls_a_page(config: Path, agent: AgentProcess, tmp_p
             engine = make_engine(load_webui_config(config).database_url)
             with session_factory(engine)() as s, s.begin():
                 # A hung agent (accepts, never answers), as if it had hung after being added.
-                s.add(Agent(name="hung", host="127.0.0.1", port=silent.port, node_type="raspberry",
-                            token=crypto.encrypt_str(crypto.load_fernet(load_webui_config(config).key_path), TOKEN),
-                            status="connected"))
+                s.add(
+                    Agent(
+                        name="hung",
+                        host="127.0.0.1",
+                        port=silent.port,
+                        node_type="raspberry",
+                        token=crypto.encrypt_str(
+                            crypto.load_fernet(load_webui_config(config).key_path), TOKEN
+                        ),
+                        status="connected",
+                    )
+                )
             engine.dispose()
             extra.stop()  # a stopped agent
             for attempt in range(3):
@@ -221,7 +241,7 @@ def test_dead_agent_never_stalls_a_page(config: Path, agent: AgentProcess, tmp_p
             def state(name: str) -> str:
                 row = re.search(rf'<tr data-agent="{name}">.*?</tr>', b.get("/admin/agents").text, re.S)
                 assert row
-                m = re.search(r'agent-(\w+) state', row.group(0))
+                m = re.search(r"agent-(\w+) state", row.group(0))
                 return m.group(1) if m else ""
 
             wait_until(lambda: state("second") == "unreachable", timeout=10)
@@ -238,18 +258,43 @@ def test_dead_agent_never_stalls_a_page(config: Path, agent: AgentProcess, tmp_p
 
 
 def test_detail_words_and_credentials_header(tmp_path: Path) -> None:
-    assert detail_words([{"loc": ["body", "filters", 0, "count"], "msg": "Input should be greater than 0"}]) == (
-        "filters.0.count: Input should be greater than 0")
+    assert detail_words(
+        [{"loc": ["body", "filters", 0, "count"], "msg": "Input should be greater than 0"}]
+    ) == ("filters.0.count: Input should be greater than 0")
     assert detail_words("not enough free nodes") == "not enough free nodes"
     cfg = load_webui_config(write_webui_config(tmp_path / "w"))
     fernet = crypto.load_fernet(cfg.key_path)
     engine = make_engine(cfg.database_url)
     hub = AgentHub(cfg, session_factory(engine), fernet)
     who = Identity("u@example.org", "user", {"g5k": {"user": "u", "password": "pw"}})
-    g5k = hub.ref(Agent(id=1, name="g", host="h", port=1, token=crypto.encrypt_str(fernet, TOKEN), node_type="g5k",
-                        site="nancy", status="connected", last_error="", needs_credentials=True))
-    rpi = hub.ref(Agent(id=2, name="r", host="h", port=1, token=crypto.encrypt_str(fernet, TOKEN),
-                        node_type="raspberry", site="", status="connected", last_error="", needs_credentials=False))
+    g5k = hub.ref(
+        Agent(
+            id=1,
+            name="g",
+            host="h",
+            port=1,
+            token=crypto.encrypt_str(fernet, TOKEN),
+            node_type="g5k",
+            site="nancy",
+            status="connected",
+            last_error="",
+            needs_credentials=True,
+        )
+    )
+    rpi = hub.ref(
+        Agent(
+            id=2,
+            name="r",
+            host="h",
+            port=1,
+            token=crypto.encrypt_str(fernet, TOKEN),
+            node_type="raspberry",
+            site="",
+            status="connected",
+            last_error="",
+            needs_credentials=False,
+        )
+    )
     h = hub._headers(g5k, who)
     assert h["Authorization"] == f"Bearer {TOKEN}" and h["X-Piseduce-User"] == "u@example.org"
     assert crypto.decrypt_json(fernet, h["X-Piseduce-Credentials"]) == {"user": "u", "password": "pw"}

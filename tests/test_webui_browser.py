@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from agent_helpers import TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http
 from webui_fixtures import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -32,18 +34,26 @@ from webui_fixtures import (
     write_webui_config,
 )
 
-from agent_helpers import TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http
-
 sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
-ADMIN_HEADERS = {"Authorization": f"Bearer {TOKEN}", "X-Piseduce-User": "root@example.org",
-                 "X-Piseduce-Role": "admin"}
+ADMIN_HEADERS = {
+    "Authorization": f"Bearer {TOKEN}",
+    "X-Piseduce-User": "root@example.org",
+    "X-Piseduce-Role": "admin",
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +129,7 @@ def add_agent(browser: Any, url: str, name: str, port: int, screenshot: str | No
     admin.fill("#a-host", "127.0.0.1")
     admin.fill("#a-port", str(port))
     admin.fill("#a-token", TOKEN)
-    admin.click('#add-agent button[type=submit]')
+    admin.click("#add-agent button[type=submit]")
     row = admin.locator(f'tr[data-agent="{name}"]')
     row.locator("text=connected").wait_for()
     if screenshot:
@@ -137,7 +147,9 @@ def set_ssh_key(page: Any, url: str, pub: str, screenshot: str | None = None) ->
         shot(page, screenshot)
 
 
-def reserve_two(page: Any, url: str, agent_id: int, nodes: tuple[str, str], screenshot: str | None = None) -> None:
+def reserve_two(
+    page: Any, url: str, agent_id: int, nodes: tuple[str, str], screenshot: str | None = None
+) -> None:
     page.goto(f"{url}/reserve")
     for n in nodes:
         page.click(f'.cal-row[data-key="{agent_id}/{n}"] .cal-name .node')
@@ -158,14 +170,18 @@ def configure_and_deploy(page: Any, url: str, fill: dict[str, str], screenshot: 
     assert cards.count() == 2
     first = cards.nth(0)
     for name, value in fill.items():
-        el = first.locator(f'[data-field="{name}"] select, [data-field="{name}"] input:not([type=hidden])').first
+        el = first.locator(
+            f'[data-field="{name}"] select, [data-field="{name}"] input:not([type=hidden])'
+        ).first
         if el.evaluate("e => e.tagName") == "SELECT":
             el.select_option(value)
         else:
             el.fill(value)
     first.locator(".apply-all").click()
     for name, value in fill.items():
-        other = cards.nth(1).locator(f'[data-field="{name}"] select, [data-field="{name}"] input:not([type=hidden])')
+        other = cards.nth(1).locator(
+            f'[data-field="{name}"] select, [data-field="{name}"] input:not([type=hidden])'
+        )
         assert other.first.input_value() == value
     page.fill("#bin", "exp1")
     if screenshot:
@@ -178,7 +194,9 @@ def watch_until_deployed(page: Any, timeout_ms: int, screenshot: str | None = No
     page.evaluate("window.__sameDocument = 'yes'")
     page.wait_for_function(
         "() => { const s = [...document.querySelectorAll('.live[data-status]')].map(e => e.dataset.status);"
-        " return s.length === 2 && s.every(x => x === 'deployed'); }", timeout=timeout_ms)
+        " return s.length === 2 && s.every(x => x === 'deployed'); }",
+        timeout=timeout_ms,
+    )
     # Live updates, not a reload: the marker set on this document is still there.
     assert page.evaluate("window.__sameDocument") == "yes"
     assert page.locator(".conn.ssh").count() == 2
@@ -195,7 +213,9 @@ def destroy_all(page: Any) -> None:
     page.wait_for_selector("#action-result .flash.ok >> nth=1")
     assert page.locator("#action-result .flash.error").count() == 0
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.live[data-status]')].every(e => e.dataset.status !== 'deployed')")
+        "() => [...document.querySelectorAll('.live[data-status]')]"
+        ".every(e => e.dataset.status !== 'deployed')"
+    )
 
 
 # ---------------------------------------------------------------- 1. fake-driver agent
@@ -230,8 +250,16 @@ def test_browser_flow_with_fake_agent(browser: Any, tmp_path: Path) -> None:
         conf = load_webui_config(cfg)
         engine = make_engine(conf.database_url)
         with session_factory(engine)() as s, s.begin():
-            s.add(Agent(name="hung-site", host="127.0.0.1", port=silent.port, node_type="raspberry",
-                        token=crypto.encrypt_str(crypto.load_fernet(conf.key_path), TOKEN), status="connected"))
+            s.add(
+                Agent(
+                    name="hung-site",
+                    host="127.0.0.1",
+                    port=silent.port,
+                    node_type="raspberry",
+                    token=crypto.encrypt_str(crypto.load_fernet(conf.key_path), TOKEN),
+                    status="connected",
+                )
+            )
         engine.dispose()
         for path in ("/reserve", "/manage", "/configure"):
             t0 = time.monotonic()
@@ -257,11 +285,11 @@ class RaspberrySite:
     """`piseduce sim rpi` with 2 boards and a raspberry agent (api + exec) registered on it."""
 
     def __init__(self, folder: Path) -> None:
+        import asyncssh
+
         from piseduce import db
         from piseduce.config import load_agent_config
         from piseduce.sim.images import build_environment
-
-        import asyncssh
 
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -278,21 +306,55 @@ class RaspberrySite:
         env = build_environment(self.env_dir, "raspios", size_mb=56, compress="gz")
         (self.env_dir / f"{env['image']}.json").write_text(json.dumps(env))
         self.env_name = env["name"]
-        self._spawn("sim.log", "sim", "rpi", "--boards", "2", "--state-dir", str(base / "state"),
-                    "--tftp-root", str(folder / "tftpboot"), "--nfs-root", str(folder / "nfs"),
-                    "--time-scale", "100", "--boot-delay", "20", "--seed", "1",
-                    "--inventory-file", str(inventory_file), "--agent-pubkey", str(folder / "agent_key.pub"))
+        self._spawn(
+            "sim.log",
+            "sim",
+            "rpi",
+            "--boards",
+            "2",
+            "--state-dir",
+            str(base / "state"),
+            "--tftp-root",
+            str(folder / "tftpboot"),
+            "--nfs-root",
+            str(folder / "nfs"),
+            "--time-scale",
+            "100",
+            "--boot-delay",
+            "20",
+            "--seed",
+            "1",
+            "--inventory-file",
+            str(inventory_file),
+            "--agent-pubkey",
+            str(folder / "agent_key.pub"),
+        )
         wait_until(lambda: inventory_file.exists() and inventory_file.stat().st_size > 0, timeout=30)
         time.sleep(0.2)
         self.inventory = json.loads(inventory_file.read_text())
         self.port = free_port()
         config = folder / "config_agent.json"
-        config.write_text(json.dumps({
-            "auth_token": [TOKEN], "port_number": self.port, "host": "127.0.0.1", "node_type": "raspberry",
-            "name": "rpi-sim", "db_url": "sqlite:///agent.db", "tftp_root": "tftpboot", "nfs_root": "nfs",
-            "env_path": "environments/", "ssh_key_file": str(agent_key), "known_hosts_file": "known_hosts",
-            "timeout_scale": 0.02, "poll_interval": 0.05, "turnaround_minutes": 0, "lease_seconds": 30,
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "auth_token": [TOKEN],
+                    "port_number": self.port,
+                    "host": "127.0.0.1",
+                    "node_type": "raspberry",
+                    "name": "rpi-sim",
+                    "db_url": "sqlite:///agent.db",
+                    "tftp_root": "tftpboot",
+                    "nfs_root": "nfs",
+                    "env_path": "environments/",
+                    "ssh_key_file": str(agent_key),
+                    "known_hosts_file": "known_hosts",
+                    "timeout_scale": 0.02,
+                    "poll_interval": 0.05,
+                    "turnaround_minutes": 0,
+                    "lease_seconds": 30,
+                }
+            )
+        )
         db.upgrade("agent", load_agent_config(config).database_url)
         self._spawn("api.log", "agent", "api", str(config))
         self._spawn("exec.log", "agent", "exec", str(config))
@@ -302,7 +364,9 @@ class RaspberrySite:
             r = c.post("/api/admin/switches", json=self.inventory["switch"])
             assert r.status_code == 201, r.text
             for b in self.inventory["boards"]:
-                body = {k: b[k] for k in ("name", "ip", "switch", "port", "ssh_port", "model", "serial", "mac")}
+                body = {
+                    k: b[k] for k in ("name", "ip", "switch", "port", "ssh_port", "model", "serial", "mac")
+                }
                 body["host_key"] = b["nfs_host_key"]
                 r = c.post("/api/admin/nodes", json=body)
                 assert r.status_code == 201, r.text
@@ -311,8 +375,15 @@ class RaspberrySite:
 
     def _spawn(self, log: str, *args: str) -> None:
         out = open(self.folder / log, "ab")  # noqa: SIM115 - closed with the process
-        self.procs.append(subprocess.Popen(piseduce_cmd(*args), cwd=self.folder, env=subprocess_env(),
-                                           stdout=out, stderr=subprocess.STDOUT))
+        self.procs.append(
+            subprocess.Popen(
+                piseduce_cmd(*args),
+                cwd=self.folder,
+                env=subprocess_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
     def board(self, name: str) -> dict[str, Any]:
         return next(b for b in self.inventory["boards"] if b["name"] == name)
@@ -351,9 +422,25 @@ def test_browser_raspberry_end_to_end(browser: Any, tmp_path: Path) -> None:
         command = page.locator(".node-card[data-node='pi-1'] .conn.ssh").inner_text().split()
         assert command[0] == "ssh"
         out = subprocess.run(
-            [command[0], "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", *command[1:], "hostname"],
-            capture_output=True, text=True, timeout=60)
+            [
+                command[0],
+                "-i",
+                str(key),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                *command[1:],
+                "hostname",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() and out.stdout.strip() != "nfspi"
         destroy_all(page)

@@ -38,8 +38,13 @@ def write_webui_config(folder: Path, **extra: Any) -> Path:
     from piseduce.config import load_webui_config
 
     folder.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"port_number": free_port(), "db_url": "sqlite:///webui.db", "key_file": "secret.key",
-                            "agent_timeout_seconds": 1.0, "health_check_seconds": 1}
+    data: dict[str, Any] = {
+        "port_number": free_port(),
+        "db_url": "sqlite:///webui.db",
+        "key_file": "secret.key",
+        "agent_timeout_seconds": 1.0,
+        "health_check_seconds": 1,
+    }
     data.update(extra)
     path = folder / "config_webui.json"
     path.write_text(json.dumps(data, indent=2))
@@ -58,7 +63,11 @@ def add_user(config: Path, email: str, password: str, *, role: str = "user", sta
     cfg = load_webui_config(config)
     engine = make_engine(cfg.database_url)
     with session_factory(engine)() as s, s.begin():
-        s.add(User(email=email, password_hash=crypto.hash_password(password), role=role, state=state, ssh_keys=[]))
+        s.add(
+            User(
+                email=email, password_hash=crypto.hash_password(password), role=role, state=state, ssh_keys=[]
+            )
+        )
     engine.dispose()
 
 
@@ -78,8 +87,15 @@ class Browser:
         r: httpx.Response = self.c.get(url, **kw)
         return r
 
-    def post(self, url: str, data: dict[str, Any] | None = None, *, csrf: bool = True,
-             page: str = "/login", **kw: Any) -> httpx.Response:
+    def post(
+        self,
+        url: str,
+        data: dict[str, Any] | None = None,
+        *,
+        csrf: bool = True,
+        page: str = "/login",
+        **kw: Any,
+    ) -> httpx.Response:
         data = dict(data or {})
         if csrf:
             data["csrf_token"] = csrf_of(self.c.get(page).text)
@@ -116,9 +132,16 @@ class AgentProcess:
         self.folder = folder
         self.port = free_port()
         data: dict[str, Any] = {
-            "auth_token": [TOKEN], "port_number": self.port, "node_type": "raspberry", "host": "127.0.0.1",
-            "db_url": "sqlite:///agent.db", "driver": "fake_driver:FakeDriver", "turnaround_minutes": 0,
-            "timeout_scale": 0.2, "poll_interval": 0.1, "name": folder.name,
+            "auth_token": [TOKEN],
+            "port_number": self.port,
+            "node_type": "raspberry",
+            "host": "127.0.0.1",
+            "db_url": "sqlite:///agent.db",
+            "driver": "fake_driver:FakeDriver",
+            "turnaround_minutes": 0,
+            "timeout_scale": 0.2,
+            "poll_interval": 0.1,
+            "name": folder.name,
         }
         data.update(extra)
         self.config = folder / "config_agent.json"
@@ -131,9 +154,16 @@ class AgentProcess:
         self.start()
         for i in range(1, nodes + 1):
             body = node_body(f"pi-{i}", "RPI4B" if i % 2 else "RPI3B+", memory_gb=4 if i % 2 else 1)
-            r = httpx.post(f"{self.url}/api/admin/nodes", json=body, timeout=10,
-                           headers={"Authorization": f"Bearer {TOKEN}", "X-Piseduce-User": "root@example.org",
-                                    "X-Piseduce-Role": "admin"})
+            r = httpx.post(
+                f"{self.url}/api/admin/nodes",
+                json=body,
+                timeout=10,
+                headers={
+                    "Authorization": f"Bearer {TOKEN}",
+                    "X-Piseduce-User": "root@example.org",
+                    "X-Piseduce-Role": "admin",
+                },
+            )
             assert r.status_code in (201, 409), r.text
 
     @property
@@ -143,12 +173,21 @@ class AgentProcess:
     def start(self) -> None:
         env = subprocess_env()
         log = open(self.folder / "api.log", "ab")  # noqa: SIM115 - closed with the process
-        self.procs.append(subprocess.Popen(piseduce_cmd("agent", "api", str(self.config)), env=env,
-                                           stdout=log, stderr=subprocess.STDOUT))
+        self.procs.append(
+            subprocess.Popen(
+                piseduce_cmd("agent", "api", str(self.config)), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
         if self.executor:
             elog = open(self.folder / "exec.log", "ab")  # noqa: SIM115
-            self.procs.append(subprocess.Popen(piseduce_cmd("agent", "exec", str(self.config)), env=env,
-                                               stdout=elog, stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(
+                    piseduce_cmd("agent", "exec", str(self.config)),
+                    env=env,
+                    stdout=elog,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         wait_http(f"{self.url}/api/health", timeout=30)
 
     def stop(self) -> None:
@@ -191,8 +230,12 @@ class WebuiProcess:
         self.cfg = load_webui_config(config)
         self.url = f"http://127.0.0.1:{self.cfg.port_number}"
         log = open(config.parent / "webui.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(piseduce_cmd("webui", "serve", str(config), "--log-level", "warning"),
-                                     env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            piseduce_cmd("webui", "serve", str(config), "--log-level", "warning"),
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_http(f"{self.url}/healthz", timeout=30)
 
     def stop(self) -> None:
@@ -214,16 +257,44 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
 
     app = FastAPI()
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    node_list = [{"name": f"n-{i}", "properties": {"model": "RPI4B" if i % 2 else "RPI3B+", "memory_gb": 4 if i % 2
-                  else 1}, "status": "available"} for i in range(nodes)]
-    busy = {f"n-{i}": [{"start": (now + dt.timedelta(hours=i % 24)).isoformat(),
-                        "end": (now + dt.timedelta(hours=i % 24 + 3)).isoformat(), "mine": i % 10 == 0}]
-            for i in range(0, nodes, 3)}
-    reservations = [{"id": i + 1, "node": f"n-{i}", "owner": "bench@example.org", "bin": "bench",
-                     "start": now.isoformat(), "end": (now + dt.timedelta(hours=2)).isoformat(),
-                     "status": "deploying", "step": "install", "step_label": "Writing the image",
-                     "step_index": 3, "step_count": 5, "progress": 40, "actions": ["destroy", "extend"],
-                     "connection": {"ssh": f"ssh root@n-{i}"}, "params": {}} for i in range(5)]
+    node_list = [
+        {
+            "name": f"n-{i}",
+            "properties": {"model": "RPI4B" if i % 2 else "RPI3B+", "memory_gb": 4 if i % 2 else 1},
+            "status": "available",
+        }
+        for i in range(nodes)
+    ]
+    busy = {
+        f"n-{i}": [
+            {
+                "start": (now + dt.timedelta(hours=i % 24)).isoformat(),
+                "end": (now + dt.timedelta(hours=i % 24 + 3)).isoformat(),
+                "mine": i % 10 == 0,
+            }
+        ]
+        for i in range(0, nodes, 3)
+    }
+    reservations = [
+        {
+            "id": i + 1,
+            "node": f"n-{i}",
+            "owner": "bench@example.org",
+            "bin": "bench",
+            "start": now.isoformat(),
+            "end": (now + dt.timedelta(hours=2)).isoformat(),
+            "status": "deploying",
+            "step": "install",
+            "step_label": "Writing the image",
+            "step_index": 3,
+            "step_count": 5,
+            "progress": 40,
+            "actions": ["destroy", "extend"],
+            "connection": {"ssh": f"ssh root@n-{i}"},
+            "params": {},
+        }
+        for i in range(5)
+    ]
 
     def check(authorization: str | None) -> None:
         if authorization != f"Bearer {token}":
@@ -247,7 +318,9 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
         return node_list
 
     @app.get("/api/schedule")
-    async def schedule(start: str, end: str, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    async def schedule(
+        start: str, end: str, authorization: str | None = Header(default=None)
+    ) -> dict[str, Any]:
         check(authorization)
         await asyncio.sleep(delay)
         return {"start": start, "end": end, "nodes": busy}

@@ -136,7 +136,9 @@ def user_identity(user: User, fernet: Fernet) -> Identity:
             try:
                 creds[node_type] = {"user": login, "password": crypto.decrypt_str(fernet, secret)}
             except ValueError:
-                log.warning("cannot decrypt the %s credentials of %s (key file changed?)", node_type, user.email)
+                log.warning(
+                    "cannot decrypt the %s credentials of %s (key file changed?)", node_type, user.email
+                )
     return Identity(email=user.email, role=user.role, credentials=creds)
 
 
@@ -162,9 +164,17 @@ class AgentHub:
         except ValueError:
             token = ""  # shown as an error on call: the key file does not match
         return AgentRef(
-            id=agent.id, name=agent.name, host=agent.host, port=agent.port, base_url=agent.base_url,
-            token=token, node_type=agent.node_type, site=agent.site, status=agent.status,
-            last_error=agent.last_error, needs_credentials=agent.needs_credentials,
+            id=agent.id,
+            name=agent.name,
+            host=agent.host,
+            port=agent.port,
+            base_url=agent.base_url,
+            token=token,
+            node_type=agent.node_type,
+            site=agent.site,
+            status=agent.status,
+            last_error=agent.last_error,
+            needs_credentials=agent.needs_credentials,
         )
 
     def refs(self) -> list[AgentRef]:
@@ -190,8 +200,15 @@ class AgentHub:
         return headers
 
     async def call(
-        self, ref: AgentRef, method: str, path: str, *, who: Identity | None = None,
-        json: Any = None, params: dict[str, str] | None = None, use_breaker: bool = True,
+        self,
+        ref: AgentRef,
+        method: str,
+        path: str,
+        *,
+        who: Identity | None = None,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        use_breaker: bool = True,
     ) -> Reply:
         now = time.monotonic()
         brk = self.breaker(ref.id)
@@ -199,8 +216,12 @@ class AgentHub:
             wait = brk.open_until - now
             return Reply(ref, False, 0, error=f"unreachable ({brk.last_error}); next try in {wait:.0f} s")
         if not ref.token:
-            return Reply(ref, False, 0, error="its token cannot be decrypted with this key file; "
-                                             "delete the agent and add it again")
+            return Reply(
+                ref,
+                False,
+                0,
+                error="its token cannot be decrypted with this key file; delete the agent and add it again",
+            )
         try:
             async with asyncio.timeout(self.timeout):
                 resp = await self.client.request(
@@ -251,8 +272,19 @@ class AgentHub:
 
     async def probe(self, host: str, port: int, token: str) -> tuple[str, str, dict[str, Any]]:
         """(status, error in words, /api/info) of an agent, whether it is stored or not."""
-        ref = AgentRef(0, f"{host}:{port}", host, port, Agent(host=host, port=port).base_url, token,
-                       "", "", "", "", False)
+        ref = AgentRef(
+            0,
+            f"{host}:{port}",
+            host,
+            port,
+            Agent(host=host, port=port).base_url,
+            token,
+            "",
+            "",
+            "",
+            "",
+            False,
+        )
         health = await self.call(ref, "GET", "/api/health", use_breaker=False)
         if not health.ok:
             if health.status == 0:

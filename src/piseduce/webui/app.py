@@ -19,8 +19,10 @@ from piseduce.webui.routes import accounts, admin, configure, manage, reserve, s
 from piseduce.webui.web import STATIC, make_templates, redirect, render
 
 SESSION_MAX_AGE = 12 * 3600
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
-       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 async def _csrf_guard(request: Request) -> None:
@@ -33,8 +35,9 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
     try:
         fernet = crypto.load_fernet(cfg.key_path)
     except crypto.KeyFileError as exc:
-        raise ConfigError(f"{cfg.path}: key 'key_file': {exc}; create it with 'piseduce webui gen-key "
-                          f"{cfg.path}'") from None
+        raise ConfigError(
+            f"{cfg.path}: key 'key_file': {exc}; create it with 'piseduce webui gen-key {cfg.path}'"
+        ) from None
     secret = crypto.generate_secret_file(cfg.secret_path)
     engine = make_engine(cfg.database_url)
     factory = session_factory(engine)
@@ -50,8 +53,14 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
             await hub.close()
             engine.dispose()
 
-    app = FastAPI(title="PiSeduce web UI", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None, dependencies=[Depends(_csrf_guard)])
+    app = FastAPI(
+        title="PiSeduce web UI",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(_csrf_guard)],
+    )
     app.state.cfg = cfg
     app.state.db = factory
     app.state.engine = engine
@@ -61,7 +70,9 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
     app.state.limiter = auth.RateLimiter(cfg.login_attempts_per_minute)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -74,8 +85,14 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
         return response
 
     # Added last, so it wraps everything: the session is there for the handlers above.
-    app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="piseduce_session",
-                       max_age=SESSION_MAX_AGE, same_site="lax", https_only=False)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret,
+        session_cookie="piseduce_session",
+        max_age=SESSION_MAX_AGE,
+        same_site="lax",
+        https_only=False,
+    )
 
     @app.exception_handler(auth.LoginRequired)
     async def _login_required(request: Request, _exc: auth.LoginRequired) -> Response:
@@ -83,16 +100,25 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
 
     @app.exception_handler(auth.AdminRequired)
     async def _admin_required(request: Request, _exc: auth.AdminRequired) -> Response:
-        return render(request, "error.html", {"title": "Admins only",
-                                              "message": "This page is for administrators."}, status=403)
+        return render(
+            request,
+            "error.html",
+            {"title": "Admins only", "message": "This page is for administrators."},
+            status=403,
+        )
 
     @app.exception_handler(auth.CsrfError)
     async def _csrf_failed(request: Request, _exc: auth.CsrfError) -> Response:
-        return render(request, "error.html", {
-            "title": "Request refused",
-            "message": "The form was out of date or did not come from this site (CSRF check failed). "
-                       "Reload the page and try again.",
-        }, status=403)
+        return render(
+            request,
+            "error.html",
+            {
+                "title": "Request refused",
+                "message": "The form was out of date or did not come from this site (CSRF check failed). "
+                "Reload the page and try again.",
+            },
+            status=403,
+        )
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for module in (accounts, reserve, configure, manage, settings, admin):

@@ -27,8 +27,10 @@ from piseduce.webui.models import ROLE_ADMIN, STATE_ACTIVE, User
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 # Verified against when the email is unknown, so that the answer takes as long as for a real one.
@@ -132,7 +134,9 @@ class RateLimiter:
 def login_session(request: Request, user: User) -> None:
     csrf = secrets.token_urlsafe(32)  # a new token at login: no session fixation of the old one
     request.session.clear()
-    request.session.update({"uid": user.id, "pwv": password_fingerprint(user.password_hash), CSRF_FIELD: csrf})
+    request.session.update(
+        {"uid": user.id, "pwv": password_fingerprint(user.password_hash), CSRF_FIELD: csrf}
+    )
 
 
 def logout_session(request: Request) -> None:
@@ -168,9 +172,12 @@ def authenticate(db: Session, email: str, password: str) -> User | None:
 
 
 def active_admin_count(db: Session) -> int:
-    return db.scalar(
-        select(func.count()).select_from(User).where(User.role == ROLE_ADMIN, User.state == STATE_ACTIVE)
-    ) or 0
+    return (
+        db.scalar(
+            select(func.count()).select_from(User).where(User.role == ROLE_ADMIN, User.state == STATE_ACTIVE)
+        )
+        or 0
+    )
 
 
 def is_last_admin(db: Session, user: User) -> bool:

@@ -47,7 +47,9 @@ def gen_key(config: Path = ConfigArg) -> None:
     """Write the Fernet key file named by key_file (never overwrites an existing one)."""
     cfg = load_webui_config(config)
     if crypto.generate_key_file(cfg.key_path):
-        typer.echo(f"key file written: {cfg.key_path} (copy it to the key_file of your g5k and iot-lab agents)")
+        typer.echo(
+            f"key file written: {cfg.key_path} (copy it to the key_file of your g5k and iot-lab agents)"
+        )
     else:
         typer.echo(f"key file {cfg.key_path} exists already: left unchanged")
 
@@ -78,7 +80,9 @@ def serve(config: Path = ConfigArg, log_level: str = typer.Option("info", help="
 
 
 @app.command("create-admin")
-def create_admin(config: Path = ConfigArg, email: str = typer.Option(..., "--email", help="the admin's email")) -> None:
+def create_admin(
+    config: Path = ConfigArg, email: str = typer.Option(..., "--email", help="the admin's email")
+) -> None:
     """Create an admin (or reset one). The password is read from stdin or prompted, never an argument."""
     from piseduce.db import make_engine, session_factory
     from piseduce.webui.auth import check_email, check_new_password, normalise_email, set_admin

@@ -48,7 +48,9 @@ def parse_key(text: str) -> PublicKey:
     if len(text) > MAX_KEY_LENGTH:
         raise ValueError("the key is too long")
     if "PRIVATE KEY" in text:
-        raise ValueError("this is a PRIVATE key: paste the public one (the .pub file) and keep the private one secret")
+        raise ValueError(
+            "this is a PRIVATE key: paste the public one (the .pub file) and keep the private one secret"
+        )
     parts = text.split(None, 2)
     if len(parts) < 2:
         raise ValueError("expected '<type> <base64 data> [comment]', as in an id_*.pub file")
@@ -63,7 +65,7 @@ def parse_key(text: str) -> PublicKey:
     if len(blob) < 4:
         raise ValueError("the key data is truncated")
     (n,) = struct.unpack(">I", blob[:4])
-    if blob[4:4 + n] != kind.encode():
+    if blob[4 : 4 + n] != kind.encode():
         raise ValueError(f"the key data does not hold a {kind} key (truncated or mixed-up copy?)")
     if not _COMMENT_RE.match(comment) or len(comment) > 256:
         raise ValueError("the comment after the key holds unexpected characters")

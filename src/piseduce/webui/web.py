@@ -120,7 +120,9 @@ def browser_zone(request: Request) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def render(request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200) -> HTMLResponse:
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HTMLResponse:
     ctx: dict[str, Any] = dict(context or {})
     ctx.setdefault("user", getattr(request.state, "user", None))
     ctx["csrf"] = auth.csrf_token(request)

@@ -36,8 +36,12 @@ async def login(request: Request, db: Session = Depends(db_session)) -> Response
     password = form_str(form, "password", auth.MAX_PASSWORD)
     client = request.client.host if request.client else "?"
     if not request.app.state.limiter.hit(f"ip:{client}", f"email:{email}"):
-        return render(request, "login.html", {"email": email, "error": "Too many login attempts. Wait a "
-                                              "minute and try again."}, status=429)
+        return render(
+            request,
+            "login.html",
+            {"email": email, "error": "Too many login attempts. Wait a minute and try again."},
+            status=429,
+        )
     user = auth.authenticate(db, email, password)
     if user is None:
         return render(request, "login.html", {"email": email, "error": LOGIN_FAILED}, status=401)
@@ -67,8 +71,15 @@ async def signup(request: Request, db: Session = Depends(db_session)) -> Respons
         error = "An account with this email already exists."
     if error is not None:
         return render(request, "signup.html", {"email": email, "error": error}, status=400)
-    db.add(User(email=email, password_hash=crypto.hash_password(password), role=ROLE_USER,
-                state=STATE_PENDING, ssh_keys=[]))
+    db.add(
+        User(
+            email=email,
+            password_hash=crypto.hash_password(password),
+            role=ROLE_USER,
+            state=STATE_PENDING,
+            ssh_keys=[],
+        )
+    )
     db.commit()
     flash(request, "Account created. An administrator must approve it before you can log in.", "ok")
     return redirect(request, "/login")

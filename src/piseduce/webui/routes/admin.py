@@ -28,29 +28,42 @@ from piseduce.webui.web import admin_user, begin_write, db_session, flash, form_
 router = APIRouter(prefix="/admin")
 
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 # ---------------------------------------------------------------- users
 
 
 @router.get("/users")
-def users_page(request: Request, me: User = Depends(admin_user), db: Session = Depends(db_session)) -> Response:
+def users_page(
+    request: Request, me: User = Depends(admin_user), db: Session = Depends(db_session)
+) -> Response:
     users = list(db.scalars(select(User).order_by(User.email)))
-    return render(request, "admin_users.html", {
-        "page": "admin_users",
-        "pending": [u for u in users if u.state == STATE_PENDING],
-        "members": [u for u in users if u.state != STATE_PENDING and u.role == ROLE_USER],
-        "admins": [u for u in users if u.state != STATE_PENDING and u.role == ROLE_ADMIN],
-    })
+    return render(
+        request,
+        "admin_users.html",
+        {
+            "page": "admin_users",
+            "pending": [u for u in users if u.state == STATE_PENDING],
+            "members": [u for u in users if u.state != STATE_PENDING and u.role == ROLE_USER],
+            "admins": [u for u in users if u.state != STATE_PENDING and u.role == ROLE_ADMIN],
+        },
+    )
 
 
 USER_ACTIONS = ("approve", "revoke", "promote", "demote", "remove")
 
 
 @router.post("/users/{user_id}/{action}")
-def user_action(user_id: int, action: str, request: Request, me: User = Depends(admin_user),
-                db: Session = Depends(db_session)) -> Response:
+def user_action(
+    user_id: int,
+    action: str,
+    request: Request,
+    me: User = Depends(admin_user),
+    db: Session = Depends(db_session),
+) -> Response:
     begin_write(db)
     target = db.get(User, user_id)
     if target is None or action not in USER_ACTIONS:
@@ -88,13 +101,23 @@ def user_action(user_id: int, action: str, request: Request, me: User = Depends(
 
 
 @router.get("/agents")
-def agents_page(request: Request, me: User = Depends(admin_user), db: Session = Depends(db_session),
-                h: AgentHub = Depends(hub)) -> Response:
+def agents_page(
+    request: Request,
+    me: User = Depends(admin_user),
+    db: Session = Depends(db_session),
+    h: AgentHub = Depends(hub),
+) -> Response:
     agents = list(db.scalars(select(Agent).order_by(Agent.name)))
-    return render(request, "admin_agents.html", {
-        "page": "admin_agents", "agents": agents, "down": {a.id: h.is_down(a.id) for a in agents},
-        "form": {"name": "", "host": "", "port": ""},
-    })
+    return render(
+        request,
+        "admin_agents.html",
+        {
+            "page": "admin_agents",
+            "agents": agents,
+            "down": {a.id: h.is_down(a.id) for a in agents},
+            "form": {"name": "", "host": "", "port": ""},
+        },
+    )
 
 
 def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple[str | None, int]:
@@ -117,8 +140,12 @@ def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple
 
 
 @router.post("/agents")
-async def add_agent(request: Request, me: User = Depends(admin_user), db: Session = Depends(db_session),
-                    h: AgentHub = Depends(hub)) -> Response:
+async def add_agent(
+    request: Request,
+    me: User = Depends(admin_user),
+    db: Session = Depends(db_session),
+    h: AgentHub = Depends(hub),
+) -> Response:
     form = await request.form()
     name = form_str(form, "name", 100).strip()
     host = form_str(form, "host", 300).strip()
@@ -127,23 +154,36 @@ async def add_agent(request: Request, me: User = Depends(admin_user), db: Sessio
     error, port = _check_agent_form(name, host, port_text, token)
     if error is None and db.scalar(select(Agent.id).where(Agent.name == name)) is not None:
         error = f"An agent named {name} exists already."
-    status, info = "", {}
+    status = ""
     if error is None:
-        status, probe_error, info = await h.probe(host, port, token)
+        status, probe_error, _info = await h.probe(host, port, token)
         if status != AGENT_CONNECTED:
             error = f"Agent not added: {host}:{port} {probe_error}."
     if error is not None:
         agents = list(db.scalars(select(Agent).order_by(Agent.name)))
-        return render(request, "admin_agents.html", {
-            "page": "admin_agents", "agents": agents, "down": {a.id: h.is_down(a.id) for a in agents},
-            "error": error, "form": {"name": name, "host": host, "port": port_text},
-        }, status=400)
+        return render(
+            request,
+            "admin_agents.html",
+            {
+                "page": "admin_agents",
+                "agents": agents,
+                "down": {a.id: h.is_down(a.id) for a in agents},
+                "error": error,
+                "form": {"name": name, "host": host, "port": port_text},
+            },
+            status=400,
+        )
     begin_write(db)
     if db.scalar(select(Agent.id).where(Agent.name == name)) is not None:
         flash(request, f"An agent named {name} exists already.", "error")
         return redirect(request, "/admin/agents")
-    agent = Agent(name=name, host=host, port=port, token=crypto.encrypt_str(request.app.state.fernet, token),
-                  status=status)
+    agent = Agent(
+        name=name,
+        host=host,
+        port=port,
+        token=crypto.encrypt_str(request.app.state.fernet, token),
+        status=status,
+    )
     db.add(agent)
     db.commit()
     await h.check_agent(agent.id)
@@ -153,8 +193,13 @@ async def add_agent(request: Request, me: User = Depends(admin_user), db: Sessio
 
 
 @router.post("/agents/{agent_id}/check")
-async def check_agent(agent_id: int, request: Request, me: User = Depends(admin_user),
-                      h: AgentHub = Depends(hub), db: Session = Depends(db_session)) -> Response:
+async def check_agent(
+    agent_id: int,
+    request: Request,
+    me: User = Depends(admin_user),
+    h: AgentHub = Depends(hub),
+    db: Session = Depends(db_session),
+) -> Response:
     agent = db.get(Agent, agent_id)
     if agent is None:
         flash(request, "No such agent.", "error")
@@ -163,13 +208,22 @@ async def check_agent(agent_id: int, request: Request, me: User = Depends(admin_
     db.commit()  # a new snapshot: the check was written by another connection
     db.refresh(agent)
     kind = "ok" if status == AGENT_CONNECTED else "error"
-    flash(request, f"Agent {agent.name}: {status}" + (f" ({agent.last_error})" if agent.last_error else ""), kind)
+    flash(
+        request,
+        f"Agent {agent.name}: {status}" + (f" ({agent.last_error})" if agent.last_error else ""),
+        kind,
+    )
     return redirect(request, "/admin/agents")
 
 
 @router.post("/agents/{agent_id}/delete")
-def delete_agent(agent_id: int, request: Request, me: User = Depends(admin_user),
-                 db: Session = Depends(db_session), h: AgentHub = Depends(hub)) -> Response:
+def delete_agent(
+    agent_id: int,
+    request: Request,
+    me: User = Depends(admin_user),
+    db: Session = Depends(db_session),
+    h: AgentHub = Depends(hub),
+) -> Response:
     begin_write(db)
     agent = db.get(Agent, agent_id)
     if agent is None:

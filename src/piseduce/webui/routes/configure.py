@@ -40,24 +40,32 @@ class Card:
 async def configuring(h: AgentHub, who: Identity) -> tuple[list[Card], list[str]]:
     """The user's reservations waiting for their deploy form, with the form of each."""
     refs = h.refs()
-    lists = await h.fan_out(refs, lambda r: h.call(r, "GET", "/api/reservations", who=who,
-                                                   params={"status": "configuring"}))
+    lists = await h.fan_out(
+        refs, lambda r: h.call(r, "GET", "/api/reservations", who=who, params={"status": "configuring"})
+    )
     cards: list[Card] = []
     errors: list[str] = []
     for reply in lists:
         if not reply.ok or not isinstance(reply.data, list):
-            errors.append("Agent " + (reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer"))
+            errors.append(
+                "Agent " + (reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer")
+            )
             continue
         for r in reply.data:
             if isinstance(r, dict) and r.get("status") == "configuring" and r.get("owner") == who.email:
                 cards.append(Card(len(cards), reply.agent, r))
     cards = cards[:MAX_CARDS]
-    forms = await asyncio.gather(*(
-        h.call(c.agent, "GET", f"/api/reservations/{int(c.reservation['id'])}/form", who=who) for c in cards
-    ))
+    forms = await asyncio.gather(
+        *(
+            h.call(c.agent, "GET", f"/api/reservations/{int(c.reservation['id'])}/form", who=who)
+            for c in cards
+        )
+    )
     for card, form in zip(cards, forms, strict=True):
         if form.ok and isinstance(form.data, list):
-            card.fields = [f for f in form.data if isinstance(f, dict) and FIELD_RE.match(str(f.get("name", "")))]
+            card.fields = [
+                f for f in form.data if isinstance(f, dict) and FIELD_RE.match(str(f.get("name", "")))
+            ]
         else:
             card.error = f"deploy form unavailable: {form.error or 'unexpected answer'}"
     cards.sort(key=lambda c: (c.agent.node_type, c.agent.name, str(c.reservation.get("node"))))
@@ -78,18 +86,28 @@ def _account_keys(user: User) -> list[dict[str, str]]:
 
 
 @router.get("")
-async def configure_page(request: Request, user: User = Depends(current_user),
-                         h: AgentHub = Depends(hub)) -> Response:
+async def configure_page(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     cards, errors = await configuring(h, identity(request, user))
     return _page(request, user, cards, errors)
 
 
 def _page(request: Request, user: User, cards: list[Card], errors: list[str], status: int = 200) -> Response:
     types = sorted({c.agent.node_type for c in cards})
-    return render(request, "configure.html", {
-        "page": "configure", "cards": cards, "errors": errors, "types": types,
-        "account_keys": _account_keys(user), "bin": request.session.get("last_bin", ""),
-    }, status=status)
+    return render(
+        request,
+        "configure.html",
+        {
+            "page": "configure",
+            "cards": cards,
+            "errors": errors,
+            "types": types,
+            "account_keys": _account_keys(user),
+            "bin": request.session.get("last_bin", ""),
+        },
+        status=status,
+    )
 
 
 def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]:
@@ -101,7 +119,7 @@ def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]
     for key in form:
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name in ("ref", "ssh_keys", "ssh_keys_extra") or name.startswith("__") or not FIELD_RE.match(name):
             continue
         value = form_str(form, key, 16384)
@@ -128,14 +146,18 @@ def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]
 
 
 @router.post("/deploy")
-async def deploy(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def deploy(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     form = await request.form()
     who = identity(request, user)
     refs = {r.id: r for r in h.refs()}
     bin_name = form_str(form, "bin", 64).strip()
     errors: list[str] = []
     if not re.match(r"^[A-Za-z0-9 ._-]{1,64}$", bin_name):
-        errors.append("Give a bin name (letters, digits, spaces, '.', '_', '-'): it groups these nodes on Manage.")
+        errors.append(
+            "Give a bin name (letters, digits, spaces, '.', '_', '-'): it groups these nodes on Manage."
+        )
     account = {k["fingerprint"]: k["line"] for k in _account_keys(user)}
     jobs: list[tuple[int, AgentRef, int, dict[str, Any]]] = []
     for i in range(MAX_CARDS):
@@ -159,13 +181,16 @@ async def deploy(request: Request, user: User = Depends(current_user), h: AgentH
         cards, agent_errors = await configuring(h, who)
         return _page(request, user, cards, errors + agent_errors, status=400)
     request.session["last_bin"] = bin_name
-    replies: list[Reply] = await asyncio.gather(*(
-        h.call(ref, "POST", f"/api/reservations/{rid}/deploy", who=who, json=params) for _i, ref, rid, params in jobs
-    ))
+    replies: list[Reply] = await asyncio.gather(
+        *(
+            h.call(ref, "POST", f"/api/reservations/{rid}/deploy", who=who, json=params)
+            for _i, ref, rid, params in jobs
+        )
+    )
     failed = {}
-    for (i, _ref, _rid, _params_), reply in zip(jobs, replies, strict=True):
+    for job, reply in zip(jobs, replies, strict=True):
         if not reply.ok:
-            failed[i] = reply.error
+            failed[job[0]] = reply.error
     started = len(jobs) - len(failed)
     if not failed:
         flash(request, f"Deployment started on {started} node(s) of bin {bin_name}.", "ok")
@@ -181,7 +206,9 @@ async def deploy(request: Request, user: User = Depends(current_user), h: AgentH
 
 
 @router.post("/cancel")
-async def cancel(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def cancel(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     form = await request.form()
     who = identity(request, user)
     refs = {r.id: r for r in h.refs()}
@@ -193,9 +220,9 @@ async def cancel(request: Request, user: User = Depends(current_user), h: AgentH
     if not targets:
         flash(request, "Nothing selected to cancel.", "error")
         return redirect(request, "/configure")
-    replies = await asyncio.gather(*(
-        h.call(ref, "POST", f"/api/reservations/{rid}/destroy", who=who) for ref, rid in targets
-    ))
+    replies = await asyncio.gather(
+        *(h.call(ref, "POST", f"/api/reservations/{rid}/destroy", who=who) for ref, rid in targets)
+    )
     ok = sum(1 for r in replies if r.ok)
     if ok:
         flash(request, f"{ok} reservation(s) cancelled; the nodes are free again.", "ok")

@@ -26,8 +26,14 @@ ACTIONS = {
 }
 REF_RE = re.compile(r"^(\d{1,9}):(\d{1,10})$")
 STATUS_CLASS = {
-    "configuring": "st-wait", "scheduled": "st-wait", "deploying": "st-run", "deployed": "st-ok",
-    "failed": "st-bad", "destroying": "st-run", "ended": "st-off", "cancelled": "st-off",
+    "configuring": "st-wait",
+    "scheduled": "st-wait",
+    "deploying": "st-run",
+    "deployed": "st-ok",
+    "failed": "st-bad",
+    "destroying": "st-run",
+    "ended": "st-off",
+    "cancelled": "st-off",
 }
 
 
@@ -50,10 +56,18 @@ class Item:
 
     @property
     def progress(self) -> int:
+        """Overall % of the running process: finished steps plus the current step's share."""
+        if self.r.get("status") == "deployed" and not self.r.get("process"):
+            return 100
         try:
-            return max(0, min(100, int(self.r.get("progress") or 0)))
+            step_pct = max(0.0, min(100.0, float(self.r.get("progress") or 0)))
+            count = int(self.r.get("step_count") or 0)
+            index = int(self.r.get("step_index") or 0)
         except (TypeError, ValueError):
             return 0
+        if count > 0:
+            return int(min(100.0, (min(index, count) + step_pct / 100) / count * 100))
+        return int(step_pct)
 
     @property
     def ssh(self) -> str:
@@ -68,8 +82,9 @@ class Item:
 
 async def mine(h: AgentHub, who: Identity) -> tuple[list[Item], list[str]]:
     refs = h.refs()
-    replies = await h.fan_out(refs, lambda r: h.call(r, "GET", "/api/reservations", who=who,
-                                                     params={"status": "active"}))
+    replies = await h.fan_out(
+        refs, lambda r: h.call(r, "GET", "/api/reservations", who=who, params={"status": "active"})
+    )
     items: list[Item] = []
     errors: list[str] = []
     for reply in replies:
@@ -98,36 +113,53 @@ def _signature(items: list[Item]) -> str:
 
 
 def _context(items: list[Item], errors: list[str]) -> dict[str, Any]:
-    return {"bins": _bins(items), "errors": errors, "signature": _signature(items), "actions": ACTIONS,
-            "waiting": sum(1 for i in items if i.r.get("status") == "configuring")}
+    return {
+        "bins": _bins(items),
+        "errors": errors,
+        "signature": _signature(items),
+        "actions": ACTIONS,
+        "waiting": sum(1 for i in items if i.r.get("status") == "configuring"),
+    }
 
 
 @router.get("")
-async def manage_page(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def manage_page(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     items, errors = await mine(h, identity(request, user))
     return render(request, "manage.html", {"page": "manage", **_context(items, errors)})
 
 
 @router.get("/bins")
-async def bins_fragment(request: Request, user: User = Depends(current_user),
-                        h: AgentHub = Depends(hub)) -> Response:
+async def bins_fragment(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     items, errors = await mine(h, identity(request, user))
     return render(request, "_manage_bins.html", _context(items, errors))
 
 
 @router.get("/updates")
-async def updates(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def updates(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     """Out-of-band swaps of every node's live part; the page keeps its checkboxes and open panels."""
     items, errors = await mine(h, identity(request, user))
-    return render(request, "_manage_updates.html", {
-        "items": [i for i in items if i.r.get("status") != "configuring"], "errors": errors,
-        "signature": _signature(items), "actions": ACTIONS,
-    })
+    return render(
+        request,
+        "_manage_updates.html",
+        {
+            "items": [i for i in items if i.r.get("status") != "configuring"],
+            "errors": errors,
+            "signature": _signature(items),
+            "actions": ACTIONS,
+        },
+    )
 
 
 @router.get("/events/{agent_id}/{rid}")
-async def events(agent_id: int, rid: int, request: Request, user: User = Depends(current_user),
-                 h: AgentHub = Depends(hub)) -> Response:
+async def events(
+    agent_id: int, rid: int, request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     who = identity(request, user)
     ref = next((r for r in h.refs() if r.id == agent_id), None)
     if ref is None:
@@ -140,7 +172,9 @@ async def events(agent_id: int, rid: int, request: Request, user: User = Depends
 
 
 @router.post("/action")
-async def action(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def action(
+    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
     form = await request.form()
     who = identity(request, user)
     name = form_str(form, "action", 16)
@@ -167,9 +201,15 @@ async def action(request: Request, user: User = Depends(current_user), h: AgentH
         body = {"hours": hours}
     if not messages:
         # The node names come from the user's own list, read in the same round trip.
-        listing, replies = await asyncio.gather(mine(h, who), asyncio.gather(*(
-            h.call(ref, "POST", f"/api/reservations/{rid}/{name}", who=who, json=body) for ref, rid in targets
-        )))
+        listing, replies = await asyncio.gather(
+            mine(h, who),
+            asyncio.gather(
+                *(
+                    h.call(ref, "POST", f"/api/reservations/{rid}/{name}", who=who, json=body)
+                    for ref, rid in targets
+                )
+            ),
+        )
         names = {it.ref: str(it.r.get("node")) for it in listing[0]}
         for (ref, rid), reply in zip(targets, replies, strict=True):
             data = reply.data if isinstance(reply.data, dict) else {}
@@ -178,8 +218,12 @@ async def action(request: Request, user: User = Depends(current_user), h: AgentH
                 extra = data.get("message") or data.get("status") or "accepted"
                 messages.append(("ok", f"{ACTIONS[name].split(' (')[0]}: {node} on {ref.name}: {extra}"))
             else:
-                messages.append(("error", f"{ACTIONS[name].split(' (')[0]}: reservation {rid} on {ref.name}: "
-                                          f"{reply.error}"))
+                messages.append(
+                    (
+                        "error",
+                        f"{ACTIONS[name].split(' (')[0]}: reservation {rid} on {ref.name}: {reply.error}",
+                    )
+                )
     ctx = {"messages": messages}
     if is_htmx(request):
         resp = render(request, "_action_result.html", ctx)

@@ -121,28 +121,41 @@ async def fetch_calendar(h: AgentHub, who: Identity, day: dt.date, days: int, zo
                 if s is None or e is None or e <= start or s >= end:
                     continue
                 s, e = max(s, start), min(e, end)
-                who_text = "yours" if slot.get("mine") else (slot.get("owner") or slot.get("reason") or "busy")
-                row.busy.append({
-                    "left": round((s - start).total_seconds() / span * 100, 3),
-                    "width": max(0.3, round((e - s).total_seconds() / span * 100, 3)),
-                    "mine": bool(slot.get("mine")),
-                    "title": f"{who_text}: {_fmt(s, zone)} – {_fmt(e, zone)}",
-                })
+                who_text = (
+                    "yours" if slot.get("mine") else (slot.get("owner") or slot.get("reason") or "busy")
+                )
+                row.busy.append(
+                    {
+                        "left": round((s - start).total_seconds() / span * 100, 3),
+                        "width": max(0.3, round((e - s).total_seconds() / span * 100, 3)),
+                        "mine": bool(slot.get("mine")),
+                        "title": f"{who_text}: {_fmt(s, zone)} – {_fmt(e, zone)}",
+                    }
+                )
             rows.append(row)
     rows.sort(key=lambda r: (r.agent, _natural(r.name)))
     hours = []
     t = start
     while t < end:
         local = t.astimezone(zone)
-        hours.append({"label": local.strftime("%H"), "left": (t - start).total_seconds() / span * 100,
-                      "major": local.hour % 6 == 0})
+        hours.append(
+            {
+                "label": local.strftime("%H"),
+                "left": (t - start).total_seconds() / span * 100,
+                "major": local.hour % 6 == 0,
+            }
+        )
         t += dt.timedelta(hours=1)
     day_heads = []
     for i in range(days):
         d0, d1 = _window(day + dt.timedelta(days=i), 1, zone)
-        day_heads.append({"label": (day + dt.timedelta(days=i)).strftime("%A %d %B %Y"),
-                          "left": (d0 - start).total_seconds() / span * 100,
-                          "width": (d1 - d0).total_seconds() / span * 100})
+        day_heads.append(
+            {
+                "label": (day + dt.timedelta(days=i)).strftime("%A %d %B %Y"),
+                "left": (d0 - start).total_seconds() / span * 100,
+                "width": (d1 - d0).total_seconds() / span * 100,
+            }
+        )
     now = dt.datetime.now(dt.UTC)
     now_left = (now - start).total_seconds() / span * 100 if start <= now < end else None
     return Calendar(start, end, zone, rows, errors, hours, day_heads, now_left)
@@ -159,7 +172,9 @@ def _calendar_context(cal: Calendar, day: dt.date, days: int) -> dict[str, Any]:
             if isinstance(v, str | int | float | bool):
                 props.setdefault(k, set()).add(str(v))
     return {
-        "cal": cal, "day": day.isoformat(), "days": days,
+        "cal": cal,
+        "day": day.isoformat(),
+        "days": days,
         "prev_day": (day - dt.timedelta(days=1)).isoformat(),
         "next_day": (day + dt.timedelta(days=1)).isoformat(),
         "today": dt.datetime.now(cal.zone).date().isoformat(),
@@ -168,8 +183,13 @@ def _calendar_context(cal: Calendar, day: dt.date, days: int) -> dict[str, Any]:
 
 
 @router.get("/reserve")
-async def reserve_page(request: Request, day: str | None = None, days: int = 2,
-                       user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def reserve_page(
+    request: Request,
+    day: str | None = None,
+    days: int = 2,
+    user: User = Depends(current_user),
+    h: AgentHub = Depends(hub),
+) -> Response:
     zone = browser_zone(request)
     d = _day(day, zone)
     days = min(max(days, 1), MAX_DAYS)
@@ -178,8 +198,13 @@ async def reserve_page(request: Request, day: str | None = None, days: int = 2,
 
 
 @router.get("/reserve/calendar")
-async def calendar_fragment(request: Request, day: str | None = None, days: int = 2,
-                            user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def calendar_fragment(
+    request: Request,
+    day: str | None = None,
+    days: int = 2,
+    user: User = Depends(current_user),
+    h: AgentHub = Depends(hub),
+) -> Response:
     zone = browser_zone(request)
     d = _day(day, zone)
     days = min(max(days, 1), MAX_DAYS)
@@ -272,8 +297,16 @@ def _booked(reply: Reply) -> list[dict[str, Any]]:
     out = []
     for r in data.get("reservations", []) or []:
         if isinstance(r, dict):
-            out.append({"agent": reply.agent.name, "node": r.get("node"), "id": r.get("id"),
-                        "start": r.get("start"), "end": r.get("end"), "status": r.get("status")})
+            out.append(
+                {
+                    "agent": reply.agent.name,
+                    "node": r.get("node"),
+                    "id": r.get("id"),
+                    "start": r.get("start"),
+                    "end": r.get("end"),
+                    "status": r.get("status"),
+                }
+            )
     return out
 
 
@@ -321,8 +354,15 @@ async def book(request: Request, user: User = Depends(current_user), h: AgentHub
         if not 1 <= count_value <= 1000 or not float(count_value).is_integer():
             errors.append("Ask for 1 to 1000 nodes.")
         if not errors and start_utc is not None:
-            requests, short = await _plan_count(h, who, list(refs.values()), filters, int(count_value),
-                                                start_utc, start_utc + dt.timedelta(hours=duration))
+            requests, short = await _plan_count(
+                h,
+                who,
+                list(refs.values()),
+                filters,
+                int(count_value),
+                start_utc,
+                start_utc + dt.timedelta(hours=duration),
+            )
             if short:
                 outcome.refused.append(short)
     else:
@@ -335,14 +375,17 @@ async def book(request: Request, user: User = Depends(current_user), h: AgentHub
             chosen.setdefault(int(agent_id), []).append(name)
         if not chosen and not errors:
             errors.append("Pick nodes in the calendar (click their names) or ask for a number of nodes.")
-        for agent_id, names in chosen.items():
-            names = list(dict.fromkeys(names))
-            requests.append((refs[agent_id], {"filters": [{"nodes": names}]}, ", ".join(names)))
+        for aid, picked in chosen.items():
+            unique = list(dict.fromkeys(picked))
+            requests.append((refs[aid], {"filters": [{"nodes": unique}]}, ", ".join(unique)))
     if errors:
         return _result(request, Outcome(refused=errors), status=400)
-    replies = await asyncio.gather(*(
-        h.call(ref, "POST", "/api/reservations", who=who, json={**base, **body}) for ref, body, _ in requests
-    ))
+    replies = await asyncio.gather(
+        *(
+            h.call(ref, "POST", "/api/reservations", who=who, json={**base, **body})
+            for ref, body, _ in requests
+        )
+    )
     for (ref, _body, what), reply in zip(requests, replies, strict=True):
         if reply.ok:
             outcome.booked.extend(_booked(reply))
@@ -352,8 +395,13 @@ async def book(request: Request, user: User = Depends(current_user), h: AgentHub
 
 
 async def _plan_count(
-    h: AgentHub, who: Identity, refs: list[AgentRef], filters: list[tuple[str, str, str]], count: int,
-    start: dt.datetime, end: dt.datetime,
+    h: AgentHub,
+    who: Identity,
+    refs: list[AgentRef],
+    filters: list[tuple[str, str, str]],
+    count: int,
+    start: dt.datetime,
+    end: dt.datetime,
 ) -> tuple[list[tuple[AgentRef, dict[str, Any], str]], str]:
     """Spread `count` nodes matching the filters over the agents that have free ones."""
     params = {"start": iso(start), "end": iso(max(end, start + dt.timedelta(minutes=1)))}
@@ -365,31 +413,42 @@ async def _plan_count(
     remaining = count
     described = " AND ".join(f"{p} {o} {v}" for p, o, v in filters) or "any node"
     notes: list[str] = []
-    candidates = []
+    candidates: list[tuple[int, AgentRef, dict[str, Any]]] = []
     for nodes, sched in zip(node_replies, sched_replies, strict=True):
         if not nodes.ok or not isinstance(nodes.data, list):
             notes.append(nodes.words)
             continue
         busy = sched.data.get("nodes", {}) if sched.ok and isinstance(sched.data, dict) else {}
-        rows = [Row(nodes.agent.id, nodes.agent.name, nodes.agent.node_type, str(n.get("name")),
-                    str(n.get("status", "")), n.get("properties") or {})
-                for n in nodes.data if isinstance(n, dict)]
+        rows = [
+            Row(
+                nodes.agent.id,
+                nodes.agent.name,
+                nodes.agent.node_type,
+                str(n.get("name")),
+                str(n.get("status", "")),
+                n.get("properties") or {},
+            )
+            for n in nodes.data
+            if isinstance(n, dict)
+        ]
         match = [r for r in rows if r.status in ("available", "") and matches(r.filter_props, filters)]
-        free = [r for r in match if _free(r, busy, start, end)]
+        free_rows = [r for r in match if _free(r, busy, start, end)]
         if match:
-            candidates.append((len(free), nodes.agent, match[0].props))
+            candidates.append((len(free_rows), nodes.agent, match[0].props))
     candidates.sort(key=lambda c: -c[0])
-    for free, ref, sample in candidates:
-        if remaining <= 0 or free <= 0:
+    for free_count, ref, sample in candidates:
+        if remaining <= 0 or free_count <= 0:
             continue
-        k = min(remaining, free)
+        k = min(remaining, free_count)
         body = {"filters": [{"count": k, "properties": agent_properties(filters, sample)}]}
         plan.append((ref, body, f"{k} node(s) matching {described}"))
         remaining -= k
     short = ""
     if remaining > 0:
-        short = (f"{remaining} of the {count} node(s) matching {described}: not booked — not enough free "
-                 f"nodes in that slot")
+        short = (
+            f"{remaining} of the {count} node(s) matching {described}: not booked — not enough free "
+            f"nodes in that slot"
+        )
         if notes:
             short += " (" + "; ".join(notes) + ")"
     return plan, short

@@ -15,8 +15,10 @@ from piseduce.webui.web import begin_write, current_user, db_session, flash, for
 router = APIRouter(prefix="/settings")
 
 TABS = ("account", "password", "ssh", "g5k", "iotlab")
-CRED_TYPES = {"g5k": ("Grid'5000", "g5k_user", "g5k_password"),
-              "iotlab": ("IoT-LAB", "iotlab_user", "iotlab_password")}
+CRED_TYPES = {
+    "g5k": ("Grid'5000", "g5k_user", "g5k_password"),
+    "iotlab": ("IoT-LAB", "iotlab_user", "iotlab_password"),
+}
 MAX_KEYS = 32
 
 
@@ -27,20 +29,29 @@ def _keys(user: User) -> list[dict[str, str]]:
             key = parse_key(line)
         except ValueError:
             continue
-        out.append({"kind": key.kind, "fingerprint": key.fingerprint, "comment": key.comment, "line": key.line})
+        out.append(
+            {"kind": key.kind, "fingerprint": key.fingerprint, "comment": key.comment, "line": key.line}
+        )
     return out
 
 
 @router.get("")
 def settings_page(request: Request, tab: str = "account", user: User = Depends(current_user)) -> Response:
-    return render(request, "settings.html", {
-        "tab": tab if tab in TABS else "account", "keys": _keys(user), "page": "settings",
-    })
+    return render(
+        request,
+        "settings.html",
+        {
+            "tab": tab if tab in TABS else "account",
+            "keys": _keys(user),
+            "page": "settings",
+        },
+    )
 
 
 @router.post("/password")
-async def change_password(request: Request, user: User = Depends(current_user),
-                          db: Session = Depends(db_session)) -> Response:
+async def change_password(
+    request: Request, user: User = Depends(current_user), db: Session = Depends(db_session)
+) -> Response:
     form = await request.form()
     begin_write(db)
     current = form_str(form, "current", auth.MAX_PASSWORD)
@@ -60,8 +71,9 @@ async def change_password(request: Request, user: User = Depends(current_user),
 
 
 @router.post("/ssh-keys")
-async def add_keys(request: Request, user: User = Depends(current_user),
-                   db: Session = Depends(db_session)) -> Response:
+async def add_keys(
+    request: Request, user: User = Depends(current_user), db: Session = Depends(db_session)
+) -> Response:
     form = await request.form()
     begin_write(db)
     try:
@@ -95,8 +107,9 @@ def _valid(line: str) -> bool:
 
 
 @router.post("/ssh-keys/delete")
-async def delete_key(request: Request, user: User = Depends(current_user),
-                     db: Session = Depends(db_session)) -> Response:
+async def delete_key(
+    request: Request, user: User = Depends(current_user), db: Session = Depends(db_session)
+) -> Response:
     form = await request.form()
     begin_write(db)
     fingerprint = form_str(form, "fingerprint", 100)
@@ -111,8 +124,9 @@ async def delete_key(request: Request, user: User = Depends(current_user),
 
 
 @router.post("/credentials/{kind}")
-async def set_credentials(kind: str, request: Request, user: User = Depends(current_user),
-                          db: Session = Depends(db_session)) -> Response:
+async def set_credentials(
+    kind: str, request: Request, user: User = Depends(current_user), db: Session = Depends(db_session)
+) -> Response:
     if kind not in CRED_TYPES:
         return Response("unknown credential type", status_code=404)
     label, user_attr, pwd_attr = CRED_TYPES[kind]
@@ -138,8 +152,9 @@ async def set_credentials(kind: str, request: Request, user: User = Depends(curr
 
 
 @router.post("/credentials/{kind}/delete")
-def delete_credentials(kind: str, request: Request, user: User = Depends(current_user),
-                       db: Session = Depends(db_session)) -> Response:
+def delete_credentials(
+    kind: str, request: Request, user: User = Depends(current_user), db: Session = Depends(db_session)
+) -> Response:
     if kind not in CRED_TYPES:
         return Response("unknown credential type", status_code=404)
     label, user_attr, pwd_attr = CRED_TYPES[kind]

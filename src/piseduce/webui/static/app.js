@@ -266,6 +266,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     formatTimes(document);
+    document.querySelectorAll(".tz-name").forEach(function (el) { el.textContent = TZ; });
     setupReserve();
     /* The first page of a session was rendered in UTC: redraw the calendar in the browser's zone. */
     if (document.body.getAttribute("data-tz") !== TZ && document.getElementById("calendar")) {
