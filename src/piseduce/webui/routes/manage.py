@@ -77,7 +77,9 @@ class Item:
     @property
     def connection(self) -> dict[str, Any]:
         conn = self.r.get("connection") or {}
-        return {k: v for k, v in conn.items() if k != "ssh"} if isinstance(conn, dict) else {}
+        # The full host key is for machines (known_hosts); people compare the fingerprint.
+        hidden = {"ssh", "host_key", "password_set"}
+        return {k: v for k, v in conn.items() if k not in hidden} if isinstance(conn, dict) else {}
 
 
 async def mine(h: AgentHub, who: Identity) -> tuple[list[Item], list[str]]:
