@@ -132,7 +132,11 @@ class Reservation(Base):
         back_populates="reservation", order_by="Event.id", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_reservations_node_time", "node_name", "start", "busy_until"),)
+    __table_args__ = (
+        Index("ix_reservations_node_time", "node_name", "start", "busy_until"),
+        # The calendar's range scans (migration 0002_api).
+        Index("ix_reservations_start", "start", "busy_until"),
+    )
 
 
 class Action(Base):

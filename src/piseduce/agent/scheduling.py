@@ -10,12 +10,13 @@ bookings never deadlock) and the exclusion constraint `reservations_no_overlap` 
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from piseduce.agent.actions import add_event
@@ -107,12 +108,25 @@ def value_matches(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-def properties_match(props: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    lowered = {str(k).lower(): v for k, v in props.items()}
+def lowered_match(lowered: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """`lowered`: properties with lower-case keys; `wanted`: lower-case keys too."""
     for key, want in wanted.items():
-        if key.lower() not in lowered or not value_matches(lowered[key.lower()], want):
+        if key not in lowered:
+            return False
+        have = lowered[key]
+        if isinstance(want, str) and isinstance(have, str):
+            # The common case (model=RPI4B), without the general dispatch.
+            if have.strip().casefold() != want.strip().casefold():
+                return False
+        elif not value_matches(have, want):
             return False
     return True
+
+
+def properties_match(props: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    return lowered_match(
+        {str(k).lower(): v for k, v in props.items()}, {k.lower(): v for k, v in wanted.items()}
+    )
 
 
 def describe_filter(f: Filter) -> str:
@@ -148,11 +162,15 @@ def busy_nodes(
     nodes: Iterable[str] | None = None,
     *,
     exclude_id: int | None = None,
+    bound: dt.timedelta | None = None,
 ) -> set[str]:
-    """Names of nodes held by an active reservation somewhere in [start, until)."""
+    """Names of nodes held by an active reservation somewhere in [start, until). `bound` (no hold
+    is longer) turns the query into a short range scan of ix_reservations_start."""
     q = select(Reservation.node_name).where(
         Reservation.status.in_(ACTIVE_STATUSES), Reservation.start < until, Reservation.busy_until > start
     )
+    if bound is not None:
+        q = q.where(Reservation.start >= start - bound)
     if nodes is not None:
         q = q.where(Reservation.node_name.in_(list(nodes)))
     if exclude_id is not None:
@@ -165,6 +183,70 @@ def remote_busy_nodes(intervals: Iterable[BusyInterval], start: dt.datetime, unt
 
 
 # ---------------------------------------------------------------- booking
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    status: str
+    properties: dict[str, Any]
+    # The same with lower-case keys (filters name properties case-insensitively).
+    lowered: dict[str, Any]
+
+
+# Decoding every node's JSON properties on each booking is the slowest part of it: the list is
+# kept per database and reloaded when its fingerprint changes (count, latest update, how many
+# are available and present: a status change shows even if a writer forgot updated_at).
+_nodes_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], list[NodeRow]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def present_nodes(session: Session) -> list[NodeRow]:
+    bind = session.get_bind()
+    stamp = tuple(
+        session.execute(
+            select(
+                func.count(),
+                func.max(Node.updated_at),
+                func.sum(case((Node.status == NODE_AVAILABLE, 1), else_=0)),
+                func.sum(case((Node.present.is_(True), 1), else_=0)),
+            )
+        ).one()
+    )
+    cached = _nodes_cache.get(bind)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    rows = [
+        NodeRow(
+            r.name,
+            r.status,
+            dict(r.properties or {}),
+            {str(k).lower(): v for k, v in (r.properties or {}).items()},
+        )
+        for r in session.execute(
+            select(Node.name, Node.status, Node.properties).where(Node.present.is_(True)).order_by(Node.name)
+        )
+    ]
+    _nodes_cache[bind] = (stamp, rows)
+    return rows
+
+
+def hold_bound(session: Session, limits: Limits) -> dt.timedelta:
+    """No active hold is longer than this: new ones are capped by the maximum duration (plus the
+    gap); older ones, made under another config, are measured once per database."""
+    bind = session.get_bind()
+    longest = _longest.get(bind)
+    if longest is None:
+        rows = session.execute(
+            select(Reservation.start, Reservation.busy_until).where(Reservation.status.in_(ACTIVE_STATUSES))
+        )
+        longest = max((b - a for a, b in rows), default=dt.timedelta(0))
+        _longest[bind] = longest
+    return max(longest, limits.max_duration + limits.gap) + dt.timedelta(minutes=1)
+
+
+_longest: weakref.WeakKeyDictionary[Any, dt.timedelta] = weakref.WeakKeyDictionary()
 
 
 def check_times(start: dt.datetime, duration: dt.timedelta, limits: Limits, now: dt.datetime) -> None:
@@ -211,12 +293,11 @@ def pick_nodes(
     until: dt.datetime,
     remote: Iterable[BusyInterval] = (),
     end: dt.datetime | None = None,
+    bound: dt.timedelta | None = None,
 ) -> list[str]:
     """Choose nodes satisfying every filter over [start, until), or raise BookingError(409/422).
     Named filters are served first, then property filters in order, each from what is left."""
-    rows = session.execute(
-        select(Node.name, Node.properties, Node.status).where(Node.present.is_(True)).order_by(Node.name)
-    ).all()
+    rows = present_nodes(session)
     by_name = {r.name: r for r in rows}
     named = [n for f in filters if f.nodes is not None for n in f.nodes]
     if len(set(named)) != len(named):
@@ -228,17 +309,18 @@ def pick_nodes(
     # Candidates: every node some filter could take; only those are locked and checked.
     candidates: dict[int, list[str]] = {}
     for i, f in enumerate(filters):
+        wanted = {k.lower(): v for k, v in f.properties.items()}
         if f.nodes is not None:
             candidates[i] = list(f.nodes)
         else:
             candidates[i] = [
-                r.name
-                for r in rows
-                if r.status == NODE_AVAILABLE and properties_match(r.properties or {}, f.properties)
+                r.name for r in rows if r.status == NODE_AVAILABLE and lowered_match(r.lowered, wanted)
             ]
     all_candidates = sorted({n for names in candidates.values() for n in names})
     _lock_nodes(session, all_candidates)
-    busy = busy_nodes(session, start, until, all_candidates) | remote_busy_nodes(remote, start, until)
+    # One range query for the window, filtered here: an IN list of hundreds of names costs more.
+    busy = busy_nodes(session, start, until, bound=bound) & set(all_candidates)
+    busy |= remote_busy_nodes(remote, start, until)
 
     when = f"between {fmt(start)} and {fmt(end or until)}"
     if end is not None and until > end:
@@ -293,7 +375,7 @@ def book(
     check_times(start, duration, limits, now)
     end = start + duration
     until = end + limits.gap
-    names = pick_nodes(session, filters, start, until, remote, end=end)
+    names = pick_nodes(session, filters, start, until, remote, end=end, bound=hold_bound(session, limits))
     held = user_nodes_at(session, owner, start, end)
     if held + len(names) > limits.max_nodes_per_user:
         raise BookingError(
@@ -408,7 +490,9 @@ class Slot:
     status: str
 
 
-def slots(session: Session, start: dt.datetime, end: dt.datetime) -> list[Slot]:
+def slots(
+    session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta | None = None
+) -> list[Slot]:
     """Active bookings that hold a node somewhere in [start, end), in one query."""
     q = (
         select(
@@ -424,7 +508,40 @@ def slots(session: Session, start: dt.datetime, end: dt.datetime) -> list[Slot]:
         )
         .order_by(Reservation.node_name, Reservation.start)
     )
+    if bound is not None:
+        q = q.where(Reservation.start >= start - bound)
     return [Slot(r.node_name, r.start, r.end, r.owner, r.id, r.status) for r in session.execute(q)]
+
+
+def slots_iso(
+    session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta | None = None
+) -> list[tuple[str, str, str, str, int, str]]:
+    """Like `slots`, as (node, start, end, owner, id, status) with ISO-8601 UTC strings. On SQLite
+    the stored text is reformatted instead of parsed (the calendar answers thousands of slots)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    cols = (Reservation.start, Reservation.end)
+    if sqlite:
+        cols = (type_coerce(Reservation.start, String), type_coerce(Reservation.end, String))  # type: ignore[assignment]
+    q = (
+        select(Reservation.node_name, *cols, Reservation.owner, Reservation.id, Reservation.status)
+        .where(
+            Reservation.status.in_(ACTIVE_STATUSES), Reservation.start < end, Reservation.busy_until > start
+        )
+        .order_by(Reservation.node_name, Reservation.start)
+    )
+    if bound is not None:
+        q = q.where(Reservation.start >= start - bound)
+    out: list[tuple[str, str, str, str, int, str]] = []
+    a: Any
+    b: Any
+    for node, a, b, owner, rid, status in session.execute(q):
+        if sqlite:
+            a, b = a.replace(" ", "T") + "Z", b.replace(" ", "T") + "Z"
+        else:
+            a = a.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+            b = b.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        out.append((node, a, b, owner, rid, status))
+    return out
 
 
 def group_by_node(items: Iterable[Slot]) -> dict[str, list[Slot]]:

@@ -95,7 +95,7 @@ def _out(state: AgentState, caller: Caller, rid: int, events: bool = False) -> R
 
 def _book(
     state: AgentState, caller: Caller, req: ReservationRequest, start: dt.datetime, remote: list[Any]
-) -> list[int]:
+) -> list[ReservationView]:
     try:
         with write_session(state.sessions) as s:
             rs = scheduling.book(
@@ -109,7 +109,7 @@ def _book(
                 credentials=caller.credentials_token,
                 remote=remote,
             )
-            return [r.id for r in rs]
+            return [reservation_view(r) for r in rs]
     except scheduling.BookingError as exc:
         raise booking_http(exc) from None
     except IntegrityError:
@@ -117,12 +117,6 @@ def _book(
         raise HTTPException(
             409, "another booking took one of these nodes at the same moment; try again"
         ) from None
-
-
-def _views(state: AgentState, ids: list[int]) -> list[ReservationView]:
-    with state.sessions() as s:
-        rows = s.scalars(select(Reservation).where(Reservation.id.in_(ids)).order_by(Reservation.id))
-        return [reservation_view(r) for r in rows]
 
 
 def _cancel_booking(state: AgentState, ids: list[int], reason: str) -> None:
@@ -163,8 +157,8 @@ async def create(req: ReservationRequest, state: StateDep, caller: CallerDep) ->
             remote = await state.driver.remote_busy(
                 start, start + duration + state.limits.gap, caller.credentials
             )
-    ids = await db(_book, state, caller, req, start, remote)
-    views = await db(_views, state, ids)
+    views = await db(_book, state, caller, req, start, remote)
+    ids = [v.id for v in views]
     try:
         updates = await state.driver.on_booked(views, caller.credentials)
     except Exception as exc:

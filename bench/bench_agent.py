@@ -1,0 +1,186 @@
+"""Agent API benchmark: 1,000 nodes and 20,000 reservations in SQLite.
+
+Measures, through the HTTP API (httpx ASGI transport, the whole FastAPI stack with auth and
+validation, no network):
+  - booking 4 nodes by properties (POST /api/reservations, count 4)      target < 20 ms
+  - answering GET /api/schedule for a 48-hour window                      target < 50 ms
+and, for reference, the same booking through the scheduling function alone.
+Prints the medians and their ratio to the targets (ratio < 1 = within target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the fake driver
+
+from piseduce import db  # noqa: E402
+from piseduce.agent import scheduling  # noqa: E402
+from piseduce.agent.app import create_app  # noqa: E402
+from piseduce.agent.models import Node, Reservation  # noqa: E402
+from piseduce.agent.schemas import Filter  # noqa: E402
+from piseduce.config import load_agent_config  # noqa: E402
+
+NODES = 1000
+RESERVATIONS = 20_000
+TOKEN = "bench-token-0123456789"
+H = {"Authorization": f"Bearer {TOKEN}", "X-Piseduce-User": "bench@example.org"}
+MODELS = ["RPI4B", "RPI3B+", "RPI4B-8G", "RPI5"]
+
+
+def populate(url: str, now: dt.datetime) -> None:
+    rng = random.Random(42)
+    engine = db.make_engine(url)
+    gap = dt.timedelta(minutes=10)
+    node_rows = [
+        {
+            "name": f"node-{i:04d}",
+            "ip": f"10.1.{i // 250}.{i % 250}",
+            "status": "available",
+            "properties": {"model": MODELS[i % len(MODELS)], "rack": i // 40},
+            "attrs": {},
+            "present": True,
+            "updated_at": now,
+        }
+        for i in range(NODES)
+    ]
+    res_rows = []
+    per_node = RESERVATIONS // NODES
+    for i in range(NODES):
+        t = now - dt.timedelta(days=10) + dt.timedelta(hours=rng.uniform(0, 12))
+        for _ in range(per_node):
+            dur = dt.timedelta(hours=rng.choice([1, 2, 4, 8, 24, 48]))
+            end = t + dur
+            status = "ended" if end < now else rng.choice(["configuring", "scheduled", "deployed"])
+            res_rows.append(
+                {
+                    "node_name": f"node-{i:04d}",
+                    "owner": f"user{rng.randrange(200)}@example.org",
+                    "bin": "",
+                    "start": t,
+                    "end": end,
+                    "busy_until": end + gap,
+                    "status": status,
+                    "params": {},
+                    "driver_state": {},
+                    "connection": {},
+                    "credentials": None,
+                    "error": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            t = end + gap + dt.timedelta(hours=rng.uniform(0, 30))
+    with db.session_factory(engine).begin() as s:
+        s.execute(Node.__table__.insert(), node_rows)
+        s.execute(Reservation.__table__.insert(), res_rows)
+    engine.dispose()
+
+
+def report(name: str, samples: list[tuple[float, float]], target_ms: float) -> None:
+    """`samples`: (wall, CPU) seconds. The CPU time of this process tells what the wall time
+    would be on an idle machine, when other jobs share its cores."""
+    med = statistics.median(w for w, _ in samples) * 1000
+    p95 = sorted(w for w, _ in samples)[int(len(samples) * 0.95) - 1] * 1000
+    cpu = statistics.median(c for _, c in samples) * 1000
+    print(
+        f"{name:<52} median {med:7.2f} ms (CPU {cpu:6.2f} ms)  p95 {p95:7.2f} ms  "
+        f"target {target_ms:3.0f} ms  ratio {med / target_ms:5.2f} (CPU {cpu / target_ms:4.2f})"
+    )
+
+
+class Timer:
+    def __init__(self, into: list[tuple[float, float]]) -> None:
+        self.into = into
+
+    def __enter__(self) -> None:
+        self.w, self.c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.into.append((time.perf_counter() - self.w, time.process_time() - self.c))
+
+
+async def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="piseduce-bench-"))
+    cfg_path = folder / "config_agent.json"
+    cfg_path.write_text(
+        json.dumps(
+            {
+                "auth_token": [TOKEN],
+                "db_url": "sqlite:///bench.db",
+                "driver": "fake_driver:FakeDriver",
+                "max_nodes_per_user": 100_000,
+            }
+        )
+    )
+    cfg = load_agent_config(cfg_path)
+    db.upgrade("agent", cfg.database_url)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    t0 = time.perf_counter()
+    populate(cfg.database_url, now)
+    print(
+        f"{NODES} nodes and {RESERVATIONS} reservations in SQLite "
+        f"({time.perf_counter() - t0:.1f} s to load); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPU(s)"
+    )
+
+    app = create_app(cfg)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as c:
+        # Warm-up (imports, caches, the first connection).
+        await c.get("/api/nodes", headers=H)
+
+        book: list[tuple[float, float]] = []
+        for i in range(60):
+            start = (now + dt.timedelta(days=20, hours=3 * i)).isoformat()
+            body = {
+                "filters": [{"count": 4, "properties": {"model": MODELS[i % 4]}}],
+                "start": start,
+                "duration_hours": 2,
+            }
+            with Timer(book):
+                r = await c.post("/api/reservations", json=body, headers=H)
+            assert r.status_code == 201, r.text
+        report("book 4 nodes (POST /api/reservations, ASGI)", book, 20)
+
+        sched: list[tuple[float, float]] = []
+        for i in range(40):
+            start = now + dt.timedelta(hours=6 * i)
+            params = {"start": start.isoformat(), "end": (start + dt.timedelta(hours=48)).isoformat()}
+            with Timer(sched):
+                r = await c.get("/api/schedule", params=params, headers=H)
+            assert r.status_code == 200 and len(r.json()["nodes"]) == NODES
+        report("schedule, 48-hour window (GET /api/schedule, ASGI)", sched, 50)
+
+    sessions = app.state.agent.sessions
+    limits = app.state.agent.limits
+    direct: list[tuple[float, float]] = []
+    for i in range(60):
+        start = now + dt.timedelta(days=22, hours=3 * i)
+        with Timer(direct), db.write_session(sessions) as s:
+            made = scheduling.book(
+                s,
+                owner="bench@example.org",
+                filters=[Filter(count=4, properties={"model": "RPI5"})],
+                start=start,
+                duration=dt.timedelta(hours=2),
+                limits=limits,
+            )
+        assert len(made) == 4
+    report("book 4 nodes (scheduling.book + commit, no HTTP)", direct, 20)
+    app.state.agent.engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
