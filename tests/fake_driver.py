@@ -82,7 +82,9 @@ class FakeDriver(Driver):
         self, reservation: ReservationView, credentials: Mapping[str, str] | None
     ) -> list[FormField]:
         return [
-            FormField(name="environment", label="Environment", kind="select", choices=["tiny", "big"], required=True),
+            FormField(
+                name="environment", label="Environment", kind="select", choices=["tiny", "big"], required=True
+            ),
             FormField(name="ssh_keys", label="SSH keys", kind="ssh_keys"),
         ]
 

@@ -23,8 +23,15 @@ sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
 NODES = {"raspberry": "pi-1", "g5k": "grisou-1", "iot-lab": "m3-1"}
 
@@ -80,9 +87,27 @@ def demo(tmp_path: Path) -> Iterator[dict[str, Any]]:
     ready = tmp_path / "ready.json"
     webui_port, base = free_port(), free_base()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "piseduce.cli", "demo", "--data", str(data), "--webui-port", str(webui_port),
-         "--base-port", str(base), "--boards", "3", "--time-scale", "20", "--ready-file", str(ready)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "piseduce.cli",
+            "demo",
+            "--data",
+            str(data),
+            "--webui-port",
+            str(webui_port),
+            "--base-port",
+            str(base),
+            "--boards",
+            "3",
+            "--time-scale",
+            "20",
+            "--ready-file",
+            str(ready),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 240
     while not ready.exists():
@@ -154,7 +179,8 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
 
         page.evaluate("window.__sameDocument = 'yes'")
         page.wait_for_function(
-            "() => { const s = [...document.querySelectorAll('.live[data-status]')].map(e => e.dataset.status);"
+            "() => { const s = [...document.querySelectorAll('.live[data-status]')]"
+            ".map(e => e.dataset.status);"
             " return s.length === 3 && s.every(x => x === 'deployed'); }",
             timeout=180_000,
         )
@@ -168,9 +194,22 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
     assert command[0] == "ssh"
     known = Path(demo["data"]) / "known_hosts_test"
     result = subprocess.run(
-        [command[0], "-i", demo["user"]["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-         "-o", f"UserKnownHostsFile={known}", *command[1:], "hostname"],
-        capture_output=True, text=True, timeout=30,
+        [
+            command[0],
+            "-i",
+            demo["user"]["ssh_key"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            *command[1:],
+            "hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "pi-1"

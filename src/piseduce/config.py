@@ -46,7 +46,8 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_duplicate_keys_ok)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ConfigError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
@@ -177,7 +178,7 @@ class WebuiConfig(_Base):
     host: str = "127.0.0.1"
     db_url: str = "sqlite:///webui.db"
     key_file: str = "secret.key"
-    secret_file: str = "session.secret"
+    secret_file: str = "session.secret"  # noqa: S105 (a file name, not a secret)
     agent_timeout_seconds: float = Field(default=1.5, gt=0, le=30)
     health_check_seconds: float = Field(default=15, ge=1)
     login_attempts_per_minute: int = Field(default=10, ge=1)

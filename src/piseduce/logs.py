@@ -16,7 +16,9 @@ CONTEXT_FIELDS = ("node", "reservation", "step", "action", "agent")
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ctx = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None) is not None)
+        ctx = " ".join(
+            f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None) is not None
+        )
         line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if ctx:
             line += f" [{ctx}]"

@@ -80,13 +80,16 @@ def start_action(
     if current is not None:
         if not supersede:
             raise ActionRefused(
-                f"{reservation.node_name} is busy with '{current.process}' (step {current.step_name or 'starting'}); "
+                f"{reservation.node_name} is busy with '{current.process}' "
+                f"(step {current.step_name or 'starting'}); "
                 "wait for it to finish"
             )
         current.status = ACTION_CANCELLED
         current.locked_by = None
         current.locked_until = None
-        add_event(session, reservation, f"{current.process} cancelled by {process}", level="warning", action=current)
+        add_event(
+            session, reservation, f"{current.process} cancelled by {process}", level="warning", action=current
+        )
     action = Action(reservation_id=reservation.id, process=process, args=dict(args or {}))
     session.add(action)
     session.flush()

@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
+]
 BinName = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9 ._-]*$")]
 PropKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 PropValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool
@@ -140,7 +142,9 @@ class DeployRequest(BaseModel):
     environment: str | None = Field(default=None, max_length=128)
     part_size: str | None = Field(default=None, max_length=16)
     os_password: str | None = Field(default=None, max_length=128)
-    ssh_keys: list[Annotated[str, StringConstraints(max_length=16384)]] = Field(default_factory=list, max_length=32)
+    ssh_keys: list[Annotated[str, StringConstraints(max_length=16384)]] = Field(
+        default_factory=list, max_length=32
+    )
     bin: BinName | None = None
 
     @model_validator(mode="after")
@@ -178,7 +182,9 @@ class NodeIn(Strict):
     ssh_port: int = Field(default=22, ge=1, le=65535)
     model: Annotated[str, StringConstraints(max_length=64)] = ""
     serial: Annotated[str, StringConstraints(max_length=64, pattern=r"^[0-9A-Za-z]*$")] = ""
-    mac: Annotated[str, StringConstraints(max_length=17, pattern=r"^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})?$")] = ""
+    mac: Annotated[
+        str, StringConstraints(max_length=17, pattern=r"^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})?$")
+    ] = ""
     host_key: Annotated[str, StringConstraints(max_length=4096)] = ""
     properties: dict[PropKey, PropValue] = Field(default_factory=dict, max_length=32)
     status: Literal["available", "maintenance", "broken"] = "available"

@@ -254,7 +254,9 @@ class Driver(abc.ABC):
         """Extend on the remote side (g5k walltime). Raise ActionRefused when refused."""
         return {}
 
-    async def on_cancel(self, reservation: ReservationView, credentials: Mapping[str, str] | None) -> None:
+    async def on_cancel(  # noqa: B027 (an optional hook: most drivers have nothing to cancel)
+        self, reservation: ReservationView, credentials: Mapping[str, str] | None
+    ) -> None:
         """A reservation cancelled before anything was deployed (remote job deleted...)."""
 
     # -- the deploy form
@@ -297,5 +299,5 @@ class Driver(abc.ABC):
         authenticates its caller and checks ownership itself (`piseduce.agent.auth.CallerDep`)."""
         return None
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release clients and connections."""
