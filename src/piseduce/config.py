@@ -125,6 +125,13 @@ class AgentConfig(_Base):
     monitor_retention_days: float = Field(default=7, gt=0)
     # "module:Class" of a driver to use instead of the one of node_type (tests, third-party types).
     driver: str = ""
+    # Grid'5000: an agent account to read the inventory when no user login comes with a request
+    # (its password in a file, never in this config), and the HTTP client's limits.
+    g5k_user: str = ""
+    g5k_password_file: str = ""
+    g5k_http_timeout: float = Field(default=30, gt=0, le=600)
+    g5k_api_attempts: int = Field(default=4, ge=1, le=20)
+    g5k_status_cache_seconds: float = Field(default=10, ge=0, le=3600)
 
     @field_validator("auth_token", mode="before")
     @classmethod

@@ -114,10 +114,9 @@ class G5kDriver(Driver):
 
     def __init__(self, config: AgentConfig, sessions: sessionmaker[Session]) -> None:
         super().__init__(config, sessions)
-        extra = config.model_extra or {}
-        self.http_timeout = float(extra.get("g5k_http_timeout", 30.0))
-        self.attempts = int(extra.get("g5k_api_attempts", 4))
-        self.status_ttl = float(extra.get("g5k_status_cache_seconds", 10.0))
+        self.http_timeout = config.g5k_http_timeout
+        self.attempts = config.g5k_api_attempts
+        self.status_ttl = config.g5k_status_cache_seconds
         self.scale = config.timeout_scale
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", config.agent_name).strip("-") or "agent"
         # Every job this agent makes is named with this prefix: it tells ours from the others.
@@ -171,8 +170,7 @@ class G5kDriver(Driver):
         creds = self._user_creds(credentials)
         if creds is not None:
             return creds
-        extra = self.config.model_extra or {}
-        user, pw_file = extra.get("g5k_user"), extra.get("g5k_password_file")
+        user, pw_file = self.config.g5k_user, self.config.g5k_password_file
         if user and pw_file:
             try:
                 password = self.config.resolve(str(pw_file)).read_text(encoding="utf-8").strip()
