@@ -63,7 +63,10 @@ filters_st = st.one_of(
         lambda t: [Filter(count=t[0], properties={"model": t[1]} if t[1] else {})]
     ),
     st.tuples(st.integers(1, 2), st.integers(1, 2)).map(
-        lambda t: [Filter(count=t[0], properties={"model": "a"}), Filter(count=t[1], properties={"cores": {"min": 8}})]
+        lambda t: [
+            Filter(count=t[0], properties={"model": "a"}),
+            Filter(count=t[1], properties={"cores": {"min": 8}}),
+        ]
     ),
 )
 book_op = st.tuples(
@@ -86,8 +89,13 @@ def test_random_sequences_never_overlap(ops: list[tuple[Any, ...]]) -> None:
                     _, user, filters, slot, quarters = op
                     with write_session(sessions) as s:
                         made = scheduling.book(
-                            s, owner=user, filters=filters, start=NOW + dt.timedelta(minutes=15 * slot),
-                            duration=dt.timedelta(minutes=15 * quarters), limits=LIMITS, now=NOW,
+                            s,
+                            owner=user,
+                            filters=filters,
+                            start=NOW + dt.timedelta(minutes=15 * slot),
+                            duration=dt.timedelta(minutes=15 * quarters),
+                            limits=LIMITS,
+                            now=NOW,
                         )
                         wanted = sum(len(f.nodes) if f.nodes else (f.count or 0) for f in filters)
                         assert len(made) == wanted, "all or nothing"
@@ -115,11 +123,18 @@ def test_random_sequences_never_overlap(ops: list[tuple[Any, ...]]) -> None:
         engine.dispose()
 
 
-def book_one(sessions: Any, node: str, start: dt.datetime, hours: float, owner: str = "a@x.org") -> Reservation:
+def book_one(
+    sessions: Any, node: str, start: dt.datetime, hours: float, owner: str = "a@x.org"
+) -> Reservation:
     with write_session(sessions) as s:
         (r,) = scheduling.book(
-            s, owner=owner, filters=[Filter(nodes=[node])], start=start, duration=dt.timedelta(hours=hours),
-            limits=LIMITS, now=NOW,
+            s,
+            owner=owner,
+            filters=[Filter(nodes=[node])],
+            start=start,
+            duration=dt.timedelta(hours=hours),
+            limits=LIMITS,
+            now=NOW,
         )
         return r
 
