@@ -119,9 +119,12 @@ def api(
 
 
 @app.command("exec")
-def exec_(config: ConfigArg) -> None:
+def exec_(
+    config: ConfigArg,
+    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+) -> None:
     """Run the executor: deployments, actions and expiries (the durable state machine)."""
-    cfg = _setup(config)
+    cfg = _setup(config, log_format)
     _check_database(cfg)
     from piseduce.agent.engine import run_executor
 

@@ -64,19 +64,30 @@ def init_db(config: Path = ConfigArg) -> None:
 
 
 @app.command("serve")
-def serve(config: Path = ConfigArg, log_level: str = typer.Option("info", help="uvicorn log level")) -> None:
+def serve(
+    config: Path = ConfigArg,
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+    log_format: str = typer.Option("text", help="Log lines as text or json"),
+) -> None:
     """Run the web UI on host:port_number (migrates the database first)."""
     import uvicorn
 
+    from piseduce.logs import configure
     from piseduce.webui.app import create_app
 
+    if log_format not in ("text", "json"):
+        typer.echo("error: --log-format must be text or json", err=True)
+        raise typer.Exit(2)
+    configure(level=log_level, fmt=log_format)
     cfg = load_webui_config(config)
     _migrate(cfg)
     _first_admin(cfg)
     web = create_app(cfg)
     typer.echo(f"PiSeduce web UI on http://{cfg.host}:{cfg.port_number}/", err=False)
     sys.stdout.flush()
-    uvicorn.run(web, host=cfg.host, port=cfg.port_number, log_level=log_level, proxy_headers=False)
+    uvicorn.run(
+        web, host=cfg.host, port=cfg.port_number, log_level=log_level, proxy_headers=False, log_config=None
+    )
 
 
 @app.command("create-admin")
