@@ -8,6 +8,7 @@ here is asynchronous: a blocking call would freeze the boards too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -64,12 +65,13 @@ async def _ok(r: httpx.Response, status: int = 200) -> Any:
     return r.json()
 
 
-@pytest.fixture
-async def site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> AsyncIterator[Site]:
-    async with running_cluster(tmp_path, boards=2, time_scale=SIM_TIME_SCALE, boot_delay=20.0, seed=1) as (
-        cluster,
-        agent_key,
-    ):
+@contextlib.asynccontextmanager
+async def make_site(
+    tmp_path: Path, image_dir: tuple[Path, dict[str, Any]], **faults: Any
+) -> AsyncIterator[Site]:
+    async with running_cluster(
+        tmp_path, boards=2, time_scale=SIM_TIME_SCALE, boot_delay=20.0, seed=1, **faults
+    ) as (cluster, agent_key):
         # The agent uses the key the simulated pimaster authorised on its NFS root.
         config = agent_config(
             tmp_path,
@@ -111,6 +113,12 @@ async def site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> AsyncI
             await client.aclose()
             await driver.close()
             await app.state.agent.driver.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> AsyncIterator[Site]:
+    async with make_site(tmp_path, image_dir) as s:
+        yield s
 
 
 async def reserve(site: Site, nodes: list[str]) -> list[int]:
@@ -288,3 +296,18 @@ async def test_changed_netboot_host_key_stops_the_deployment(site: Site) -> None
     assert res["status"] == "failed"
     assert "host key" in res["error"] and "changed" in res["error"]
     assert card_has_partition_table(site, "pi-1") is False  # nothing was written
+
+
+async def test_dropped_ssh_connections_and_lost_snmp_packets_are_retried(
+    tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]
+) -> None:
+    # One SSH command in ten is cut at a random moment, one SNMP packet in ten is lost.
+    async with make_site(tmp_path, image_dir, ssh_drop_rate=0.1, snmp_loss=0.1) as site:
+        ids = await reserve(site, ["pi-1", "pi-2"])
+        for rid in ids:
+            await deploy(site, rid)
+        for rid in ids:
+            res = await wait_for(site, rid, ("deployed", "failed"))
+            assert res["status"] == "deployed", (res["error"], res["events"][-6:])
+            # (no login here: the simulator would cut it one time in ten too)
+            assert site.cluster.board(res["node"]).system == "deployed" and res["connection"]["host_key"]

@@ -81,7 +81,8 @@ class RaspberryDriver(Driver):
 
     def __init__(self, config: AgentConfig, sessions: sessionmaker[Session]) -> None:
         super().__init__(config, sessions)
-        self.snmp = SnmpClient(timeout=max(0.2, min(2.0, 2.0 * config.timeout_scale)), retries=3)
+        # Network latency does not follow the simulated clock: the SNMP timeout is not scaled.
+        self.snmp = SnmpClient(timeout=1.0, retries=3)
         self.ops = RpiOps(config, sessions, self.snmp)
         self._processes: dict[str, Process] | None = None
 

@@ -106,14 +106,22 @@ def _watts(value: Any) -> float | None:
 
 
 class SnmpClient:
-    """One pysnmp engine per event loop (pysnmp binds its transport to the loop that used it)."""
+    """One pysnmp engine per event loop (pysnmp binds its transport to the loop that used it).
 
-    def __init__(self, timeout: float = 1.0, retries: int = 3) -> None:
+    Requests to one switch are limited to `max_in_flight` at once: a switch's management CPU is
+    small, and 200 boards powered at the same moment must queue here rather than time out there
+    (a timed-out request is retransmitted, which only adds to the pile)."""
+
+    def __init__(self, timeout: float = 1.0, retries: int = 3, max_in_flight: int = 8) -> None:
         self.timeout = timeout
         self.retries = retries
+        self.max_in_flight = max_in_flight
         self._engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SnmpEngine] = (
             weakref.WeakKeyDictionary()
         )
+        self._gates: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
 
     def _engine(self) -> SnmpEngine:
         loop = asyncio.get_running_loop()
@@ -122,6 +130,13 @@ class SnmpClient:
             engine = SnmpEngine()
             self._engines[loop] = engine
         return engine
+
+    def _gate(self, sw: SwitchInfo) -> asyncio.Semaphore:
+        gates = self._gates.setdefault(asyncio.get_running_loop(), {})
+        key = (sw.ip, sw.snmp_port)
+        if key not in gates:
+            gates[key] = asyncio.Semaphore(self.max_in_flight)
+        return gates[key]
 
     async def _target(self, sw: SwitchInfo) -> UdpTransportTarget:
         try:
@@ -139,14 +154,15 @@ class SnmpClient:
             raise SnmpError(f"switch {sw.name}: {what} refused: {err_status.prettyPrint()} at {err_index}")
 
     async def get(self, sw: SwitchInfo, oid: str) -> Any:
-        err_ind, err_status, err_index, binds = await get_cmd(
-            self._engine(),
-            _auth(sw),
-            await self._target(sw),
-            ContextData(),
-            ObjectType(ObjectIdentity(oid)),
-            lookupMib=False,
-        )
+        async with self._gate(sw):
+            err_ind, err_status, err_index, binds = await get_cmd(
+                self._engine(),
+                _auth(sw),
+                await self._target(sw),
+                ContextData(),
+                ObjectType(ObjectIdentity(oid)),
+                lookupMib=False,
+            )
         self._check(sw, f"get {oid}", err_ind, err_status, err_index)
         return binds[0][1]
 
@@ -157,14 +173,15 @@ class SnmpClient:
                 f"port {port} of switch {sw.name} is its master (uplink) port: its power is never switched"
             )
         oid = sw.port_oid(port)
-        err_ind, err_status, err_index, _ = await set_cmd(
-            self._engine(),
-            _auth(sw),
-            await self._target(sw),
-            ContextData(),
-            ObjectType(ObjectIdentity(oid), Integer32(ADMIN_ON if on else ADMIN_OFF)),
-            lookupMib=False,
-        )
+        async with self._gate(sw):
+            err_ind, err_status, err_index, _ = await set_cmd(
+                self._engine(),
+                _auth(sw),
+                await self._target(sw),
+                ContextData(),
+                ObjectType(ObjectIdentity(oid), Integer32(ADMIN_ON if on else ADMIN_OFF)),
+                lookupMib=False,
+            )
         self._check(sw, f"set {oid}", err_ind, err_status, err_index)
 
     async def port_status(self, sw: SwitchInfo, port: int) -> PortState:
@@ -176,23 +193,24 @@ class SnmpClient:
         """PoE admin state of every port, by one walk of the column."""
         base = sw.poe_oid.strip(".")
         out: dict[int, PortState] = dict.fromkeys(range(1, sw.port_count + 1), "unknown")
-        async for err_ind, err_status, err_index, binds in walk_cmd(
-            self._engine(),
-            _auth(sw),
-            await self._target(sw),
-            ContextData(),
-            ObjectType(ObjectIdentity(base)),
-            lookupMib=False,
-            lexicographicMode=False,
-        ):
-            self._check(sw, f"walk {base}", err_ind, err_status, err_index)
-            for name, value in binds:
-                oid = str(name)
-                if not oid.startswith(base + "."):
-                    continue
-                port = int(oid.rsplit(".", 1)[1]) - sw.oid_offset
-                if 1 <= port <= sw.port_count:
-                    out[port] = _state(value)
+        async with self._gate(sw):
+            async for err_ind, err_status, err_index, binds in walk_cmd(
+                self._engine(),
+                _auth(sw),
+                await self._target(sw),
+                ContextData(),
+                ObjectType(ObjectIdentity(base)),
+                lookupMib=False,
+                lexicographicMode=False,
+            ):
+                self._check(sw, f"walk {base}", err_ind, err_status, err_index)
+                for name, value in binds:
+                    oid = str(name)
+                    if not oid.startswith(base + "."):
+                        continue
+                    port = int(oid.rsplit(".", 1)[1]) - sw.oid_offset
+                    if 1 <= port <= sw.port_count:
+                        out[port] = _state(value)
         return out
 
     async def port_power(self, sw: SwitchInfo, port: int) -> float | None:

@@ -168,7 +168,10 @@ async def connect(target: Target) -> tuple[asyncssh.SSHClientConnection, str]:
         offered = await _offered_key(target.host, target.port, target.timeout)
         raise HostKeyMismatch(target.host, target.port, target.pinned or "", offered) from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise SSHUnavailable(f"{target.host}:{target.port}: {exc or type(exc).__name__}") from None
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {target.timeout:.0f} s"
+        raise SSHUnavailable(f"{target.host}:{target.port}: {reason}") from None
     server_key = conn.get_server_host_key()
     offered = public_key_line(server_key) if server_key is not None else ""
     return conn, offered
@@ -195,11 +198,20 @@ async def run(
             timeout,
         )
     except TimeoutError:
-        raise NodeCommandError(f"'{argv[0]}' did not finish within {timeout:.0f} s") from None
+        # Retryable: a loaded or half-dead connection is the usual cause, and commands are idempotent.
+        raise SSHUnavailable(f"'{' '.join(argv[:2])}' did not finish within {timeout:.0f} s") from None
     except (OSError, asyncssh.Error) as exc:
         raise SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
-    status = proc.exit_status if proc.exit_status is not None else 255
-    return Result(status, str(proc.stdout or ""), str(proc.stderr or ""))
+    return Result(_exit_status(argv, proc.exit_status, proc.exit_signal), str(proc.stdout or ""),
+                  str(proc.stderr or ""))
+
+
+def _exit_status(argv: Sequence[str], status: int | None, signal: Any) -> int:
+    """The command's exit status; a channel closed without one means the connection dropped
+    (the command may be repeated: every helper command is idempotent)."""
+    if status is None and not signal:
+        raise SSHUnavailable(f"connection dropped before '{' '.join(argv[:2])}' finished")
+    return status if status is not None else 255
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -321,6 +333,8 @@ async def stream_file_to_helper(
         await asyncio.wait_for(proc.wait_closed(), stall_timeout)
     except TimeoutError:
         raise NodeCommandError(f"'{argv[0]}' did not exit") from None
+    except (OSError, asyncssh.Error) as exc:
+        raise SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
     finally:
         guard.cancel()
         if not work.done():
@@ -328,7 +342,7 @@ async def stream_file_to_helper(
             with contextlib.suppress(BaseException):
                 await work
         proc.close()
-    status = proc.exit_status if proc.exit_status is not None else 255
+    status = _exit_status(argv, proc.exit_status, proc.exit_signal)
     stdout = b"".join(stdout_lines).decode("utf-8", "replace")
     stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
     return helper_result(argv, status, stdout, stderr)
@@ -372,7 +386,7 @@ async def read_helper_output_to_file(
         raise SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
     finally:
         proc.close()
-    status = proc.exit_status if proc.exit_status is not None else 255
+    status = _exit_status(argv, proc.exit_status, proc.exit_signal)
     if status != 0:
         helper_result(argv, status, "", stderr.decode("utf-8", "replace"))
     return total

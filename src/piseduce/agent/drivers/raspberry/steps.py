@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from piseduce.agent.drivers.base import Process, Step, StepContext, StepError
 from piseduce.agent.drivers.raspberry import ssh as sshc
 from piseduce.agent.drivers.raspberry import tftp
-from piseduce.agent.drivers.raspberry.snmp import SnmpClient, SnmpError, SwitchInfo
+from piseduce.agent.drivers.raspberry.snmp import MasterPortRefused, SnmpClient, SnmpError, SwitchInfo
 from piseduce.agent.models import Environment, Switch
 from piseduce.config import AgentConfig
 
@@ -156,7 +156,13 @@ class RpiOps:
 
     @property
     def connect_timeout(self) -> float:
-        return max(5.0, 10.0 * self.scale)
+        # Not scaled down below 15 s: a loaded board (or simulator) answers slowly, never faster.
+        return max(15.0, 15.0 * self.scale)
+
+    @property
+    def command_timeout(self) -> float:
+        """For quick commands (hostname, whoami)."""
+        return max(30.0, 30.0 * self.scale)
 
     @property
     def pause(self) -> float:
@@ -186,9 +192,12 @@ class RpiOps:
             ssh_port = int(info.get("ssh_port") or 22)
         except (TypeError, ValueError):
             raise StepError(f"node {node.name}: port and ssh_port must be numbers") from None
+        ip = node.ip or str(info.get("ip") or "")
+        if not ip:
+            raise StepError(f"node {node.name} has no IP address")
         return Board(
             name=node.name,
-            ip=node.ip or str(info.get("ip") or ""),
+            ip=ip,
             ssh_port=ssh_port,
             serial=str(info["serial"]),
             switch=str(info["switch"]),
@@ -211,24 +220,27 @@ class RpiOps:
 
     # -- power
 
-    async def _snmp(self, what: str, coro: Awaitable[T]) -> T:
-        try:
-            return await coro
-        except SnmpError as exc:
-            raise StepError(f"{what}: {exc}") from None
+    async def _snmp(self, what: str, call: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
+        """An SNMP request, repeated when the switch does not answer: UDP gets lost, and a busy
+        switch answers late; a SET repeated is harmless. The step's own timeout bounds the whole."""
+        for i in range(attempts):
+            try:
+                return await call()
+            except MasterPortRefused as exc:
+                raise StepError(f"{what}: {exc}") from None
+            except SnmpError as exc:
+                if i == attempts - 1:
+                    raise StepError(f"{what}: {exc}") from None
+                log.info("%s: %s; trying again", what, exc)
+                await asyncio.sleep(self.pause * (i + 1))
+        raise StepError(f"{what}: failed")  # unreachable: the loop returns or raises
 
     async def power(self, ctx: StepContext, on: bool) -> None:
         b = self.board(ctx)
         sw = self.switch(b.switch)
         word = "on" if on else "off"
-        await self._snmp(f"power {word} {b.name}", self.snmp.set_power(sw, b.port, on))
-        # A switch may acknowledge the SET before applying it: read the state back.
-        for _ in range(10):
-            state = await self._snmp(f"read power of {b.name}", self.snmp.port_status(sw, b.port))
-            if state == word:
-                return
-            await asyncio.sleep(self.pause / 4)
-        raise StepError(f"switch {sw.name} port {b.port} still reads {state!r} after powering it {word}")
+        # The SET's response says it was applied (SNMP sets are atomic): no read-back needed.
+        await self._snmp(f"power {word} {b.name}", lambda: self.snmp.set_power(sw, b.port, on))
 
     async def power_cycle(self, ctx: StepContext) -> None:
         await self.power(ctx, False)
@@ -264,7 +276,7 @@ class RpiOps:
         except sshc.HostKeyMismatch as exc:
             raise StepError(str(exc)) from None
 
-    async def retrying(self, what: str, fn: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    async def retrying(self, what: str, fn: Callable[[], Awaitable[T]], attempts: int = 4) -> T:
         """Retry on a dropped SSH connection (wifi-less boards drop too); helper errors are final."""
         for i in range(attempts):
             try:
@@ -304,7 +316,7 @@ class RpiOps:
             raise StepError(str(exc)) from None
         try:
             async with conn:
-                res = await sshc.run(conn, ["hostname"], timeout=self.connect_timeout)
+                res = await sshc.run(conn, ["hostname"], timeout=self.command_timeout)
         except (sshc.SSHUnavailable, sshc.NodeCommandError):
             return None
         return res.stdout.strip(), offered
@@ -511,8 +523,8 @@ def make_steps(ops: RpiOps) -> dict[str, Step]:
                 ops.target(b, env.ssh_user, pinned)
             )
             async with conn:
-                who = await sshc.run(conn, ["whoami"], timeout=ops.connect_timeout)
-                host = await sshc.run(conn, ["hostname"], timeout=ops.connect_timeout)
+                who = await sshc.run(conn, ["whoami"], timeout=ops.command_timeout)
+                host = await sshc.run(conn, ["hostname"], timeout=ops.command_timeout)
             return who.stdout.strip(), host.stdout.strip()
 
         who, host = await ops.retrying(f"log in to {b.name} as {env.ssh_user}", attempt)
