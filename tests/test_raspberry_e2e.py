@@ -240,6 +240,12 @@ async def test_deploy_two_boards_login_and_destroy(site: Site) -> None:
     again = await wait_for(site, ids[0], ("failed",), events=("reboot finished",))
     assert again["status"] == "deployed", again["error"]
     assert await openssh_login(site, again) == again["node"]
+    # Redeploy: the card is written again; the new system's host key is pinned again.
+    await _ok(await site.client.post(f"/api/reservations/{ids[0]}/redeploy", headers=USER), 202)
+    again = await wait_for(site, ids[0], ("failed",), events=("redeploy finished",))
+    assert again["status"] == "deployed", again["error"]
+    assert sum("pinned the host key of the deployed system" in e["message"] for e in again["events"]) == 2
+    assert await password_login(again, PASSWORD) == again["node"]
     # Boot files exported again from the card (through the netboot system), then back to the system.
     await _ok(await site.client.post(f"/api/reservations/{ids[1]}/bootfiles", headers=USER), 202)
     again = await wait_for(site, ids[1], ("failed",), events=("bootfiles finished",))
