@@ -130,3 +130,17 @@ def exec_(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_executor(cfg))
+
+
+@app.command("monitor")
+def monitor(
+    config: ConfigArg,
+    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+) -> None:
+    """Sample the nodes' power and temperature every monitor_period_seconds (kept monitor_retention_days)."""
+    cfg = _setup(config, log_format)
+    _check_database(cfg)
+    from piseduce.agent.monitor import run_monitor
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_monitor(cfg))

@@ -299,5 +299,13 @@ class Driver(abc.ABC):
         authenticates its caller and checks ownership itself (`piseduce.agent.auth.CallerDep`)."""
         return None
 
+    # -- monitoring
+
+    async def sample(self) -> list[tuple[str, str, float]]:
+        """Measurements taken now, as (kind, subject, value): kind "power" (watts) or
+        "temperature" (°C), subject a node name. Called by `piseduce agent monitor` every
+        `monitor_period_seconds`; it must return within about one period, whatever the nodes do."""
+        return []
+
     async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release clients and connections."""

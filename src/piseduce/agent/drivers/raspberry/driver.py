@@ -18,6 +18,7 @@ from piseduce.agent.drivers.base import (
     StepContext,
 )
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry.monitoring import sample_boards
 from piseduce.agent.drivers.raspberry.snmp import SnmpClient
 from piseduce.agent.drivers.raspberry.steps import PART_SIZES, RpiOps, build_processes
 from piseduce.agent.models import Environment
@@ -171,6 +172,8 @@ class RaspberryDriver(Driver):
         from piseduce.agent.drivers.raspberry.admin import make_router
 
         return make_router(self)
+
+    sample = sample_boards  # power over SNMP, temperature over SSH (monitoring.py)
 
     async def close(self) -> None:
         self.snmp.close()
