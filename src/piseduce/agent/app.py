@@ -26,7 +26,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
-from piseduce.agent.api import admin, health, nodes, reservations
+from piseduce.agent.api import admin, health, monitoring, nodes, reservations
 from piseduce.agent.api.deps import ERRORS, AgentState
 from piseduce.agent.auth import admin as require_admin
 from piseduce.agent.drivers import load_driver
@@ -171,9 +171,10 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     app.state.agent = state
     registry = CollectorRegistry()
     registry.register(ReservationCollector(sessions))
+    registry.register(monitoring.MonitoringCollector(state))
     app.state.registry = registry
 
-    for router in (health.router, nodes.router, reservations.router, admin.router):
+    for router in (health.router, nodes.router, reservations.router, admin.router, monitoring.router):
         app.include_router(router, responses=ERRORS)
     extra = driver.admin_router()
     if extra is not None:

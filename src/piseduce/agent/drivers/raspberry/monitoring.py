@@ -64,7 +64,7 @@ def parse_millicelsius(text: str) -> float | None:
         return None
     if not TEMP_MIN <= value <= TEMP_MAX:
         return None
-    return round(value, 2)
+    return round(value, 3)
 
 
 def _boards(sessions: sessionmaker[Session]) -> tuple[list[BoardRef], dict[str, SwitchInfo]]:
