@@ -180,8 +180,13 @@ def run(boards: int, time_scale: float, image: dict[str, Any], image_dir: Path, 
                     )
                 )
         started = time.monotonic()
+        # BENCH_RPI_PROFILE=<file>: profile the executor with cProfile (for looking into its CPU time).
+        profile = os.environ.get("BENCH_RPI_PROFILE")
+        prefix = PISEDUCE
+        if profile:
+            prefix = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "piseduce.cli"]
         executor = subprocess.Popen(
-            [*PISEDUCE, "agent", "exec", str(config_path)],
+            [*prefix, "agent", "exec", str(config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
