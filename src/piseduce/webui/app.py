@@ -15,7 +15,7 @@ from piseduce.config import ConfigError, WebuiConfig
 from piseduce.db import make_engine, session_factory
 from piseduce.webui import auth
 from piseduce.webui.agents import AgentHub
-from piseduce.webui.routes import accounts, admin, configure, manage, reserve, settings
+from piseduce.webui.routes import accounts, admin, admin_infra, configure, manage, reserve, settings
 from piseduce.webui.web import STATIC, make_templates, redirect, render
 
 SESSION_MAX_AGE = 12 * 3600
@@ -123,6 +123,7 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for module in (accounts, reserve, configure, manage, settings, admin):
         app.include_router(module.router)
+    app.include_router(admin_infra.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
