@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce.agent.app import create_app
@@ -200,3 +199,133 @@ async def test_run_monitor_samples_on_its_period_and_stops(tmp_path: Path) -> No
         await wait_for(lambda: count() >= 4, timeout=10, interval=0.1)  # two rounds of two powers
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+# ---------------------------------------------------------------- /api/monitoring and /metrics
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An agent (raspberry driver, no cluster needed) with two nodes and samples over 2 days."""
+    from starlette.testclient import TestClient
+
+    config = agent_config(tmp_path_factory.mktemp("api"), monitor_period_seconds=10)
+    sessions = sessions_for(config)
+    now = dt.datetime.now(dt.UTC)
+    rows: list[dict[str, Any]] = []
+    # pi-1: one sample every 10 s over the last 2 days (17280 of each kind); pi-2: the last hour.
+    for k in range(2 * 8640):
+        t = now - dt.timedelta(seconds=10 * k + 5)
+        rows.append({"time": t, "kind": "power", "subject": "pi-1", "value": 2.0 + (k % 2)})
+        rows.append({"time": t, "kind": "temperature", "subject": "pi-1", "value": 40.0})
+        if k < 360:
+            rows.append({"time": t, "kind": "power", "subject": "pi-2", "value": 0.0})
+    with write_session(sessions) as s:
+        for i in (1, 2):
+            s.add(Node(name=f"pi-{i}", ip="127.0.0.1", attrs={"switch": "sw1", "port": i}))
+        s.execute(insert(Sample), rows)
+    with TestClient(create_app(config)) as client:
+        yield client
+
+
+def test_series_json_shape_and_bounds(api: Any) -> None:
+    r = api.get("/api/monitoring", params={"kind": "power", "period": "1h"}, headers=USER)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["kind"] == "power" and body["unit"] == "W"
+    assert dt.datetime.fromisoformat(body["until"]) - dt.datetime.fromisoformat(
+        body["since"]
+    ) == dt.timedelta(hours=1)
+    series = {s["subject"]: s for s in body["series"]}
+    assert set(series) == {"pi-1", "pi-2"}
+    one = series["pi-1"]
+    assert len(one["t"]) == len(one["v"]) and 300 <= len(one["t"]) <= 360
+    assert one["t"] == sorted(one["t"]) and one["t"][0].endswith("Z")
+    assert all(2.0 <= v <= 3.0 for v in one["v"])
+    assert set(series["pi-2"]["v"]) == {0.0}
+
+    day = api.get("/api/monitoring", params={"kind": "power", "period": "24h", "node": "pi-1"}, headers=USER)
+    assert day.status_code == 200
+    [only] = day.json()["series"]
+    assert only["subject"] == "pi-1"
+    assert 450 <= len(only["t"]) <= 501  # 8640 samples averaged into at most ~500 buckets
+    assert all(2.0 <= v <= 3.0 for v in only["v"]) and any(2.0 < v < 3.0 for v in only["v"])
+
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)).isoformat()
+    temp = api.get("/api/monitoring", params={"kind": "temperature", "since": since}, headers=USER)
+    assert temp.status_code == 200
+    assert temp.json()["unit"] == "°C"
+    assert [s["subject"] for s in temp.json()["series"]] == ["pi-1"]
+    assert set(temp.json()["series"][0]["v"]) == {40.0}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"kind": "humidity"},
+        {"kind": "power", "period": "forever"},
+        {"kind": "power", "period": "0h"},
+        {"kind": "power", "period": "40d"},
+        {"kind": "power", "since": "yesterday"},
+        {"kind": "power", "since": "1999-01-01T00:00:00Z"},
+        {"kind": "power", "since": "2999-01-01T00:00:00Z"},
+        {"kind": "power", "since": "2024-01-01T00:00:00Z", "period": "1h"},
+        {"kind": "power", "node": "x" * 200},
+    ],
+)
+def test_bad_queries_are_4xx(api: Any, params: dict[str, str]) -> None:
+    r = api.get("/api/monitoring", params=params, headers=USER)
+    assert r.status_code == 422, r.text
+    assert "detail" in r.json()
+
+
+def test_monitoring_needs_the_token(api: Any) -> None:
+    r = api.get(
+        "/api/monitoring",
+        params={"kind": "power"},
+        headers={**USER, "Authorization": "Bearer wrong-token-123"},
+    )
+    assert r.status_code == 401
+
+
+def test_metrics_show_the_latest_samples(api: Any) -> None:
+    text = api.get("/metrics").text
+    assert 'piseduce_port_power_watts{node="pi-1",port="1",switch="sw1"} 2.0' in text
+    assert 'piseduce_port_power_watts{node="pi-2",port="2",switch="sw1"} 0.0' in text
+    assert 'piseduce_node_temperature_celsius{node="pi-1"} 40.0' in text
+    assert 'piseduce_node_temperature_celsius{node="pi-2"}' not in text
+
+
+def test_series_buckets_on_postgresql(pg_url: str) -> None:
+    """The bucket expression is dialect-specific: the same answer on PostgreSQL."""
+    from piseduce.agent.api.monitoring import series
+    from piseduce.db import make_engine, session_factory, upgrade
+
+    upgrade("agent", pg_url)
+    engine = make_engine(pg_url)
+    try:
+        sessions = session_factory(engine)
+        now = dt.datetime.now(dt.UTC)
+        with write_session(sessions) as s:
+            s.execute(
+                insert(Sample),
+                [
+                    {
+                        "time": now - dt.timedelta(seconds=10 * k + 5),
+                        "kind": "power",
+                        "subject": "pi-1",
+                        "value": 2.0 + (k % 2),
+                    }
+                    for k in range(8640)
+                ],
+            )
+        step, found = series(sessions, "power", now - dt.timedelta(hours=24), now, None)
+        assert step == pytest.approx(86400 / 500)
+        [one] = found
+        assert 450 <= len(one["t"]) <= 501 and one["t"] == sorted(one["t"])
+        assert all(2.0 <= v <= 3.0 for v in one["v"])
+        step, found = series(sessions, "power", now - dt.timedelta(hours=1), now, "pi-1")
+        assert 340 <= len(found[0]["t"]) <= 360
+    finally:
+        engine.dispose()
