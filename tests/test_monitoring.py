@@ -272,6 +272,7 @@ def test_series_json_shape_and_bounds(api: Any) -> None:
         {"kind": "power", "since": "2999-01-01T00:00:00Z"},
         {"kind": "power", "since": "2024-01-01T00:00:00Z", "period": "1h"},
         {"kind": "power", "node": "x" * 200},
+        {"kind": "power", "perod": "6h"},
     ],
 )
 def test_bad_queries_are_4xx(api: Any, params: dict[str, str]) -> None:

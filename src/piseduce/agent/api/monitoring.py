@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, Integer, cast, extract, func, literal, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -107,28 +107,30 @@ def series(
     return step, list(out.values())
 
 
+class MonitoringQuery(BaseModel):
+    # Unknown parameters are refused: a misspelt `perod=6h` must not silently answer one hour.
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind = Field(description="power (W per node) or temperature (°C per node)")
+    since: dt.datetime | None = Field(
+        default=None, description="Start of the window (ISO-8601; UTC if no zone)"
+    )
+    period: str | None = Field(
+        default=None, pattern=PERIOD_RE, description="Window back from now: 30m, 1h, 6h, 24h, 7d (default 1h)"
+    )
+    node: str | None = Field(default=None, min_length=1, max_length=128, description="Only this node")
+
+
 @router.get("/monitoring", response_model=MonitoringOut)
-async def monitoring(
-    state: StateDep,
-    _caller: CallerDep,
-    kind: Annotated[Kind, Query(description="power (W per node) or temperature (°C per node)")],
-    since: Annotated[
-        dt.datetime | None, Query(description="Start of the window (ISO-8601; UTC if no zone)")
-    ] = None,
-    period: Annotated[
-        str | None,
-        Query(pattern=PERIOD_RE, description="Window back from now: 30m, 1h, 6h, 24h, 7d (default 1h)"),
-    ] = None,
-    node: Annotated[str | None, Query(min_length=1, max_length=128, description="Only this node")] = None,
-) -> Any:
+async def monitoring(state: StateDep, _caller: CallerDep, q: Annotated[MonitoringQuery, Query()]) -> Any:
     """Power or temperature series of every node over a window, at most 500 points per series."""
     now = dt.datetime.now(dt.UTC)
-    start = window(since, period, now)
-    step, found = await db(series, state.sessions, kind, start, now, node)
+    start = window(q.since, q.period, now)
+    step, found = await db(series, state.sessions, q.kind, start, now, q.node)
     return JSONResponse(
         {
-            "kind": kind,
-            "unit": UNITS[kind],
+            "kind": q.kind,
+            "unit": UNITS[q.kind],
             "since": iso(start),
             "until": iso(now),
             "step_seconds": round(step, 3),
