@@ -121,7 +121,11 @@ class RaspberryAgent:
         out = open(self.folder / log, "ab")  # noqa: SIM115 - closed with the process
         self.procs.append(
             subprocess.Popen(
-                piseduce_cmd(*args), cwd=self.folder, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT
+                piseduce_cmd(*args),
+                cwd=self.folder,
+                env=subprocess_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         )
 
@@ -248,7 +252,9 @@ def test_nodes_add_status_delete(config: Path, rpi: RaspberryAgent, g5k: AgentPr
         assert r.status_code == 400 and "PoE port: a whole number" in r.text and 'value="pi-1"' in r.text
         r = b.post(f"/admin/nodes/{aid}", node_form(name="pi-1", mac="zz:zz"), page="/admin/nodes")
         assert r.status_code == 400 and "Node not added: rpi-lab: mac:" in r.text
-        r = b.post(f"/admin/nodes/{aid}", node_form(name="pi-1", switch="nope", port="1"), page="/admin/nodes")
+        r = b.post(
+            f"/admin/nodes/{aid}", node_form(name="pi-1", switch="nope", port="1"), page="/admin/nodes"
+        )
         assert r.status_code == 400 and "unknown switch" in r.text
 
         board = rpi.board(0)
@@ -269,7 +275,9 @@ def test_nodes_add_status_delete(config: Path, rpi: RaspberryAgent, g5k: AgentPr
 
         # maintenance <-> available, and clearing "broken" (what a failed wipe leaves).
         name = board["name"]
-        page = follow(b, b.post(f"/admin/nodes/{aid}/status/{name}", {"status": "maintenance"}, page="/admin/nodes"))
+        page = follow(
+            b, b.post(f"/admin/nodes/{aid}/status/{name}", {"status": "maintenance"}, page="/admin/nodes")
+        )
         assert ("ok", f"{name} (rpi-lab) is now maintenance.") in flashes(page)
         assert rpi.api("GET", "/api/nodes").json()[0]["status"] == "maintenance"
         rpi.api("POST", f"/api/admin/nodes/{name}/status", json={"status": "broken"})
@@ -292,9 +300,13 @@ def test_nodes_add_status_delete(config: Path, rpi: RaspberryAgent, g5k: AgentPr
             f"Node {name} not deleted: rpi-lab: node {name} has 1 active reservation(s); destroy them first",
         ) in flashes(page)
         assert rpi.api("POST", f"/api/reservations/{rid}/destroy").status_code in (200, 202)
-        wait_until(lambda: rpi.api("GET", f"/api/reservations/{rid}").json()["status"] in ("ended", "cancelled"), 10)
+        wait_until(
+            lambda: rpi.api("GET", f"/api/reservations/{rid}").json()["status"] in ("ended", "cancelled"), 10
+        )
         page = follow(b, b.post(f"/admin/nodes/{aid}/delete/{name}", page="/admin/nodes"))
-        assert ("ok", f"Node {name} removed (kept for the history of its past reservations).") in flashes(page)
+        assert ("ok", f"Node {name} removed (kept for the history of its past reservations).") in flashes(
+            page
+        )
         assert "node-status-removed" in row_of(page, "rpi-lab", "data-node", name)
 
         # The g5k agent refuses additions; the web UI does not even ask.
@@ -331,7 +343,10 @@ def test_switches_ports_power_and_refusals(config: Path, rpi: RaspberryAgent) ->
         ports = {p["port"]: p for p in rpi.api("GET", f"/api/admin/switches/{sw['name']}/ports").json()}
         assert ports[1]["status"] == "off"
         page = follow(
-            b, b.post(f"/admin/switches/{aid}/power/{sw['name']}/{sw['master_port']}/off", page="/admin/switches")
+            b,
+            b.post(
+                f"/admin/switches/{aid}/power/{sw['name']}/{sw['master_port']}/off", page="/admin/switches"
+            ),
         )
         errors = [m for k, m in flashes(page) if k == "error"]
         assert errors and errors[0].startswith(f"Port {sw['master_port']} not powered off: rpi-lab: ")
@@ -339,18 +354,30 @@ def test_switches_ports_power_and_refusals(config: Path, rpi: RaspberryAgent) ->
 
         # Add: the web UI's checks, the agent's, then a switch nobody answers for: the port table
         # says so within the hub's deadline, and the agent is not marked down for it.
-        form = {"name": "ghost", "ip": "127.0.0.1", "snmp_port": "x", "community": "s3cret-community",
-                "poe_oid": "1.3.6.1.2.1.105.1.1.1.3.1", "oid_offset": "0", "port_count": "4", "master_port": "0",
-                "power_oid": ""}  # fmt: skip
+        form = {
+            "name": "ghost",
+            "ip": "127.0.0.1",
+            "snmp_port": "x",
+            "community": "s3cret-community",
+            "poe_oid": "1.3.6.1.2.1.105.1.1.1.3.1",
+            "oid_offset": "0",
+            "port_count": "4",
+            "master_port": "0",
+            "power_oid": "",
+        }
         r = b.post(f"/admin/switches/{aid}", form, page="/admin/switches")
         assert r.status_code == 400 and "SNMP port: a whole number" in r.text and "s3cret" not in r.text
-        r = b.post(f"/admin/switches/{aid}", {**form, "snmp_port": "161", "poe_oid": "1.3.x"}, page="/admin/switches")
+        r = b.post(
+            f"/admin/switches/{aid}", {**form, "snmp_port": "161", "poe_oid": "1.3.x"}, page="/admin/switches"
+        )
         assert r.status_code == 400 and "Switch not added: rpi-lab: poe_oid: must be a numeric OID" in r.text
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind(("127.0.0.1", 0))  # bound, silent: SNMP requests vanish
         try:
             ghost_port = str(udp.getsockname()[1])
-            page = follow(b, b.post(f"/admin/switches/{aid}", {**form, "snmp_port": ghost_port}, page="/admin/switches"))
+            page = follow(
+                b, b.post(f"/admin/switches/{aid}", {**form, "snmp_port": ghost_port}, page="/admin/switches")
+            )
             assert ("ok", "Switch ghost added to rpi-lab.") in flashes(page) and "s3cret" not in page
             t0 = time.monotonic()
             frag = b.get(f"/admin/switches/{aid}/ports/ghost").text
@@ -384,11 +411,23 @@ def test_environments_scan_add_edit_delete(config: Path, rpi: RaspberryAgent) ->
         assert any(k == "error" and m.startswith("Skipped broken.img.json: image:") for k, m in msgs)
         row = page.split('data-env="tiny-a"')[1].split("</tr>")[0]
         envs = {e["name"]: e for e in rpi.api("GET", "/api/admin/environments").json()}
-        assert envs["tiny-a"]["checksum"][:12] in row and envs["tiny-a"]["checksum"] not in row.split("title=")[0]
+        assert (
+            envs["tiny-a"]["checksum"][:12] in row
+            and envs["tiny-a"]["checksum"] not in row.split("title=")[0]
+        )
         assert "tiny-a.img" in row and ">pi<" in row
 
-        form = {"name": "spare", "image": "nothere.img", "size": "4096", "sector_start": "0", "ssh_user": "root",
-                "checksum": "", "description": "<script>x</script>", "state": "available", "owner": ""}  # fmt: skip
+        form = {
+            "name": "spare",
+            "image": "nothere.img",
+            "size": "4096",
+            "sector_start": "0",
+            "ssh_user": "root",
+            "checksum": "",
+            "description": "<script>x</script>",
+            "state": "available",
+            "owner": "",
+        }
         r = b.post(f"/admin/environments/{aid}", form, page="/admin/environments")
         assert r.status_code == 400 and "Environment not added: rpi-lab: image: no file" in r.text
         assert "<script>x</script>" not in r.text and "&lt;script&gt;x&lt;/script&gt;" in r.text
@@ -400,7 +439,13 @@ def test_environments_scan_add_edit_delete(config: Path, rpi: RaspberryAgent) ->
         # Edit: the form comes filled in; the name cannot change.
         page = b.get(f"/admin/environments?agent={aid}&edit=spare").text
         assert 'name="editing" value="spare"' in page and 'value="spare.img"' in page and "checked" in page
-        edit = {**form, "image": "spare.img", "editing": "spare", "ssh_user": "pi", "description": "spare one"}
+        edit = {
+            **form,
+            "image": "spare.img",
+            "editing": "spare",
+            "ssh_user": "pi",
+            "description": "spare one",
+        }
         page = follow(b, b.post(f"/admin/environments/{aid}", edit, page="/admin/environments"))
         assert ("ok", "Environment spare updated on rpi-lab.") in flashes(page)
         env = rpi.api("GET", "/api/admin/environments/spare").json()
@@ -409,10 +454,15 @@ def test_environments_scan_add_edit_delete(config: Path, rpi: RaspberryAgent) ->
         assert r.status_code == 400 and "cannot be renamed" in r.text
 
         page = follow(b, b.post(f"/admin/environments/{aid}/delete/spare", page="/admin/environments"))
-        assert ("ok", "Environment spare deleted from rpi-lab (the image file stays in env_path).") in flashes(page)
+        assert (
+            "ok",
+            "Environment spare deleted from rpi-lab (the image file stays in env_path).",
+        ) in flashes(page)
         assert 'data-env="spare"' not in page and (rpi.folder / "environments" / "spare.img").exists()
         page = follow(b, b.post(f"/admin/environments/{aid}/delete/spare", page="/admin/environments"))
-        assert ("error", "Environment spare not deleted: rpi-lab: environment spare not found") in flashes(page)
+        assert ("error", "Environment spare not deleted: rpi-lab: environment spare not found") in flashes(
+            page
+        )
 
 
 def test_dead_agent_never_stalls_the_pages(config: Path, rpi: RaspberryAgent) -> None:
@@ -470,7 +520,12 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
                 page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
                 page.set_default_timeout(15_000)
                 asked: list[str] = []
-                page.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+
+                def confirm(dialog: Any) -> None:
+                    asked.append(dialog.message)
+                    dialog.accept()
+
+                page.on("dialog", confirm)
                 login(page, web.url, ADMIN_EMAIL, ADMIN_PASSWORD)
                 for name, port in (("rpi-lab", rpi.port), ("g5k-nancy", g5k.port)):
                     page.goto(f"{web.url}/admin/agents")
