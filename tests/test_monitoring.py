@@ -24,8 +24,9 @@ from piseduce.agent.monitor import Monitor, run_monitor
 from piseduce.config import AgentConfig
 from piseduce.db import write_session
 from piseduce.sim.rpi.cluster import RpiCluster
-from raspberry_helpers import USER, agent_config, register, sessions_for
+from raspberry_helpers import TOKEN, USER, agent_config, register, sessions_for
 from rpi_fixtures import nfs_boot_folder, power, running_cluster, wait_for
+from webui_fixtures import fast_argon2  # noqa: F401 - a fixture
 
 PERIOD = 3.0  # monitor_period_seconds: SSH timeouts of 1 s
 
@@ -330,3 +331,157 @@ def test_series_buckets_on_postgresql(pg_url: str) -> None:
         assert 340 <= len(found[0]["t"]) <= 360
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------- the web UI page
+
+
+def monitoring_agent_app(name: str) -> Any:
+    """An agent answering /api/monitoring with two nodes (checks the token and the user header)."""
+    from fastapi import FastAPI, Header, HTTPException
+
+    app = FastAPI()
+    seen: list[dict[str, str]] = []
+    app.state.seen = seen
+
+    @app.get("/api/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/info")
+    async def info() -> dict[str, str]:
+        return {"name": name, "node_type": "raspberry", "site": name, "version": "test"}
+
+    @app.get("/api/monitoring")
+    async def monitoring(
+        kind: str,
+        period: str,
+        authorization: str | None = Header(default=None),
+        x_piseduce_user: str | None = Header(default=None),
+    ) -> dict[str, Any]:
+        if authorization != f"Bearer {TOKEN}" or not x_piseduce_user:
+            raise HTTPException(401, "wrong token")
+        seen.append({"kind": kind, "period": period, "user": x_piseduce_user})
+        now = dt.datetime.now(dt.UTC)
+        times = [(now - dt.timedelta(minutes=m)).isoformat().replace("+00:00", "Z") for m in (3, 2, 1)]
+        value = {"power": (2.5, 0.0), "temperature": (47.25, 31.0)}[kind]
+        return {
+            "kind": kind,
+            "unit": "W" if kind == "power" else "°C",
+            "since": times[0],
+            "until": times[-1],
+            "step_seconds": 7.2,
+            "series": [
+                {"subject": "pi-1", "t": times, "v": [value[0]] * 3},
+                {"subject": "<b>pi-2</b>", "t": times, "v": [value[1]] * 3},
+            ],
+        }
+
+    return app
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Any:
+    import threading
+
+    import uvicorn
+
+    from agent_helpers import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the fake agent did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.usefixtures("fast_argon2")
+def test_webui_monitoring_page(tmp_path: Path) -> None:
+    from piseduce import crypto
+    from piseduce.config import load_webui_config
+    from piseduce.db import make_engine, session_factory
+    from piseduce.webui.models import Agent
+    from webui_fixtures import SilentPort, add_user, webui_client, write_webui_config
+
+    config = write_webui_config(tmp_path / "webui", agent_timeout_seconds=1.0)
+    add_user(config, "alice@example.org", "alice-password")
+    fake = monitoring_agent_app("rpi-lab")
+    silent = SilentPort()
+    try:
+        with serve(fake) as port:
+            cfg = load_webui_config(config)
+            token = crypto.encrypt_str(crypto.load_fernet(cfg.key_path), TOKEN)
+            engine = make_engine(cfg.database_url)
+            with session_factory(engine)() as s, s.begin():
+                s.add(
+                    Agent(
+                        name="rpi-lab",
+                        host="127.0.0.1",
+                        port=port,
+                        node_type="raspberry",
+                        token=token,
+                        status="connected",
+                    )
+                )
+                s.add(
+                    Agent(
+                        name="hung-pi",
+                        host="127.0.0.1",
+                        port=silent.port,
+                        node_type="raspberry",
+                        token=token,
+                        status="connected",
+                    )
+                )
+                # Not a raspberry agent: not asked (its nodes have no power or temperature samples).
+                s.add(
+                    Agent(
+                        name="g5k-nancy",
+                        host="127.0.0.1",
+                        port=silent.port,
+                        node_type="g5k",
+                        token=token,
+                        status="connected",
+                    )
+                )
+            engine.dispose()
+            with webui_client(config) as b:
+                assert b.get("/monitoring", follow_redirects=False).status_code in (302, 303)  # login first
+                b.login("alice@example.org", "alice-password")
+                t0 = time.monotonic()
+                page = b.get("/monitoring", params={"period": "6h"})
+                took = time.monotonic() - t0
+                assert page.status_code == 200
+                html = page.text
+                assert took < 2.5, took  # the hung agent costs one short timeout, not a stall
+                assert "hung-pi: unreachable" in html
+                assert "g5k-nancy" not in html
+                assert 'href="/monitoring" class="active"' in html
+                assert '<option value="6h" selected>' in html
+                assert '<script src="/static/monitoring.js" defer></script>' in html
+                # The latest values, readable without JavaScript; agent text is escaped.
+                assert "<td>pi-1</td><td>rpi-lab</td>" in html.replace("\n", "").replace("      ", "")
+                assert "2.50" in html and "47.2" in html
+                assert "<b>pi-2</b>" not in html and "&lt;b&gt;pi-2&lt;/b&gt;" in html
+                assert {"kind": "power", "period": "6h", "user": "alice@example.org"} in fake.state.seen
+                # The chart data: JSON, refreshed by the script.
+                data = b.get("/monitoring/data", params={"period": "24h"}).json()
+                assert data["period"] == "24h"
+                [agent] = data["agents"]
+                assert agent["agent"] == "rpi-lab"
+                assert [s["node"] for s in agent["power"]] == ["pi-1", "<b>pi-2</b>"]
+                assert agent["temperature"][0]["v"] == [47.25] * 3
+                assert any(e.startswith("hung-pi: unreachable") for e in data["errors"])
+                assert b.get("/monitoring/data", params={"period": "1y"}).json()["period"] == "1h"
+                js = b.get("/static/monitoring.js")
+                assert js.status_code == 200 and "createElementNS" in js.text
+    finally:
+        silent.close()

@@ -15,7 +15,16 @@ from piseduce.config import ConfigError, WebuiConfig
 from piseduce.db import make_engine, session_factory
 from piseduce.webui import auth
 from piseduce.webui.agents import AgentHub
-from piseduce.webui.routes import accounts, admin, admin_infra, configure, manage, reserve, settings
+from piseduce.webui.routes import (
+    accounts,
+    admin,
+    admin_infra,
+    configure,
+    manage,
+    monitoring,
+    reserve,
+    settings,
+)
 from piseduce.webui.web import STATIC, make_templates, redirect, render
 
 SESSION_MAX_AGE = 12 * 3600
@@ -124,6 +133,7 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
     for module in (accounts, reserve, configure, manage, settings, admin):
         app.include_router(module.router)
     app.include_router(admin_infra.router)
+    app.include_router(monitoring.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
