@@ -62,7 +62,7 @@ TIMEOUTS: dict[str, tuple[float | None, float | None]] = {
     "power_off": (None, 60),
 }
 BOOT_WAITS = ("wait_nfs", "wait_deployed")
-MIN_WORK_SECONDS = 60.0
+MIN_WORK_SECONDS = 300.0
 
 
 def image_path(env_dir: Path, image: str) -> Path:
