@@ -461,6 +461,7 @@ def run_demo(
                         ssh_key_file=str(data / "agent_ssh_key"),
                         timeout_scale=scale,
                         poll_interval=0.5,
+                        monitor_period_seconds=5,
                     ),
                 },
                 {
@@ -512,6 +513,9 @@ def run_demo(
             for a in agents:
                 sup.start(f"agent-{a['name']}-api", piseduce_cmd("agent", "api", str(a["config"])))
                 sup.start(f"agent-{a['name']}-exec", piseduce_cmd("agent", "exec", str(a["config"])))
+                if a["node_type"] == "raspberry":
+                    monitor = piseduce_cmd("agent", "monitor", str(a["config"]))
+                    sup.start(f"agent-{a['name']}-monitor", monitor)
             for a in agents:
                 url = f"http://127.0.0.1:{a['port']}/api/health"
                 wait_until(lambda url=url: http_ok(url), f"the {a['name']} agent", sup)
