@@ -485,3 +485,40 @@ def test_webui_monitoring_page(tmp_path: Path) -> None:
                 assert js.status_code == 200 and "createElementNS" in js.text
     finally:
         silent.close()
+
+
+def test_cli_agent_monitor_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from agent_helpers import piseduce_cmd, subprocess_env
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config_agent.json").write_text('{"auth_token": ["' + TOKEN + '"], "db_url": "sqlite:///a.db"}')
+    out = subprocess.run(
+        piseduce_cmd("agent", "monitor", str(fresh / "config_agent.json")),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0 and "init-db" in out.stderr + out.stdout  # no tables yet: one clear line
+
+    config = agent_config(tmp_path, monitor_period_seconds=1)
+    log = tmp_path / "monitor.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            piseduce_cmd("agent", "monitor", str(config.path)), env=subprocess_env(), stdout=fh, stderr=fh
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "monitoring every 1 s" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
