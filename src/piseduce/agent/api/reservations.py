@@ -95,7 +95,7 @@ def _out(state: AgentState, caller: Caller, rid: int, events: bool = False) -> R
 
 def _book(
     state: AgentState, caller: Caller, req: ReservationRequest, start: dt.datetime, remote: list[Any]
-) -> list[ReservationView]:
+) -> tuple[list[ReservationView], list[ReservationOut]]:
     try:
         with write_session(state.sessions) as s:
             rs = scheduling.book(
@@ -109,7 +109,7 @@ def _book(
                 credentials=caller.credentials_token,
                 remote=remote,
             )
-            return [reservation_view(r) for r in rs]
+            return [reservation_view(r) for r in rs], [reservation_out(r, caller, state) for r in rs]
     except scheduling.BookingError as exc:
         raise booking_http(exc) from None
     except IntegrityError:
@@ -127,17 +127,11 @@ def _cancel_booking(state: AgentState, ids: list[int], reason: str) -> None:
             add_event(s, r, f"booking rolled back: {reason}", level="warning")
 
 
-def _store_states(
-    state: AgentState, caller: Caller, ids: list[int], updates: dict[int, dict[str, Any]]
-) -> list[ReservationOut]:
+def _store_states(state: AgentState, updates: dict[int, dict[str, Any]]) -> None:
+    # The driver's bookkeeping is not part of the answer, which the booking transaction built.
     with write_session(state.sessions) as s:
-        rows = list(s.scalars(select(Reservation).where(Reservation.id.in_(ids)).order_by(Reservation.id)))
-        for r in rows:
-            upd = updates.get(r.id)
-            if upd:
-                r.driver_state = {**(r.driver_state or {}), **upd}
-        s.flush()
-        return [reservation_out(r, caller, state) for r in rows]
+        for r in s.scalars(select(Reservation).where(Reservation.id.in_(list(updates)))):
+            r.driver_state = {**(r.driver_state or {}), **updates[r.id]}
 
 
 @router.post("", status_code=201, response_model=BookingOut)
@@ -157,14 +151,16 @@ async def create(req: ReservationRequest, state: StateDep, caller: CallerDep) ->
             remote = await state.driver.remote_busy(
                 start, start + duration + state.limits.gap, caller.credentials
             )
-    views = await db(_book, state, caller, req, start, remote)
+    views, out = await db(_book, state, caller, req, start, remote)
     ids = [v.id for v in views]
     try:
         updates = await state.driver.on_booked(views, caller.credentials)
     except Exception as exc:
         await db(_cancel_booking, state, ids, str(exc) or type(exc).__name__)
         raise driver_http(state.config, exc, "booking on the testbed") from exc
-    out = await db(_store_states, state, caller, ids, updates or {})
+    updates = {rid: upd for rid, upd in (updates or {}).items() if upd and rid in ids}
+    if updates:
+        await db(_store_states, state, updates)
     return BookingOut(reservations=out)
 
 
