@@ -51,7 +51,6 @@ import datetime as dt
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -64,10 +63,9 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from piseduce import logs
 from piseduce.agent import lease
 from piseduce.agent.actions import add_event, open_action, start_action
-from piseduce.agent.drivers import load_driver
+from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import (
     Driver,
     DriverError,
@@ -99,9 +97,9 @@ from piseduce.agent.models import (
     utcnow,
 )
 from piseduce.agent.step_context import EngineStepContext
-from piseduce.config import AgentConfig, ConfigError
+from piseduce.config import AgentConfig
 from piseduce.crypto import KeyFileError, decrypt_json, load_fernet
-from piseduce.db import has_tables, make_engine, session_factory, write_session
+from piseduce.db import write_session
 
 log = logging.getLogger(__name__)
 
@@ -1035,31 +1033,7 @@ async def run_executor(
     config: AgentConfig, *, name: str | None = None, stop: asyncio.Event | None = None
 ) -> None:
     """`piseduce agent exec`: run until SIGTERM/SIGINT (or `stop`), then stop cleanly."""
-    if not logging.getLogger().handlers:
-        logs.configure()
-    engine = make_engine(config.database_url)
-    try:
-        if not has_tables(engine, "actions", "reservations", "nodes"):
-            raise ConfigError(
-                f"{config.path}: the database has no agent tables; "
-                f"run 'piseduce agent init-db {config.path}' first"
-            )
-        sessions = session_factory(engine)
-        driver = load_driver(config, sessions)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread: the caller stops us through `stop`
-        try:
-            await Executor(config, sessions, driver, name).run_forever(stop)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await driver.close()
-    finally:
-        engine.dispose()
+    async def body(sessions: sessionmaker[Session], driver: Driver, stop: asyncio.Event) -> None:
+        await Executor(config, sessions, driver, name).run_forever(stop)
+
+    await run_daemon(config, body, tables=("actions", "reservations", "nodes"), stop=stop)

@@ -14,17 +14,15 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import signal
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from piseduce import logs
-from piseduce.agent.drivers import load_driver
+from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import Driver
 from piseduce.agent.models import Sample
-from piseduce.config import AgentConfig, ConfigError
-from piseduce.db import has_tables, make_engine, session_factory, write_session
+from piseduce.config import AgentConfig
+from piseduce.db import write_session
 
 log = logging.getLogger(__name__)
 
@@ -102,31 +100,7 @@ class Monitor:
 
 async def run_monitor(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
     """`piseduce agent monitor`: run until SIGTERM/SIGINT (or `stop`)."""
-    if not logging.getLogger().handlers:
-        logs.configure()
-    engine = make_engine(config.database_url)
-    try:
-        if not has_tables(engine, "samples", "nodes"):
-            raise ConfigError(
-                f"{config.path}: the database has no agent tables; "
-                f"run 'piseduce agent init-db {config.path}' first"
-            )
-        sessions = session_factory(engine)
-        driver = load_driver(config, sessions)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread: the caller stops us through `stop`
-        try:
-            await Monitor(config, sessions, driver).run_forever(stop)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await driver.close()
-    finally:
-        engine.dispose()
+    async def body(sessions: sessionmaker[Session], driver: Driver, stop: asyncio.Event) -> None:
+        await Monitor(config, sessions, driver).run_forever(stop)
+
+    await run_daemon(config, body, tables=("samples", "nodes"), stop=stop)
