@@ -14,9 +14,9 @@ from agent_helpers import piseduce_cmd, subprocess_env
 from piseduce import crypto
 from piseduce.config import load_webui_config
 from piseduce.db import make_engine, session_factory
+from piseduce.sshkeys import parse_key
 from piseduce.webui.auth import ensure_first_admin
 from piseduce.webui.models import User
-from piseduce.webui.sshkeys import parse_key
 from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
+from piseduce.sshkeys import parse_key, parse_keys
 from piseduce.webui.agents import AgentHub, AgentRef, Identity, Reply
 from piseduce.webui.models import User
-from piseduce.webui.sshkeys import parse_key, parse_keys
 from piseduce.webui.web import current_user, flash, form_list, form_str, hub, identity, redirect, render
 
 router = APIRouter(prefix="/configure")

@@ -7,9 +7,9 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from piseduce import crypto
+from piseduce.sshkeys import parse_key, parse_keys
 from piseduce.webui import auth
 from piseduce.webui.models import User
-from piseduce.webui.sshkeys import parse_key, parse_keys
 from piseduce.webui.web import begin_write, current_user, db_session, flash, form_str, redirect, render
 
 router = APIRouter(prefix="/settings")

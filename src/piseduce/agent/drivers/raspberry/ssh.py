@@ -20,16 +20,9 @@ from typing import Any
 
 import asyncssh
 
-# Key types OpenSSH accepts in authorized_keys (certificates excluded: they need a CA setup).
-PUBLIC_KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
+from piseduce.sshkeys import KEY_TYPES
+
+PUBLIC_KEY_TYPES = KEY_TYPES
 
 ENCRYPTION_ALGS = [
     "aes128-gcm@openssh.com",

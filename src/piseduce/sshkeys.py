@@ -1,4 +1,5 @@
-"""OpenSSH public keys: validation and fingerprints (what `ssh-keygen -l` prints)."""
+"""OpenSSH public keys: validation and fingerprints (what `ssh-keygen -l` prints), for the web UI's
+settings and deploy form and for the agents that install the keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+# The types OpenSSH accepts in authorized_keys by default (DSA is disabled since OpenSSH 7.0;
+# certificates need a CA setup).
 KEY_TYPES = (
     "ssh-ed25519",
     "ssh-rsa",
@@ -17,7 +20,6 @@ KEY_TYPES = (
     "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-dss",
 )
 MAX_KEY_LENGTH = 16384
 _COMMENT_RE = re.compile(r"^[\x20-\x7e]*$")
