@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +21,9 @@ from piseduce.webui.models import User
 from piseduce.webui.web import admin_user, flash, form_str, hub, identity, redirect, render
 
 router = APIRouter(prefix="/admin")
+NODES_PAGE = "/admin/nodes"
+SWITCHES_PAGE = "/admin/switches"
+ENVS_PAGE = "/admin/environments"
 
 # The agents' own patterns: a name that fails them would only earn a 404/422 from the agent.
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
@@ -95,6 +99,11 @@ def _find(h: AgentHub, agent_id: int) -> AgentRef | None:
     return next((r for r in h.refs() if r.id == agent_id), None)
 
 
+def _find_raspberry(h: AgentHub, agent_id: int) -> AgentRef | None:
+    ref = _find(h, agent_id)
+    return ref if ref is not None and ref.node_type == "raspberry" else None
+
+
 async def _alive_but_slow(h: AgentHub, ref: AgentRef, reply: Reply) -> bool:
     """After a timed-out call: True when the agent still answers its health check, i.e. only this
     request was slow (an SNMP switch that does not answer, a checksum being computed). The
@@ -129,6 +138,12 @@ async def _change(
             + ". Reload the page to see the outcome."
         )
     return reply, reply.words
+
+
+def _back(request: Request, page: str, message: str, kind: str = "error") -> Response:
+    """Flash a message and send the admin back to the page."""
+    flash(request, message, kind)
+    return redirect(request, page)
 
 
 def _int_field(
@@ -274,22 +289,20 @@ async def add_node(
     form = _form_dict(await request.form(), NODE_FORM_KEYS)
     ref = _find(h, agent_id)
     if ref is None:
-        flash(request, "No such agent.", "error")
-        return redirect(request, "/admin/nodes")
+        return _back(request, NODES_PAGE, "No such agent.")
     if ref.node_type in SYNCED_TYPES:
-        flash(request, f"{ref.name}: {ref.node_type} nodes come from the testbed's inventory.", "error")
-        return redirect(request, "/admin/nodes")
+        return _back(
+            request, NODES_PAGE, f"{ref.name}: {ref.node_type} nodes come from the testbed's inventory."
+        )
+    form_again = partial(_nodes_page, request, me, h, form_agent=agent_id, form=form, status=400)
     try:
         body = node_body(form)
     except FormError as exc:
-        return await _nodes_page(request, me, h, form_agent=agent_id, form=form, error=str(exc), status=400)
+        return await form_again(error=str(exc))
     _reply, problem = await _change(h, ref, identity(request, me), "POST", "/api/admin/nodes", body)
     if problem:
-        return await _nodes_page(
-            request, me, h, form_agent=agent_id, form=form, error=f"Node not added: {problem}", status=400
-        )
-    flash(request, f"Node {body['name']} added to {ref.name}.", "ok")
-    return redirect(request, "/admin/nodes")
+        return await form_again(error=f"Node not added: {problem}")
+    return _back(request, NODES_PAGE, f"Node {body['name']} added to {ref.name}.", "ok")
 
 
 @router.post("/nodes/{agent_id}/status/{name}")
@@ -299,16 +312,13 @@ async def node_status(
     status = form_str(await request.form(), "status", 20)
     ref = _find(h, agent_id)
     if ref is None or not NODE_NAME_RE.match(name) or status not in NODE_STATUSES:
-        flash(request, "No such agent, node or status.", "error")
-        return redirect(request, "/admin/nodes")
+        return _back(request, NODES_PAGE, "No such agent, node or status.")
     _reply, problem = await _change(
         h, ref, identity(request, me), "POST", f"/api/admin/nodes/{_path(name)}/status", {"status": status}
     )
     if problem:
-        flash(request, f"Status of {name} not changed: {problem}", "error")
-    else:
-        flash(request, f"{name} ({ref.name}) is now {status}.", "ok")
-    return redirect(request, "/admin/nodes")
+        return _back(request, NODES_PAGE, f"Status of {name} not changed: {problem}")
+    return _back(request, NODES_PAGE, f"{name} ({ref.name}) is now {status}.", "ok")
 
 
 @router.post("/nodes/{agent_id}/delete/{name}")
@@ -317,15 +327,13 @@ async def delete_node(
 ) -> Response:
     ref = _find(h, agent_id)
     if ref is None or not NODE_NAME_RE.match(name):
-        flash(request, "No such agent or node.", "error")
-        return redirect(request, "/admin/nodes")
+        return _back(request, NODES_PAGE, "No such agent or node.")
     reply, problem = await _change(h, ref, identity(request, me), "DELETE", f"/api/admin/nodes/{_path(name)}")
     if problem:
-        flash(request, f"Node {name} not deleted: {problem}", "error")
-    else:
-        result = reply.data.get("result", "deleted") if isinstance(reply.data, dict) else "deleted"
-        flash(request, f"Node {name} {result}.", "ok")
-    return redirect(request, "/admin/nodes")
+        return _back(request, NODES_PAGE, f"Node {name} not deleted: {problem}")
+    # A node with past reservations is only removed (kept for their history): the agent says which.
+    result = reply.data.get("result", "deleted") if isinstance(reply.data, dict) else "deleted"
+    return _back(request, NODES_PAGE, f"Node {name} {result}.", "ok")
 
 
 # ---------------------------------------------------------------- switches
@@ -424,23 +432,18 @@ async def add_switch(
     form = _form_dict(raw, SWITCH_FORM_KEYS, 300)
     # The community is a password of the switch: sent to the agent, never written back in the page.
     community = form_str(raw, "community", 200)
-    ref = _find(h, agent_id)
-    if ref is None or ref.node_type != "raspberry":
-        flash(request, "No such raspberry agent.", "error")
-        return redirect(request, "/admin/switches")
+    ref = _find_raspberry(h, agent_id)
+    if ref is None:
+        return _back(request, SWITCHES_PAGE, "No such raspberry agent.")
+    form_again = partial(_switches_page, request, me, h, form_agent=agent_id, form=form, status=400)
     try:
         body = switch_body(form, community)
     except FormError as exc:
-        return await _switches_page(
-            request, me, h, form_agent=agent_id, form=form, error=str(exc), status=400
-        )
+        return await form_again(error=str(exc))
     _reply, problem = await _change(h, ref, identity(request, me), "POST", "/api/admin/switches", body)
     if problem:
-        return await _switches_page(
-            request, me, h, form_agent=agent_id, form=form, error=f"Switch not added: {problem}", status=400
-        )
-    flash(request, f"Switch {body['name']} added to {ref.name}.", "ok")
-    return redirect(request, "/admin/switches")
+        return await form_again(error=f"Switch not added: {problem}")
+    return _back(request, SWITCHES_PAGE, f"Switch {body['name']} added to {ref.name}.", "ok")
 
 
 @router.post("/switches/{agent_id}/delete/{name}")
@@ -449,16 +452,13 @@ async def delete_switch(
 ) -> Response:
     ref = _find(h, agent_id)
     if ref is None or not ITEM_NAME_RE.match(name):
-        flash(request, "No such agent or switch.", "error")
-        return redirect(request, "/admin/switches")
+        return _back(request, SWITCHES_PAGE, "No such agent or switch.")
     _reply, problem = await _change(
         h, ref, identity(request, me), "DELETE", f"/api/admin/switches/{_path(name)}"
     )
     if problem:
-        flash(request, f"Switch {name} not deleted: {problem}", "error")
-    else:
-        flash(request, f"Switch {name} deleted from {ref.name}.", "ok")
-    return redirect(request, "/admin/switches")
+        return _back(request, SWITCHES_PAGE, f"Switch {name} not deleted: {problem}")
+    return _back(request, SWITCHES_PAGE, f"Switch {name} deleted from {ref.name}.", "ok")
 
 
 def _switch_problem(ref: AgentRef, name: str, reply: Reply, slow: bool, timeout: float) -> str:
@@ -509,10 +509,9 @@ async def power_port(
     h: AgentHub = Depends(hub),
 ) -> Response:
     ref = _find(h, agent_id)
-    back = f"/admin/switches#sw-{agent_id}-{name}" if ITEM_NAME_RE.match(name) else "/admin/switches"
+    back = f"{SWITCHES_PAGE}#sw-{agent_id}-{name}" if ITEM_NAME_RE.match(name) else SWITCHES_PAGE
     if ref is None or not ITEM_NAME_RE.match(name) or state not in ("on", "off") or not 1 <= port <= 4096:
-        flash(request, "No such agent, switch, port or power state.", "error")
-        return redirect(request, "/admin/switches")
+        return _back(request, SWITCHES_PAGE, "No such agent, switch, port or power state.")
     path = f"/api/admin/switches/{_path(name)}/ports/{port}/{state}"
     reply = await h.call(ref, "POST", path, who=identity(request, me))
     if reply.ok:
@@ -622,39 +621,28 @@ async def save_environment(
     form = _form_dict(raw, ENV_FORM_KEYS)
     form["web"] = form_str(raw, "web", 10)
     editing = form_str(raw, "editing", 128)
-    ref = _find(h, agent_id)
-    if ref is None or ref.node_type != "raspberry":
-        flash(request, "No such raspberry agent.", "error")
-        return redirect(request, "/admin/environments")
+    ref = _find_raspberry(h, agent_id)
+    if ref is None:
+        return _back(request, ENVS_PAGE, "No such raspberry agent.")
+    form_again = partial(
+        _envs_page, request, me, h, form_agent=agent_id, form=form, editing=editing, status=400
+    )
     try:
         body = env_body(form)
         if editing and editing != body["name"]:
             raise FormError(f"name: an environment cannot be renamed ({editing}); add a new one instead")
     except FormError as exc:
-        return await _envs_page(
-            request, me, h, form_agent=agent_id, form=form, editing=editing, error=str(exc), status=400
-        )
+        return await form_again(error=str(exc))
     if editing:
-        method, path = "PUT", f"/api/admin/environments/{_path(editing)}"
+        method, path, verb = "PUT", f"/api/admin/environments/{_path(editing)}", "updated"
     else:
-        method, path = "POST", "/api/admin/environments"
+        method, path, verb = "POST", "/api/admin/environments", "added"
     _reply, problem = await _change(
         h, ref, identity(request, me), method, path, body, slow_hint=ENV_SLOW_HINT
     )
     if problem:
-        verb = "updated" if editing else "added"
-        return await _envs_page(
-            request,
-            me,
-            h,
-            form_agent=agent_id,
-            form=form,
-            editing=editing,
-            error=f"Environment not {verb}: {problem}",
-            status=400,
-        )
-    flash(request, f"Environment {body['name']} {'updated' if editing else 'added'} on {ref.name}.", "ok")
-    return redirect(request, "/admin/environments")
+        return await form_again(error=f"Environment not {verb}: {problem}")
+    return _back(request, ENVS_PAGE, f"Environment {body['name']} {verb} on {ref.name}.", "ok")
 
 
 @router.post("/environments/{agent_id}/delete/{name}")
@@ -663,34 +651,28 @@ async def delete_environment(
 ) -> Response:
     ref = _find(h, agent_id)
     if ref is None or not ITEM_NAME_RE.match(name):
-        flash(request, "No such agent or environment.", "error")
-        return redirect(request, "/admin/environments")
+        return _back(request, ENVS_PAGE, "No such agent or environment.")
     _reply, problem = await _change(
         h, ref, identity(request, me), "DELETE", f"/api/admin/environments/{_path(name)}"
     )
     if problem:
-        flash(request, f"Environment {name} not deleted: {problem}", "error")
-    else:
-        flash(
-            request, f"Environment {name} deleted from {ref.name} (the image file stays in env_path).", "ok"
-        )
-    return redirect(request, "/admin/environments")
+        return _back(request, ENVS_PAGE, f"Environment {name} not deleted: {problem}")
+    done = f"Environment {name} deleted from {ref.name} (the image file stays in env_path)."
+    return _back(request, ENVS_PAGE, done, "ok")
 
 
 @router.post("/environments/{agent_id}/scan")
 async def scan_environments(
     agent_id: int, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
-    ref = _find(h, agent_id)
-    if ref is None or ref.node_type != "raspberry":
-        flash(request, "No such raspberry agent.", "error")
-        return redirect(request, "/admin/environments")
+    ref = _find_raspberry(h, agent_id)
+    if ref is None:
+        return _back(request, ENVS_PAGE, "No such raspberry agent.")
     reply, problem = await _change(
         h, ref, identity(request, me), "POST", "/api/admin/environments/scan", slow_hint=ENV_SLOW_HINT
     )
     if problem:
-        flash(request, f"Scan of {ref.name} failed: {problem}", "error")
-        return redirect(request, "/admin/environments")
+        return _back(request, ENVS_PAGE, f"Scan of {ref.name} failed: {problem}")
     data = reply.data if isinstance(reply.data, dict) else {}
     added = [str(x) for x in data.get("added", [])]
     updated = [str(x) for x in data.get("updated", [])]
@@ -702,4 +684,4 @@ async def scan_environments(
     flash(request, f"Scan of {ref.name}'s env_path: " + ", ".join(parts) + ".", "ok")
     for sidecar, why in list(skipped.items())[:8]:
         flash(request, f"Skipped {sidecar}: {why}", "error")
-    return redirect(request, "/admin/environments")
+    return redirect(request, ENVS_PAGE)
