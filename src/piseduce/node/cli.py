@@ -2,7 +2,8 @@
 
 Output is JSON lines on stdout: progress lines `{"progress": N, "message": ...}`, then one result
 line `{"ok": true, ...}`; on error the last line is `{"ok": false, "error": ...}` with exit status 1.
-`export-boot` writes a tar archive on stdout instead and reports errors on stderr.
+`export-boot` writes a tar archive on stdout instead and reports errors on stderr; `read-image`
+writes the gzip-compressed card on stdout and its progress and result lines on stderr.
 
 Environment: PISEDUCE_NODE_DEVICE (the card, default /dev/mmcblk0), PISEDUCE_NODE_CPUINFO and
 PISEDUCE_NODE_THERMAL (defaults /proc/cpuinfo and /sys/class/thermal/thermal_zone0/temp).
@@ -25,6 +26,7 @@ from piseduce.node.board import board_info, temperature_celsius
 from piseduce.node.disk import DiskError
 from piseduce.node.fs import Ext4, Fat
 from piseduce.node.image import FORMATS, HolePuncher, write_image
+from piseduce.node.readimage import read_image
 from piseduce.node.system import Settings, configure
 
 DEVICE_ENV = "PISEDUCE_NODE_DEVICE"
@@ -130,6 +132,15 @@ def cmd_export_boot(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def cmd_read_image(args: argparse.Namespace) -> dict[str, Any]:
+    # stdout carries the image: progress goes to stderr
+    def report(pct: int, message: str) -> None:
+        emit({"progress": pct, "message": message}, sys.stderr)
+
+    report(0, "reading")
+    return read_image(args.device, sys.stdout.buffer, progress=report, level=args.level)
+
+
 def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
     size = disk.device_size(args.device)
     table = disk.read_table(args.device)
@@ -182,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_configure)
     sub.add_parser("export-boot", help="tar archive of the boot partition on stdout").set_defaults(
         func=cmd_export_boot)
+    p = sub.add_parser("read-image", help="the card up to its last partition, gzip-compressed, on stdout")
+    p.add_argument("--compress", choices=["gz"], default="gz")
+    p.add_argument("--level", type=int, choices=range(1, 10), default=6, metavar="1-9",
+                   help="gzip compression level")
+    p.set_defaults(func=cmd_read_image)
     p = sub.add_parser("wipe", help="erase the partition table and filesystem headers")
     p.add_argument("--full", action="store_true", help="zero the whole card")
     p.set_defaults(func=cmd_wipe)
@@ -193,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], dict[str, Any]] = args.func
-    binary_out = args.command == "export-boot"
+    binary_out = args.command in ("export-boot", "read-image")
     try:
         result = func(args)
     except (DiskError, OSError) as exc:
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not binary_out:
         emit({"ok": True, **result})
+    elif args.command == "read-image":
+        emit({"ok": True, **result}, sys.stderr)
     return 0
 
 
