@@ -188,6 +188,20 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "manage_three_types.png"))
         command = page.locator(".node-card[data-node='pi-1'] .conn.ssh").inner_text().split()
+
+        # The demo's monitor samples the Pis' power and temperature: both charts get lines.
+        deadline = time.monotonic() + 60
+        while True:
+            page.goto(f"{url}/monitoring")
+            lines = page.evaluate(
+                "() => [...document.querySelectorAll('#mon-charts svg')]"
+                ".map(svg => svg.querySelectorAll('path.line').length)"
+            )
+            if len(lines) >= 2 and lines[0] >= 1 and lines[1] >= 1:  # power and temperature
+                break
+            assert time.monotonic() < deadline, "no power or temperature line on the monitoring page"
+            time.sleep(2)
+        page.screenshot(path=str(SHOTS / "monitoring.png"))
         browser.close()
 
     # The ssh command shown to the user works with the demo user's key.
