@@ -123,7 +123,7 @@ def test_processes_are_declared_with_scaled_timeouts(tmp_path: Path) -> None:
     config = agent_config(tmp_path, timeout_scale=0.5)
     driver = RaspberryDriver(config, sessions_for(config))
     procs = driver.processes()
-    assert set(procs) == {"deploy", "redeploy", "destroy", "reboot", "bootfiles"}
+    assert set(procs) == {"deploy", "redeploy", "destroy", "reboot", "bootfiles", "register_env"}
     deploy = [s.name for s in procs["deploy"].steps]
     assert deploy == [
         "boot_nfs",

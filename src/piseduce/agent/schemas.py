@@ -164,6 +164,11 @@ class ExtendRequest(Strict):
     hours: float = Field(default=0, ge=0, le=24 * 366)  # 0 = by the reservation's own duration
 
 
+class RegisterEnvRequest(Strict):
+    # Checked by the route (env_factory.NAME_RE) so that a bad name gets a sentence, not a pattern.
+    name: str = Field(max_length=256, description="The new environment's name")
+
+
 class AcceptedOut(BaseModel):
     id: int
     status: str

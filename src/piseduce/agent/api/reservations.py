@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from piseduce.agent import scheduling
+from piseduce.agent import env_factory, scheduling
 from piseduce.agent.actions import add_event, start_action
 from piseduce.agent.api.deps import AgentState, StateDep, booking_http, db, driver_errors, driver_http
 from piseduce.agent.api.nodes import refresh_inventory
@@ -48,6 +48,7 @@ from piseduce.agent.schemas import (
     BookingOut,
     DeployRequest,
     ExtendRequest,
+    RegisterEnvRequest,
     ReservationOut,
     ReservationRequest,
 )
@@ -370,6 +371,46 @@ for _process in ("reboot", "redeploy", "bootfiles"):
         response_model=AcceptedOut,
         name=_process,
     )(_action_route(_process))
+
+
+def _register_env_tx(state: AgentState, caller: Caller, rid: int, name: str) -> AcceptedOut:
+    with write_session(state.sessions) as s:
+        r = _get(s, caller, rid)
+        proc = state.processes().get(env_factory.PROCESS)
+        if proc is None:
+            raise HTTPException(409, f"{state.config.node_type} nodes cannot be saved as environments")
+        if r.status != DEPLOYED:
+            raise HTTPException(
+                409, f"only a deployed node can be saved as an environment; this one is {r.status}"
+            )
+        taken = env_factory.name_taken(s, state.config.env_dir, name)
+        if taken:
+            raise HTTPException(422, f"name: {taken}")
+        try:
+            start_action(s, r, env_factory.PROCESS, {"name": name},
+                         reason=f"saving {r.node_name} as environment {name}, requested by {caller.user}")
+        except ActionRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        r.status = proc.running_status
+        r.error = ""
+        return AcceptedOut(
+            id=rid, status=r.status, process=env_factory.PROCESS,
+            message=f"{r.node_name} is being saved as environment {name}",
+        )
+
+
+@router.post("/{reservation_id}/register_env", status_code=202, response_model=AcceptedOut)
+async def register_env(
+    reservation_id: ReservationId, body: RegisterEnvRequest, state: StateDep, caller: CallerDep
+) -> AcceptedOut:
+    """Save the system of this deployed node as a new environment owned by the reservation's
+    owner (202); 409 when the node is not deployed or its driver cannot, 422 on a bad or taken name.
+    The node netboots, its card is copied to the agent, then it boots its system again."""
+    try:
+        name = env_factory.check_name(body.name)
+    except ValueError as exc:
+        raise HTTPException(422, f"name: {exc}") from None
+    return await db(_register_env_tx, state, caller, reservation_id, name)
 
 
 def _extend_tx(

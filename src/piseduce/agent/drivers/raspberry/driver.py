@@ -19,8 +19,9 @@ from piseduce.agent.drivers.base import (
 )
 from piseduce.agent.drivers.raspberry import ssh as sshc
 from piseduce.agent.drivers.raspberry.monitoring import sample_boards
+from piseduce.agent.drivers.raspberry.register_env import register_env_process
 from piseduce.agent.drivers.raspberry.snmp import SnmpClient
-from piseduce.agent.drivers.raspberry.steps import PART_SIZES, RpiOps, build_processes
+from piseduce.agent.drivers.raspberry.steps import PART_SIZES, RpiOps, build_processes, make_steps
 from piseduce.agent.models import Environment
 
 if TYPE_CHECKING:
@@ -159,6 +160,8 @@ class RaspberryDriver(Driver):
     def processes(self) -> dict[str, Process]:
         if self._processes is None:
             self._processes = build_processes(self.ops)
+            # The environment factory (register_env.py) reuses the netboot and boot-file steps.
+            self._processes["register_env"] = register_env_process(self.ops, make_steps(self.ops))
         return self._processes
 
     async def hard_reboot(self, ctx: StepContext) -> None:
