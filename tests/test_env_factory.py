@@ -6,21 +6,40 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
+from agent_helpers import TOKEN
 from piseduce.node import disk
 from piseduce.sim.images import build_environment
 from raspberry_helpers import ADMIN, USER
 from test_raspberry_e2e import Site, _ok, deploy, image_dir, openssh_login, reserve, site, wait_for
+from webui_fixtures import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    AgentProcess,
+    Browser,
+    add_agent_form,
+    add_user,
+    fast_argon2,
+    wait_until,
+    webui_client,
+    write_webui_config,
+)
 
-__all__ = ["image_dir", "site"]  # fixtures of the end-to-end raspberry tests, used here
+__all__ = ["fast_argon2", "image_dir", "site"]  # fixtures defined in the modules above, used here
 
 GIB = 1024**3
 MIB = 1024**2
+FLASH_RE = re.compile(r'<div class="flash (\w+)" role="(?:status|alert)">([^<]*)</div>')
 
 
 def node_helper(card: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -100,6 +119,7 @@ def test_read_image_refuses_a_blank_card(tmp_path: Path) -> None:
 BOB = {**USER, "X-Piseduce-User": "bob@example.org"}
 
 
+@pytest.mark.slow
 async def test_register_env_then_deploy_it_elsewhere(site: Site) -> None:
     pi1, pi2 = await reserve(site, ["pi-1", "pi-2"])
     url = f"/api/reservations/{pi1}/register_env"
@@ -161,3 +181,106 @@ async def test_register_env_then_deploy_it_elsewhere(site: Site) -> None:
     assert res2["status"] == "deployed", (res2["error"], res2["events"][-6:])
     assert res2["connection"]["environment"] == "alice-sys"
     assert await openssh_login(site, res2) == "pi-2"
+
+
+# ---------------------------------------------------------------- web UI page
+
+
+def agent_headers(email: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}", "X-Piseduce-User": email}
+
+
+def deployed_on(agent: AgentProcess, email: str, node: str) -> int:
+    """Books `node` for `email` and deploys it (fake driver: a second or so)."""
+    body = {"filters": [{"nodes": [node]}], "start": "now", "duration_hours": 1}
+    r = httpx.post(f"{agent.url}/api/reservations", json=body, headers=agent_headers(email), timeout=10)
+    assert r.status_code == 201, r.text
+    rid = int(r.json()["reservations"][0]["id"])
+    r = httpx.post(f"{agent.url}/api/reservations/{rid}/deploy", json={"environment": "tiny"},
+                   headers=agent_headers(email), timeout=10)
+    assert r.status_code == 202, r.text
+    wait_until(lambda: reservation(agent, email, rid)["status"] == "deployed", timeout=30)
+    return rid
+
+
+def reservation(agent: AgentProcess, email: str, rid: int) -> dict:
+    r = httpx.get(f"{agent.url}/api/reservations/{rid}", headers=agent_headers(email), timeout=10)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def flash_texts(html_text: str) -> list[tuple[str, str]]:
+    return [(k, html.unescape(m)) for k, m in FLASH_RE.findall(html_text)]
+
+
+def post_and_follow(b: Browser, data: dict[str, str]) -> list[tuple[str, str]]:
+    r = b.post("/env-factory", data, page="/env-factory")
+    assert r.status_code == 303, r.text
+    return flash_texts(b.get(r.headers["location"]).text)
+
+
+@pytest.mark.slow
+def test_webui_page_lists_own_deployed_nodes_and_forwards_the_request(
+    tmp_path: Path, fast_argon2: None
+) -> None:
+    from piseduce.agent.models import Environment
+    from piseduce.config import load_agent_config
+    from piseduce.db import make_engine, session_factory
+
+    agent = AgentProcess(tmp_path / "lab-a", nodes=2, driver="env_factory_driver:FactoryDriver")
+    try:
+        mine = deployed_on(agent, "alice@example.org", "pi-1")
+        bobs = deployed_on(agent, "bob@example.org", "pi-2")
+        engine = make_engine(load_agent_config(agent.config, check_files=False).database_url)
+        with session_factory(engine)() as s, s.begin():
+            s.add(Environment(name="taken-env", image="taken.img.gz"))
+        engine.dispose()
+
+        config = write_webui_config(tmp_path / "webui")
+        add_user(config, ADMIN_EMAIL, ADMIN_PASSWORD, role="admin")
+        add_user(config, "alice@example.org", "alice-password")
+        with webui_client(config) as admin:
+            admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+            r = admin.post("/admin/agents", add_agent_form("lab-a", agent.port), page="/admin/agents")
+            assert r.status_code == 303, r.text
+        with webui_client(config) as b:
+            b.login("alice@example.org", "alice-password")
+            page = b.get("/env-factory")
+            assert page.status_code == 200
+            assert 'href="/env-factory"' in page.text
+            options = re.findall(r'<option value="([^"]+)">([^<]*)</option>', page.text)
+            assert [label for _, label in options] == ["pi-1 on lab-a (deployed with tiny)"]
+            ref = options[0][0]
+            assert ref.endswith(f":{mine}")
+
+            # CSRF enforced: a form without the token changes nothing.
+            r = b.post("/env-factory", {"node": ref, "name": "alice-env"}, csrf=False)
+            assert r.status_code == 403 and "CSRF" in r.text
+            assert reservation(agent, "alice@example.org", mine)["status"] == "deployed"
+
+            assert post_and_follow(b, {"node": ref, "name": "../bad"})[0][0] == "error"
+            # Another user's reservation, even with a forged reference, is not sent.
+            forged = ref.split(":")[0] + f":{bobs}"
+            kind, text = post_and_follow(b, {"node": forged, "name": "alice-env"})[0]
+            assert kind == "error" and "Choose one of your deployed" in text
+            # The agent's refusal is shown in words.
+            kind, text = post_and_follow(b, {"node": ref, "name": "taken-env"})[0]
+            assert kind == "error" and "taken-env already exists" in text
+
+            kind, text = post_and_follow(b, {"node": ref, "name": "alice-env"})[0]
+            assert kind == "ok" and "pi-1 is being saved as the environment alice-env" in text
+            assert "Manage" in text
+
+            def finished() -> bool:
+                res = reservation(agent, "alice@example.org", mine)
+                msgs = [e["message"] for e in res["events"]]
+                return res["status"] == "deployed" and "register_env finished" in msgs
+
+            wait_until(finished, timeout=30)
+            events = [e["message"] for e in reservation(agent, "alice@example.org", mine)["events"]]
+            assert any("saving pi-1 as environment alice-env" in m for m in events)
+            # Bob's node was left alone.
+            bob = reservation(agent, "bob@example.org", bobs)
+            assert not any("environment" in e["message"] and "saving" in e["message"] for e in bob["events"])
+    finally:
+        agent.stop()

@@ -20,6 +20,7 @@ from piseduce.webui.routes import (
     admin,
     admin_infra,
     configure,
+    env_factory,
     manage,
     monitoring,
     reserve,
@@ -134,6 +135,7 @@ def create_app(cfg: WebuiConfig, *, health_checks: bool = True) -> FastAPI:
         app.include_router(module.router)
     app.include_router(admin_infra.router)
     app.include_router(monitoring.router)
+    app.include_router(env_factory.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
