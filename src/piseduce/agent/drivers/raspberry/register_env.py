@@ -18,17 +18,12 @@ the copy is bounded in time and in disk space, and other nodes keep advancing me
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import os
-import shlex
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 from sqlalchemy.exc import IntegrityError
 
 from piseduce.agent import env_factory
@@ -58,97 +53,6 @@ def _name(ctx: StepContext) -> str:
 def _record(ctx: StepContext) -> dict[str, Any]:
     rec = ctx.state.get(STATE_KEY)
     return rec if isinstance(rec, dict) else {}
-
-
-async def read_helper_stream(
-    conn: asyncssh.SSHClientConnection,
-    argv: Sequence[str],
-    dest: Path,
-    *,
-    on_progress: sshc.ProgressFn,
-    stall_timeout: float,
-    max_bytes: int,
-) -> tuple[dict[str, Any], int, str]:
-    """Save a helper's binary stdout to `dest` while following its JSON lines on stderr.
-    Returns (result line, bytes received, their sha256). Fails when nothing moves for
-    `stall_timeout` seconds or more than `max_bytes` arrive."""
-    try:
-        proc = await conn.create_process(shlex.join(argv), encoding=None)
-    except (OSError, asyncssh.Error) as exc:
-        raise sshc.SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
-    loop = asyncio.get_running_loop()
-    sha = hashlib.sha256()
-    total = 0
-    err_lines: list[bytes] = []
-    moved = asyncio.Event()
-
-    def save(fh: Any, chunk: bytes) -> None:
-        fh.write(chunk)
-        sha.update(chunk)
-
-    async def copy() -> None:
-        nonlocal total
-        with dest.open("wb") as fh:
-            while True:
-                chunk = await proc.stdout.read(1 << 18)
-                if not chunk:
-                    break
-                moved.set()
-                total += len(chunk)
-                if total > max_bytes:
-                    raise sshc.NodeCommandError(
-                        f"'{' '.join(argv[:2])}' sent more than {max_bytes} bytes (env_path space)"
-                    )
-                await loop.run_in_executor(None, save, fh, chunk)
-            await loop.run_in_executor(None, os.fsync, fh.fileno())
-
-    async def follow() -> None:
-        while True:
-            line = await proc.stderr.readline()
-            if not line:
-                return
-            moved.set()
-            # Only the last lines matter (the result or the error); progress lines are many.
-            err_lines.append(line)
-            del err_lines[:-20]
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                data = json.loads(line)
-                if isinstance(data, dict) and "progress" in data and "ok" not in data:
-                    await on_progress(int(float(data["progress"])), str(data.get("message", "")))
-
-    async def watchdog() -> None:
-        while True:
-            moved.clear()
-            try:
-                await asyncio.wait_for(moved.wait(), stall_timeout)
-            except TimeoutError:
-                raise sshc.NodeCommandError(
-                    f"'{' '.join(argv[:2])}' stalled: no data for {stall_timeout:.0f} s"
-                ) from None
-
-    work: asyncio.Future[Any] = asyncio.gather(copy(), follow())
-    guard: asyncio.Future[Any] = asyncio.ensure_future(watchdog())
-    try:
-        done, _ = await asyncio.wait({work, guard}, return_when=asyncio.FIRST_COMPLETED)
-        if guard in done:
-            guard.result()
-        work.result()
-        await asyncio.wait_for(proc.wait_closed(), stall_timeout)
-    except TimeoutError:
-        raise sshc.NodeCommandError(f"'{argv[0]}' did not exit") from None
-    except (OSError, asyncssh.Error) as exc:
-        raise sshc.SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
-    finally:
-        guard.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-        proc.close()
-    status = sshc._exit_status(argv, proc.exit_status, proc.exit_signal)
-    # The result line is on stderr (stdout is the image): read it as the helper's JSON output.
-    result = sshc.helper_result(argv, status, b"".join(err_lines).decode("utf-8", "replace"), "")
-    return result, total, sha.hexdigest()
 
 
 def make_register_steps(ops: RpiOps, base: Mapping[str, Step]) -> dict[str, Step]:
@@ -187,7 +91,7 @@ def make_register_steps(ops: RpiOps, base: Mapping[str, Step]) -> dict[str, Step
         async def attempt() -> tuple[dict[str, Any], int, str]:
             conn = await ops.nfs_connection(ctx)
             try:
-                return await read_helper_stream(conn, argv, part, on_progress=throttle,
+                return await sshc.read_helper_stream(conn, argv, part, on_progress=throttle,
                                                 stall_timeout=max(30.0, 120.0 * scale), max_bytes=free)
             finally:
                 conn.close()

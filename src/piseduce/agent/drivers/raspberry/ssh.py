@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -263,6 +264,43 @@ async def run_helper(
     return helper_result(argv, res.exit_status, res.stdout, res.stderr)
 
 
+async def _report_progress(line: bytes, on_progress: ProgressFn) -> None:
+    """Pass a helper's JSON progress line (`{"progress": n, "message": ...}`) on; ignore the rest."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        data = json.loads(line)
+        if isinstance(data, dict) and "progress" in data and "ok" not in data:
+            await on_progress(int(float(data["progress"])), str(data.get("message", "")))
+
+
+async def _until_done_or_stalled(
+    work: asyncio.Future[Any], moved: asyncio.Event, stall_timeout: float, argv: Sequence[str]
+) -> None:
+    """Wait for `work` (the I/O of one helper command); NodeCommandError when `moved` is not set
+    for `stall_timeout` seconds. The caller reads `work.result()`: each treats its errors its way."""
+
+    async def watchdog() -> None:
+        while True:
+            moved.clear()
+            try:
+                await asyncio.wait_for(moved.wait(), stall_timeout)
+            except TimeoutError:
+                raise NodeCommandError(
+                    f"'{' '.join(argv[:2])}' stalled: no data moved for {stall_timeout:.0f} s"
+                ) from None
+
+    guard: asyncio.Future[Any] = asyncio.ensure_future(watchdog())
+    try:
+        done, _ = await asyncio.wait({work, guard}, return_when=asyncio.FIRST_COMPLETED)
+        if guard in done:
+            guard.result()  # raises the stall error
+    finally:
+        guard.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+
+
 async def stream_file_to_helper(
     conn: asyncssh.SSHClientConnection,
     argv: Sequence[str],
@@ -301,10 +339,7 @@ async def stream_file_to_helper(
                 return
             moved.set()
             stdout_lines.append(line)
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                data = json.loads(line)
-                if isinstance(data, dict) and "progress" in data and "ok" not in data:
-                    await on_progress(int(float(data["progress"])), str(data.get("message", "")))
+            await _report_progress(line, on_progress)
 
     async def read_err() -> None:
         while True:
@@ -313,22 +348,9 @@ async def stream_file_to_helper(
                 return
             stderr_chunks.append(chunk)
 
-    async def watchdog() -> None:
-        while True:
-            moved.clear()
-            try:
-                await asyncio.wait_for(moved.wait(), stall_timeout)
-            except TimeoutError:
-                raise NodeCommandError(
-                    f"'{' '.join(argv[:2])}' stalled: no data moved for {stall_timeout:.0f} s"
-                ) from None
-
     work: asyncio.Future[Any] = asyncio.gather(feed(), read_out(), read_err())
-    guard: asyncio.Future[Any] = asyncio.ensure_future(watchdog())
     try:
-        done, _ = await asyncio.wait({work, guard}, return_when=asyncio.FIRST_COMPLETED)
-        if guard in done:
-            guard.result()  # raises the stall error
+        await _until_done_or_stalled(work, moved, stall_timeout, argv)
         try:
             work.result()
         except (OSError, asyncssh.Error, BrokenPipeError) as exc:
@@ -340,16 +362,81 @@ async def stream_file_to_helper(
     except (OSError, asyncssh.Error) as exc:
         raise SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
     finally:
-        guard.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
         proc.close()
     status = _exit_status(argv, proc.exit_status, proc.exit_signal)
     stdout = b"".join(stdout_lines).decode("utf-8", "replace")
     stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
     return helper_result(argv, status, stdout, stderr)
+
+
+async def read_helper_stream(
+    conn: asyncssh.SSHClientConnection,
+    argv: Sequence[str],
+    dest: Path,
+    *,
+    on_progress: ProgressFn,
+    stall_timeout: float,
+    max_bytes: int,
+) -> tuple[dict[str, Any], int, str]:
+    """Save a helper's binary stdout to `dest` while following its JSON lines on stderr.
+    Returns (result line, bytes received, their sha256). Fails when nothing moves for
+    `stall_timeout` seconds or more than `max_bytes` arrive."""
+    try:
+        proc = await conn.create_process(shlex.join(argv), encoding=None)
+    except (OSError, asyncssh.Error) as exc:
+        raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
+    loop = asyncio.get_running_loop()
+    sha = hashlib.sha256()
+    total = 0
+    err_lines: list[bytes] = []
+    moved = asyncio.Event()
+
+    def save(fh: Any, chunk: bytes) -> None:
+        fh.write(chunk)
+        sha.update(chunk)
+
+    async def copy() -> None:
+        nonlocal total
+        with dest.open("wb") as fh:
+            while True:
+                chunk = await proc.stdout.read(1 << 18)
+                if not chunk:
+                    break
+                moved.set()
+                total += len(chunk)
+                if total > max_bytes:
+                    raise NodeCommandError(
+                        f"'{' '.join(argv[:2])}' sent more than {max_bytes} bytes (env_path space)"
+                    )
+                await loop.run_in_executor(None, save, fh, chunk)
+            await loop.run_in_executor(None, os.fsync, fh.fileno())
+
+    async def follow() -> None:
+        while True:
+            line = await proc.stderr.readline()
+            if not line:
+                return
+            moved.set()
+            # Only the last lines matter (the result or the error); progress lines are many.
+            err_lines.append(line)
+            del err_lines[:-20]
+            await _report_progress(line, on_progress)
+
+    work: asyncio.Future[Any] = asyncio.gather(copy(), follow())
+    try:
+        await _until_done_or_stalled(work, moved, stall_timeout, argv)
+        work.result()
+        await asyncio.wait_for(proc.wait_closed(), stall_timeout)
+    except TimeoutError:
+        raise NodeCommandError(f"'{argv[0]}' did not exit") from None
+    except (OSError, asyncssh.Error) as exc:
+        raise SSHUnavailable(f"connection lost during '{argv[0]}': {exc}") from None
+    finally:
+        proc.close()
+    status = _exit_status(argv, proc.exit_status, proc.exit_signal)
+    # The result line is on stderr (stdout is the image): read it as the helper's JSON output.
+    result = helper_result(argv, status, b"".join(err_lines).decode("utf-8", "replace"), "")
+    return result, total, sha.hexdigest()
 
 
 async def read_helper_output_to_file(
