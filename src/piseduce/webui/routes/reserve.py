@@ -182,6 +182,17 @@ def _calendar_context(cal: Calendar, day: dt.date, days: int) -> dict[str, Any]:
     }
 
 
+async def _calendar_for(
+    request: Request, user: User, h: AgentHub, day: str | None, days: int
+) -> dict[str, Any]:
+    """The calendar of `days` days from `day` (today by default) in the browser's time zone."""
+    zone = browser_zone(request)
+    d = _day(day, zone)
+    days = min(max(days, 1), MAX_DAYS)
+    cal = await fetch_calendar(h, identity(request, user), d, days, zone)
+    return _calendar_context(cal, d, days)
+
+
 @router.get("/reserve")
 async def reserve_page(
     request: Request,
@@ -190,11 +201,8 @@ async def reserve_page(
     user: User = Depends(current_user),
     h: AgentHub = Depends(hub),
 ) -> Response:
-    zone = browser_zone(request)
-    d = _day(day, zone)
-    days = min(max(days, 1), MAX_DAYS)
-    cal = await fetch_calendar(h, identity(request, user), d, days, zone)
-    return render(request, "reserve.html", {"page": "reserve", **_calendar_context(cal, d, days)})
+    context = await _calendar_for(request, user, h, day, days)
+    return render(request, "reserve.html", {"page": "reserve", **context})
 
 
 @router.get("/reserve/calendar")
@@ -205,11 +213,7 @@ async def calendar_fragment(
     user: User = Depends(current_user),
     h: AgentHub = Depends(hub),
 ) -> Response:
-    zone = browser_zone(request)
-    d = _day(day, zone)
-    days = min(max(days, 1), MAX_DAYS)
-    cal = await fetch_calendar(h, identity(request, user), d, days, zone)
-    return render(request, "_calendar.html", _calendar_context(cal, d, days))
+    return render(request, "_calendar.html", await _calendar_for(request, user, h, day, days))
 
 
 # ---------------------------------------------------------------- booking
