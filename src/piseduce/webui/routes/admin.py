@@ -120,6 +120,17 @@ def agents_page(
     )
 
 
+@router.get("/agents/table")
+def agents_table(
+    request: Request,
+    me: User = Depends(admin_user),
+    db: Session = Depends(db_session),
+) -> Response:
+    """The Existing Agents panel alone: the page polls it, so the health checker's verdicts show."""
+    agents = list(db.scalars(select(Agent).order_by(Agent.name)))
+    return render(request, "_agents_table.html", {"agents": agents})
+
+
 def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple[str | None, int]:
     if not AGENT_NAME_RE.match(name):
         return "The name takes 1 to 64 letters, digits, '.', '_' or '-'.", 0
