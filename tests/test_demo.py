@@ -17,22 +17,12 @@ from typing import Any
 import pytest
 
 from agent_helpers import free_port
+from browser_helpers import ARGS, CHROMIUM, SHOTS
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
 NODES = {"raspberry": "pi-1", "g5k": "grisou-1", "iot-lab": "m3-1"}
 
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from agent_helpers import TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http
+from browser_helpers import ARGS, CHROMIUM, SHOTS
 from webui_fixtures import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -38,17 +39,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
 ADMIN_HEADERS = {
     "Authorization": f"Bearer {TOKEN}",
     "X-Piseduce-User": "root@example.org",

@@ -264,6 +264,14 @@ async def run_helper(
     return helper_result(argv, res.exit_status, res.stdout, res.stderr)
 
 
+async def _start_binary(conn: asyncssh.SSHClientConnection, argv: Sequence[str]) -> Any:
+    """Start a command (quoted with shlex.join) whose streams carry bytes."""
+    try:
+        return await conn.create_process(shlex.join(argv), encoding=None)
+    except (OSError, asyncssh.Error) as exc:
+        raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
+
+
 async def _report_progress(line: bytes, on_progress: ProgressFn) -> None:
     """Pass a helper's JSON progress line (`{"progress": n, "message": ...}`) on; ignore the rest."""
     with contextlib.suppress(ValueError, UnicodeDecodeError):
@@ -312,10 +320,7 @@ async def stream_file_to_helper(
 ) -> dict[str, Any]:
     """Send `source` on the command's stdin while reading its JSON progress lines.
     Fails when neither side moves for `stall_timeout` seconds."""
-    try:
-        proc = await conn.create_process(shlex.join(argv), encoding=None)
-    except (OSError, asyncssh.Error) as exc:
-        raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
+    proc = await _start_binary(conn, argv)
     stdout_lines: list[bytes] = []
     stderr_chunks: list[bytes] = []
     moved = asyncio.Event()
@@ -381,10 +386,7 @@ async def read_helper_stream(
     """Save a helper's binary stdout to `dest` while following its JSON lines on stderr.
     Returns (result line, bytes received, their sha256). Fails when nothing moves for
     `stall_timeout` seconds or more than `max_bytes` arrive."""
-    try:
-        proc = await conn.create_process(shlex.join(argv), encoding=None)
-    except (OSError, asyncssh.Error) as exc:
-        raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
+    proc = await _start_binary(conn, argv)
     loop = asyncio.get_running_loop()
     sha = hashlib.sha256()
     total = 0
@@ -448,10 +450,7 @@ async def read_helper_output_to_file(
     timeout: float,
 ) -> int:
     """Save a command's binary stdout (an archive) to `dest`; NodeCommandError on failure."""
-    try:
-        proc = await conn.create_process(shlex.join(argv), encoding=None)
-    except (OSError, asyncssh.Error) as exc:
-        raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
+    proc = await _start_binary(conn, argv)
     total = 0
     loop = asyncio.get_running_loop()
 
