@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent_helpers import free_port
 from browser_helpers import ARGS, CHROMIUM, SHOTS
+from iotlab_fixtures import tiny_elf
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -161,8 +163,11 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
         assert page.locator(".card").count() == 3
         pi = page.locator('.card[data-type="raspberry"]')
         pi.locator('[data-field="part_size"] select').select_option("whole")
+        # The sensor gets the user's own firmware, uploaded through the form.
+        firmware = Path(demo["data"]) / "my_app.elf"
+        firmware.write_bytes(tiny_elf("my_app"))
         iot = page.locator('.card[data-type="iot-lab"]')
-        iot.locator('[data-field="firmware"] select').select_option("tutorial_m3.elf")
+        iot.locator('[data-field="firmware_file"] input[type=file]').set_input_files(str(firmware))
         page.fill("#bin", "demo")
         page.click("#deploy")
         page.wait_for_url(f"{url}/manage")
@@ -193,6 +198,15 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
             time.sleep(2)
         page.screenshot(path=str(SHOTS / "monitoring.png"))
         browser.close()
+
+    # The uploaded firmware reached the IoT-LAB agent, which flashed it (not the folder's default).
+    sec = json.loads((Path(demo["data"]) / "credentials.json").read_text())
+    iot_port = next(a["port"] for a in demo["agents"] if a["node_type"] == "iot-lab")
+    headers = {"Authorization": f"Bearer {sec['token_iot']}", "X-Piseduce-User": demo["user"]["email"]}
+    mine = httpx.get(f"http://127.0.0.1:{iot_port}/api/reservations", headers=headers, timeout=10).json()
+    assert [(r["node"], r["params"].get("firmware"), r["params"].get("firmware_source")) for r in mine] == [
+        ("m3-1", "my_app.elf", "upload")
+    ]
 
     # The ssh command shown to the user works with the demo user's key.
     assert command[0] == "ssh"

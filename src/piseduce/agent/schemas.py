@@ -134,6 +134,10 @@ class BookingOut(BaseModel):
     reservations: list[ReservationOut]
 
 
+# 4 MiB once decoded: the largest file a deploy form may carry (an IoT-LAB firmware).
+MAX_UPLOAD_B64 = 4 * 1024 * 1024 * 4 // 3 + 4
+
+
 class DeployRequest(BaseModel):
     """The deploy form's values; each driver validates its own fields."""
 
@@ -152,9 +156,14 @@ class DeployRequest(BaseModel):
         extra = self.model_extra or {}
         if len(extra) > 32:
             raise ValueError("too many fields")
+        uploads = [key for key in extra if key.endswith("_file")]
+        if len(uploads) > 1:
+            raise ValueError("one uploaded file per deployment")
         for key, value in extra.items():
+            # A form field of kind "file" arrives base64-encoded in a field named *_file.
+            limit = MAX_UPLOAD_B64 if key.endswith("_file") else 16384
             if len(key) > 64 or not isinstance(value, str | int | float | bool | None) or (
-                isinstance(value, str) and len(value) > 16384
+                isinstance(value, str) and len(value) > limit
             ):
                 raise ValueError(f"field {key!r}: expected a short string, number or boolean")
         return self

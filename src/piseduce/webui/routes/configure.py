@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from piseduce.sshkeys import parse_key, parse_keys
 from piseduce.webui.agents import AgentHub, AgentRef, Identity, Reply
@@ -21,6 +23,8 @@ router = APIRouter(prefix="/configure")
 FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 REF_RE = re.compile(r"^(\d{1,9}):(\d{1,10})$")
 MAX_CARDS = 500
+# A firmware upload (IoT-LAB); the agent checks its own limit too.
+MAX_UPLOAD = 4 * 1024 * 1024
 
 
 @dataclass
@@ -110,17 +114,32 @@ def _page(request: Request, user: User, cards: list[Card], errors: list[str], st
     )
 
 
-def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]:
+async def _add_upload(params: dict[str, Any], name: str, upload: Any) -> None:
+    """A file field goes to the agent base64-encoded, its name in `<name>_name` unless typed in."""
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return
+    data = await upload.read(MAX_UPLOAD + 1)
+    if len(data) > MAX_UPLOAD:
+        raise ValueError(f"{name}: the file is larger than {MAX_UPLOAD // (1024 * 1024)} MiB")
+    if data:
+        params[name] = base64.b64encode(data).decode()
+        params.setdefault(f"{name}_name", PurePath(upload.filename).name[:128])
+
+
+async def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]:
     """The deploy body of card `idx`; ValueError in words for what cannot be sent."""
     prefix = f"r{idx}."
     params: dict[str, Any] = {}
     checkboxes = set(form_list(form, f"{prefix}__checkbox", 64))
     numbers = set(form_list(form, f"{prefix}__number", 64))
+    files = set(form_list(form, f"{prefix}__file", 64))
     for key in form:
         if not key.startswith(prefix):
             continue
         name = key[len(prefix) :]
         if name in ("ref", "ssh_keys", "ssh_keys_extra") or name.startswith("__") or not FIELD_RE.match(name):
+            continue
+        if name in files:
             continue
         value = form_str(form, key, 16384)
         if name in checkboxes:
@@ -133,6 +152,9 @@ def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]
             params[name] = int(num) if num.is_integer() else num
         elif value != "":
             params[name] = value
+    for name in files:
+        if FIELD_RE.match(name):
+            await _add_upload(params, name, form.get(f"{prefix}{name}"))
     for name in checkboxes:
         if FIELD_RE.match(name):
             params[name] = form_str(form, f"{prefix}{name}", 8) in ("on", "true", "1")
@@ -169,7 +191,7 @@ async def deploy(
             errors.append(f"Unknown reservation {ref_text!r}.")
             continue
         try:
-            params = _params(form, i, account)
+            params = await _params(form, i, account)
         except ValueError as exc:
             errors.append(f"Node {i + 1}: {exc}")
             continue

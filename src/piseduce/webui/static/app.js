@@ -188,7 +188,7 @@
     document.querySelectorAll('.card[data-type="' + CSS.escape(type) + '"]').forEach(function (other) {
       if (other === card) { return; }
       src.forEach(function (el) {
-        if (el.type === "hidden") { return; }
+        if (el.type === "hidden" || el.type === "file") { return; }
         var field = el.closest("[data-field]").getAttribute("data-field");
         var targets = other.querySelectorAll('[data-field="' + CSS.escape(field) + '"] ' + el.tagName.toLowerCase());
         targets.forEach(function (t) {
