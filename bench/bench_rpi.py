@@ -32,10 +32,13 @@ from sqlalchemy import func, select
 
 from piseduce.agent.drivers.raspberry import ssh as sshc
 from piseduce.agent.drivers.raspberry.driver import generate_password
-from piseduce.agent.models import SCHEDULED, Environment, Node, Reservation, Switch
+from piseduce.agent.models import SCHEDULED, Reservation
 from piseduce.config import load_agent_config
 from piseduce.db import make_engine, session_factory, upgrade, write_session
 from piseduce.sim.images import build_environment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from raspberry_helpers import add_environment, register  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PISEDUCE = [sys.executable, "-c", "from piseduce.cli import main; main()"]
@@ -116,52 +119,10 @@ def run(boards: int, time_scale: float, image: dict[str, Any], image_dir: Path, 
         engine = make_engine(config.database_url)
         sessions = session_factory(engine)
         now = dt.datetime.now(dt.UTC)
+        # Switch, boards and image stored as an admin registers them (the tests' own helpers).
+        register(sessions, inv)
+        add_environment(sessions, image)
         with write_session(sessions) as s:
-            sw = inv["switch"]
-            s.add(
-                Switch(
-                    **{
-                        k: sw[k]
-                        for k in (
-                            "name",
-                            "ip",
-                            "snmp_port",
-                            "community",
-                            "poe_oid",
-                            "oid_offset",
-                            "port_count",
-                            "power_oid",
-                            "master_port",
-                        )
-                    }
-                )
-            )
-            s.add(
-                Environment(
-                    name=image["name"],
-                    image=image["image"],
-                    size=image["size"],
-                    sector_start=image["sector_start"],
-                    ssh_user=image["ssh_user"],
-                    checksum=image["checksum"],
-                )
-            )
-            for b in inv["boards"]:
-                s.add(
-                    Node(
-                        name=b["name"],
-                        ip=b["ip"],
-                        properties={"model": b["model"]},
-                        attrs={
-                            "switch": b["switch"],
-                            "port": b["port"],
-                            "serial": b["serial"],
-                            "ssh_port": b["ssh_port"],
-                            "host_key": b["nfs_host_key"],
-                        },
-                    )
-                )
-            s.flush()
             for b in inv["boards"]:
                 s.add(
                     Reservation(
