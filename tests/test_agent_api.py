@@ -194,6 +194,17 @@ async def test_count_skips_busy_nodes(client: httpx.AsyncClient, nodes: list[str
             422,
             "time zone",
         ),
+        # Times with no UTC equivalent (year 1 east of Greenwich, year 9999 west of it).
+        (
+            {"filters": [{"nodes": ["pi-1"]}], "duration_hours": 1, "start": "0001-01-01T00:00:00+00:01"},
+            422,
+            "out of range",
+        ),
+        (
+            {"filters": [{"nodes": ["pi-1"]}], "duration_hours": 1, "start": "9999-12-31T23:59:00-01:00"},
+            422,
+            "out of range",
+        ),
         ({"filters": [{"nodes": ["nope"]}], "duration_hours": 1}, 422, "unknown node"),
         ({"filters": [{"nodes": ["pi-1"]}, {"nodes": ["pi-1"]}], "duration_hours": 1}, 422, "two filters"),
     ],
@@ -320,6 +331,8 @@ async def test_schedule_hides_other_owners(client: httpx.AsyncClient, nodes: lis
         {"start": "2030-01-02T00:00:00Z", "end": "2030-01-01T00:00:00Z"},
         {"start": "yesterday", "end": "2030-01-01T00:00:00Z"},
         {"start": "0001-01-01T00:00:00Z", "end": "0001-01-02T00:00:00Z"},
+        {"start": "0001-01-01T00:00:00+00:01", "end": "2000-01-01T00:00:00Z"},
+        {"start": "2030-01-01T00:00:00Z", "end": "9999-12-31T23:59:00-01:00"},
     ],
 )
 async def test_schedule_bad_windows(client: httpx.AsyncClient, params: dict[str, str]) -> None:

@@ -271,6 +271,8 @@ def test_series_json_shape_and_bounds(api: Any) -> None:
         {"kind": "power", "since": "yesterday"},
         {"kind": "power", "since": "1999-01-01T00:00:00Z"},
         {"kind": "power", "since": "2999-01-01T00:00:00Z"},
+        {"kind": "power", "since": "0001-01-01T00:00:00+00:01"},
+        {"kind": "power", "since": "9999-12-31T23:59:00-01:00"},
         {"kind": "power", "since": "2024-01-01T00:00:00Z", "period": "1h"},
         {"kind": "power", "node": "x" * 200},
         {"kind": "power", "perod": "6h"},

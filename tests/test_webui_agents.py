@@ -98,6 +98,10 @@ def test_book_configure_deploy_manage(config: Path, agent: AgentProcess) -> None
         b.login("alice@example.org", "alice-password")
         cal = b.get("/reserve").text
         assert 'data-key="1/pi-1"' in cal and "raspberry.svg" in cal
+        # A day out of the calendars' range (or with no UTC equivalent) shows today instead.
+        for day in ("0001-01-01", "9999-12-31", "someday"):
+            r = b.get(f"/reserve?day={day}")
+            assert r.status_code == 200 and 'data-key="1/pi-1"' in r.text, day
         # By count with filters (AND): 1 node whose model is RPI3B+ and memory_gb <= 1.
         filters = '[{"prop":"model","op":"=","value":"rpi3b+"},{"prop":"memory_gb","op":"<=","value":"1"}]'
         text = book(b, mode="count", count="1", filters=filters)
@@ -109,6 +113,9 @@ def test_book_configure_deploy_manage(config: Path, agent: AgentProcess) -> None
         # By click: two named nodes; one of them taken already -> the agent's reason in words.
         text = book(b, node=["1/pi-1", f"1/{booked[0]}"])
         assert 'class="refused"' in text and "rpi-lab" in text
+        # A start with no UTC equivalent is refused in words, and books nothing.
+        text = book(b, node=["1/pi-1"], when="later", start="0001-01-01T00:00+00:01")
+        assert "not a valid date" in text and 'class="booked"' not in text
         text = book(b, node=["1/pi-1", "1/pi-3"], bin="exp1")
         assert text.count('class="booked"') == 2, re.findall(r"<li[^>]*>[^<]*<", text)
         cal = b.get("/reserve").text

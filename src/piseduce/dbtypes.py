@@ -12,6 +12,17 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def to_utc(t: dt.datetime) -> dt.datetime:
+    """A time without zone is taken as UTC. ValueError (not OverflowError) for a time that has no
+    UTC equivalent, such as 0001-01-01T00:00+01:00, so that validation turns it into a 422."""
+    if t.tzinfo is None:
+        return t.replace(tzinfo=dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{t.isoformat()} is out of range") from None
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC in and out, whatever the database (SQLite drops the offset)."""
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from piseduce.dbtypes import to_utc
+
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
 ]
@@ -98,7 +100,7 @@ class ReservationRequest(Strict):
     def _aware(cls, v: dt.datetime | str) -> dt.datetime | str:
         if isinstance(v, dt.datetime) and v.tzinfo is None:
             raise ValueError("start must carry a time zone (ISO-8601 with Z or an offset)")
-        return v
+        return to_utc(v) if isinstance(v, dt.datetime) else v
 
 
 class EventOut(BaseModel):

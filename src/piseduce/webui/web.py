@@ -16,6 +16,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
+from piseduce.dbtypes import to_utc
 from piseduce.webui import auth
 from piseduce.webui.agents import AgentHub, Identity, user_identity
 from piseduce.webui.models import User
@@ -27,14 +28,12 @@ STATIC = Path(__file__).parent / "static"
 def _utc_iso(value: dt.datetime | str | None) -> str:
     if value is None or value == "":
         return ""
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, str):
             value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return to_utc(value).isoformat().replace("+00:00", "Z")
+    except ValueError:
+        return ""
 
 
 def _time_tag(value: dt.datetime | str | None, style: str = "datetime") -> Markup:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from piseduce.agent.api.deps import AgentState, StateDep, db
 from piseduce.agent.auth import CallerDep
 from piseduce.agent.models import Node, Sample, UTCDateTime
+from piseduce.dbtypes import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,10 @@ def window(since: dt.datetime | None, period: str | None, now: dt.datetime) -> d
     if since is not None and period is not None:
         raise HTTPException(422, "give either since or period, not both")
     if since is not None:
-        start = since.replace(tzinfo=dt.UTC) if since.tzinfo is None else since.astimezone(dt.UTC)
+        try:
+            start = to_utc(since)
+        except ValueError:
+            raise HTTPException(422, "since: a time between 2000 and now") from None
     else:
         text = period or "1h"
         if not re.match(PERIOD_RE, text):

@@ -14,6 +14,7 @@ from piseduce.agent.api.deps import AgentState, StateDep, db, driver_errors
 from piseduce.agent.auth import Caller, CallerDep
 from piseduce.agent.models import Node
 from piseduce.agent.schemas import BusySlot, NodeOut, ScheduleOut
+from piseduce.dbtypes import to_utc
 
 router = APIRouter(prefix="/api", tags=["nodes"])
 
@@ -44,11 +45,13 @@ async def nodes(state: StateDep, caller: CallerDep) -> list[NodeOut]:
 
 
 def utc(t: dt.datetime, name: str) -> dt.datetime:
-    # A time without zone is taken as UTC (the calendar is in UTC everywhere).
-    t = t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
-    if not EARLIEST <= t <= LATEST:
-        raise HTTPException(422, f"{name} must be between 2000 and 2200")
-    return t
+    try:
+        t = to_utc(t)
+        if EARLIEST <= t <= LATEST:
+            return t
+    except ValueError:
+        pass
+    raise HTTPException(422, f"{name} must be between 2000 and 2200")
 
 
 def _iso(t: dt.datetime) -> str:

@@ -139,7 +139,7 @@ def _store_states(state: AgentState, updates: dict[int, dict[str, Any]]) -> None
 async def create(req: ReservationRequest, state: StateDep, caller: CallerDep) -> BookingOut:
     """Book every filter or nothing (409 with the reason). The reservations start `configuring`."""
     now = utcnow()
-    start = now if req.start == "now" else req.start.astimezone(dt.UTC)  # type: ignore[union-attr]
+    start = req.start if isinstance(req.start, dt.datetime) else now
     duration = dt.timedelta(hours=req.duration_hours)
     try:
         scheduling.check_times(start, duration, state.limits, now)

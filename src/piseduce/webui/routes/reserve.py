@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from piseduce.dbtypes import to_utc
 from piseduce.webui.agents import AgentHub, AgentRef, Identity, Reply, iso
 from piseduce.webui.models import User
 from piseduce.webui.web import browser_zone, current_user, form_list, form_str, hub, identity, is_htmx, render
@@ -61,9 +62,11 @@ def _day(text: str | None, zone: ZoneInfo) -> dt.date:
     if not text:
         return today
     try:
-        return dt.date.fromisoformat(text[:10])
+        day = dt.date.fromisoformat(text[:10])
     except ValueError:
         return today
+    # The agents' calendars cover 2000-2200; beyond, dt.date arithmetic overflows near year 1 or 9999.
+    return day if 2000 <= day.year < 2200 else today
 
 
 def _window(day: dt.date, days: int, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
@@ -76,10 +79,9 @@ def _parse_time(value: Any) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return to_utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _fmt(t: dt.datetime, zone: ZoneInfo) -> str:
