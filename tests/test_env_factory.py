@@ -248,10 +248,16 @@ def test_webui_page_lists_own_deployed_nodes_and_forwards_the_request(
             page = b.get("/env-factory")
             assert page.status_code == 200
             assert 'href="/env-factory"' in page.text
-            options = re.findall(r'<option value="([^"]+)">([^<]*)</option>', page.text)
+            options = re.findall(r'<option value="([^"]+)"[^>]*>([^<]*)</option>', page.text)
             assert [label for _, label in options] == ["pi-1 on lab-a (deployed with tiny)"]
             ref = options[0][0]
             assert ref.endswith(f":{mine}")
+            # Manage offers the factory on the deployed node, which the page then preselects.
+            manage = b.get("/manage").text
+            links = re.findall(r'save-env" href="/env-factory\?node=([^"]+)"', manage)
+            assert links == [ref.replace(":", "%3A")]
+            chosen = b.get(f"/env-factory?node={ref}").text
+            assert f'<option value="{ref}" selected>' in chosen
 
             # CSRF enforced: a form without the token changes nothing.
             r = b.post("/env-factory", {"node": ref, "name": "alice-env"}, csrf=False)

@@ -53,9 +53,14 @@ async def deployed_nodes(h: AgentHub, who: Identity) -> tuple[list[dict[str, Any
 
 
 @router.get("")
-async def page(request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)) -> Response:
+async def page(
+    request: Request, node: str = "", user: User = Depends(current_user), h: AgentHub = Depends(hub)
+) -> Response:
+    """`node`: the reference of the node to preselect (Manage's "Save as environment" button)."""
     nodes, errors = await deployed_nodes(h, identity(request, user))
-    return render(request, "env_factory.html", {"page": "env_factory", "nodes": nodes, "errors": errors})
+    return render(
+        request, "env_factory.html", {"page": "env_factory", "nodes": nodes, "errors": errors, "chosen": node}
+    )
 
 
 @router.post("")

@@ -51,6 +51,12 @@ class Item:
         return f"{self.agent.id}:{int(self.r.get('id', 0))}"
 
     @property
+    def can_save_env(self) -> bool:
+        """A deployed Pi at rest can be saved as an environment (the Environment factory page)."""
+        return (self.agent.node_type == "raspberry" and self.r.get("status") == "deployed"
+                and not self.r.get("process"))
+
+    @property
     def status_class(self) -> str:
         return STATUS_CLASS.get(str(self.r.get("status")), "st-wait")
 
