@@ -71,6 +71,7 @@ def register(
                         "oid_offset",
                         "port_count",
                         "power_oid",
+                        "power_oid_offset",
                         "master_port",
                     )
                 }

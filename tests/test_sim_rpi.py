@@ -140,6 +140,37 @@ async def test_snmp_with_net_snmp_tools(tmp_path: Path) -> None:
         assert out.returncode != 0 and "Timeout" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("vendor", "reading"),
+    [
+        ("cisco", ".1.3.6.1.4.1.9.9.402.1.2.1.9.1.2 = Gauge32: "),
+        ("linksys", ".1.3.6.1.4.1.3955.1000.201.108.1.1.5.1.50 = INTEGER: "),
+        ("dlink", '.1.3.6.1.4.1.171.11.153.1000.22.1.1.9.1.2 = STRING: "'),
+    ],
+)
+async def test_vendor_power_readings(tmp_path: Path, vendor: str, reading: str) -> None:
+    """Each switch profile answers port 2's power where that vendor does (Linksys: 48 + port), and
+    the agent's SNMP client reads the same watts from the inventory's OID and offset."""
+    from piseduce.agent.drivers.raspberry.snmp import SnmpClient, SwitchInfo
+
+    env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "snmp"), "MIBS": ""}
+    async with running_cluster(tmp_path, boards=2, switch_vendor=vendor) as (cluster, _key):
+        sw = cluster.inventory()["switch"]
+        info = SwitchInfo(**{k: sw[k] for k in SwitchInfo.__dataclass_fields__})
+        client = SnmpClient(timeout=0.5, retries=2)
+        try:
+            await client.set_power(info, 2, True)
+            oid = f"{sw['power_oid']}.{sw['power_oid_offset'] + 2}"
+            out = await asyncio.to_thread(_snmp, "snmpget", sw, oid, env=env)
+            assert out.stdout.startswith(reading), out.stdout + out.stderr
+            watts = await client.port_power(info, 2)
+            drawn = cluster.board("pi-2").power_mw() / 1000
+            assert watts is not None and watts == pytest.approx(drawn, abs=0.05)
+            assert watts > 0 and await client.port_power(info, 1) == 0
+        finally:
+            client.close()
+
+
 async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
     async with running_cluster(tmp_path, boards=2) as (cluster, key):
         inv = cluster.inventory()

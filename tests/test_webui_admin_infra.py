@@ -371,14 +371,20 @@ def test_switches_ports_power_and_refusals(config: Path, rpi: RaspberryAgent) ->
             f"/admin/switches/{aid}", {**form, "snmp_port": "161", "poe_oid": "1.3.x"}, page="/admin/switches"
         )
         assert r.status_code == 400 and "Switch not added: rpi-lab: poe_oid: must be a numeric OID" in r.text
+        bad_offset = {**form, "snmp_port": "161", "power_oid_offset": "-1"}
+        r = b.post(f"/admin/switches/{aid}", bad_offset, page="/admin/switches")
+        assert r.status_code == 400 and "Power OID offset" in r.text
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind(("127.0.0.1", 0))  # bound, silent: SNMP requests vanish
         try:
             ghost_port = str(udp.getsockname()[1])
-            page = follow(
-                b, b.post(f"/admin/switches/{aid}", {**form, "snmp_port": ghost_port}, page="/admin/switches")
-            )
+            linksys = {"power_oid": "1.3.6.1.4.1.3955.1000.201.108.1.1.5.1", "power_oid_offset": "48"}
+            ghost_form = {**form, **linksys, "snmp_port": ghost_port}
+            page = follow(b, b.post(f"/admin/switches/{aid}", ghost_form, page="/admin/switches"))
             assert ("ok", "Switch ghost added to rpi-lab.") in flashes(page) and "s3cret" not in page
+            ghost = rpi.api("GET", "/api/admin/switches/ghost").json()
+            assert (ghost["power_oid"], ghost["power_oid_offset"]) == (linksys["power_oid"], 48)
+            assert "1.3.6.1.4.1.3955.1000.201.108.1.1.5.1</span> + offset 48" in page
             t0 = time.monotonic()
             frag = b.get(f"/admin/switches/{aid}/ports/ghost").text
             assert time.monotonic() - t0 < 3.0

@@ -186,6 +186,8 @@ class Switch(Base):
     oid_offset: Mapped[int] = mapped_column(Integer, default=0)
     port_count: Mapped[int] = mapped_column(Integer, default=8)
     power_oid: Mapped[str] = mapped_column(String(255), default="")
+    # Port p's power reading is <power_oid>.<power_oid_offset + p> (48 on a Linksys LGS308P).
+    power_oid_offset: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     master_port: Mapped[int] = mapped_column(Integer, default=0)  # the uplink: never powered off
 
 

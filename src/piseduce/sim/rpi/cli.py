@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import signal
@@ -14,6 +15,14 @@ import typer
 
 from piseduce.sim.rpi import prepare_pimaster
 from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
+
+
+class SwitchVendor(enum.StrEnum):
+    """The profiles of switch.VENDORS."""
+
+    cisco = "cisco"
+    linksys = "linksys"
+    dlink = "dlink"
 
 
 def command(
@@ -30,6 +39,9 @@ def command(
     snmp_loss: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     ssh_drop_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Random seed (serials, faults).")] = None,
+    switch_vendor: Annotated[SwitchVendor, typer.Option(
+        help="Where the switch answers each port's power: cisco (Gauge32 mW at cpeExtPsePortPwrConsumption),"
+             " linksys (INTEGER mW at offset 48+port) or dlink (STRING watts).")] = SwitchVendor.cisco,
     inventory_file: Annotated[Path | None, typer.Option(help="Write the inventory JSON here.")] = None,
     agent_pubkey: Annotated[Path | None, typer.Option(
         help="Public key file of the agent: prepares the TFTP template and the NFS root with it.")] = None,
@@ -40,6 +52,7 @@ def command(
         boards=boards, state_dir=state_dir, tftp_root=tftp_root, nfs_root=nfs_root, snmp_port=snmp_port,
         community=community, time_scale=time_scale, boot_delay=boot_delay,
         boot_failure_rate=boot_failure_rate, snmp_loss=snmp_loss, ssh_drop_rate=ssh_drop_rate, seed=seed,
+        switch_vendor=switch_vendor.value,
     )
     if agent_pubkey is not None:
         prepare_pimaster(tftp_root, nfs_root, agent_pubkey.read_text())

@@ -14,7 +14,7 @@ from typing import Any
 import asyncssh
 
 from piseduce.sim.rpi.board import MODELS, Board, Identity
-from piseduce.sim.rpi.switch import POE_ADMIN_OID, PORT_POWER_OID, SnmpSwitch, SwitchOptions, oid_str
+from piseduce.sim.rpi.switch import POE_ADMIN_OID, VENDORS, SnmpSwitch, SwitchOptions, oid_str
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class ClusterOptions:
     models: list[str] | None = None
     host: str = "127.0.0.1"
     switch_name: str = "sw1"
+    switch_vendor: str = "cisco"  # where the switch answers per-port power (switch.VENDORS)
 
     def __post_init__(self) -> None:
         self.state_dir, self.tftp_root, self.nfs_root = (
@@ -50,6 +51,8 @@ class ClusterOptions:
         for name in ("boot_failure_rate", "snmp_loss", "ssh_drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.switch_vendor not in VENDORS:
+            raise ValueError(f"unknown switch vendor {self.switch_vendor!r} (one of {', '.join(VENDORS)})")
         for model in self.models or []:
             if model not in MODELS:
                 raise ValueError(f"unknown model {model!r} (one of {', '.join(MODELS)})")
@@ -74,7 +77,11 @@ class RpiCluster:
         self._by_name: dict[str, Board] = {}
         self.master_enabled = True
         self.switch = SnmpSwitch(
-            self, SwitchOptions(opts.switch_name, opts.host, opts.snmp_port, opts.community, opts.snmp_loss),
+            self,
+            SwitchOptions(
+                opts.switch_name, opts.host, opts.snmp_port, opts.community, opts.snmp_loss,
+                vendor=opts.switch_vendor,
+            ),
             self.rng,
         )
         self.started = False
@@ -198,7 +205,8 @@ class RpiCluster:
                 "oid_offset": 0,
                 "port_count": self.port_count,
                 "master_port": self.port_count,
-                "power_oid": oid_str(PORT_POWER_OID),
+                "power_oid": oid_str(VENDORS[self.opts.switch_vendor].oid),
+                "power_oid_offset": VENDORS[self.opts.switch_vendor].offset,
             },
             "boards": [{**b.describe(), "switch": self.opts.switch_name} for b in self.boards],
         }

@@ -30,6 +30,28 @@ MAIN_PSE_STATUS_OID = (1, 3, 6, 1, 2, 1, 105, 1, 3, 1, 1, 3, 1)  # pethMainPseOp
 MAIN_PSE_CONSUMPTION_OID = (1, 3, 6, 1, 2, 1, 105, 1, 3, 1, 1, 4, 1)  # pethMainPseConsumptionPower (W)
 # CISCO-POWER-ETHERNET-EXT-MIB cpeExtPsePortPwrConsumption (mW), group 1: the per-port reading.
 PORT_POWER_OID = (1, 3, 6, 1, 4, 1, 9, 9, 402, 1, 2, 1, 9, 1)
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """Where and how a vendor's switch answers the power drawn on port p: `oid.<offset + p>`."""
+
+    oid: Oid
+    offset: int
+    syntax: str  # "gauge-mW" (Gauge32), "integer-mW" (INTEGER: 2700) or "string-W" (STRING: "4.0")
+
+    def value(self, mw: int) -> Any:
+        if self.syntax == "string-W":
+            return V2C.OctetString(f"{mw / 1000:.1f}")
+        return V2C.Gauge32(mw) if self.syntax == "gauge-mW" else V2C.Integer(mw)
+
+
+# RFC 3621 has no per-port reading, so each vendor has its own (see the protocols reference).
+VENDORS: dict[str, PowerReading] = {
+    "cisco": PowerReading(PORT_POWER_OID, 0, "gauge-mW"),
+    "linksys": PowerReading((1, 3, 6, 1, 4, 1, 3955, 1000, 201, 108, 1, 1, 5, 1), 48, "integer-mW"),
+    "dlink": PowerReading((1, 3, 6, 1, 4, 1, 171, 11, 153, 1000, 22, 1, 1, 9, 1), 0, "string-W"),
+}
 SYS_DESCR_OID = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 SYS_UPTIME_OID = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SYS_NAME_OID = (1, 3, 6, 1, 2, 1, 1, 5, 0)
@@ -72,6 +94,7 @@ class SwitchOptions:
     community: str = "private"
     loss: float = 0.0
     max_power_w: int = 370
+    vendor: str = "cisco"
 
 
 class _Mib:
@@ -91,11 +114,12 @@ class _Mib:
             MAIN_PSE_STATUS_OID: V2C.Integer(1),
             MAIN_PSE_CONSUMPTION_OID: V2C.Gauge32(total_mw // 1000),
         }
+        reading = VENDORS[sw.options.vendor]
         for p in ports:
             enabled = sw.backend.port_enabled(p)
             rows[POE_ADMIN_OID + (p,)] = V2C.Integer(1 if enabled else 2)
             rows[POE_DETECTION_OID + (p,)] = V2C.Integer(3 if enabled else 1)
-            rows[PORT_POWER_OID + (p,)] = V2C.Gauge32(powers[p - 1])
+            rows[reading.oid + (reading.offset + p,)] = reading.value(powers[p - 1])
         self.rows = rows
         self.keys = sorted(rows)
 

@@ -35,6 +35,7 @@ SYNCED_TYPES = ("g5k", "iot-lab")
 SWITCH_INTS = {
     "snmp_port": (1, 65535),
     "oid_offset": (0, 100_000),
+    "power_oid_offset": (0, 100_000),
     "port_count": (1, 1024),
     "master_port": (0, 1024),
 }
@@ -58,6 +59,7 @@ SWITCH_FORM_KEYS = (
     "oid_offset",
     "port_count",
     "power_oid",
+    "power_oid_offset",
     "master_port",
 )
 ENV_FORM_KEYS = (
@@ -373,6 +375,7 @@ async def _switches_page(
         "snmp_port": "161",
         "poe_oid": "1.3.6.1.2.1.105.1.1.1.3.1",
         "oid_offset": "0",
+        "power_oid_offset": "0",
         "port_count": "8",
         "master_port": "0",
     }
@@ -384,6 +387,7 @@ async def _switches_page(
             "blocks": blocks,
             "form_agent": form_agent,
             "form": form or defaults,
+            "defaults": defaults,
             "error": error,
         },
         status=status,
@@ -408,6 +412,7 @@ def switch_body(form: dict[str, str], community: str) -> dict[str, Any]:
     labels = {
         "snmp_port": "SNMP port",
         "oid_offset": "OID offset",
+        "power_oid_offset": "Power OID offset",
         "port_count": "Port count",
         "master_port": "Master port",
     }

@@ -54,6 +54,7 @@ class SwitchIn(Strict):
     oid_offset: int = Field(default=0, ge=0, le=100_000)
     port_count: int = Field(default=8, ge=1, le=1024)
     power_oid: str = Field(default="", max_length=255)
+    power_oid_offset: int = Field(default=0, ge=0, le=100_000)
     master_port: int = Field(default=0, ge=0, le=1024)
 
     @field_validator("ip")
@@ -103,6 +104,7 @@ class SwitchOut(BaseModel):
     oid_offset: int
     port_count: int
     power_oid: str
+    power_oid_offset: int
     master_port: int
     community_set: bool
 
@@ -150,7 +152,8 @@ class ScanOut(BaseModel):
 def switch_out(row: Switch) -> SwitchOut:
     return SwitchOut(
         name=row.name, ip=row.ip, snmp_port=row.snmp_port, poe_oid=row.poe_oid, oid_offset=row.oid_offset,
-        port_count=row.port_count, power_oid=row.power_oid, master_port=row.master_port,
+        port_count=row.port_count, power_oid=row.power_oid, power_oid_offset=row.power_oid_offset,
+        master_port=row.master_port,
         community_set=bool(row.community),
     )
 
@@ -195,7 +198,7 @@ def make_router(driver: RaspberryDriver) -> APIRouter:
                 row = Switch(name=body.name)
                 s.add(row)
             for field in ("ip", "snmp_port", "community", "poe_oid", "oid_offset", "port_count", "power_oid",
-                          "master_port"):
+                          "power_oid_offset", "master_port"):
                 setattr(row, field, getattr(body, field))
             s.flush()
             return switch_out(row)

@@ -1,7 +1,7 @@
 """Power and temperature of the boards, for `piseduce agent monitor` (the driver's `sample` hook).
 
-Power: one SNMP GET of the switch's vendor power OID (`<power_oid>.<port>`) per port that holds a
-node; switches without a power OID are skipped (RFC 3621 has no per-port reading).
+Power: one SNMP GET of the switch's vendor power OID (`<power_oid>.<power_oid_offset + port>`) per
+port that holds a node; switches without a power OID are skipped (RFC 3621 has no per-port reading).
 
 Temperature: `cat /sys/class/thermal/thermal_zone0/temp` over SSH as root with the agent's key, on
 powered boards only, whichever system runs: the netboot system (the agent's key is in its root's

@@ -1,8 +1,9 @@
 """PoE power of switch ports over SNMP v2c (POWER-ETHERNET-MIB pethPsePortAdminEnable, RFC 3621).
 
 `<poe_oid>.<oid_offset + port>` = 1 powers a port on, 2 powers it off. Per-port power draw comes from
-a vendor OID (`<power_oid>.<port>`): an integer in milliwatts or a string in watts. Writes to the
-switch's master (uplink) port are refused here, whatever the caller: cutting it cuts the pimaster.
+a vendor OID (`<power_oid>.<power_oid_offset + port>`): an integer in milliwatts or a string in watts.
+Writes to the switch's master (uplink) port are refused here, whatever the caller: cutting it cuts
+the pimaster.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SwitchInfo:
     oid_offset: int = 0
     port_count: int = 8
     power_oid: str = ""
+    power_oid_offset: int = 0
     master_port: int = 0
 
     @classmethod
@@ -64,6 +66,7 @@ class SwitchInfo:
             oid_offset=row.oid_offset,
             port_count=row.port_count,
             power_oid=row.power_oid,
+            power_oid_offset=row.power_oid_offset,
             master_port=row.master_port,
         )
 
@@ -218,7 +221,7 @@ class SnmpClient:
         if not sw.power_oid:
             return None
         sw.check_port(port)
-        value = await self.get(sw, f"{sw.power_oid.strip('.')}.{port}")
+        value = await self.get(sw, f"{sw.power_oid.strip('.')}.{sw.power_oid_offset + port}")
         return _watts(value)
 
     def close(self) -> None:
