@@ -501,6 +501,15 @@ async def test_admin_switches_and_ports(api: tuple[httpx.AsyncClient, Ports, Swi
         "/api/admin/switches/sw1", json={**body, "port_count": 6, "master_port": 6}, headers=ADMIN
     )
     assert r.status_code == 200 and r.json()["port_count"] == 6
+    # An update without the community keeps the stored one (the switch still answers) ...
+    edit = {k: v for k, v in body.items() if k != "community"}
+    r = await client.put("/api/admin/switches/sw1", json={**edit, "power_oid_offset": 0}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["port_count"] == 5 and r.json()["community_set"]
+    assert (await client.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 200
+    # ... and one with a community replaces it (this one is wrong: the switch stops answering).
+    r = await client.put("/api/admin/switches/sw1", json={**edit, "community": "guess"}, headers=ADMIN)
+    assert r.status_code == 200
+    assert (await client.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 502
     assert (await client.delete("/api/admin/switches/sw1", headers=ADMIN)).status_code == 200
     assert (await client.get("/api/admin/switches/sw1", headers=ADMIN)).status_code == 404
 

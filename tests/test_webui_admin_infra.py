@@ -385,6 +385,24 @@ def test_switches_ports_power_and_refusals(config: Path, rpi: RaspberryAgent) ->
             ghost = rpi.api("GET", "/api/admin/switches/ghost").json()
             assert (ghost["power_oid"], ghost["power_oid_offset"]) == (linksys["power_oid"], 48)
             assert "1.3.6.1.4.1.3955.1000.201.108.1.1.5.1</span> + offset 48" in page
+
+            # Edit: the form comes prefilled; an empty community keeps the stored one; a bad value
+            # changes nothing and says which field.
+            edit_form = page.split(f'action="/admin/switches/{aid}/edit/ghost"')[1].split("</form>")[0]
+            assert f'name="snmp_port" type="number" min="1" max="65535" value="{ghost_port}"' in edit_form
+            edit = {**ghost_form, "community": "", "port_count": "x"}
+            page = follow(b, b.post(f"/admin/switches/{aid}/edit/ghost", edit, page="/admin/switches"))
+            errors = [m for k, m in flashes(page) if k == "error"]
+            assert errors and errors[0].startswith("Switch ghost not changed: Port count")
+            assert rpi.api("GET", "/api/admin/switches/ghost").json()["port_count"] == 4
+            edit = {**ghost_form, "community": "", "port_count": "6", "power_oid_offset": "0"}
+            page = follow(b, b.post(f"/admin/switches/{aid}/edit/ghost", edit, page="/admin/switches"))
+            assert ("ok", "Switch ghost on rpi-lab saved.") in flashes(page) and "s3cret" not in page
+            ghost = rpi.api("GET", "/api/admin/switches/ghost").json()
+            assert (ghost["port_count"], ghost["power_oid_offset"], ghost["community_set"]) == (6, 0, True)
+            r = b.post(f"/admin/switches/{aid}/edit/ghost", {**edit, "port_count": "7"}, csrf=False)
+            assert r.status_code == 403
+            assert rpi.api("GET", "/api/admin/switches/ghost").json()["port_count"] == 6
             t0 = time.monotonic()
             frag = b.get(f"/admin/switches/{aid}/ports/ghost").text
             assert time.monotonic() - t0 < 3.0
@@ -563,6 +581,13 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
                 assert master.is_disabled()
                 page.screenshot(path=str(SHOTS / "admin_switches.png"), full_page=True)
                 port.locator("button:has-text('Power off')").click()
+                port.locator(".badge.port-off").wait_for()
+                # Edit in the page: the prefilled form saves as is, and the community (left empty)
+                # is kept: the port table still reads the switch afterwards.
+                switch = page.locator(f'[data-switch="{rpi.switch["name"]}"]')
+                switch.locator("details.edit-form summary").click()
+                switch.locator("details.edit-form button[type=submit]").click()
+                page.wait_for_selector(f"text=Switch {rpi.switch['name']} on rpi-lab saved.")
                 port.locator(".badge.port-off").wait_for()
 
                 page.click("text=(admin) Environments")

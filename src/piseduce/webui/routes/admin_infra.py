@@ -451,6 +451,29 @@ async def add_switch(
     return _back(request, SWITCHES_PAGE, f"Switch {body['name']} added to {ref.name}.", "ok")
 
 
+@router.post("/switches/{agent_id}/edit/{name}")
+async def edit_switch(
+    agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
+) -> Response:
+    raw = await request.form()
+    form = {**_form_dict(raw, SWITCH_FORM_KEYS, 300), "name": name}
+    # Empty: the agent keeps the stored community (the page never shows it).
+    community = form_str(raw, "community", 200)
+    ref = _find_raspberry(h, agent_id)
+    if ref is None or not ITEM_NAME_RE.match(name):
+        return _back(request, SWITCHES_PAGE, "No such raspberry agent or switch.")
+    try:
+        body = switch_body(form, community)
+    except FormError as exc:
+        return _back(request, SWITCHES_PAGE, f"Switch {name} not changed: {exc}")
+    _reply, problem = await _change(
+        h, ref, identity(request, me), "PUT", f"/api/admin/switches/{_path(name)}", body
+    )
+    if problem:
+        return _back(request, SWITCHES_PAGE, f"Switch {name} not changed: {problem}")
+    return _back(request, SWITCHES_PAGE, f"Switch {name} on {ref.name} saved.", "ok")
+
+
 @router.post("/switches/{agent_id}/delete/{name}")
 async def delete_switch(
     agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)

@@ -49,7 +49,10 @@ class SwitchIn(Strict):
     name: Name
     ip: str = Field(max_length=253)
     snmp_port: int = Field(default=161, ge=1, le=65535)
-    community: str = Field(default="private", min_length=1, max_length=128)
+    community: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="The write community; omitted: 'private' for a new switch, unchanged on an update",
+    )
     poe_oid: str = Field(default="1.3.6.1.2.1.105.1.1.1.3.1", max_length=255)
     oid_offset: int = Field(default=0, ge=0, le=100_000)
     port_count: int = Field(default=8, ge=1, le=1024)
@@ -70,8 +73,8 @@ class SwitchIn(Strict):
 
     @field_validator("community")
     @classmethod
-    def _community(cls, v: str) -> str:
-        if not v.isprintable():
+    def _community(cls, v: str | None) -> str | None:
+        if v is not None and not v.isprintable():
             raise ValueError("printable characters only")
         return v
 
@@ -197,9 +200,11 @@ def make_router(driver: RaspberryDriver) -> APIRouter:
             if row is None:
                 row = Switch(name=body.name)
                 s.add(row)
-            for field in ("ip", "snmp_port", "community", "poe_oid", "oid_offset", "port_count", "power_oid",
+            for field in ("ip", "snmp_port", "poe_oid", "oid_offset", "port_count", "power_oid",
                           "power_oid_offset", "master_port"):
                 setattr(row, field, getattr(body, field))
+            # A secret the pages never show: an edit that does not retype it keeps it.
+            row.community = body.community if body.community is not None else (row.community or "private")
             s.flush()
             return switch_out(row)
 
