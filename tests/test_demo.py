@@ -182,6 +182,9 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
         assert page.evaluate("window.__sameDocument") == "yes"
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "manage_three_types.png"))
+        # Connection values read as text, lists included (no Python repr).
+        sensor = page.locator(".node-card[data-node='m3-1'] .conn-info").inner_text()
+        assert "nodes: m3-1.strasbourg.iot-lab.info" in sensor and "[" not in sensor, sensor
         command = page.locator(".node-card[data-node='pi-1'] .conn.ssh").inner_text().split()
 
         # The demo's monitor samples the Pis' power and temperature: both charts get lines.
