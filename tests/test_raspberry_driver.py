@@ -510,6 +510,14 @@ async def test_admin_switches_and_ports(api: tuple[httpx.AsyncClient, Ports, Swi
     r = await client.put("/api/admin/switches/sw1", json={**edit, "community": "guess"}, headers=ADMIN)
     assert r.status_code == 200
     assert (await client.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 502
+    # A change that would leave a node outside the ports, or on the uplink, is refused.
+    node = {"name": "pi-3", "ip": "10.0.0.3", "switch": "sw1", "port": 3, "model": "RPI4B", "serial": "ab12"}
+    assert (await client.post("/api/admin/nodes", json=node, headers=ADMIN)).status_code == 201
+    for bad in ({"port_count": 2, "master_port": 0}, {"master_port": 3}):
+        r = await client.put("/api/admin/switches/sw1", json={**edit, **bad}, headers=ADMIN)
+        assert r.status_code == 409 and "pi-3 (port 3)" in r.json()["detail"], r.text
+    assert (await client.get("/api/admin/switches/sw1", headers=ADMIN)).json()["port_count"] == 5
+    assert (await client.delete("/api/admin/nodes/pi-3", headers=ADMIN)).status_code == 200
     assert (await client.delete("/api/admin/switches/sw1", headers=ADMIN)).status_code == 200
     assert (await client.get("/api/admin/switches/sw1", headers=ADMIN)).status_code == 404
 

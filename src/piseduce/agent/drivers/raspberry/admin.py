@@ -187,6 +187,14 @@ def make_router(driver: RaspberryDriver) -> APIRouter:
             return SwitchInfo.from_row(row)
 
     def _save_switch(body: SwitchIn, create: bool, name: str | None = None) -> SwitchOut:
+        if not create:
+            # A node left on a port the switch no longer has (or on its uplink) could not be powered.
+            stranded = {port: node for port, node in _nodes_on(name or body.name).items()
+                        if port > body.port_count or port == body.master_port}
+            if stranded:
+                where = ", ".join(f"{node} (port {port})" for port, node in sorted(stranded.items()))
+                raise HTTPException(409, f"{where} would be left outside the switch's ports or on its "
+                                         "master port; move them first")
         with write_session(sessions) as s:
             key = body.name if create else (name or body.name)
             row = s.get(Switch, key)
