@@ -433,45 +433,52 @@ def switch_body(form: dict[str, str], community: str) -> dict[str, Any]:
 async def add_switch(
     agent_id: int, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
-    raw = await request.form()
-    form = _form_dict(raw, SWITCH_FORM_KEYS, 300)
-    # The community is a password of the switch: sent to the agent, never written back in the page.
-    community = form_str(raw, "community", 200)
-    ref = _find_raspberry(h, agent_id)
-    if ref is None:
-        return _back(request, SWITCHES_PAGE, "No such raspberry agent.")
-    form_again = partial(_switches_page, request, me, h, form_agent=agent_id, form=form, status=400)
-    try:
-        body = switch_body(form, community)
-    except FormError as exc:
-        return await form_again(error=str(exc))
-    _reply, problem = await _change(h, ref, identity(request, me), "POST", "/api/admin/switches", body)
-    if problem:
-        return await form_again(error=f"Switch not added: {problem}")
-    return _back(request, SWITCHES_PAGE, f"Switch {body['name']} added to {ref.name}.", "ok")
+    return await _save_switch(agent_id, None, request, me, h)
 
 
 @router.post("/switches/{agent_id}/edit/{name}")
 async def edit_switch(
     agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
+    return await _save_switch(agent_id, name, request, me, h)
+
+
+async def _save_switch(
+    agent_id: int, editing: str | None, request: Request, me: User, h: AgentHub
+) -> Response:
+    """Add a switch (errors shown in the add form, kept filled) or change `editing` (errors flashed)."""
     raw = await request.form()
-    form = {**_form_dict(raw, SWITCH_FORM_KEYS, 300), "name": name}
-    # Empty: the agent keeps the stored community (the page never shows it).
+    form = _form_dict(raw, SWITCH_FORM_KEYS, 300)
+    if editing is not None:
+        form["name"] = editing  # no renaming
+    # The community is a password of the switch: sent to the agent, never written back in the page.
+    # Left empty on an edit, the agent keeps the stored one.
     community = form_str(raw, "community", 200)
     ref = _find_raspberry(h, agent_id)
-    if ref is None or not ITEM_NAME_RE.match(name):
+    if ref is None or (editing is not None and not ITEM_NAME_RE.match(editing)):
         return _back(request, SWITCHES_PAGE, "No such raspberry agent or switch.")
+    if editing is None:
+        method, path, failed = "POST", "/api/admin/switches", "Switch not added"
+        done = f"Switch {form.get('name', '').strip()} added to {ref.name}."
+    else:
+        method, path, failed = "PUT", f"/api/admin/switches/{_path(editing)}", f"Switch {editing} not changed"
+        done = f"Switch {editing} on {ref.name} saved."
+
+    async def refused(message: str) -> Response:
+        if editing is None:  # the add form again, still filled, with the reason
+            return await _switches_page(
+                request, me, h, form_agent=agent_id, form=form, error=message, status=400
+            )
+        return _back(request, SWITCHES_PAGE, message)
+
     try:
         body = switch_body(form, community)
     except FormError as exc:
-        return _back(request, SWITCHES_PAGE, f"Switch {name} not changed: {exc}")
-    _reply, problem = await _change(
-        h, ref, identity(request, me), "PUT", f"/api/admin/switches/{_path(name)}", body
-    )
+        return await refused(f"{failed}: {exc}")
+    _reply, problem = await _change(h, ref, identity(request, me), method, path, body)
     if problem:
-        return _back(request, SWITCHES_PAGE, f"Switch {name} not changed: {problem}")
-    return _back(request, SWITCHES_PAGE, f"Switch {name} on {ref.name} saved.", "ok")
+        return await refused(f"{failed}: {problem}")
+    return _back(request, SWITCHES_PAGE, done, "ok")
 
 
 @router.post("/switches/{agent_id}/delete/{name}")
