@@ -517,6 +517,10 @@ async def test_admin_switches_and_ports(api: tuple[httpx.AsyncClient, Ports, Swi
         r = await client.put("/api/admin/switches/sw1", json={**edit, **bad}, headers=ADMIN)
         assert r.status_code == 409 and "pi-3 (port 3)" in r.json()["detail"], r.text
     assert (await client.get("/api/admin/switches/sw1", headers=ADMIN)).json()["port_count"] == 5
+    r = await client.put("/api/admin/switches/sw1", json={**edit, "name": "sw9"}, headers=ADMIN)
+    assert r.status_code == 422 and "no renaming" in r.json()["detail"]
+    r = await client.put("/api/admin/switches/sw9", json={**edit, "name": "sw9"}, headers=ADMIN)
+    assert r.status_code == 404 and r.json()["detail"] == "switch sw9 not found"
     assert (await client.delete("/api/admin/nodes/pi-3", headers=ADMIN)).status_code == 200
     assert (await client.delete("/api/admin/switches/sw1", headers=ADMIN)).status_code == 200
     assert (await client.get("/api/admin/switches/sw1", headers=ADMIN)).status_code == 404
@@ -562,6 +566,10 @@ async def test_admin_environments(
         assert r.status_code == 422, (bad, r.text)
     r = await client.put("/api/admin/environments/tiny", json={**body, "state": "disabled"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["state"] == "disabled"
+    r = await client.put("/api/admin/environments/tiny", json={**body, "name": "renamed"}, headers=ADMIN)
+    assert r.status_code == 422 and "no renaming" in r.json()["detail"]
+    r = await client.put("/api/admin/environments/ghost", json={**body, "name": "ghost"}, headers=ADMIN)
+    assert r.status_code == 404 and r.json()["detail"] == "environment ghost not found"
 
     (env_dir / "other.img.xz").write_bytes(b"other")
     (env_dir / "other.img.xz.json").write_text(

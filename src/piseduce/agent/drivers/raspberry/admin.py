@@ -10,12 +10,13 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from piseduce.agent.actions import add_event
@@ -168,6 +169,28 @@ def env_out(row: Environment) -> EnvironmentOut:
     )
 
 
+SavedRow = TypeVar("SavedRow", Switch, Environment)
+
+
+def _row_to_save(
+    s: Session, model: type[SavedRow], what: str, new_name: str, create: bool, path_name: str | None
+) -> SavedRow:
+    """The row a POST creates (409 if the name is taken) or a PUT changes (404 if missing; no renaming)."""
+    key = new_name if create else (path_name or new_name)
+    row = s.get(model, key)
+    if create and row is not None:
+        raise HTTPException(409, f"{what} {new_name} already exists")
+    if not create:
+        if row is None:
+            raise HTTPException(404, f"{what} {key} not found")
+        if new_name != key:
+            raise HTTPException(422, "the name in the body must match the path (no renaming)")
+    if row is None:
+        row = model(name=new_name)
+        s.add(row)
+    return row
+
+
 def make_router(driver: RaspberryDriver) -> APIRouter:
     sessions = driver.sessions
     env_dir: Path = driver.config.env_dir
@@ -196,18 +219,7 @@ def make_router(driver: RaspberryDriver) -> APIRouter:
                 raise HTTPException(409, f"{where} would be left outside the switch's ports or on its "
                                          "master port; move them first")
         with write_session(sessions) as s:
-            key = body.name if create else (name or body.name)
-            row = s.get(Switch, key)
-            if create and row is not None:
-                raise HTTPException(409, f"switch {body.name} already exists")
-            if not create:
-                if row is None:
-                    raise HTTPException(404, f"switch {key} not found")
-                if body.name != key:
-                    raise HTTPException(422, "the name in the body must match the path (no renaming)")
-            if row is None:
-                row = Switch(name=body.name)
-                s.add(row)
+            row = _row_to_save(s, Switch, "switch", body.name, create, name)
             for field in ("ip", "snmp_port", "poe_oid", "oid_offset", "port_count", "power_oid",
                           "power_oid_offset", "master_port"):
                 setattr(row, field, getattr(body, field))
@@ -336,18 +348,7 @@ def make_router(driver: RaspberryDriver) -> APIRouter:
         rel = str(path.relative_to(env_dir.resolve()))
         checksum = body.checksum.lower() or sha256_file(path)
         with write_session(sessions) as s:
-            key = body.name if create else (name or body.name)
-            row = s.get(Environment, key)
-            if create and row is not None:
-                raise HTTPException(409, f"environment {body.name} already exists")
-            if not create:
-                if row is None:
-                    raise HTTPException(404, f"environment {key} not found")
-                if body.name != key:
-                    raise HTTPException(422, "the name in the body must match the path")
-            if row is None:
-                row = Environment(name=body.name)
-                s.add(row)
+            row = _row_to_save(s, Environment, "environment", body.name, create, name)
             row.image, row.size, row.sector_start = rel, body.size, body.sector_start
             row.ssh_user = body.ssh_user
             row.web, row.checksum, row.description = body.web, checksum, body.description
