@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -327,15 +328,36 @@ async def node_status(
 async def delete_node(
     agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
+    def done(ref: AgentRef, reply: Reply) -> str:
+        # A node with past reservations is only removed (kept for their history): the agent says which.
+        result = reply.data.get("result", "deleted") if isinstance(reply.data, dict) else "deleted"
+        return f"Node {name} {result}."
+
+    return await _delete_item(request, me, h, agent_id, name, "node", "nodes", NODES_PAGE, done, NODE_NAME_RE)
+
+
+async def _delete_item(
+    request: Request,
+    me: User,
+    h: AgentHub,
+    agent_id: int,
+    name: str,
+    what: str,
+    collection: str,
+    page: str,
+    done: Callable[[AgentRef, Reply], str],
+    name_re: re.Pattern[str] = ITEM_NAME_RE,
+) -> Response:
+    """DELETE /api/admin/<collection>/<name> on the agent, then back to `page` with the outcome in words."""
     ref = _find(h, agent_id)
-    if ref is None or not NODE_NAME_RE.match(name):
-        return _back(request, NODES_PAGE, "No such agent or node.")
-    reply, problem = await _change(h, ref, identity(request, me), "DELETE", f"/api/admin/nodes/{_path(name)}")
+    if ref is None or not name_re.match(name):
+        return _back(request, page, f"No such agent or {what}.")
+    reply, problem = await _change(
+        h, ref, identity(request, me), "DELETE", f"/api/admin/{collection}/{_path(name)}"
+    )
     if problem:
-        return _back(request, NODES_PAGE, f"Node {name} not deleted: {problem}")
-    # A node with past reservations is only removed (kept for their history): the agent says which.
-    result = reply.data.get("result", "deleted") if isinstance(reply.data, dict) else "deleted"
-    return _back(request, NODES_PAGE, f"Node {name} {result}.", "ok")
+        return _back(request, page, f"{what.capitalize()} {name} not deleted: {problem}")
+    return _back(request, page, done(ref, reply), "ok")
 
 
 # ---------------------------------------------------------------- switches
@@ -485,15 +507,10 @@ async def _save_switch(
 async def delete_switch(
     agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
-    ref = _find(h, agent_id)
-    if ref is None or not ITEM_NAME_RE.match(name):
-        return _back(request, SWITCHES_PAGE, "No such agent or switch.")
-    _reply, problem = await _change(
-        h, ref, identity(request, me), "DELETE", f"/api/admin/switches/{_path(name)}"
+    return await _delete_item(
+        request, me, h, agent_id, name, "switch", "switches", SWITCHES_PAGE,
+        lambda ref, _reply: f"Switch {name} deleted from {ref.name}.",
     )
-    if problem:
-        return _back(request, SWITCHES_PAGE, f"Switch {name} not deleted: {problem}")
-    return _back(request, SWITCHES_PAGE, f"Switch {name} deleted from {ref.name}.", "ok")
 
 
 def _switch_problem(ref: AgentRef, name: str, reply: Reply, slow: bool, timeout: float) -> str:
@@ -684,16 +701,10 @@ async def save_environment(
 async def delete_environment(
     agent_id: int, name: str, request: Request, me: User = Depends(admin_user), h: AgentHub = Depends(hub)
 ) -> Response:
-    ref = _find(h, agent_id)
-    if ref is None or not ITEM_NAME_RE.match(name):
-        return _back(request, ENVS_PAGE, "No such agent or environment.")
-    _reply, problem = await _change(
-        h, ref, identity(request, me), "DELETE", f"/api/admin/environments/{_path(name)}"
+    return await _delete_item(
+        request, me, h, agent_id, name, "environment", "environments", ENVS_PAGE,
+        lambda ref, _reply: f"Environment {name} deleted from {ref.name} (the image file stays in env_path).",
     )
-    if problem:
-        return _back(request, ENVS_PAGE, f"Environment {name} not deleted: {problem}")
-    done = f"Environment {name} deleted from {ref.name} (the image file stays in env_path)."
-    return _back(request, ENVS_PAGE, done, "ok")
 
 
 @router.post("/environments/{agent_id}/scan")
