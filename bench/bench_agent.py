@@ -4,7 +4,7 @@ Measures, through the HTTP API (httpx ASGI transport, the whole FastAPI stack wi
 validation, no network):
   - booking 4 nodes by properties (POST /api/reservations, count 4)      target < 20 ms
   - answering GET /api/schedule for a 48-hour window                      target < 50 ms
-and, for reference, the same booking through the scheduling function alone.
+and, for reference, the same booking through the booking function alone.
 Prints the medians and their ratio to the targets (ratio < 1 = within target).
 """
 
@@ -25,9 +25,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the fake driver
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results import emit  # noqa: E402
 
 from piseduce import db  # noqa: E402
-from piseduce.agent import scheduling  # noqa: E402
+from piseduce.agent import booking  # noqa: E402
 from piseduce.agent.app import create_app  # noqa: E402
 from piseduce.agent.models import Node, Reservation  # noqa: E402
 from piseduce.agent.schemas import Filter  # noqa: E402
@@ -99,6 +102,7 @@ def report(name: str, samples: list[tuple[float, float]], target_ms: float) -> N
         f"{name:<52} median {med:7.2f} ms (CPU {cpu:6.2f} ms)  p95 {p95:7.2f} ms  "
         f"target {target_ms:3.0f} ms  ratio {med / target_ms:5.2f} (CPU {cpu / target_ms:4.2f})"
     )
+    emit(f"agent: {name} median", f"{NODES} nodes", med, "ms", target_ms)
 
 
 class Timer:
@@ -113,7 +117,12 @@ class Timer:
 
 
 async def main() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="piseduce-bench-"))
+    # The folder (its SQLite database of NODES nodes) goes when the run ends, whatever happens.
+    with tempfile.TemporaryDirectory(prefix="piseduce-bench-") as tmp:
+        await measure(Path(tmp))
+
+
+async def measure(folder: Path) -> None:
     cfg_path = folder / "config_agent.json"
     cfg_path.write_text(
         json.dumps(
@@ -169,7 +178,7 @@ async def main() -> None:
     for i in range(60):
         start = now + dt.timedelta(days=22, hours=3 * i)
         with Timer(direct), db.write_session(sessions) as s:
-            made = scheduling.book(
+            made = booking.book(
                 s,
                 owner="bench@example.org",
                 filters=[Filter(count=4, properties={"model": "RPI5"})],
@@ -178,7 +187,7 @@ async def main() -> None:
                 limits=limits,
             )
         assert len(made) == 4
-    report("book 4 nodes (scheduling.book + commit, no HTTP)", direct, 20)
+    report("book 4 nodes (booking.book + commit, no HTTP)", direct, 20)
     app.state.agent.engine.dispose()
 
 

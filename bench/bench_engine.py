@@ -4,11 +4,17 @@ Each node runs the fake driver's deploy (three steps whose run() sleeps `--delay
 connect step), so a node alone takes about 3 x delay plus the engine's own work (one commit with
 its event per transition). If nodes advanced in lock-step or one by one, N nodes would take N times
 as long; the executor runs them concurrently, so the N-node time should stay close to the 1-node
-time. Printed: both times, their ratio, the speed-up over running them one by one, and the commit
-rate the engine sustained (events written per second) on SQLite (and on PostgreSQL when
-PISEDUCE_PG_URL is set).
+time (target: <= 1.2 x at every size). Printed per size: both times, their ratio, the commit rate
+the engine sustained (events written per second), the CPU time it took per event (a figure that
+other jobs sharing the cores do not inflate) and every reservation that did not deploy, with its
+reason, on SQLite (and on PostgreSQL when PISEDUCE_PG_URL is set).
 
-    python bench/bench_engine.py [--nodes 100] [--delay 0.5]
+The fake driver's timeouts are scaled with the delay (`timeout_scale`), so a long `--delay` never
+trips its automatic reboot: every size measures the same path (the automatic reboots seen are
+printed). Every wait is bounded (`--timeout`): a run that does not finish reports what is missing.
+The progress is watched from a thread, with one small query, never on the executor's event loop.
+
+    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5] [--timeout 300]
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -29,12 +37,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from fake_driver import FakeDriver  # noqa: E402
-from piseduce.agent.engine import Executor  # noqa: E402
+from results import emit  # noqa: E402
+
+from helpers.fake_driver import FakeDriver  # noqa: E402
+from piseduce.agent.engine.executor import Executor  # noqa: E402
 from piseduce.agent.models import Event, Node, Reservation, utcnow  # noqa: E402
 from piseduce.config import load_agent_config  # noqa: E402
 from piseduce.db import make_engine, session_factory, upgrade  # noqa: E402
+
+TARGET_RATIO = 1.2
+TERMINAL = ("deployed", "failed")
 
 
 def book(sessions: sessionmaker[Session], prefix: str, count: int, delay: float) -> list[int]:
@@ -58,22 +72,69 @@ def book(sessions: sessionmaker[Session], prefix: str, count: int, delay: float)
         return [r.id for r in rows]
 
 
-async def deploy(
-    ex: Executor, sessions: sessionmaker[Session], prefix: str, count: int, delay: float
-) -> float:
-    ids = book(sessions, prefix, count, delay)
-    t0 = time.monotonic()
-    while True:
-        with sessions() as s:
-            done = s.scalar(
-                select(func.count()).where(Reservation.id.in_(ids), Reservation.status == "deployed")
+def statuses(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
+    """How many of the reservations `ids` (consecutive) are in each status: one small query."""
+    with sessions() as s:
+        rows = s.execute(
+            select(Reservation.status, func.count())
+            .where(Reservation.id.between(min(ids), max(ids)))
+            .group_by(Reservation.status)
+        ).all()
+    return {status: n for status, n in rows}
+
+
+def failures(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
+    """The reasons of the reservations of `ids` that did not deploy, with their counts."""
+    with sessions() as s:
+        rows = s.execute(
+            select(Reservation.status, Reservation.error).where(
+                Reservation.id.between(min(ids), max(ids)), Reservation.status != "deployed"
             )
-        if done == count:
-            return time.monotonic() - t0
-        await asyncio.sleep(0.02)
+        ).all()
+    return dict(
+        Counter(
+            f"failed: {err or 'no reason recorded'}" if st == "failed" else f"still {st} when the wait ended"
+            for st, err in rows
+        )
+    )
 
 
-async def run(url: str, folder: Path, nodes: int, delay: float) -> dict[str, float]:
+async def deploy(sessions: sessionmaker[Session], prefix: str, count: int, delay: float, limit: float) -> Run:
+    ids = await asyncio.to_thread(book, sessions, prefix, count, delay)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    while True:
+        seen = await asyncio.to_thread(statuses, sessions, ids)
+        took = time.monotonic() - t0
+        if sum(seen.get(st, 0) for st in TERMINAL) == count or took > limit:
+            break
+        await asyncio.sleep(0.05)
+    bad = {} if seen.get("deployed", 0) == count else await asyncio.to_thread(failures, sessions, ids)
+    cpu = time.process_time() - cpu0
+    return Run(count, took, seen.get("deployed", 0), bad, timed_out=took > limit, cpu=cpu)
+
+
+@dataclass
+class Run:
+    nodes: int
+    seconds: float
+    deployed: int
+    failed: dict[str, int]
+    timed_out: bool
+    cpu: float = 0.0  # CPU seconds of this process (executor and watcher), which load does not inflate
+    events: int = 0
+    reboots: int = 0
+
+
+def count_events(sessions: sessionmaker[Session]) -> tuple[int, int]:
+    with sessions() as s:
+        total = s.scalar(select(func.count()).select_from(Event)) or 0
+        reboots = s.scalar(
+            select(func.count()).select_from(Event).where(Event.message.like("%automatic hard reboot%"))
+        ) or 0
+    return total, reboots
+
+
+async def run(url: str, folder: Path, sizes: list[int], delay: float, limit: float) -> tuple[Run, list[Run]]:
     upgrade("agent", url)
     engine = make_engine(url)
     sessions = session_factory(engine)
@@ -84,7 +145,9 @@ async def run(url: str, folder: Path, nodes: int, delay: float) -> dict[str, flo
                 "auth_token": ["bench-token-0123456789"],
                 "db_url": url,
                 "poll_interval": 0.05,
-                "max_concurrent_actions": max(256, nodes),
+                "max_concurrent_actions": max(256, *sizes),
+                # The fake boot step reboots after 2 x scale s: always well past the step's delay.
+                "timeout_scale": max(1.0, 2.0 * delay),
             }
         )
     )
@@ -92,42 +155,74 @@ async def run(url: str, folder: Path, nodes: int, delay: float) -> dict[str, flo
     ex = Executor(config, sessions, FakeDriver(config, sessions), "bench")
     stop = asyncio.Event()
     task = asyncio.create_task(ex.run_forever(stop))
+    runs = []
     try:
-        one = await deploy(ex, sessions, "solo", 1, delay)
-        with sessions() as s:
-            before = s.scalar(select(func.count()).select_from(Event)) or 0
-        many = await deploy(ex, sessions, "n", nodes, delay)
-        with sessions() as s:
-            written = (s.scalar(select(func.count()).select_from(Event)) or 0) - before
+        one = await deploy(sessions, "solo", 1, delay, limit)
+        for i, n in enumerate(sizes if one.deployed else []):
+            before, reboots = await asyncio.to_thread(count_events, sessions)
+            r = await deploy(sessions, f"n{i}_", n, delay, limit)
+            after, reboots_after = await asyncio.to_thread(count_events, sessions)
+            r.events, r.reboots = after - before, reboots_after - reboots
+            runs.append(r)
+            if r.timed_out:
+                break
     finally:
         stop.set()
-        await task
+        await asyncio.wait_for(task, 60)
         engine.dispose()
-    return {"one": one, "many": many, "events": written}
+    return one, runs
 
 
-def report(label: str, nodes: int, res: dict[str, float]) -> None:
-    one, many = res["one"], res["many"]
-    print(
-        f"[{label}] 1 node: {one:.2f} s   {nodes} nodes: {many:.2f} s   "
-        f"ratio {many / one:.2f}x the time of one (one by one: {nodes}x)   "
-        f"speed-up over one by one {nodes * one / many:.1f}x   "
-        f"{res['events'] / many:.0f} events committed/s"
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=100)
-    parser.add_argument("--delay", type=float, default=0.5)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        report(
-            "sqlite",
-            args.nodes,
-            asyncio.run(run(f"sqlite:///{folder / 'agent.db'}", folder, args.nodes, args.delay)),
+def report(label: str, one: Run, runs: list[Run]) -> bool:
+    ok = True
+    for r in [one, *runs]:
+        if r.deployed < r.nodes:
+            ok = False
+            what = "timed out" if r.timed_out else "finished"
+            print(f"[{label}] {r.nodes} nodes: {what} after {r.seconds:.1f} s with {r.deployed} deployed:")
+            for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]):
+                print(f"    {n} x {reason}")
+    if one.deployed < 1:
+        return False
+    print(f"[{label}] 1 node: {one.seconds:.2f} s")
+    for r in runs:
+        if r.deployed < r.nodes:
+            continue  # its failures are above; a ratio of an unfinished run means nothing
+        print(
+            f"[{label}] {r.nodes} nodes: {r.seconds:.2f} s   "
+            f"ratio {r.seconds / one.seconds:.2f}x the time of one   "
+            f"{r.events / r.seconds:.0f} events committed/s   "
+            f"CPU {r.cpu:.1f} s ({r.cpu * 1000 / max(r.events, 1):.2f} ms per event)   "
+            f"automatic reboots: {r.reboots}"
         )
+        ratio = r.seconds / one.seconds
+        emit(f"engine {label}: N nodes / 1 node", f"{r.nodes} nodes", ratio, "x", TARGET_RATIO)
+        per_event = r.cpu * 1000 / max(r.events, 1)
+        emit(f"engine {label}: CPU per committed event", f"{r.nodes} nodes", per_event, "ms", None)
+    return ok
+
+
+def sizes_arg(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: node counts separated by commas (100,500)") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("give at least one node count, each at least 1")
+    return sizes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=sizes_arg, default=[100, 500, 1000], help="node counts: 100,500,1000")
+    parser.add_argument("--delay", type=float, default=0.5)
+    parser.add_argument("--timeout", type=float, default=300.0, help="bound on each size's run (s)")
+    args = parser.parse_args()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        folder = Path(tmp)
+        url = f"sqlite:///{folder / 'agent.db'}"
+        ok &= report("sqlite", *asyncio.run(run(url, folder, args.nodes, args.delay, args.timeout)))
     pg = os.environ.get("PISEDUCE_PG_URL")
     if pg:
         name = f"bench_engine_{uuid.uuid4().hex[:8]}"
@@ -135,14 +230,16 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         try:
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
                 url = pg.rsplit("/", 1)[0] + "/" + name
-                report("postgresql", args.nodes, asyncio.run(run(url, Path(tmp), args.nodes, args.delay)))
+                runs = asyncio.run(run(url, Path(tmp), args.nodes, args.delay, args.timeout))
+                ok &= report("postgresql", *runs)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

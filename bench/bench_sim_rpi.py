@@ -1,4 +1,4 @@
-"""Simulated Raspberry Pi cluster at scale: 200 boards in one process.
+"""Simulated Raspberry Pi cluster at scale: 200 boards (real mode as root: 200 network namespaces).
 
 Prints start-up time, resident memory, SNMP walk latency, and how long 40 boards take to power on,
 boot the NFS system and answer an SSH command, against the ideal (boot delay / time scale).
@@ -17,9 +17,9 @@ from pathlib import Path
 import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers.rpi_fixtures import make_agent_key  # noqa: E402
 from piseduce.sim.rpi import TEMPLATE, prepare_pimaster  # noqa: E402
 from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster  # noqa: E402
-from rpi_fixtures import make_agent_key  # noqa: E402
 
 BOARDS = 200
 BOOTED = 40
@@ -68,6 +68,7 @@ async def main() -> None:
         cluster = RpiCluster(opts)
         await cluster.start()
         start_s = time.perf_counter() - t0
+        print(cluster.mode_line())
         print(f"start {BOARDS} boards (first run, key generation): {start_s:.2f} s")
         print(f"resident memory: {rss_mb():.0f} MB (+{rss_mb() - rss0:.0f} MB for the cluster)")
         try:
@@ -84,7 +85,8 @@ async def main() -> None:
             async def login(b) -> None:  # type: ignore[no-untyped-def]
                 while b.system != "nfs":
                     await asyncio.sleep(0.01)
-                async with asyncssh.connect("127.0.0.1", b.ssh_port, username="root", client_keys=[str(key)],
+                host, port = b.address
+                async with asyncssh.connect(host, port, username="root", client_keys=[str(key)],
                                             known_hosts=None) as conn:
                     assert (await conn.run("hostname")).stdout == "nfspi\n"
 
@@ -93,7 +95,7 @@ async def main() -> None:
             ideal = BOOT_DELAY / TIME_SCALE
             print(f"{BOOTED} boards powered, booted and logged into: {took:.2f} s "
                   f"(ideal {ideal:.2f} s, ratio {took / ideal:.1f}x)")
-            print(f"resident memory with {BOOTED} SSH servers up: {rss_mb():.0f} MB")
+            print(f"resident memory of this process with {BOOTED} boards up: {rss_mb():.0f} MB")
         finally:
             t0 = time.perf_counter()
             await cluster.stop()

@@ -8,8 +8,8 @@ Targets: under 300 ms, and under 1.2 s with the dead agent.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing as mp
+import shutil
 import socket
 import statistics
 import subprocess
@@ -22,6 +22,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results import emit  # noqa: E402
 
 AGENTS = 10
 NODES = 100
@@ -34,7 +37,7 @@ TARGET_DEAD = 1.2
 def serve_agents(ports: list[int], ready: mp.Event) -> None:  # type: ignore[valid-type]
     import uvicorn
 
-    from webui_fixtures import fake_agent_app
+    from helpers.webui_fixtures import fake_agent_app
 
     async def main() -> None:
         servers = [
@@ -74,12 +77,18 @@ def measure(client: httpx.Client, path: str) -> float:
 
 
 def main() -> None:
-    from agent_helpers import TOKEN, piseduce_cmd, subprocess_env
+    from helpers.agent_helpers import TOKEN, piseduce_cmd, subprocess_env
+    from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD
+    from helpers.webui_fixtures import (
+        SilentPort,
+        add_user,
+        csrf_of,
+        write_webui_config,
+    )
     from piseduce import crypto
     from piseduce.config import load_webui_config
     from piseduce.db import make_engine, session_factory
     from piseduce.webui.models import Agent
-    from webui_fixtures import ADMIN_EMAIL, ADMIN_PASSWORD, SilentPort, add_user, csrf_of, write_webui_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webui-"))
     ports = [free_port() for _ in range(AGENTS)]
@@ -161,16 +170,11 @@ def main() -> None:
         )
         for name, value in results.items():
             target = TARGET_DEAD if "dead" in name else TARGET
-            verdict = "OK" if value < target else "OVER TARGET"
-            print(
-                f"  {name:<22} {value * 1000:7.1f} ms   target {target * 1000:.0f} ms   "
-                f"ratio {value / target:4.2f}  {verdict}"
-            )
+            emit(f"web UI: {name} median", f"{AGENTS} x {NODES} nodes", value * 1000, "ms", target * 1000)
         print(
             f"  first request after the agent died: {first_dead * 1000:.0f} ms (one timeout of "
             f"{cfg.agent_timeout_seconds:g} s, then the circuit breaker skips it)"
         )
-        print(json.dumps({k: round(v * 1000, 1) for k, v in results.items()}))
     finally:
         silent.close()
         webui.terminate()
@@ -178,6 +182,8 @@ def main() -> None:
         agents.terminate()
         agents.join(10)
         engine.dispose()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # its database, config, key and log
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Shared fixtures: agent configs and databases, an ASGI client of the agent API with the fake
-driver, and throwaway PostgreSQL databases."""
+driver, and throwaway PostgreSQL databases; the other fixture modules as plugins."""
 
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,13 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    # The fake driver (`driver: "fake_driver:FakeDriver"`) and the helper modules live here.
-    sys.path.insert(0, str(TESTS))
+from helpers.agent_helpers import ADMIN, node_body, write_config
+from piseduce.config import AgentConfig, load_agent_config
 
-from agent_helpers import ADMIN, node_body, write_config  # noqa: E402
-from piseduce.config import AgentConfig, load_agent_config  # noqa: E402
+# The shared fixtures and hooks, for every test (tests/helpers/; `pythonpath` in pyproject.toml).
+pytest_plugins = [
+    "helpers.timeout_hooks",
+    "helpers.webui_fixtures",
+    "helpers.g5k_fixtures",
+    "helpers.sequences_fixtures",
+    "helpers.switch_fixtures",
+    "helpers.admin_infra_fixtures",
+]
 
 PG_ENV = "PISEDUCE_PG_URL"
 

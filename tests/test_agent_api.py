@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,8 +11,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from agent_helpers import ADMIN, TOKEN, headers, node_body
-from fake_driver import FakeDriver
+from helpers.agent_helpers import ADMIN, headers, node_body
+from helpers.constants import TOKEN
+from helpers.fake_driver import FakeDriver
 from piseduce.agent.drivers.base import (
     BusyInterval,
     CredentialsRequired,
@@ -165,6 +167,34 @@ async def test_named_node_busy_and_turnaround_gap(client: httpx.AsyncClient, nod
     assert r.status_code == 409
     r = await book(client, BOB, filters=[{"nodes": ["pi-1"]}], start=iso(t0 - dt.timedelta(minutes=70)))
     assert r.status_code == 201
+
+
+async def test_a_conflict_quotes_the_booking_it_collides_with(
+    client: httpx.AsyncClient, nodes: list[str]
+) -> None:
+    from piseduce.agent.booking import fmt
+
+    t0 = soon(3).replace(minute=0, second=0)
+    r = await book(client, filters=[{"nodes": ["pi-1"]}], start=iso(t0), duration_hours=2)
+    assert r.status_code == 201
+    asked = t0 + dt.timedelta(minutes=30)
+    r = await book(client, BOB, filters=[{"nodes": ["pi-1"]}], start=iso(asked), duration_hours=3)
+    detail = r.json()["detail"]
+    assert r.status_code == 409
+    # Alice's booking, with its own window and the turnaround kept after it; not Bob's request.
+    alices = f"pi-1 (booked from {fmt(t0)} to {fmt(t0 + dt.timedelta(hours=2))}, then kept 10 min"
+    assert alices in detail, detail
+    assert fmt(asked) not in detail, detail
+    # A request that only collides through its own turnaround gap says so.
+    r = await book(client, BOB, filters=[{"nodes": ["pi-1"]}], start=iso(t0 - dt.timedelta(minutes=65)))
+    assert r.status_code == 409 and "keeps its node 10 min after its end" in r.json()["detail"]
+    # A count that cannot be served names the taken nodes and their bookings.
+    r = await book(client, filters=[{"nodes": ["pi-2", "pi-3", "pi-4"]}], start=iso(t0))
+    assert r.status_code == 201
+    r = await book(client, BOB, filters=[{"count": 1, "properties": {"model": "RPI4B"}}], start=iso(asked))
+    detail = r.json()["detail"]
+    assert r.status_code == 409 and "only 0 of 1" in detail
+    assert f"pi-3 (booked from {fmt(t0)} to" in detail, detail
 
 
 async def test_count_skips_busy_nodes(client: httpx.AsyncClient, nodes: list[str]) -> None:
@@ -510,6 +540,60 @@ async def test_bad_booking_bodies_are_4xx_and_change_nothing(
     assert count_reservations(agent_app) == 0
 
 
+# JSON text Python reads but cannot write back (issue 11 #7): the 422 that echoes it used to be a 500.
+HOSTILE_TEXTS = [
+    '{"filters": [{"nodes": ["pi-1"]}], "duration_hours": NaN}',
+    '{"filters": [{"nodes": ["pi-1"]}], "duration_hours": Infinity}',
+    '{"filters": [{"nodes": ["pi-1"]}], "duration_hours": -Infinity}',
+    '{"filters": [{"nodes": ["pi-1"]}], "duration_hours": "nan"}',
+    '{"filters": [{"count": NaN}], "duration_hours": 1}',
+    '{"filters": [{"count": 1, "properties": {"memory_gb": NaN}}], "duration_hours": 1}',
+    '{"filters": [{"count": 1, "properties": {"memory_gb": {"min": Infinity}}}], "duration_hours": 1}',
+    '{"filters": [{"nodes": ["pi-1"]}], "duration_hours": 1, "bin": "\\ud800"}',
+    '{"filters": [{"nodes": ["pi-\\udfff"]}], "duration_hours": 1}',
+    '{"filters": [{"count": 1, "properties": {"model": "\\ud800"}}], "duration_hours": 1}',
+    '{"filters": [{"count": 1, "properties": {"\\ud800": 1}}], "duration_hours": 1}',
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+async def test_nan_infinity_and_lone_surrogates_are_422(
+    client: httpx.AsyncClient, nodes: list[str], agent_app: Any, text: str
+) -> None:
+    json_h = {**ALICE, "content-type": "application/json"}
+    r = await client.post("/api/reservations", content=text.encode(), headers=json_h)
+    assert r.status_code == 422, r.text
+    detail = json.dumps(r.json()["detail"])
+    assert "finite" in detail or "Unicode" in detail, detail
+    assert count_reservations(agent_app) == 0
+
+
+async def test_hostile_values_in_the_other_bodies_are_422(
+    client: httpx.AsyncClient, nodes: list[str], agent_app: Any
+) -> None:
+    rid = (await book(client, filters=[{"nodes": ["pi-1"]}])).json()["reservations"][0]["id"]
+    json_h = {**ALICE, "content-type": "application/json"}
+    admin_h = {**ADMIN, "content-type": "application/json"}
+    cases = [
+        (f"/api/reservations/{rid}/extend", '{"hours": NaN}', json_h),
+        (f"/api/reservations/{rid}/extend", '{"hours": Infinity}', json_h),
+        (f"/api/reservations/{rid}/deploy", '{"environment": "\\ud800"}', json_h),
+        (f"/api/reservations/{rid}/deploy", '{"environment": "env-1", "free_field": NaN}', json_h),
+        (f"/api/reservations/{rid}/deploy", '{"ssh_keys": ["ssh-ed25519 \\udc00"]}', json_h),
+        (f"/api/reservations/{rid}/register_env", '{"name": "\\ud800"}', json_h),
+        ("/api/admin/nodes", '{"name": "pi-9", "model": "\\ud800"}', admin_h),
+        ("/api/admin/nodes", '{"name": "pi-9", "properties": {"cores": NaN}}', admin_h),
+        ("/api/admin/nodes", '{"name": "pi-9", "port": Infinity}', admin_h),
+    ]
+    for path, text, h in cases:
+        r = await client.post(path, content=text.encode(), headers=h)
+        assert r.status_code == 422, (path, text, r.text)
+    got = (await client.get(f"/api/reservations/{rid}", headers=ALICE)).json()
+    assert got["status"] == "configuring" and got["params"] == {}
+    names = [n["name"] for n in (await client.get("/api/nodes", headers=ALICE)).json()]
+    assert "pi-9" not in names
+
+
 async def test_bad_paths_and_other_bodies(
     client: httpx.AsyncClient, nodes: list[str], agent_app: Any
 ) -> None:
@@ -566,7 +650,7 @@ async def test_admin_nodes(client: httpx.AsyncClient, nodes: list[str], agent_ap
         "name": "pi-7",
         "ip": "10.0.0.7",
         "model": "RPI4B",
-        "serial": "abc123",
+        "serial": "abc12345",
         "port": 7,
         "ssh_port": 2207,
         "mac": "dc:a6:32:00:00:07",
@@ -576,7 +660,7 @@ async def test_admin_nodes(client: httpx.AsyncClient, nodes: list[str], agent_ap
     assert r.status_code == 201, r.text
     out = r.json()
     assert out["properties"] == {"site": "lab", "model": "RPI4B"}
-    assert out["attrs"] == {"ssh_port": 2207, "port": 7, "serial": "abc123", "mac": "dc:a6:32:00:00:07"}
+    assert out["attrs"] == {"ssh_port": 2207, "port": 7, "serial": "abc12345", "mac": "dc:a6:32:00:00:07"}
     r = await client.post("/api/admin/nodes", json={**body, "name": "pi-8", "switch": "nope"}, headers=ADMIN)
     assert r.status_code == 422 and "switch" in r.json()["detail"]
     set_node_attrs(agent_app, "pi-7", snmp_community="private", password="x")
@@ -596,14 +680,50 @@ async def test_admin_nodes(client: httpx.AsyncClient, nodes: list[str], agent_ap
 
 async def test_metrics(client: httpx.AsyncClient, nodes: list[str]) -> None:
     await book(client, filters=[{"nodes": ["pi-1"]}])
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=ADMIN)).text
     assert 'piseduce_agent_reservations{status="configuring"} 1.0' in text
     assert 'piseduce_agent_nodes{status="available"} 6.0' in text
     assert 'route="/api/reservations"' in text
 
 
+SPEC_PATHS = ("/openapi.json", "/docs", "/redoc")
+
+
+async def test_metrics_and_docs_need_the_token(client: httpx.AsyncClient) -> None:
+    # They tell the agent's version, routes, node counts and traffic: not for anyone (issue 11 #9).
+    for path in ("/metrics", *SPEC_PATHS):
+        for h in ({}, {"Authorization": "Bearer wrong-token-123"}, {"Authorization": "Basic eDp5"}):
+            r = await client.get(path, headers=h)
+            assert r.status_code == 401, (path, h, r.text)
+            assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["detail"]
+        r = await client.get(path, headers={"Authorization": f"bearer {TOKEN}"})
+        assert r.status_code == 200, path
+    # The web UI's probe stays open.
+    assert (await client.get("/api/health")).json() == {"status": "ok"}
+
+
+async def test_metrics_and_docs_open_when_configured(make_agent_config: Any) -> None:
+    from piseduce.agent.app import create_app
+    from piseduce.config import ConfigError
+
+    for endpoints, opened in ((["metrics"], {"/metrics"}), (["docs"], set(SPEC_PATHS)),
+                              (["metrics", "docs"], {"/metrics", *SPEC_PATHS})):
+        app = create_app(make_agent_config(open_endpoints=endpoints))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+                for path in ("/metrics", *SPEC_PATHS):
+                    want = 200 if path in opened else 401
+                    assert (await c.get(path)).status_code == want, (endpoints, path)
+                # Everything else still needs the token.
+                assert (await c.get("/api/nodes", headers={"X-Piseduce-User": "a@b.c"})).status_code == 401
+        finally:
+            app.state.agent.engine.dispose()
+    with pytest.raises(ConfigError, match="open_endpoints"):
+        make_agent_config(open_endpoints=["everything"])
+
+
 async def test_openapi_served(client: httpx.AsyncClient) -> None:
-    spec = (await client.get("/openapi.json")).json()
+    spec = (await client.get("/openapi.json", headers=ADMIN)).json()
     for path in (
         "/api/health",
         "/api/nodes",
@@ -616,7 +736,32 @@ async def test_openapi_served(client: httpx.AsyncClient) -> None:
         assert path in spec["paths"], path
 
 
+async def test_progress_has_one_documented_meaning(client: httpx.AsyncClient, nodes: list[str]) -> None:
+    """`progress` is the whole process' percentage (what the engine stores), said in the spec."""
+    spec = (await client.get("/openapi.json", headers=ADMIN)).json()
+    schemas = spec["components"]["schemas"]
+    for model in ("ReservationOut", "ActionOut"):
+        doc = schemas[model]["properties"]["progress"].get("description", "")
+        assert "whole running process" in doc and "not the running step's own percentage" in doc, (model, doc)
+    assert "step_index" in schemas["ReservationOut"]["properties"]
+
+
 # ---------------------------------------------------------------- credentials and remote inventory
+
+
+class CredInventory:
+    """The testbed's node list and calendar, as the test sets them."""
+
+    def __init__(self, driver: CredDriver) -> None:
+        self.driver = driver
+
+    async def nodes(self, credentials: Mapping[str, str] | None) -> list[NodeSpec]:
+        if self.driver.broken:
+            raise ConnectionError("api.grid5000.fr unreachable")
+        return list(self.driver.listed)
+
+    async def busy(self, start: dt.datetime, end: dt.datetime, credentials: Any) -> list[BusyInterval]:
+        return list(self.driver.busy)
 
 
 class CredDriver(FakeDriver):
@@ -624,21 +769,14 @@ class CredDriver(FakeDriver):
 
     node_type = "g5k"
     needs_credentials = True
-    remote_inventory = True
-    inventory: list[NodeSpec] = []
+    listed: list[NodeSpec] = []
     busy: list[BusyInterval] = []
     seen: list[Mapping[str, str] | None] = []
     broken = False
 
-    async def sync_nodes(self, credentials: Mapping[str, str] | None = None) -> list[NodeSpec] | None:
-        if self.broken:
-            raise ConnectionError("api.grid5000.fr unreachable")
-        return list(self.inventory)
-
-    async def remote_busy(
-        self, start: dt.datetime, end: dt.datetime, credentials: Any = None
-    ) -> list[BusyInterval]:
-        return list(self.busy)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.inventory = CredInventory(self)
 
     async def on_booked(
         self, reservations: list[ReservationView], credentials: Mapping[str, str] | None
@@ -660,7 +798,7 @@ async def cred_client(make_agent_config: Any) -> Any:
 
     cfg = make_agent_config(node_type="g5k", inventory_refresh_seconds=1)
     driver = CredDriver(cfg, None)  # type: ignore[arg-type]
-    driver.inventory = [
+    driver.listed = [
         NodeSpec("grisou-1", properties={"cluster": "grisou", "cores": 16}),
         NodeSpec("grisou-2", properties={"cluster": "grisou", "cores": 16}),
     ]
@@ -714,7 +852,7 @@ async def test_remote_inventory_and_remote_busy(cred_client: Any) -> None:
     ).json()
     assert sched["nodes"]["grisou-1"][0]["reason"] == "busy outside PiSeduce"
     # The node disappears from the remote inventory: hidden and not bookable.
-    driver.inventory = driver.inventory[:1]
+    driver.listed = driver.listed[:1]
     app.state.agent.inventory.synced_at = None
     names = [n["name"] for n in (await c.get("/api/nodes", headers=ALICE)).json()]
     assert names == ["grisou-1"]

@@ -13,9 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from agent_helpers import ADMIN, headers, node_body, write_config
+from helpers.agent_helpers import ADMIN, headers, node_body, write_config
 from piseduce import db
-from piseduce.agent.models import ACTIVE_STATUSES, Reservation
+from piseduce.agent.lifecycle import ACTIVE_STATUSES
+from piseduce.agent.models import Reservation
 from piseduce.config import load_agent_config
 
 WORKERS = 4

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from agent_helpers import ROOT, TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http, write_config
+from helpers.agent_helpers import free_port, piseduce_cmd, subprocess_env, wait_http, write_config
+from helpers.constants import ROOT, TOKEN
 from piseduce.crypto import generate_key_file
 
 
@@ -91,7 +93,12 @@ def serve(cfg: Path, port: int, *extra: str) -> None:
             out, _ = proc.communicate(timeout=10)
             raise AssertionError(f"the agent did not answer; its output:\n{out}") from None
         assert r.status_code == 200 and r.json() == {"status": "ok"}
-        spec = wait_http(f"http://127.0.0.1:{port}/openapi.json").json()
+        # The spec needs the token (issue 11 #9): 401 without it.
+        assert wait_http(f"http://127.0.0.1:{port}/openapi.json").status_code == 401
+        token = json.loads(cfg.read_text())["auth_token"][0]
+        spec = httpx.get(
+            f"http://127.0.0.1:{port}/openapi.json", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).json()
         assert "/api/reservations" in spec["paths"]
     finally:
         proc.terminate()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import ROOT
+from helpers.constants import ROOT
 from piseduce.config import ConfigError, load_agent_config
 from piseduce.crypto import generate_key_file
 

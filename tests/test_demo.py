@@ -4,8 +4,10 @@ by SSH, then the demo stops and leaves no process behind."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_helpers import free_port
-from browser_helpers import ARGS, CHROMIUM, SHOTS
-from iotlab_fixtures import tiny_elf
+from helpers.browser_helpers import ARGS, CHROMIUM, SHOTS
+from helpers.demo_fixtures import alive, processes_mentioning, running_demo
+from helpers.iotlab_fixtures import tiny_elf
+from piseduce.sim.rpi.mode import real_mode_problem
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -28,103 +31,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 NODES = {"raspberry": "pi-1", "g5k": "grisou-1", "iot-lab": "m3-1"}
 
 
-def free_base() -> int:
-    """A base port whose demo ports (base+1..3, +10, +11 TCP, +20 UDP) are all free."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        if base > 64000:
-            continue
-        try:
-            for off in (1, 2, 3, 10, 11):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + off))
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", base + 20))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range for the demo")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; only its parent has not read its status yet.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline and int(entry.name) != os.getpid() and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    data = tmp_path / "demo-data"
-    ready = tmp_path / "ready.json"
-    webui_port, base = free_port(), free_base()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "piseduce.cli",
-            "demo",
-            "--data",
-            str(data),
-            "--webui-port",
-            str(webui_port),
-            "--base-port",
-            str(base),
-            "--boards",
-            "3",
-            "--time-scale",
-            "20",
-            "--ready-file",
-            str(ready),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 240
-    while not ready.exists():
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"the demo stopped while starting:\n{out}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the demo did not start within 240 s")
-        time.sleep(0.5)
-    info = json.loads(ready.read_text())
-    info["proc"] = proc
-    try:
+    with running_demo(tmp_path, boards=3) as info:
         yield info
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        for pid in info["pids"]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, Any]) -> None:
@@ -168,7 +78,7 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
         firmware.write_bytes(tiny_elf("my_app"))
         iot = page.locator('.card[data-type="iot-lab"]')
         iot.locator('[data-field="firmware_file"] input[type=file]').set_input_files(str(firmware))
-        page.fill("#bin", "demo")
+        page.fill("#bin-0", "demo")
         page.click("#deploy")
         page.wait_for_url(f"{url}/manage")
 
@@ -234,11 +144,70 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "pi-1"
+    if real_mode_problem() is None:
+        # As root the demo's Pis are real hosts: the command names pi-1's own address.
+        assert demo["pi_boards"]["mode"] == "real"
+        host = command[-1].split("@", 1)[1]
+        assert ipaddress.ip_address(host) in ipaddress.ip_network(demo["pi_boards"]["network"])
 
     # Ctrl-C stops everything; nothing is left running.
     proc: subprocess.Popen[bytes] = demo["proc"]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0 or proc.returncode in (0, 130)
+    # What it printed once up: every login, the simulated Grid'5000 and IoT-LAB ones too, and where
+    # their passwords are (a file only this account reads), never a password.
+    printed = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    creds = Path(demo["data"]) / "credentials.json"
+    assert f"Grid'5000  demo   (password: jq -r .g5k_password {creds}" in printed, printed[-2000:]
+    assert f"IoT-LAB    demo   (password: jq -r .iot_password {creds}" in printed, printed[-2000:]
+    assert not [k for k, v in sec.items() if "password" in k and v in printed]
+    assert (creds.stat().st_mode & 0o777) == 0o600
+    assert demo["testbeds"]["g5k"] == {
+        "login": "demo", "password": sec["g5k_password"], "url": demo["testbeds"]["g5k"]["url"]
+    }
     time.sleep(0.5)
     assert [pid for pid in demo["pids"] if alive(pid)] == []
     assert processes_mentioning(demo["data"]) == []
+    network = demo["pi_boards"]["network"]
+    if network:  # the board network went with the simulator
+        routes = subprocess.run(["ip", "-j", "route"], capture_output=True, text=True, check=True).stdout
+        assert all(r.get("dst") != network for r in json.loads(routes or "[]"))
+
+
+IOTLABCLI_STDERR = re.compile(
+    r"^(Using custom api_url: |Password:|Warning: Password input may be echoed\.|passwd = fallback_getpass\("
+    r"|\S*getpass\.py:\d+: GetPassWarning: )"
+)
+
+
+def test_the_user_guides_client_commands_run_against_the_demo(demo: dict[str, Any]) -> None:
+    """The user guide's 'Your own clients against the demo' blocks, as written, from the folder
+    that holds demo-data/: iotlabcli, python-grid5000 and its shell, curl, net-snmp v2c and v3."""
+    from helpers.doc_blocks import blocks
+
+    guide = Path(__file__).resolve().parent.parent / "docs" / "user-guide.md"
+    parts = [b for b in blocks(guide) if b.action == "demo"]
+    assert len(parts) >= 5
+    data = Path(demo["data"])
+    emulators = json.loads((data / "emulators.json").read_text())
+    assert (data / "emulators.json").stat().st_mode & 0o077 == 0
+    script = "set -euo pipefail\n" + "".join(b.text for b in parts)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "HOME": str(data.parent / "home")}
+    env = {k: v for k, v in env.items() if not k.startswith(("IOTLAB", "SNMP"))}
+    done = subprocess.run(["bash", "-c", script], cwd=data.parent, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # As written, the commands say nothing else on stderr: no MIB errors from net-snmp (a file of
+    # SNMPCONFPATH replaces Debian's, which has `mibs :`). What iotlabcli always says there (the
+    # API it uses; iotlab-auth's prompt when the password comes on stdin) is the only exception.
+    noise = [line for line in done.stderr.splitlines()
+             if line.strip() and not IOTLABCLI_STDERR.match(line.strip())]
+    assert noise == [], done.stderr[:3000]
+    out = done.stdout
+    assert emulators["grid5000"]["uri"] in out and emulators["iotlab"]["api_url"] in out
+    assert "grisou" in out and "gros" in out  # the clusters, by python-grid5000 and curl
+    assert "3.6.1.2.1.105.1.1.1.3.1.1 = INTEGER: " in out  # snmpwalk v2c: the ports' power
+    assert '3.6.1.2.1.1.5.0 = STRING: "sw1"' in out  # snmpget v3 authPriv: the switch's name
+    assert emulators["grid5000"]["password"] not in out
+

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,9 +18,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from engine_fixtures import (  # noqa: E402
+from helpers.clock_helpers import FakeClock
+from helpers.engine_fixtures import (
     actions,
     add_node,
     add_reservation,
@@ -33,15 +31,16 @@ from engine_fixtures import (  # noqa: E402
     postgres_database,
     reservation,
     sqlite_url,
-    wait_until,
     write_config,
 )
-from fake_driver import FakeDriver  # noqa: E402
-from piseduce.agent import lease  # noqa: E402
-from piseduce.agent.drivers.base import Driver, Process, Step, StepContext  # noqa: E402
-from piseduce.agent.engine import Executor  # noqa: E402
-from piseduce.agent.models import Action, Node, Reservation, utcnow  # noqa: E402
-from piseduce.crypto import encrypt_json, generate_key_file, load_fernet  # noqa: E402
+from helpers.fake_driver import FakeDriver
+from helpers.waiting import wait_until
+from piseduce.agent import lease
+from piseduce.agent.clock import SYSTEM, Clock
+from piseduce.agent.drivers.base import Driver, Process, Step, StepContext, StepError
+from piseduce.agent.engine.executor import Executor
+from piseduce.agent.models import Action, Node, Reservation, utcnow
+from piseduce.crypto import encrypt_json, generate_key_file, load_fernet
 
 DEPLOY_STEPS = ("prepare", "boot", "install", "connect")
 
@@ -96,9 +95,11 @@ def db(db_kind: str, tmp_path: Path) -> Iterator[Db]:
         yield Db(tmp_path, url, engine, sessions)
 
 
-def make_executor(db: Db, name: str = "ex-1", driver_cls: type[Driver] = FakeDriver, **cfg: Any) -> Executor:
+def make_executor(
+    db: Db, name: str = "ex-1", driver_cls: type[Driver] = FakeDriver, clock: Clock = SYSTEM, **cfg: Any
+) -> Executor:
     config = load_config(write_config(db.folder, db.url, **cfg))
-    return Executor(config, db.sessions, driver_cls(config, db.sessions), name)
+    return Executor(config, db.sessions, driver_cls(config, db.sessions), name, clock=clock)
 
 
 @pytest.fixture
@@ -174,12 +175,16 @@ async def test_future_reservation_is_not_deployed_before_its_start(db: Db) -> No
 
 async def test_hung_steps_fail_after_fail_after_with_a_readable_reason(db: Db) -> None:
     # timeout_scale 0.05: boot reboots after 0.1 s and fails 0.2 s later; install fails after 1.5 s.
+    # Time stands still while a step works and moves on while the steps only wait: no waiting out.
+    clock = FakeClock()
     add_node(db.sessions, "a", behavior="hang", behavior_step="boot")
     add_node(db.sessions, "b", behavior="hang", behavior_step="install")
-    ra = add_reservation(db.sessions, "a")
-    rb = add_reservation(db.sessions, "b")
-    ex = make_executor(db, timeout_scale=0.05)
-    await run_once(ex)
+    ra = add_reservation(db.sessions, "a", start=clock.now() - dt.timedelta(seconds=1))
+    rb = add_reservation(db.sessions, "b", start=clock.now() - dt.timedelta(seconds=1))
+    ex = make_executor(db, timeout_scale=0.05, clock=clock)
+    await ex.tick()
+    await clock.run(ex.action_tasks, step=0.05)
+    await ex.drain()
     await ex.shutdown()
 
     a, b = reservation(db.sessions, ra), reservation(db.sessions, rb)
@@ -204,10 +209,13 @@ async def test_hung_steps_fail_after_fail_after_with_a_readable_reason(db: Db) -
 
 
 async def test_need_reboot_gets_exactly_one_hard_reboot_then_deploys(db: Db) -> None:
+    clock = FakeClock()
     add_node(db.sessions, "n1", behavior="need_reboot")
-    rid = add_reservation(db.sessions, "n1")
-    ex = make_executor(db, timeout_scale=0.05)
-    await run_once(ex)
+    rid = add_reservation(db.sessions, "n1", start=clock.now() - dt.timedelta(seconds=1))
+    ex = make_executor(db, timeout_scale=0.05, clock=clock)
+    await ex.tick()
+    await clock.run(ex.action_tasks, step=0.05)
+    await ex.drain()
     await ex.shutdown()
 
     r = reservation(db.sessions, rid)
@@ -239,15 +247,19 @@ class TwoRebootDriver(FakeDriver):
             Step("first", run, waits_for(1), reboot_after=0.1, fail_after=2, poll=0.02),
             Step("second", run, waits_for(2), reboot_after=0.1, fail_after=2, poll=0.02),
         )
-        return {**super().processes(), "deploy": Process("deploy", steps, "deploying", "deployed")}
+        return {**super().processes(), "deploy": Process("deploy", steps)}
 
 
 async def test_the_reboot_allowance_resets_for_each_step(db: Db) -> None:
+    clock = FakeClock()
     add_node(db.sessions, "n1")
-    rid = add_reservation(db.sessions, "n1")
-    ex = make_executor(db, driver_cls=TwoRebootDriver)
-    await run_once(ex)
+    rid = add_reservation(db.sessions, "n1", start=clock.now() - dt.timedelta(seconds=1))
+    ex = make_executor(db, driver_cls=TwoRebootDriver, clock=clock)
+    await ex.tick()
+    await clock.run(ex.action_tasks, step=0.05)  # time moves only while the step waits on it
+    await ex.drain()
     await ex.shutdown()
+    assert clock.monotonic() < 2  # each step rebooted after its 0.1 s, well before its fail_after
     r = reservation(db.sessions, rid)
     assert r.status == "deployed", r.error
     assert fake_runs(db.log)[("n1", "deploy", "hard_reboot")] == 2
@@ -316,15 +328,20 @@ async def test_expired_reservation_is_destroyed_and_its_node_released(db: Db) ->
 
 
 async def test_expiry_supersedes_a_running_deploy(db: Db, running: Any) -> None:
+    clock = FakeClock()
     add_node(db.sessions, "n1", behavior="hang", behavior_step="boot")
-    rid = add_reservation(db.sessions, "n1", hours=1.5 / 3600)  # ends in 1.5 s
-    running(make_executor(db, timeout_scale=50))
+    start = clock.now() - dt.timedelta(seconds=1)
+    rid = add_reservation(db.sessions, "n1", start=start, hours=1.5 / 3600)  # ends in 0.5 s
+    running(make_executor(db, timeout_scale=50, clock=clock))
     await wait_until(lambda: any(m == "boot: waiting for the result" for m in messages(db.sessions, rid)), 5)
+    assert status(db, rid) == "deploying"
+    clock.advance(1.0)  # the slot is over: the next scheduling pass destroys
     await wait_until(lambda: status(db, rid) == "ended", 10)
 
     deploy, destroy = actions(db.sessions, rid)
     assert (deploy.process, deploy.status) == ("deploy", "cancelled")
     assert (destroy.process, destroy.status) == ("destroy", "done")
+    clock.advance(1.0)
     await asyncio.sleep(0.3)
     runs = fake_runs(db.log)
     assert runs[("n1", "deploy", "install")] == 0  # the hung deploy never went on
@@ -415,7 +432,7 @@ class ProbeDriver(FakeDriver):
             await ctx.save_node_attrs(host_key="ssh-ed25519 AAAA")
 
         steps = (Step("submit", submit, submitted, weight=1), Step("install", install, weight=3))
-        return {**super().processes(), "deploy": Process("deploy", steps, "deploying", "deployed")}
+        return {**super().processes(), "deploy": Process("deploy", steps)}
 
 
 async def test_steps_get_credentials_and_their_state_progress_and_logs_are_committed(
@@ -479,7 +496,8 @@ async def test_a_lease_is_claimed_by_one_executor_only_until_it_expires(db: Db) 
 async def test_an_action_taken_away_is_stopped_by_the_lease_renewal(db: Db, running: Any) -> None:
     add_node(db.sessions, "n1", behavior="hang", behavior_step="boot")
     rid = add_reservation(db.sessions, "n1")
-    ex = make_executor(db, timeout_scale=50, lease_seconds=0.6)
+    clock = FakeClock()
+    ex = make_executor(db, timeout_scale=50, lease_seconds=0.6, clock=clock)
     running(ex)
     await wait_until(lambda: "boot: waiting for the result" in messages(db.sessions, rid), 5)
     (action,) = actions(db.sessions, rid)
@@ -490,6 +508,8 @@ async def test_an_action_taken_away_is_stopped_by_the_lease_renewal(db: Db, runn
         row.locked_by = "someone-else"
         row.locked_until = utcnow() + dt.timedelta(hours=1)
         s.commit()
+    assert ex.running == [action.id]  # nothing renews while time stands still
+    clock.advance(0.2)  # a third of the lease: the renewal finds the lease gone
     await wait_until(lambda: ex.running == [], 2)
     (action,) = actions(db.sessions, rid)
     assert (action.status, action.locked_by) == ("running", "someone-else")  # left untouched
@@ -559,7 +579,7 @@ async def test_nodes_advance_concurrently(db: Db, running: Any) -> None:
     solo = add_reservation(db.sessions, "solo")
     running(make_executor(db))
     t0 = time.monotonic()
-    await wait_until(lambda: status(db, solo) == "deployed", 10, step=0.02)
+    await wait_until(lambda: status(db, solo) == "deployed", 10, interval=0.02)
     one = time.monotonic() - t0
 
     rids = []
@@ -568,6 +588,41 @@ async def test_nodes_advance_concurrently(db: Db, running: Any) -> None:
     t0 = time.monotonic()
     for i in range(20):
         rids.append(add_reservation(db.sessions, f"c{i}"))
-    await wait_until(lambda: all(status(db, r) == "deployed" for r in rids), 30, step=0.05)
+    await wait_until(lambda: all(status(db, r) == "deployed" for r in rids), 30, interval=0.05)
     twenty = time.monotonic() - t0
     assert twenty < 2.5 * one + 1.0, (one, twenty)
+
+
+# ---------------------------------------------------------------- budgets that follow the reservation
+
+
+class SizedDriver(FakeDriver):
+    """One step that takes `work` seconds; its budget is `size` seconds, read from the node."""
+
+    def processes(self) -> dict[str, Process]:
+        async def write(ctx: StepContext) -> None:
+            await asyncio.sleep(float(ctx.node.attrs["work"]))
+
+        def budget(ctx: StepContext) -> float:
+            if "size" not in ctx.node.attrs:
+                raise StepError(f"no size known for the image of {ctx.node.name}")
+            return float(ctx.node.attrs["size"])
+
+        steps = (Step("write", write, fail_after=0.2, budget=budget),)
+        return {**super().processes(), "deploy": Process("deploy", steps)}
+
+
+async def test_the_budget_replaces_fail_after_per_reservation(db: Db) -> None:
+    add_node(db.sessions, "small", work=0.1, size=0.4)
+    add_node(db.sessions, "big", work=0.6, size=1.5)  # longer than the static 0.2 s: its budget allows it
+    add_node(db.sessions, "stuck", work=5, size=0.3)
+    add_node(db.sessions, "unknown", work=0.1)
+    rids = {n: add_reservation(db.sessions, n) for n in ("small", "big", "stuck", "unknown")}
+    ex = make_executor(db, driver_cls=SizedDriver)
+    await run_once(ex)
+    await ex.shutdown()
+    got = {n: reservation(db.sessions, rid) for n, rid in rids.items()}
+    assert got["small"].status == got["big"].status == "deployed", (got["big"].error,)
+    assert got["stuck"].status == "failed" and got["stuck"].error == "write: no result after 0.3 s"
+    assert got["unknown"].status == "failed"
+    assert got["unknown"].error == "no size known for the image of unknown"

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from engine_fixtures import (  # noqa: E402
+from helpers.engine_fixtures import (
     actions,
     add_node,
     add_reservation,
@@ -29,15 +27,15 @@ from engine_fixtures import (  # noqa: E402
     postgres_database,
     reservation,
     sqlite_url,
-    wait_until_sync,
     write_config,
 )
+from helpers.waiting import wait_until_sync
 
 TESTS = Path(__file__).resolve().parent
 DEPLOY_STEPS = ("prepare", "boot", "install", "connect")
 RUN_EXECUTOR = (
     "import asyncio,sys; from piseduce.config import load_agent_config; "
-    "from piseduce.agent.engine import run_executor; "
+    "from piseduce.agent.engine.executor import run_executor; "
     "asyncio.run(run_executor(load_agent_config(sys.argv[1])))"
 )
 

@@ -10,30 +10,31 @@ import html
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from agent_helpers import TOKEN
-from piseduce.node import disk
-from piseduce.sim.images import build_environment
-from raspberry_helpers import ADMIN, USER
-from test_raspberry_e2e import Site, _ok, deploy, image_dir, openssh_login, reserve, site, wait_for
-from webui_fixtures import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
+from helpers.agent_helpers import ADMIN
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD
+from helpers.raspberry_helpers import USER
+from helpers.waiting import wait_until_sync
+from helpers.webui_fixtures import (
     AgentProcess,
     Browser,
     add_agent_form,
     add_user,
+    deployed_on,
     fast_argon2,
-    wait_until,
+    reservation,
     webui_client,
     write_webui_config,
 )
+from piseduce.node import disk
+from piseduce.sim.images import build_environment
+from test_raspberry_e2e import Site, _ok, deploy, image_dir, openssh_login, reserve, site, wait_for
 
 __all__ = ["fast_argon2", "image_dir", "site"]  # fixtures defined in the modules above, used here
 
@@ -61,6 +62,17 @@ def sha256_prefix(path: Path, length: int) -> str:
             h.update(data)
             length -= len(data)
     return h.hexdigest()
+
+
+def gzip_contains(path: Path, needle: bytes) -> bool:
+    """Whether the decompressed stream holds `needle` (read a megabyte at a time)."""
+    tail = b""
+    with gzip.open(path, "rb") as f:
+        while data := f.read(MIB):
+            if needle in tail + data:
+                return True
+            tail = data[-len(needle):]
+    return False
 
 
 # ---------------------------------------------------------------- read-image (node helper)
@@ -139,6 +151,15 @@ async def test_register_env_then_deploy_it_elsewhere(site: Site) -> None:
     r = await site.client.post(url, json={"name": "bob-sys"}, headers=BOB)
     assert r.status_code == 404
 
+    # In an env_path every account may write to, another account could swap the saved image.
+    mode = site.config.env_dir.stat().st_mode
+    os.chmod(site.config.env_dir, mode | 0o777)
+    try:
+        r = await site.client.post(url, json={"name": "alice-sys"}, headers=USER)
+    finally:
+        os.chmod(site.config.env_dir, mode)
+    assert r.status_code == 409 and "writable by every account" in r.json()["detail"], r.text
+
     await _ok(await site.client.post(url, json={"name": "alice-sys"}, headers=USER), 202)
     r = await site.client.post(url, json={"name": "other"}, headers=USER)
     assert r.status_code == 409  # busy with the registration
@@ -157,6 +178,8 @@ async def test_register_env_then_deploy_it_elsewhere(site: Site) -> None:
     assert env["checksum"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert env["sector_start"] == site.env["sector_start"]
     assert env["size"] > 2 * GIB
+    # The user's card (their password hashes, their keys) is theirs only.
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
     assert not list(site.config.env_dir.glob(".*.part"))  # no temporary file left
     # Taken now.
     r = await site.client.post(url, json={"name": "alice-sys"}, headers=USER)
@@ -181,41 +204,29 @@ async def test_register_env_then_deploy_it_elsewhere(site: Site) -> None:
     assert res2["status"] == "deployed", (res2["error"], res2["events"][-6:])
     assert res2["connection"]["environment"] == "alice-sys"
     assert await openssh_login(site, res2) == "pi-2"
+    # ...with its own host key: pi-1's (saved on its card at its first boot) is not in the image,
+    # and pi-2 does not answer with it.
+    assert res2["connection"]["host_key"] != done["connection"]["host_key"]
+    assert res2["connection"]["host_key_fingerprint"] != done["connection"]["host_key_fingerprint"]
+    assert not gzip_contains(image, b"OPENSSH PRIVATE KEY")
 
 
 # ---------------------------------------------------------------- web UI page
-
-
-def agent_headers(email: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}", "X-Piseduce-User": email}
-
-
-def deployed_on(agent: AgentProcess, email: str, node: str) -> int:
-    """Books `node` for `email` and deploys it (fake driver: a second or so)."""
-    body = {"filters": [{"nodes": [node]}], "start": "now", "duration_hours": 1}
-    r = httpx.post(f"{agent.url}/api/reservations", json=body, headers=agent_headers(email), timeout=10)
-    assert r.status_code == 201, r.text
-    rid = int(r.json()["reservations"][0]["id"])
-    r = httpx.post(f"{agent.url}/api/reservations/{rid}/deploy", json={"environment": "tiny"},
-                   headers=agent_headers(email), timeout=10)
-    assert r.status_code == 202, r.text
-    wait_until(lambda: reservation(agent, email, rid)["status"] == "deployed", timeout=30)
-    return rid
-
-
-def reservation(agent: AgentProcess, email: str, rid: int) -> dict:
-    r = httpx.get(f"{agent.url}/api/reservations/{rid}", headers=agent_headers(email), timeout=10)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
 
 
 def flash_texts(html_text: str) -> list[tuple[str, str]]:
     return [(k, html.unescape(m)) for k, m in FLASH_RE.findall(html_text)]
 
 
-def post_and_follow(b: Browser, data: dict[str, str]) -> list[tuple[str, str]]:
+def post_and_follow(b: Browser, data: dict[str, str], status: int = 303) -> list[tuple[str, str]]:
+    """The messages after a POST: a refusal comes back at once (400) with the form still filled in
+    (the node chosen and the name typed); a success redirects to the page (303)."""
     r = b.post("/env-factory", data, page="/env-factory")
-    assert r.status_code == 303, r.text
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert f'value="{html.escape(data["name"].strip())}"' in r.text
+        assert f'<option value="{data["node"]}" selected>' in r.text or "Choose one of your" in r.text
+        return flash_texts(r.text)
     return flash_texts(b.get(r.headers["location"]).text)
 
 
@@ -227,7 +238,7 @@ def test_webui_page_lists_own_deployed_nodes_and_forwards_the_request(
     from piseduce.config import load_agent_config
     from piseduce.db import make_engine, session_factory
 
-    agent = AgentProcess(tmp_path / "lab-a", nodes=2, driver="env_factory_driver:FactoryDriver")
+    agent = AgentProcess(tmp_path / "lab-a", nodes=2, driver="helpers.env_factory_driver:FactoryDriver")
     try:
         mine = deployed_on(agent, "alice@example.org", "pi-1")
         bobs = deployed_on(agent, "bob@example.org", "pi-2")
@@ -264,13 +275,13 @@ def test_webui_page_lists_own_deployed_nodes_and_forwards_the_request(
             assert r.status_code == 403 and "CSRF" in r.text
             assert reservation(agent, "alice@example.org", mine)["status"] == "deployed"
 
-            assert post_and_follow(b, {"node": ref, "name": "../bad"})[0][0] == "error"
+            assert post_and_follow(b, {"node": ref, "name": "../bad"}, 400)[0][0] == "error"
             # Another user's reservation, even with a forged reference, is not sent.
             forged = ref.split(":")[0] + f":{bobs}"
-            kind, text = post_and_follow(b, {"node": forged, "name": "alice-env"})[0]
+            kind, text = post_and_follow(b, {"node": forged, "name": "alice-env"}, 400)[0]
             assert kind == "error" and "Choose one of your deployed" in text
             # The agent's refusal is shown in words.
-            kind, text = post_and_follow(b, {"node": ref, "name": "taken-env"})[0]
+            kind, text = post_and_follow(b, {"node": ref, "name": "taken-env"}, 400)[0]
             assert kind == "error" and "taken-env already exists" in text
 
             kind, text = post_and_follow(b, {"node": ref, "name": "alice-env"})[0]
@@ -282,7 +293,7 @@ def test_webui_page_lists_own_deployed_nodes_and_forwards_the_request(
                 msgs = [e["message"] for e in res["events"]]
                 return res["status"] == "deployed" and "register_env finished" in msgs
 
-            wait_until(finished, timeout=30)
+            wait_until_sync(finished, timeout=30)
             events = [e["message"] for e in reservation(agent, "alice@example.org", mine)["events"]]
             assert any("saving pi-1 as environment alice-env" in m for m in events)
             # Bob's node was left alone.

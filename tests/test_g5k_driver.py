@@ -9,7 +9,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-import g5k_fixtures  # noqa: E402
-from g5k_fixtures import USERS, Emulator  # noqa: E402
-from piseduce.agent.drivers.base import (  # noqa: E402
+from helpers.clock_helpers import FakeClock
+from helpers.g5k_fixtures import USERS, Emulator
+from piseduce.agent.drivers.base import (
     ActionRefused,
     BookingRefused,
     CredentialsRequired,
@@ -34,11 +29,10 @@ from piseduce.agent.drivers.base import (  # noqa: E402
     StepContext,
     StepError,
 )
-from piseduce.agent.drivers.g5k import G5kDriver  # noqa: E402
-from piseduce.config import AgentConfig  # noqa: E402
-from piseduce.sim.g5k.oar import SITE_TZ  # noqa: E402
+from piseduce.agent.drivers.g5k.driver import G5kDriver
+from piseduce.config import AgentConfig
+from piseduce.sim.g5k.oar import SITE_TZ
 
-g5k_emulator = g5k_fixtures.g5k_emulator
 ALICE = {"user": "alice", "password": USERS["alice"]}
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVtdWxhdG9yLXRlc3Qta2V5LWZvci1waXNlZHVjZQ alice@laptop"
 
@@ -128,6 +122,7 @@ async def book(driver: G5kDriver, *views: ReservationView) -> list[ReservationVi
 
 
 async def test_sync_nodes_from_the_reference_api(driver: G5kDriver, g5k_emulator: Emulator) -> None:
+    clock = driver.inventory.clock = FakeClock()  # the caches' age moves only when told
     specs = {s.name: s for s in await driver.sync_nodes(ALICE) or []}
     # gros-2 is dead: left out.
     assert sorted(specs) == ["grisou-1", "grisou-2", "grisou-3", "grisou-4", "gros-1"]
@@ -144,7 +139,7 @@ async def test_sync_nodes_from_the_reference_api(driver: G5kDriver, g5k_emulator
     # Cached for inventory_refresh_seconds, then read again.
     g5k_emulator.sim.set_node_hard("grisou-4", "dead")
     assert "grisou-4" in {s.name for s in await driver.sync_nodes(ALICE) or []}
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     assert "grisou-4" not in {s.name for s in await driver.sync_nodes(ALICE) or []}
 
 
@@ -327,10 +322,12 @@ async def test_extend_uses_the_walltime_api(driver: G5kDriver, g5k_emulator: Emu
     update = await driver.on_extend(r, r.end + dt.timedelta(hours=1), ALICE)
     assert 3600 - 60 <= job.walltime - before <= 3600 + 60
     assert update["walltime"] and "walltime_pending" not in update
-    # OAR refuses when the extra time meets another job on the node: refused with OAR's words.
+    # When the extra time meets another job on the node, OAR keeps the increase pending.
     g5k_emulator.foreign_job("bob", ["grisou-1"], walltime=3600, start=job.natural_end(sim.launch) + 600)
-    with pytest.raises(ActionRefused, match=r"refused to extend job \d+: .*overlaps job"):
+    with pytest.raises(ActionRefused, match=r"cannot grant the extension of job \d+ now: .*stays pending"):
         await driver.on_extend(r, r.end + dt.timedelta(hours=3), ALICE)
+    # ... and the reservation is not extended beyond what Grid'5000 granted.
+    assert sim.walltime_item(job.uid)["pending"] != "+0:0:0" and job.walltime - before < 3 * 3600
     # A future reservation (job still waiting) cannot be extended yet.
     (later,) = await book(driver, view(92, "grisou-2", start=utcnow() + dt.timedelta(hours=5)))
     with pytest.raises(ActionRefused, match="only running jobs"):
@@ -399,7 +396,7 @@ def g5k_agent(g5k_emulator: Emulator, make_agent_config: Any) -> Any:
 
 
 def _headers(config: Any, user: str, creds: dict[str, str] | None) -> dict[str, str]:
-    from agent_helpers import headers
+    from helpers.agent_helpers import headers
     from piseduce.crypto import encrypt_json, load_fernet
 
     h = headers(user)
@@ -421,7 +418,7 @@ async def _wait_status(
 
 
 async def test_through_the_agent_api_and_executor(g5k_emulator: Emulator, g5k_agent: Any) -> None:
-    from piseduce.agent.engine import Executor
+    from piseduce.agent.engine.executor import Executor
 
     state = g5k_agent.state.agent
     config = state.config
@@ -513,3 +510,36 @@ async def test_through_the_agent_api_and_executor(g5k_emulator: Emulator, g5k_ag
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def test_credentials_check_asks_the_grid5000_api(g5k_emulator: Emulator, g5k_agent: Any) -> None:
+    """POST /api/credentials/check: the emulator (which enforces passwords) decides."""
+    config = g5k_agent.state.agent.config
+    transport = httpx.ASGITransport(app=g5k_agent)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        alice = _headers(config, "alice@example.org", ALICE)
+        ok = await client.post("/api/credentials/check", headers=alice)
+        assert ok.status_code == 200, ok.text
+        assert ok.json() == {
+            "valid": True,
+            "testbed": "Grid'5000",
+            "user": "alice",
+            "message": "Grid'5000 accepted the login alice (site nancy)",
+        }
+        wrong = _headers(config, "alice@example.org", {"user": "alice", "password": "not-her-password"})
+        r = await client.post("/api/credentials/check", headers=wrong)
+        assert r.status_code == 200 and r.json()["valid"] is False, r.text
+        assert "refused the login 'alice'" in r.json()["message"]
+        r = await client.post("/api/credentials/check", headers=_headers(config, "alice@example.org", None))
+        assert r.status_code == 400 and "X-Piseduce-Credentials" in r.json()["detail"]
+        # The testbed cannot be asked: 502 with the reason, never "refused".
+        g5k_emulator.faults(error_rate=1.0)
+        try:
+            r = await client.post("/api/credentials/check", headers=alice)
+        finally:
+            g5k_emulator.faults(error_rate=0.0)
+        assert r.status_code == 502 and "Grid'5000" in r.json()["detail"], r.text
+        spec = (await client.get("/openapi.json", headers=alice)).json()
+        route = spec["paths"]["/api/credentials/check"]["post"]
+        assert "X-Piseduce-Credentials" in route["description"]
+        assert "CredentialsCheckOut" in json.dumps(route["responses"]["200"])

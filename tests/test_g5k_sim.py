@@ -15,16 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+from helpers.g5k_fixtures import USERS, Emulator
+from piseduce.sim.g5k import oar
+from piseduce.sim.g5k.model import G5kSim
+from piseduce.sim.g5k.records import Faults, SimError
 
-import g5k_fixtures  # noqa: E402
-from g5k_fixtures import USERS, Emulator  # noqa: E402
-from piseduce.sim.g5k import oar  # noqa: E402
-from piseduce.sim.g5k.model import Faults, G5kSim, SimError  # noqa: E402
-
-g5k_emulator = g5k_fixtures.g5k_emulator
 ALICE = ("alice", USERS["alice"])
 G1 = "grisou-1.nancy.grid5000.fr"
 G2 = "grisou-2.nancy.grid5000.fr"
@@ -176,13 +171,24 @@ def test_walltime_change_rules() -> None:
     assert err.value.status == 403 and "not running" in err.value.message
     clock.t += 700
     # Alice's job ends 3508 s from now; Bob's starts 5000 s from now.
-    sim.add_foreign_job("bob", ["grisou-1"], clock.t + 5000, 3600, "next")
-    with pytest.raises(SimError) as err:
-        sim.change_walltime("alice", job.uid, {"walltime": "+2:00"})
-    assert err.value.status == 403 and "overlaps job" in err.value.message
+    bob = sim.add_foreign_job("bob", ["grisou-1"], clock.t + 5000, 3600, "next")
     answer = sim.change_walltime("alice", job.uid, {"walltime": "+0:10"})
     assert answer["status"] == "Accepted" and job.walltime == 4200
     assert sim.walltime_item(job.uid)["granted"] == "+0:10:0"
+    # Two more hours would run into Bob's job: OAR accepts the request and keeps it pending.
+    answer = sim.change_walltime("alice", job.uid, {"walltime": "+2:00"})
+    assert answer["status"] == "Accepted" and answer["walltime"] == "+2:0:0" and job.walltime == 4200
+    item = sim.walltime_item(job.uid)
+    assert (item["pending"], item["granted"], item["walltime"]) == ("+2:0:0", "+0:10:0", "1:10:0")
+    clock.t += 600
+    assert sim.walltime_item(job.uid)["pending"] == "+2:0:0"  # still blocked
+    # Bob deletes his job: the pending increase is granted at OAR's next pass.
+    sim.delete_job("bob", bob.uid)
+    item = sim.walltime_item(job.uid)
+    assert (item["pending"], item["granted"], job.walltime) == ("+0:0:0", "+2:10:0", 4200 + 7200)
+    # A shortening is always granted at once.
+    sim.change_walltime("alice", job.uid, {"walltime": "-1:00"})
+    assert job.walltime == 4200 + 3600 and sim.walltime_item(job.uid)["pending"] == "+0:0:0"
 
 
 def test_kadeploy_progression_rights_and_faults() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from iotlab_fixtures import (
+from helpers.iotlab_fixtures import (
     SITE,
     Emulator,
     agent_config,
@@ -31,8 +31,8 @@ from piseduce.agent.drivers.base import (
     InvalidParams,
     StepError,
 )
-from piseduce.agent.drivers.iotlab import IotlabDriver
-from piseduce.agent.drivers.iotlab import driver as driver_module
+from piseduce.agent.drivers.iotlab import inventory as inventory_module
+from piseduce.agent.drivers.iotlab.driver import IotlabDriver
 
 M3_1 = f"m3-1.{SITE}.iot-lab.info"
 CREDENTIALS_HINT = "set them in Settings → IoT-LAB Credentials"
@@ -71,7 +71,7 @@ async def test_sync_keeps_alive_and_busy_nodes_and_falls_back_on_its_last_list(
 
     emulator.site.nodes[M3_1].state = "Suspected"
     assert len(await driver.sync_nodes(emulator.creds("alice")) or []) == 7  # within the burst window
-    monkeypatch.setattr(driver_module, "INVENTORY_BURST_SECONDS", 0.0)
+    monkeypatch.setattr(inventory_module, "INVENTORY_BURST_SECONDS", 0.0)
     assert "m3-1" not in {s.name for s in await driver.sync_nodes(emulator.creds("alice")) or []}
     # refused (no account): the last list is served rather than an empty inventory
     assert len(await driver.sync_nodes(None) or []) == 6
@@ -107,6 +107,10 @@ async def test_form_lists_firmwares_and_the_users_profiles(emulator: Emulator, d
     assert fields["firmware"].choices == ["", "iotlab_a8_m3_tutorial.elf", "m3_tutorial.elf"]
     assert fields["profile"].choices == ["", "power_mon"]
     assert fields["firmware_file"].kind == "file"
+    # A page user picks the file as it is (the web UI encodes it): the help says so, and says
+    # what an API client sends.
+    help_text = fields["firmware_file"].help
+    assert "(base64)" not in help_text and "as it is" in help_text and "API" in help_text, help_text
     bob_fields = {f.name: f for f in await driver.deploy_form(reservation_view(1), emulator.creds("bob"))}
     assert bob_fields["profile"].choices == [""]
     with pytest.raises(CredentialsRequired):
@@ -214,6 +218,8 @@ async def test_deploy_submits_one_experiment_and_follows_it_to_running(
         "nodes": [M3_1],
         "experiment_id": exp_id,
         "login": "alice",
+        "host": f"{SITE}.iot-lab.info",
+        "user": "alice",
         "ssh": f"ssh alice@{SITE}.iot-lab.info",
     }
     assert driver.connection_info(r) == r.connection
@@ -229,7 +235,7 @@ async def test_deploy_submits_one_experiment_and_follows_it_to_running(
 
 
 async def _ctx(driver: IotlabDriver, r: Any, process: str, creds: dict[str, str]) -> Any:
-    from iotlab_fixtures import MiniContext
+    from helpers.iotlab_fixtures import MiniContext
 
     return MiniContext(r, driver.config, process, creds)
 
@@ -357,7 +363,7 @@ async def test_transient_api_errors_are_retried(emulator: Emulator, driver: Iotl
 def _headers(
     emu: Emulator, config: Any, user: str, login: str | None, *, admin: bool = False
 ) -> dict[str, str]:
-    from agent_helpers import headers
+    from helpers.agent_helpers import headers
     from piseduce.crypto import encrypt_json, load_fernet
 
     h = headers(user, admin=admin)
@@ -368,7 +374,7 @@ def _headers(
 
 @pytest.fixture
 def iot_agent(emulator: Emulator, make_agent_config: Any) -> Iterator[Any]:
-    from iotlab_fixtures import firmware_folder
+    from helpers.iotlab_fixtures import firmware_folder
     from piseduce.agent.app import create_app
 
     config = make_agent_config(
@@ -405,7 +411,7 @@ async def _wait_status(
 async def test_through_the_agent_api_and_executor(emulator: Emulator, iot_agent: Any) -> None:
     import asyncio
 
-    from piseduce.agent.engine import Executor
+    from piseduce.agent.engine.executor import Executor
 
     state = iot_agent.state.agent
     config = state.config
@@ -502,3 +508,22 @@ async def test_through_the_agent_api_and_executor(emulator: Emulator, iot_agent:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def test_credentials_check_asks_the_iotlab_api(emulator: Emulator, iot_agent: Any) -> None:
+    from piseduce.crypto import encrypt_json, load_fernet
+
+    config = iot_agent.state.agent.config
+    transport = httpx.ASGITransport(app=iot_agent)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        alice = _headers(emulator, config, "a@example.org", "alice")
+        r = await client.post("/api/credentials/check", headers=alice)
+        assert r.status_code == 200 and r.json()["valid"] is True, r.text
+        assert r.json()["testbed"] == "FIT IoT-LAB" and r.json()["user"] == "alice"
+        h = _headers(emulator, config, "a@example.org", None)
+        h["X-Piseduce-Credentials"] = encrypt_json(
+            load_fernet(config.key_path), {"user": "alice", "password": "wrong-password"}
+        )
+        r = await client.post("/api/credentials/check", headers=h)
+        assert r.status_code == 200 and r.json()["valid"] is False, r.text
+        assert "IoT-LAB refused the login 'alice'" in r.json()["message"]

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from iotlabcli import experiment, rest
 
-from iotlab_fixtures import PROFILE, SITE, Emulator, running_emulator, tiny_elf
-from piseduce.sim.iotlab.model import ids_string, parse_counts
+from helpers.iotlab_fixtures import PROFILE, SITE, Emulator, running_emulator, tiny_elf
+from piseduce.sim.iotlab.records import ids_string, parse_counts
 
 M3_1 = f"m3-1.{SITE}.iot-lab.info"
 M3_2 = f"m3-2.{SITE}.iot-lab.info"

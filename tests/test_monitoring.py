@@ -12,21 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from helpers.constants import TOKEN
+from helpers.raspberry_helpers import USER, agent_config, register, sessions_for
+from helpers.rpi_fixtures import nfs_boot_folder, power, running_cluster
+from helpers.waiting import wait_until
 from piseduce.agent.app import create_app
-from piseduce.agent.drivers.raspberry import RaspberryDriver
+from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
 from piseduce.agent.drivers.raspberry.monitoring import parse_millicelsius
 from piseduce.agent.models import Node, Sample
 from piseduce.agent.monitor import Monitor, run_monitor
 from piseduce.config import AgentConfig
 from piseduce.db import write_session
 from piseduce.sim.rpi.cluster import RpiCluster
-from raspberry_helpers import TOKEN, USER, agent_config, register, sessions_for
-from rpi_fixtures import nfs_boot_folder, power, running_cluster, wait_for
-from webui_fixtures import fast_argon2  # noqa: F401 - a fixture
 
 PERIOD = 3.0  # monitor_period_seconds: SSH timeouts of 1 s
 
@@ -71,7 +73,7 @@ async def boot_nfs(lab: Lab, name: str, port: int) -> None:
     nfs_boot_folder(lab.cluster, name)
     await power(lab.inventory, port, on=True)
     board = lab.cluster.board(name)
-    await wait_for(lambda: board.system == "nfs", timeout=10)
+    await wait_until(lambda: board.system == "nfs", timeout=10)
 
 
 # ---------------------------------------------------------------- the raspberry sampler
@@ -109,7 +111,7 @@ async def test_unpinned_or_wrong_host_key_is_not_measured(tmp_path: Path) -> Non
     async with make_lab(tmp_path) as lab:
         await boot_nfs(lab, "pi-1", 1)
         await boot_nfs(lab, "pi-2", 2)
-        other = lab.cluster.board("pi-1").describe()["host_key"]  # pi-1's deployed key, not an NFS one
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
         with write_session(lab.sessions) as s:
             n1 = s.get(Node, "pi-1")
             assert n1 is not None
@@ -197,7 +199,7 @@ async def test_run_monitor_samples_on_its_period_and_stops(tmp_path: Path) -> No
             with lab.sessions() as s:
                 return int(s.scalar(select(func.count()).select_from(Sample)) or 0)
 
-        await wait_for(lambda: count() >= 4, timeout=10, interval=0.1)  # two rounds of two powers
+        await wait_until(lambda: count() >= 4, timeout=10, interval=0.1)  # two rounds of two powers
         stop.set()
         await asyncio.wait_for(task, 5)
 
@@ -294,7 +296,7 @@ def test_monitoring_needs_the_token(api: Any) -> None:
 
 
 def test_metrics_show_the_latest_samples(api: Any) -> None:
-    text = api.get("/metrics").text
+    text = api.get("/metrics", headers=USER).text
     assert 'piseduce_port_power_watts{node="pi-1",port="1",switch="sw1"} 2.0' in text
     assert 'piseduce_port_power_watts{node="pi-2",port="2",switch="sw1"} 0.0' in text
     assert 'piseduce_node_temperature_celsius{node="pi-1"} 40.0' in text
@@ -388,7 +390,7 @@ def serve(app: Any) -> Any:
 
     import uvicorn
 
-    from agent_helpers import free_port
+    from helpers.agent_helpers import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -407,11 +409,11 @@ def serve(app: Any) -> Any:
 
 @pytest.mark.usefixtures("fast_argon2")
 def test_webui_monitoring_page(tmp_path: Path) -> None:
+    from helpers.webui_fixtures import SilentPort, add_user, webui_client, write_webui_config
     from piseduce import crypto
     from piseduce.config import load_webui_config
     from piseduce.db import make_engine, session_factory
     from piseduce.webui.models import Agent
-    from webui_fixtures import SilentPort, add_user, webui_client, write_webui_config
 
     config = write_webui_config(tmp_path / "webui", agent_timeout_seconds=1.0)
     add_user(config, "alice@example.org", "alice-password")
@@ -493,7 +495,7 @@ def test_cli_agent_monitor_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     import signal
     import subprocess
 
-    from agent_helpers import piseduce_cmd, subprocess_env
+    from helpers.agent_helpers import piseduce_cmd, subprocess_env
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()

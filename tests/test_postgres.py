@@ -5,6 +5,7 @@ when it does not."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import httpx
@@ -12,9 +13,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from agent_helpers import ADMIN, headers, node_body
+from helpers.agent_helpers import ADMIN, headers, node_body
 from piseduce import db
-from piseduce.agent import scheduling
+from piseduce.agent import booking
 from piseduce.agent.models import Node, Reservation
 
 pytestmark = pytest.mark.postgres
@@ -115,8 +116,26 @@ async def test_constraint_is_the_backstop(pg_client: Any, monkeypatch: pytest.Mo
     c, app = pg_client
     body = {"filters": [{"nodes": ["pi-1"]}], "duration_hours": 1}
     assert (await c.post("/api/reservations", json=body, headers=ALICE)).status_code == 201
-    monkeypatch.setattr(scheduling, "busy_nodes", lambda *a, **k: set())
+    monkeypatch.setattr(booking, "busy_nodes", lambda *a, **k: set())
     r = await c.post("/api/reservations", json=body, headers=BOB)
     assert r.status_code == 409 and "same moment" in r.json()["detail"]
     with app.state.agent.sessions() as s:
         assert len(s.scalars(select(Reservation)).all()) == 1
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_before_use(pg_url: str) -> None:
+    # Pooled connections are pinged only after PING_AFTER_IDLE (not once per transaction): one
+    # the server dropped meanwhile (a restart, an idle timeout) must still never fail a request.
+    engine = db.make_engine(pg_url)
+    admin = db.make_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        time.sleep(db.PING_AFTER_IDLE + 0.2)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
+        admin.dispose()

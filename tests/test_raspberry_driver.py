@@ -8,7 +8,6 @@ import io
 import json
 import stat
 import tarfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,16 @@ import asyncssh
 import httpx
 import pytest
 
-from piseduce.agent.app import create_app
+from helpers.agent_helpers import ADMIN
+from helpers.raspberry_helpers import USER, Ctx, add_environment, agent_config, sessions_for, user_key
+from helpers.rpi_fixtures import running_cluster
+from helpers.switch_fixtures import Ports
 from piseduce.agent.drivers.base import InvalidParams, NodeView, ReservationView, StepError
-from piseduce.agent.drivers.raspberry import RaspberryDriver, tftp
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry import tftp
+from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
 from piseduce.agent.drivers.raspberry.snmp import MasterPortRefused, SnmpClient, SnmpError, SwitchInfo
 from piseduce.agent.drivers.raspberry.steps import ensure_nfs_key, image_path
-from piseduce.sim.rpi.switch import SnmpSwitch, SwitchOptions
-from raspberry_helpers import ADMIN, USER, Ctx, add_environment, agent_config, sessions_for, user_key
-from rpi_fixtures import running_cluster
 
 # ---------------------------------------------------------------- keys, passwords, form
 
@@ -136,7 +136,7 @@ def test_processes_are_declared_with_scaled_timeouts(tmp_path: Path) -> None:
         "boot_deployed",
         "reboot",
         "wait_deployed",
-        "user_config",
+        "check_login",
     ]
     wait = procs["deploy"].steps[2]
     assert wait.reboot_after == 75 and wait.fail_after == 150 and wait.done is not None
@@ -266,43 +266,6 @@ def test_bad_serials_and_missing_template(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- SNMP
-
-
-class Ports:
-    """The switch simulator's port backend, reduced to a dict."""
-
-    def __init__(self, count: int) -> None:
-        self.port_count = count
-        self.on = dict.fromkeys(range(1, count + 1), False)
-
-    def port_enabled(self, port: int) -> bool:
-        return self.on[port]
-
-    def set_port_enabled(self, port: int, enabled: bool) -> None:
-        self.on[port] = enabled
-
-    def port_power_mw(self, port: int) -> int:
-        return 3400 if self.on[port] else 0
-
-
-@pytest.fixture
-async def switch() -> AsyncIterator[tuple[Ports, SwitchInfo]]:
-    ports = Ports(5)
-    sim = SnmpSwitch(ports, SwitchOptions(community="s3cret"))
-    await sim.start()
-    info = SwitchInfo(
-        name="sw1",
-        ip="127.0.0.1",
-        snmp_port=sim.port,
-        community="s3cret",
-        port_count=5,
-        master_port=5,
-        power_oid="1.3.6.1.4.1.9.9.402.1.2.1.9.1",
-    )
-    try:
-        yield ports, info
-    finally:
-        await sim.stop()
 
 
 async def test_snmp_power_on_off_status(switch: tuple[Ports, SwitchInfo]) -> None:
@@ -447,17 +410,6 @@ async def test_first_use_does_not_pin_a_system_that_is_not_the_netboot_one(tmp_p
 # ---------------------------------------------------------------- admin routes
 
 
-@pytest.fixture
-async def api(
-    tmp_path: Path, switch: tuple[Ports, SwitchInfo]
-) -> AsyncIterator[tuple[httpx.AsyncClient, Ports, SwitchInfo, Path]]:
-    config = agent_config(tmp_path)
-    app = create_app(config)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as client:
-        yield client, switch[0], switch[1], config.env_dir
-    await app.state.agent.driver.close()
-
-
 async def test_admin_switches_and_ports(api: tuple[httpx.AsyncClient, Ports, SwitchInfo, Path]) -> None:
     client, ports, sw, _ = api
     body = {
@@ -511,7 +463,8 @@ async def test_admin_switches_and_ports(api: tuple[httpx.AsyncClient, Ports, Swi
     assert r.status_code == 200
     assert (await client.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 502
     # A change that would leave a node outside the ports, or on the uplink, is refused.
-    node = {"name": "pi-3", "ip": "10.0.0.3", "switch": "sw1", "port": 3, "model": "RPI4B", "serial": "ab12"}
+    node = {"name": "pi-3", "ip": "10.0.0.3", "switch": "sw1", "port": 3, "model": "RPI4B",
+            "serial": "ab12cd34"}
     assert (await client.post("/api/admin/nodes", json=node, headers=ADMIN)).status_code == 201
     for bad in ({"port_count": 2, "master_port": 0}, {"master_port": 3}):
         r = await client.put("/api/admin/switches/sw1", json={**edit, **bad}, headers=ADMIN)

@@ -8,33 +8,30 @@ here is asynchronous: a blocking call would freeze the boards too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
-import httpx
 import pytest
 
-from piseduce.agent.app import create_app
-from piseduce.agent.drivers.raspberry import RaspberryDriver
-from piseduce.agent.engine import Executor
-from piseduce.config import AgentConfig
+from helpers.agent_helpers import ADMIN
+from helpers.rpi_fixtures import power, served_host_key
+from helpers.rpi_site import (
+    PASSWORD,
+    USER,
+    Site,
+    _ok,
+    deploy,
+    make_site,
+    openssh_login,
+    password_login,
+    reserve,
+    wait_for,
+)
 from piseduce.sim.images import build_environment
-from piseduce.sim.rpi.cluster import RpiCluster
-from raspberry_helpers import ADMIN, USER, agent_config, sessions_for, user_key
-from rpi_fixtures import running_cluster
 
 pytestmark = pytest.mark.slow
-
-SIM_TIME_SCALE = 100.0  # a 20 s boot takes 0.2 s
-TIMEOUT_SCALE = 0.02  # wait_nfs: hard reboot after 3 s, failure 6 s later
-PASSWORD = "correct horse battery"
-
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
@@ -42,163 +39,17 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return folder, build_environment(folder, "raspios", size_mb=56, compress="gz")
 
 
-@dataclass
-class Site:
-    config: AgentConfig
-    cluster: RpiCluster
-    client: httpx.AsyncClient
-    env: dict[str, Any]
-    key: Path
-    pub: str
-    tmp: Path
-
-    @property
-    def inventory(self) -> dict[str, Any]:
-        return self.cluster.inventory()
-
-    def board(self, name: str) -> dict[str, Any]:
-        return next(b for b in self.inventory["boards"] if b["name"] == name)
-
-
-async def _ok(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-@contextlib.asynccontextmanager
-async def make_site(
-    tmp_path: Path, image_dir: tuple[Path, dict[str, Any]], **faults: Any
-) -> AsyncIterator[Site]:
-    async with running_cluster(
-        tmp_path, boards=2, time_scale=SIM_TIME_SCALE, boot_delay=20.0, seed=1, **faults
-    ) as (cluster, agent_key):
-        # The agent uses the key the simulated pimaster authorised on its NFS root.
-        config = agent_config(
-            tmp_path,
-            timeout_scale=TIMEOUT_SCALE,
-            poll_interval=0.05,
-            lease_seconds=30,
-            tftp_root=str(cluster.opts.tftp_root),
-            nfs_root=str(cluster.opts.nfs_root),
-            ssh_key_file=str(agent_key),
-        )
-        sessions = sessions_for(config)
-        driver = RaspberryDriver(config, sessions)
-        app = create_app(config)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://agent", timeout=30
-        )
-        folder, env = image_dir
-        shutil.copy(folder / env["image"], config.env_dir / env["image"])
-        key, pub = user_key(tmp_path)
-        stop = asyncio.Event()
-        task = asyncio.create_task(Executor(config, sessions, driver).run_forever(stop))
-        try:
-            inv = cluster.inventory()
-            await _ok(await client.post("/api/admin/switches", json=inv["switch"], headers=ADMIN), 201)
-            for b in inv["boards"]:
-                body = {
-                    k: b[k] for k in ("name", "ip", "switch", "port", "ssh_port", "model", "serial", "mac")
-                }
-                body["host_key"] = b["nfs_host_key"]
-                await _ok(await client.post("/api/admin/nodes", json=body, headers=ADMIN), 201)
-            # Registered by the sidecar scan, as an operator would after copying images to env_path.
-            (config.env_dir / f"{env['image']}.json").write_text(json.dumps(env))
-            scan = await _ok(await client.post("/api/admin/environments/scan", headers=ADMIN))
-            assert scan["added"] == [env["name"]], scan
-            yield Site(config, cluster, client, env, key, pub, tmp_path)
-        finally:
-            stop.set()
-            await task
-            await client.aclose()
-            await driver.close()
-            await app.state.agent.driver.close()
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A 2 GiB image, the size of a real Raspberry Pi OS Lite (zstd: quick to build)."""
+    folder = tmp_path_factory.mktemp("big")
+    return folder, build_environment(folder, "raspios", size_mb=2048, compress="zst")
 
 
 @pytest.fixture
 async def site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> AsyncIterator[Site]:
     async with make_site(tmp_path, image_dir) as s:
         yield s
-
-
-async def reserve(site: Site, nodes: list[str]) -> list[int]:
-    body = {"filters": [{"nodes": nodes}], "start": "now", "duration_hours": 1}
-    out = await _ok(await site.client.post("/api/reservations", json=body, headers=USER), 201)
-    return [r["id"] for r in out["reservations"]]
-
-
-async def deploy(site: Site, rid: int, **extra: Any) -> None:
-    body = {
-        "environment": site.env["name"],
-        "part_size": "whole",
-        "ssh_keys": [site.pub],
-        "os_password": PASSWORD,
-    }
-    body.update(extra)
-    await _ok(await site.client.post(f"/api/reservations/{rid}/deploy", json=body, headers=USER), 202)
-
-
-async def wait_for(
-    site: Site, rid: int, statuses: tuple[str, ...], timeout: float = 90.0, events: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Wait until the reservation is in one of `statuses`, or has an event among `events`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        r = await _ok(await site.client.get(f"/api/reservations/{rid}", headers=USER))
-        if r["status"] in statuses or any(e["message"] in events for e in r["events"]):
-            return dict(r)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(
-                f"reservation {rid} still {r['status']} at step {r['step']}: {r['events'][-5:]}"
-            )
-        await asyncio.sleep(0.1)
-
-
-async def openssh_login(site: Site, res: dict[str, Any]) -> str:
-    conn = res["connection"]
-    known = site.tmp / f"known_hosts_{res['node']}"
-    known.write_text(f"[{conn['host']}]:{conn['port']} {conn['host_key']}\n")
-    proc = await asyncio.create_subprocess_exec(
-        "ssh",
-        "-i",
-        str(site.key),
-        "-o",
-        f"UserKnownHostsFile={known}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-F",
-        "/dev/null",
-        "-p",
-        str(conn["port"]),
-        f"{conn['user']}@{conn['host']}",
-        "hostname",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return out.decode().strip()
-
-
-async def password_login(res: dict[str, Any], password: str) -> str:
-    conn = res["connection"]
-    async with asyncssh.connect(
-        conn["host"],
-        conn["port"],
-        username=conn["user"],
-        password=password,
-        client_keys=None,
-        known_hosts=([asyncssh.import_public_key(conn["host_key"])], [], []),
-        agent_path=None,
-        config=None,
-        preferred_auth="password",
-    ) as c:
-        result = await c.run("hostname", check=True)
-    return str(result.stdout).strip()
 
 
 def card_has_partition_table(site: Site, name: str) -> bool:
@@ -219,8 +70,10 @@ async def test_deploy_two_boards_login_and_destroy(site: Site) -> None:
         name = res["node"]
         conn = res["connection"]
         assert conn["user"] == "pi" and conn["password_set"] is True
-        assert conn["ssh"] == f"ssh -p {site.board(name)['ssh_port']} pi@127.0.0.1"
-        assert conn["host_key"].split()[:2] == site.board(name)["host_key"].split()[:2]
+        assert conn["ssh"] == f"ssh -p {site.board(name)['ssh_port']} pi@{site.board(name)['ip']}"
+        # what the board serves: the key its first boot made on its card
+        served = await served_host_key(conn["host"], int(conn["port"]))
+        assert conn["host_key"].split()[:2] == served.split()
         assert res["params"]["os_password"] == PASSWORD  # shown to its owner
         messages = " | ".join(e["message"] for e in res["events"])
         assert "image verified" in messages and "pinned the host key of the deployed system" in messages
@@ -317,3 +170,91 @@ async def test_dropped_ssh_connections_and_lost_snmp_packets_are_retried(
             assert res["status"] == "deployed", (res["error"], res["events"][-6:])
             # (no login here: the simulator would cut it one time in ten too)
             assert site.cluster.board(res["node"]).system == "deployed" and res["connection"]["host_key"]
+
+
+async def follow(site: Site, rid: int, timeout: float) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """Poll the reservation until deployed or failed: (last view, the (step, progress) seen)."""
+    seen: list[tuple[str, int]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await _ok(await site.client.get(f"/api/reservations/{rid}", headers=USER))
+        seen.append((r["step"], r["progress"]))
+        if r["status"] in ("deployed", "failed"):
+            return dict(r), seen
+        assert asyncio.get_running_loop().time() < deadline, (r["step"], r["events"][-5:])
+        await asyncio.sleep(0.25)
+
+
+def moving(seen: list[tuple[str, int]], step: str) -> list[int]:
+    values = [p for s, p in seen if s == step]
+    assert values == sorted(values), (step, values)
+    return sorted(set(values))
+
+
+async def test_a_2_gib_image_at_real_card_speed_progresses_through_write_and_verify(
+    tmp_path: Path, big_image: tuple[Path, dict[str, Any]]
+) -> None:
+    """The cards write at 20 and 40 MB/s and read at 44 MB/s, like real ones: the 2 GiB write
+    takes close to a minute, the read-back as long, and both report their progress."""
+    async with make_site(tmp_path, big_image, card_write_mbps=(20.0, 40.0), card_read_mbps=44.0) as site:
+        assert site.cluster.board("pi-2").card_speed.write_mbps == 40.0
+        (rid,) = await reserve(site, ["pi-2"])
+        started = asyncio.get_running_loop().time()
+        await deploy(site, rid)
+        res, seen = await follow(site, rid, 600)
+        took = asyncio.get_running_loop().time() - started
+        assert res["status"] == "deployed", (res["error"], res["events"][-8:])
+        size = site.env["size"]
+        assert size >= 2 * 1024**3
+        assert took >= size / 40e6 + size / 44e6, took  # the card's speed, not the host's
+        # Progress seen moving all along both long steps (polled 4 times a second).
+        assert len(moving(seen, "write_image")) >= 10, seen
+        assert len(moving(seen, "verify")) >= 10, seen
+        messages = [e["message"] for e in res["events"]]
+        write = [m for m in messages if m.startswith(f"{site.env['name']}: write: ")]
+        verify = [m for m in messages if m.startswith("read-back: verify: ")]
+        assert len(write) >= 4 and len(verify) >= 4, messages
+        assert "of 2.00 GiB" in write[-1] and "MB/s" in write[-1], write
+        assert any(m.startswith("image verified") for m in messages)
+
+
+async def test_a_power_loss_mid_write_is_recovered(
+    tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]
+) -> None:
+    """pi-2 loses power for 1 s mid-write (its port stays enabled); pi-1's port is cut through
+    SNMP mid-write and stays off. Boots take 2 s here, longer than any quick retry: both boards
+    are brought back and the deployments end deployed."""
+    async with make_site(tmp_path, image_dir, boot_delay=200.0, card_write_mbps=(6.0, 6.0)) as site:
+        ids = await reserve(site, ["pi-1", "pi-2"])
+        for rid in ids:
+            await deploy(site, rid)
+        name = site.env["name"]
+        mid = f"{name}: write: "
+
+        async def underway(rid: int) -> None:
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                r = await _ok(await site.client.get(f"/api/reservations/{rid}", headers=USER))
+                if any(e["message"].startswith(mid) and "0 MiB of" not in e["message"] for e in r["events"]):
+                    return
+                assert r["status"] in ("scheduled", "deploying"), r["events"]
+                assert asyncio.get_running_loop().time() < deadline, r["events"]
+                await asyncio.sleep(0.05)
+
+        await underway(ids[1])
+        board = site.cluster.board("pi-2")
+        boots = board.boots
+        await board.power_glitch(1.0)
+        await underway(ids[0])
+        await power(site.inventory, 1, on=False)
+        for rid, node in zip(ids, ("pi-1", "pi-2"), strict=True):
+            res, _ = await follow(site, rid, 120)
+            assert res["status"] == "deployed", (node, res["error"], res["events"][-8:])
+            messages = " | ".join(e["message"] for e in res["events"])
+            assert "is back on the netboot system" in messages, messages
+            if node == "pi-1":
+                assert "lost power (its PoE port is off): powering it on" in messages
+            else:
+                assert "lost the connection to pi-2" in messages
+            assert messages.count("write the image: started") == 1  # the step resumed, not the process
+        assert board.boots >= boots + 2  # after the glitch, then into the deployed system

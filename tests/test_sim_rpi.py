@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import asyncssh
@@ -29,9 +30,23 @@ from pysnmp.hlapi.v3arch.asyncio import (
     walk_cmd,
 )
 
+from helpers.rpi_fixtures import (
+    BOTH_MODES,
+    connect,
+    known_hosts_name,
+    make_agent_key,
+    mode_options,
+    nfs_boot_folder,
+    power,
+    require_real_mode,
+    running_cluster,
+    served_host_key,
+)
+from helpers.waiting import wait_until
 from piseduce.sim.images import build_environment
+from piseduce.sim.rpi import drop_session
 from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
-from rpi_fixtures import connect, make_agent_key, nfs_boot_folder, power, running_cluster, wait_for
+from piseduce.sim.rpi.drop_session import SFTP_SERVER, session_argv
 
 
 def _target_args(sw: dict) -> tuple[str, int]:
@@ -161,7 +176,7 @@ async def test_vendor_power_readings(tmp_path: Path, vendor: str, reading: str) 
         try:
             await client.set_power(info, 2, True)
             board = cluster.board("pi-2")
-            await wait_for(lambda: board.system != "booting")  # a steady draw from here on
+            await wait_until(lambda: board.system != "booting")  # a steady draw from here on
             oid = f"{sw['power_oid']}.{sw['power_oid_offset'] + 2}"
             out = await asyncio.to_thread(_snmp, "snmpget", sw, oid, env=env)
             assert out.stdout.startswith(reading), out.stdout + out.stderr
@@ -174,8 +189,9 @@ async def test_vendor_power_readings(tmp_path: Path, vendor: str, reading: str) 
             client.close()
 
 
-async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path, boards=2) as (cluster, key):
+@BOTH_MODES
+async def test_nfs_boot_and_ssh_login(tmp_path: Path, mode: str) -> None:
+    async with running_cluster(tmp_path, boards=2, **mode_options(mode)) as (cluster, key):
         inv = cluster.inventory()
         board = cluster.board("pi-1")
         nfs_boot_folder(cluster, "pi-1")
@@ -198,7 +214,10 @@ async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
             session = await conn.create_process(term_type=None)
             session.stdin.write("whoami\nexit 3\n")
             done = await session.wait(timeout=10)
-            assert done.stdout == "root@nfspi:~# root\nroot@nfspi:~# " and done.exit_status == 3
+            if mode == "in-process":
+                assert done.stdout == "root@nfspi:~# root\nroot@nfspi:~# " and done.exit_status == 3
+            else:  # Debian's bash reading commands from a pipe: no terminal, so no prompt
+                assert done.stdout == "root\n" and done.exit_status == 3
         # any other user, or a key that is not authorized, is refused
         with pytest.raises(asyncssh.PermissionDenied):
             await connect(cluster, "pi-1", key, username="pi")
@@ -209,18 +228,91 @@ async def test_nfs_boot_and_ssh_login(tmp_path: Path) -> None:
 
         # the real OpenSSH client, checking the host key strictly
         known = tmp_path / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{board.ssh_port} {inv['boards'][0]['nfs_host_key']}\n")
+        host, port = board.address
+        known.write_text(f"{known_hosts_name(host, port)} {inv['boards'][0]['nfs_host_key']}\n")
         cmd = ["ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={known}",
                "-o", "StrictHostKeyChecking=yes",
-               "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(board.ssh_port),
-               "root@127.0.0.1", "hostname"]
+               "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(port),
+               f"root@{host}", "hostname"]
         out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert out.stdout == "nfspi\n"
-        # the deployed system's host key is not the NFS system's: strict checking refuses it
-        known.write_text(f"[127.0.0.1]:{board.ssh_port} {inv['boards'][0]['host_key']}\n")
+        # another key than the NFS system's: strict checking refuses it
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        known.write_text(f"{known_hosts_name(host, port)} {other}\n")
         out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=30)
         assert out.returncode == 255 and "host key" in out.stderr.lower()
+
+
+async def test_netboot_systems_are_each_boards_own(tmp_path: Path) -> None:
+    """Two boards on the shared NFS root: what one writes there is its own (a per-boot overlay),
+    never the other's nor the host's; the host folders it needs are read-only."""
+    require_real_mode()
+    async with running_cluster(tmp_path, boards=2) as (cluster, key):
+        for name, port in (("pi-1", 1), ("pi-2", 2)):
+            nfs_boot_folder(cluster, name)
+            await power(cluster.inventory(), port, on=True)
+        async with await connect(cluster, "pi-1", key) as one, await connect(cluster, "pi-2", key) as two:
+            out = await one.run("echo mine > /etc/marker && cat /etc/marker; touch /usr/x || echo ro;"
+                                f" touch {Path(__file__).resolve()}.x || echo ro", check=True)
+            assert text(out).splitlines() == ["mine", "ro", "ro"], out.stderr
+            assert (await two.run("test -e /etc/marker")).exit_status == 1
+            assert not (cluster.opts.nfs_root / "etc" / "marker").exists()
+            assert not Path(f"{Path(__file__).resolve()}.x").exists()
+            # each board its own card, as /dev/mmcblk0
+            await one.run("printf board-one | dd of=/dev/mmcblk0 bs=512 seek=8 conv=notrunc status=none",
+                          check=True)
+        for name, expected in (("pi-1", b"board-one"), ("pi-2", bytes(9))):
+            with open(cluster.board(name).card_path, "rb") as card:
+                assert card.read(8192)[4096:4105] == expected, name
+        # reboot: the overlay of the previous boot is gone
+        pi1 = cluster.board("pi-1")
+        boots = pi1.boots
+        async with await connect(cluster, "pi-1", key) as one:
+            await one.run("reboot")
+        await wait_until(lambda: pi1.boots == boots + 1 and pi1.system == "nfs", 10)
+        async with await connect(cluster, "pi-1", key) as one:
+            assert (await one.run("test -e /etc/marker")).exit_status == 1
+        # poweroff: the board stays without a system until its power is cycled
+        pi2 = cluster.board("pi-2")
+        async with await connect(cluster, "pi-2", key) as two:
+            assert (await two.run("poweroff")).exit_status == 0
+        await wait_until(lambda: pi2.system == "none", 10)
+        assert pi2.powered and pi2.last_boot_error == "halted"
+        await power(cluster.inventory(), 2, on=False)
+        await power(cluster.inventory(), 2, on=True)
+        async with await connect(cluster, "pi-2", key) as two:
+            assert (await two.run("hostname")).stdout == "nfspi\n"
+
+
+async def test_a_hostile_card_cannot_write_on_the_host(tmp_path: Path) -> None:
+    """A card whose /etc/ssh is a symlink to a host folder: the board's first boot installs its host
+    key inside the board, where the link points nowhere, never in the host's folder."""
+    require_real_mode()
+    from piseduce.node.disk import read_table
+    from piseduce.node.fs import Ext4
+    from piseduce.sim.images import FLAVORS
+
+    bait = tmp_path / "host-folder"
+    bait.mkdir()
+    env = build_environment(tmp_path / "envs", "ubuntu", compress=None)
+    image = tmp_path / "envs" / env["image"]
+    table = read_table(image)
+    assert table is not None
+    Ext4(image, table.get(2).offset)._debugfs(
+        ["rm /etc/ssh/sshd_config", "rmdir /etc/ssh/sshd_config.d", "rmdir /etc/ssh",
+         f"symlink /etc/ssh {bait}"], write=True)
+    async with running_cluster(tmp_path, boards=1) as (cluster, key):
+        board = cluster.board("pi-1")
+        with open(image, "rb") as src, open(board.card_path, "r+b") as card:
+            shutil.copyfileobj(src, card)
+        folder = cluster.opts.tftp_root / board.identity.serial
+        folder.mkdir()
+        (folder / "cmdline.txt").write_text(FLAVORS["ubuntu"]["cmdline"])
+        await power(cluster.inventory(), 1, on=True)
+        await wait_until(lambda: board.system in ("deployed", "none"), 15)
+        assert list(bait.iterdir()) == []
+        assert board.system == "none" and "Kernel panic" in board.last_boot_error, board.last_boot_error
 
 
 async def test_empty_folder_does_not_boot(tmp_path: Path) -> None:
@@ -228,15 +320,16 @@ async def test_empty_folder_does_not_boot(tmp_path: Path) -> None:
         board = cluster.board("pi-1")
         (cluster.opts.tftp_root / board.identity.serial).mkdir()
         await power(cluster.inventory(), 1, on=True)
-        await wait_for(lambda: board.system == "none", 5)
+        await wait_until(lambda: board.system == "none", 5)
         assert board.powered and "cmdline.txt" in board.last_boot_error
         with pytest.raises(OSError):
-            await asyncssh.connect("127.0.0.1", board.ssh_port, username="root", client_keys=[str(key)],
+            await asyncssh.connect(*board.address, username="root", client_keys=[str(key)],
                                    known_hosts=None, connect_timeout=2)
 
 
-async def test_power_off_kills_ssh(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path, boards=2) as (cluster, key):
+@BOTH_MODES
+async def test_power_off_kills_ssh(tmp_path: Path, mode: str) -> None:
+    async with running_cluster(tmp_path, boards=2, **mode_options(mode)) as (cluster, key):
         inv = cluster.inventory()
         nfs_boot_folder(cluster, "pi-2")
         await power(inv, 2, on=True)
@@ -248,7 +341,7 @@ async def test_power_off_kills_ssh(tmp_path: Path) -> None:
         board = cluster.board("pi-2")
         assert board.system == "off" and board.power_mw() == 0
         with pytest.raises(OSError):
-            await asyncssh.connect("127.0.0.1", board.ssh_port, username="root", client_keys=[str(key)],
+            await asyncssh.connect(*board.address, username="root", client_keys=[str(key)],
                                    known_hosts=None, connect_timeout=2)
         # powered again, it boots again on the same port
         await power(inv, 2, on=True)
@@ -263,34 +356,81 @@ async def test_fail_next_boots_and_reboot(tmp_path: Path) -> None:
         nfs_boot_folder(cluster, "pi-1")
         board.fail_next_boots = 1
         await power(inv, 1, on=True)
-        await wait_for(lambda: board.system == "none", 5)
+        await wait_until(lambda: board.system == "none", 5)
         assert board.fail_next_boots == 0
         await power(inv, 1, on=False)
         await power(inv, 1, on=True)
         async with await connect(cluster, "pi-1", key) as conn:
             assert board.system == "nfs" and board.boots == 2
             await conn.run("reboot")
-        await wait_for(lambda: board.boots == 3 and board.system == "nfs", 5)
+        await wait_until(lambda: board.boots == 3 and board.system == "nfs", 5)
         board.never_boot = True
         await power(inv, 1, on=False)
         await power(inv, 1, on=True)
-        await wait_for(lambda: board.system == "none", 5)
+        await wait_until(lambda: board.system == "none", 5)
 
 
-async def test_ssh_drop_and_snmp_loss_knobs(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path, boards=1, ssh_drop_rate=1.0, snmp_loss=1.0) as (cluster, key):
+DROPPED = (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError, BrokenPipeError,
+           ConnectionError)
+
+
+async def _cut_before_it_reports(conn: asyncssh.SSHClientConnection, command: str) -> tuple[float, str]:
+    """Runs a command the drop knob dooms: the connection must end before any exit status comes
+    back. Returns how long the command ran and what it printed until then."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    process = await conn.create_process(command)
+    try:
+        result = await process.wait(timeout=60)
+    except DROPPED:
+        return loop.time() - started, ""
+    assert result.exit_status is None and result.exit_signal is None, (command, result.exit_status)
+    return loop.time() - started, str(result.stdout)
+
+
+@BOTH_MODES
+async def test_ssh_drop_and_snmp_loss_knobs(tmp_path: Path, mode: str) -> None:
+    """At ssh_drop_rate 1.0 logging in works, and every command is cut before it can report, a
+    short one as a long one (cut in the drop window, not when it ends); at snmp_loss 1.0 the
+    switch never answers."""
+    async with running_cluster(tmp_path, boards=1, ssh_drop_rate=1.0, snmp_loss=1.0,
+                               **mode_options(mode)) as (cluster, key):
         sw = cluster.inventory()["switch"]
         err, _, _, _ = await _pysnmp_get(sw, [f"{sw['poe_oid']}.1"], timeout=0.3)
         assert err is not None
         cluster.switch.options.loss = 0.0
         nfs_boot_folder(cluster, "pi-1")
         await power(cluster.inventory(), 1, on=True)
-        async with await connect(cluster, "pi-1", key) as conn:
-            with pytest.raises((asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError,
-                                BrokenPipeError, ConnectionError)):
-                result = await conn.run("piseduce-node info")
-                if result.exit_status is None:
-                    raise ConnectionError("dropped")
+        commands = ["hostname", "true", "piseduce-node info"]
+        if mode == "real":  # (the in-process boards have no sleep)
+            commands += ["sleep 30; echo finished"]
+        for command in commands * 2:
+            async with await connect(cluster, "pi-1", key) as conn:  # the login itself is never cut
+                took, printed = await _cut_before_it_reports(conn, command)
+            assert "finished" not in printed
+            # the drop window is 0.3 s: a bound that a loaded machine cannot reach, far below 30 s
+            assert took < 10, (command, took)
+
+
+def test_the_drop_knobs_session_wrapper_runs_what_sshd_would(tmp_path: Path) -> None:
+    """A session the knob spares runs what sshd runs (session.c: `sh -c COMMAND`, or `-sh` for a
+    login shell); a doomed one is cut in the drop window; off a board it touches nothing but its
+    own session's processes."""
+    command = {"SSH_ORIGINAL_COMMAND": "ls -l"}
+    assert session_argv(command, "/bin/bash") == ["/bin/bash", "bash", "-c", "ls -l"] and not command
+    assert session_argv({}, "/bin/bash") == ["/bin/bash", "-bash"]
+    assert session_argv({"SSH_ORIGINAL_COMMAND": "internal-sftp"}, "/bin/sh")[-1] == SFTP_SERVER
+    env = {"PATH": os.environ["PATH"], "SHELL": "/bin/sh",
+           "SSH_ORIGINAL_COMMAND": 'echo "[$SSH_ORIGINAL_COMMAND]" "$0"; exit 3'}
+    argv = [sys.executable, "-I", drop_session.__file__]
+    spared = subprocess.run([*argv, "--rate", "0"], env=env, capture_output=True, text=True, timeout=30,
+                            start_new_session=True)
+    assert (spared.returncode, spared.stdout) == (3, "[] sh\n"), spared.stderr
+    env["SSH_ORIGINAL_COMMAND"] = "sleep 30; echo finished"
+    started = time.monotonic()
+    doomed = subprocess.run([*argv, "--rate", "1", "--seed", "7"], env=env, capture_output=True, text=True,
+                            timeout=30, start_new_session=True)
+    assert time.monotonic() - started < 10 and doomed.returncode < 0 and "finished" not in doomed.stdout
 
 
 async def test_identity_and_host_keys_persist(tmp_path: Path) -> None:
@@ -299,8 +439,9 @@ async def test_identity_and_host_keys_persist(tmp_path: Path) -> None:
     async with running_cluster(tmp_path, boards=3) as (cluster, _):
         again = cluster.inventory()["boards"]
     for a, b in zip(first, again[:2], strict=True):
-        assert (a["serial"], a["mac"], a["host_key"], a["nfs_host_key"]) == (
-            b["serial"], b["mac"], b["host_key"], b["nfs_host_key"])
+        # (a deployed system's host key is its card's: test_host_keys_redeploy.py)
+        assert (a["serial"], a["mac"], a["nfs_host_key"]) == (b["serial"], b["mac"], b["nfs_host_key"])
+        assert "host_key" not in b
     assert len({b["serial"] for b in again}) == 3
 
 
@@ -314,7 +455,7 @@ async def test_two_hundred_boards(tmp_path: Path) -> None:
         sw = cluster.inventory()["switch"]
         rows = await _pysnmp_walk(sw, sw["poe_oid"])
         assert len(rows) == 201
-        assert len({b["ssh_port"] for b in cluster.inventory()["boards"]}) == 200
+        assert len({(b["ip"], b["ssh_port"]) for b in cluster.inventory()["boards"]}) == 200
 
 
 def text(result: asyncssh.SSHCompletedProcess) -> str:
@@ -331,10 +472,11 @@ def _helper(lines: str) -> dict:
     return json.loads(lines.strip().splitlines()[-1])
 
 
-async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
+@BOTH_MODES
+async def test_deploy_path_boots_the_written_system(tmp_path: Path, mode: str) -> None:
     env = build_environment(tmp_path / "envs", "raspios", compress="zst")
     image = (tmp_path / "envs" / env["image"]).read_bytes()
-    async with running_cluster(tmp_path, boards=1) as (cluster, key):
+    async with running_cluster(tmp_path, boards=1, **mode_options(mode)) as (cluster, key):
         inv = cluster.inventory()
         board = cluster.board("pi-1")
         folder = nfs_boot_folder(cluster, "pi-1")
@@ -361,23 +503,24 @@ async def test_deploy_path_boots_the_written_system(tmp_path: Path) -> None:
                 tar.extractall(folder, filter="data")
             await conn.run("reboot")
         assert "root=PARTUUID=" in (folder / "cmdline.txt").read_text()
-        await wait_for(lambda: board.system == "deployed", 10)
+        await wait_until(lambda: board.system == "deployed", 10)
         async with await connect(cluster, "pi-1", key, nfs=False) as conn:
             assert (await conn.run("hostname")).stdout == "pi-1\n"
             assert (await conn.run("whoami")).stdout == "root\n"
             assert (await conn.run("piseduce-node info")).exit_status == 127
-        host_key = asyncssh.import_public_key(inv["boards"][0]["host_key"])
+        host_key = asyncssh.import_public_key(await served_host_key(*board.address))
         line = host_key.export_public_key().decode().strip()
-        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board.ssh_port} {line}\n")
-        async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", password="s3cret-pw",
+        host, port = board.address
+        known = asyncssh.import_known_hosts(f"{known_hosts_name(host, port)} {line}\n")
+        async with asyncssh.connect(host, port, username="pi", password="s3cret-pw",
                                     client_keys=None, known_hosts=known) as conn:
             assert (await conn.run("whoami")).stdout == "pi\n"
-        async with asyncssh.connect("127.0.0.1", board.ssh_port, username="pi", client_keys=[user_key],
+        async with asyncssh.connect(host, port, username="pi", client_keys=[user_key],
                                     known_hosts=known) as conn:
             assert text(await conn.run("id")).startswith("uid=1000(pi)")
         for user, password in (("pi", "wrong"), ("root", "s3cret-pw")):
             with pytest.raises(asyncssh.PermissionDenied):
-                await asyncssh.connect("127.0.0.1", board.ssh_port, username=user, password=password,
+                await asyncssh.connect(host, port, username=user, password=password,
                                        client_keys=None, known_hosts=known)
 
 
@@ -393,17 +536,18 @@ async def test_cli_runs_until_signal(tmp_path: Path, sig: signal.Signals) -> Non
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await wait_for(inventory_file.exists, 30, 0.05)
+        await wait_until(inventory_file.exists, 30, 0.05)
         inv = json.loads(inventory_file.read_text())
         assert inv["switch"]["community"] == "c0mm" and len(inv["boards"]) == 2
         board = inv["boards"][1]
         shutil.copytree(tmp_path / "tftp" / "rpiboot_uboot", tmp_path / "tftp" / board["serial"])
         await power(inv, 2, on=True)
         host_key = asyncssh.import_public_key(board["nfs_host_key"]).export_public_key().decode().strip()
-        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{board['ssh_port']} {host_key}\n")
+        name = known_hosts_name(board["ip"], board["ssh_port"])
+        known = asyncssh.import_known_hosts(f"{name} {host_key}\n")
         for _ in range(100):
             try:
-                conn = await asyncssh.connect("127.0.0.1", board["ssh_port"], username="root",
+                conn = await asyncssh.connect(board["ip"], board["ssh_port"], username="root",
                                               client_keys=[str(key_path)], known_hosts=known)
                 break
             except OSError:
@@ -426,7 +570,7 @@ async def test_power_and_temperature_follow_activity(tmp_path: Path) -> None:
         off_temp = board.temperature_mc()
         nfs_boot_folder(cluster, "pi-1")
         await power(cluster.inventory(), 1, on=True)
-        await wait_for(lambda: board.system == "nfs", 5)
+        await wait_until(lambda: board.system == "nfs", 5)
         await asyncio.sleep(0.6)
         idle_mw, idle_temp = board.power_mw(), board.temperature_mc()
         assert 2500 < idle_mw < 3000 and 40000 < idle_temp < 52000 and idle_temp > off_temp

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -10,22 +12,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent_helpers import piseduce_cmd, subprocess_env
+from helpers.agent_helpers import piseduce_cmd, subprocess_env
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD
+from helpers.webui_fixtures import add_user, csrf_of, webui_client, write_webui_config
 from piseduce import crypto
 from piseduce.config import load_webui_config
 from piseduce.db import make_engine, session_factory
+from piseduce.protocol import END_USER_RE
 from piseduce.sshkeys import parse_key
 from piseduce.webui.auth import ensure_first_admin
 from piseduce.webui.models import User
-from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    add_user,
-    csrf_of,
-    fast_argon2,
-    webui_client,
-    write_webui_config,
-)
 
 
 def ed25519_line(seed: int = 1, comment: str = "me@laptop") -> str:
@@ -39,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("fast_argon2")
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    cfg = write_webui_config(tmp_path / "webui", login_attempts_per_minute=5)
+    cfg = write_webui_config(tmp_path / "webui", login_free_failures=5)
     add_user(cfg, ADMIN_EMAIL, ADMIN_PASSWORD, role="admin")
     return cfg
 
@@ -90,11 +86,69 @@ def test_signup_validation(config: Path) -> None:
             ({"email": "not-an-email", "password": "long-enough", "confirm": "long-enough"}, "valid email"),
             ({"email": "x@example.org", "password": "short", "confirm": "short"}, "at least 8"),
             ({"email": "x@example.org", "password": "long-enough", "confirm": "different!"}, "differ"),
-            ({"email": ADMIN_EMAIL, "password": "long-enough", "confirm": "long-enough"}, "already exists"),
         ]:
             r = b.post("/signup", data, page="/signup")
             assert r.status_code == 400 and reason in r.text
     assert db_user(config, "x@example.org") is None
+
+
+def test_signup_refuses_an_email_no_agent_accepts_as_its_user(config: Path) -> None:
+    """The agents name a reservation's user by the X-Piseduce-User header (protocol.END_USER_RE):
+    an address valid for e-mail but not for that rule made an account that could never book (the
+    agent answered 400 to its every request). Sign-up refuses it, saying which characters to use;
+    one the rule accepts signs up."""
+    refused = ["o'brien@example.org", "a/b@example.org", "x" * 65 + "@example.org", "a{b}@example.org"]
+    with webui_client(config) as b:
+        for email in refused:
+            r = b.post("/signup", {"email": email, "password": "long-enough", "confirm": "long-enough"},
+                       page="/signup")
+            assert r.status_code == 400 and "letters, digits" in html.unescape(r.text), (email, r.text[-500:])
+            assert db_user(config, email) is None
+    for email in ["first.last+lab@example.org", "a_b-c@sub.example.org"]:
+        assert END_USER_RE.match(email)
+        status, _, _ = signup_answer(config, email, "long-enough")
+        assert status == 303 and db_user(config, email) is not None
+
+
+def signup_answer(config: Path, email: str, password: str) -> tuple[int, str, str]:
+    """(status, Location, the messages shown after it) of a sign-up from a fresh browser."""
+    with webui_client(config) as b:
+        r = b.post("/signup", {"email": email, "password": password, "confirm": password}, page="/signup")
+        after = b.get(r.headers["location"]).text if r.status_code == 303 else r.text
+        said = re.findall(r'<div class="flash[^"]*"[^>]*>(.*?)</div>', after, re.S)
+        return r.status_code, r.headers.get("location", ""), html.unescape(" | ".join(said))
+
+
+def test_signup_says_nothing_of_existing_accounts(config: Path) -> None:
+    """Signing up with an address that has an account answers exactly as for a new address (no
+    "already exists": a sign-up form must not tell who has an account), and changes nothing of
+    the existing account (its password stays; no second row)."""
+    add_user(config, "pending@example.org", "pending-pass", state="pending")
+    new = signup_answer(config, "new@example.org", "new-password")
+    answers = {
+        "new": new,
+        "active admin": signup_answer(config, ADMIN_EMAIL, "taken-over!"),
+        "admin, other case": signup_answer(config, ADMIN_EMAIL.upper(), "taken-over!"),
+        "pending account": signup_answer(config, "pending@example.org", "taken-over!"),
+        "the new one again": signup_answer(config, "new@example.org", "second-password"),
+    }
+    status, location, page = new
+    assert status == 303 and location == "/login"
+    assert "administrator must approve" in page and "already exists" not in page
+    for who, answer in answers.items():
+        assert answer == new, who
+    with webui_client(config) as b:
+        assert b.login(ADMIN_EMAIL, "taken-over!").status_code == 401
+        assert b.login(ADMIN_EMAIL, ADMIN_PASSWORD).status_code == 303
+    pending, created = db_user(config, "pending@example.org"), db_user(config, "new@example.org")
+    assert pending is not None and crypto.verify_password(pending.password_hash, "pending-pass")
+    assert created is not None and crypto.verify_password(created.password_hash, "new-password")
+    engine = make_engine(load_webui_config(config).database_url)
+    try:
+        with session_factory(engine)() as s:
+            assert len(s.scalars(select(User)).all()) == 3
+    finally:
+        engine.dispose()
 
 
 def test_csrf_rejected_and_get_changes_nothing(config: Path) -> None:
@@ -220,8 +274,10 @@ def test_ssh_keys_validated_and_escaped(config: Path) -> None:
             ("ssh-foo AAAA", "unknown key type"),
             (ed25519_line(1).replace("ssh-ed25519", "ssh-rsa", 1), "does not hold a ssh-rsa key"),
         ]:
-            b.post("/settings/ssh-keys", {"keys": bad}, page="/settings")
-            assert reason in b.get("/settings?tab=ssh").text
+            # Refused with the reason, and the text comes back in the field to be corrected.
+            r = b.post("/settings/ssh-keys", {"keys": bad}, page="/settings")
+            assert r.status_code == 400 and reason in r.text
+            assert f"{html.escape(bad, quote=False)}</textarea>" in r.text
         fp = parse_key(ed25519_line(1)).fingerprint
         b.post("/settings/ssh-keys/delete", {"fingerprint": fp}, page="/settings")
     user = db_user(config, "eve@example.org")
@@ -291,6 +347,28 @@ def test_first_admin_and_cli(tmp_path: Path) -> None:
     with webui_client(cfg_path) as b:
         assert b.login("ops@example.org", "ops-password-9").status_code == 303
         assert "(admin) Agents" in b.get("/reserve").text
+
+
+def test_first_admin_password_goes_to_a_private_file_not_the_terminal(tmp_path: Path) -> None:
+    """Under systemd the terminal is the journal: the password is written once to a 0600 file and
+    only the file's path is printed."""
+    cfg_path = write_webui_config(tmp_path / "fresh")
+    cfg = load_webui_config(cfg_path)
+    out = subprocess.run(piseduce_cmd("webui", "init-db", str(cfg_path)), env=subprocess_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    path = cfg.base_dir / "first-admin-password"
+    assert str(path) in out.stdout and "admin@piseduce.local" in out.stdout
+    assert (path.stat().st_mode & 0o777) == 0o600
+    password = path.read_text().strip()
+    assert len(password) >= 16 and password not in out.stdout + out.stderr
+    with webui_client(cfg_path) as b:
+        assert b.login("admin@piseduce.local", password).status_code == 303
+    # Once only: the next start has an admin, prints nothing of it and leaves the file alone.
+    again = subprocess.run(piseduce_cmd("webui", "init-db", str(cfg_path)), env=subprocess_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "first-admin-password" not in again.stdout
+    assert path.read_text().strip() == password
 
 
 def test_security_headers_and_autoescape(config: Path) -> None:

@@ -11,25 +11,24 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent_helpers import TOKEN, free_port
-from piseduce import crypto
-from piseduce.config import load_webui_config
-from piseduce.db import make_engine, session_factory
-from piseduce.webui.agents import AgentHub, Identity, detail_words
-from piseduce.webui.models import Agent
-from webui_fixtures import (  # noqa: F401 - fast_argon2 is a fixture
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
+from helpers.agent_helpers import free_port
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD, TOKEN
+from helpers.waiting import wait_until_sync
+from helpers.webui_fixtures import (
     AgentProcess,
     Browser,
     SilentPort,
     add_agent_form,
     add_user,
-    fast_argon2,
-    wait_until,
     webui_client,
     write_webui_config,
 )
+from piseduce import crypto
+from piseduce.config import load_webui_config
+from piseduce.db import make_engine, session_factory
+from piseduce.webui.agents import AgentHub, Identity, detail_words
+from piseduce.webui.database import Database
+from piseduce.webui.models import Agent
 
 pytestmark = pytest.mark.usefixtures("fast_argon2")
 
@@ -79,7 +78,7 @@ def test_add_agent_checks_health_and_token(config: Path, agent: AgentProcess) ->
         page = add(b, "nobody", dead)
         assert "unreachable" in page and f"127.0.0.1:{dead}" in page
         page = add(b, "rpi-lab", agent.port)
-        row = re.search(r'<tr data-agent="rpi-lab">.*?</tr>', page, re.S)
+        row = re.search(r'<tr data-agent="rpi-lab"[^>]*>.*?</tr>', page, re.S)
         assert row and "connected" in row.group(0) and "raspberry" in row.group(0)
         assert add(b, "rpi-lab", agent.port).count("exists already") == 1
     agents = stored_agents(config)
@@ -145,7 +144,7 @@ def test_book_configure_deploy_manage(config: Path, agent: AgentProcess) -> None
             statuses = re.findall(r'data-status="(\w+)"', text)
             return len(statuses) == 3 and set(statuses) == {"deployed"}
 
-        wait_until(all_deployed, timeout=30, interval=0.3)
+        wait_until_sync(all_deployed, timeout=30, interval=0.3)
         page = b.get("/manage").text
         assert "ssh root@pi-1" in page and 'data-bin="exp1"' in page
         ev = b.get(f"/manage/events/1/{refs[0][1].split(':')[1]}").text
@@ -246,15 +245,15 @@ def test_dead_agent_never_stalls_a_page(config: Path, agent: AgentProcess, tmp_p
             assert time.monotonic() - t0 < 2.0 and "Agent hung: unreachable" in manage
 
             def state(name: str) -> str:
-                row = re.search(rf'<tr data-agent="{name}">.*?</tr>', b.get("/admin/agents").text, re.S)
+                row = re.search(rf'<tr data-agent="{name}"[^>]*>.*?</tr>', b.get("/admin/agents").text, re.S)
                 assert row
                 m = re.search(r"agent-(\w+) state", row.group(0))
                 return m.group(1) if m else ""
 
-            wait_until(lambda: state("second") == "unreachable", timeout=10)
+            wait_until_sync(lambda: state("second") == "unreachable", timeout=10)
             # It comes back: connected again by the background check, without a click.
             extra.start()
-            wait_until(lambda: state("second") == "connected", timeout=40, interval=0.5)
+            wait_until_sync(lambda: state("second") == "connected", timeout=40, interval=0.5)
             assert 'data-key="2/pi-1"' in b.get("/reserve").text
             # Delete with a POST (the page asks for confirmation first).
             b.post("/admin/agents/3/delete", page="/admin/agents")
@@ -272,7 +271,7 @@ def test_detail_words_and_credentials_header(tmp_path: Path) -> None:
     cfg = load_webui_config(write_webui_config(tmp_path / "w"))
     fernet = crypto.load_fernet(cfg.key_path)
     engine = make_engine(cfg.database_url)
-    hub = AgentHub(cfg, session_factory(engine), fernet)
+    hub = AgentHub(cfg, Database(session_factory(engine)), fernet)
     who = Identity("u@example.org", "user", {"g5k": {"user": "u", "password": "pw"}})
     g5k = hub.ref(
         Agent(
@@ -307,3 +306,63 @@ def test_detail_words_and_credentials_header(tmp_path: Path) -> None:
     assert crypto.decrypt_json(fernet, h["X-Piseduce-Credentials"]) == {"user": "u", "password": "pw"}
     assert "X-Piseduce-Credentials" not in hub._headers(rpi, who)
     engine.dispose()
+
+
+def test_configure_refuses_numbers_json_cannot_carry(config: Path, agent: AgentProcess) -> None:
+    """float() reads nan, inf and 1e999; the agent call could not encode them: 500 (issue 11 #7)."""
+    with webui_client(config) as admin:
+        admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        add(admin, "rpi-lab", agent.port)
+    with webui_client(config) as b:
+        b.login("alice@example.org", "alice-password")
+        for value in ("nan", "NaN", "inf", "-Infinity", "1e999", "-1e400"):
+            data = {"bin": "nums", "r0.ref": "1:999999", "r0.__number": "size", "r0.size": value}
+            r = b.post("/configure/deploy", data, page="/configure")
+            assert r.status_code == 400 and "size: a finite number is expected" in r.text, (value, r.text)
+        data = {"bin": "nums", "r0.ref": "1:999999", "r0.__number": "size", "r0.size": "ten"}
+        r = b.post("/configure/deploy", data, page="/configure")
+        assert r.status_code == 400 and "size: a number is expected" in r.text
+
+
+def test_admin_node_properties_keep_nan_as_text() -> None:
+    from piseduce.webui.routes.infra_forms import parse_properties
+
+    got = parse_properties("a=nan;b=inf;c=-inf;d=1.5;e=3")
+    assert got == {"a": "nan", "b": "inf", "c": "-inf", "d": 1.5, "e": 3}
+def test_a_refused_configure_form_comes_back_with_every_value(config: Path, agent: AgentProcess) -> None:
+    import datetime as dt
+    import html
+
+    with webui_client(config) as admin:
+        admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        add(admin, "rpi-lab", agent.port)
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3)).replace(microsecond=0).isoformat()
+    with webui_client(config) as b:
+        b.login("bob@example.org", "bob-password")
+        text = book(b, node=["1/pi-5", "1/pi-7"], bin="kept", when="later", start=start)
+        assert text.count('class="booked"') == 2, text
+        page = b.get("/configure").text
+        refs = dict(re.findall(r'name="(r\d+)\.ref" value="(\d+:\d+)"', page))
+        assert len(refs) == 2 and 'name="g0.bin" value="kept"' in page
+        data: dict[str, object] = {"g0.bin": "kept-too"}
+        for prefix, ref in refs.items():
+            data.update({f"{prefix}.ref": ref, f"{prefix}.group": "0", f"{prefix}.__tick": "1",
+                         f"{prefix}.deploy": "on", f"{prefix}.__ssh": "1"})  # fmt: skip
+        data["r0.environment"], data["r1.environment"] = "big", "tiny"
+        data["r0.ssh_keys_extra"] = "not a public key"  # refused by the web UI: nothing is sent
+        r = b.post("/configure/deploy", data, page="/configure")
+        # The reason names the node, in the banner and on its card.
+        assert r.status_code == 400 and "pi-5 (rpi-lab): " in r.text and "Node 1" not in r.text, r.text
+        assert re.search(r'data-node="pi-5">.*?<div class="err" role="alert">Not deployed: ', r.text, re.S)
+        # Every value is back: the group's bin, each card's environment and the text of the keys.
+        assert 'name="g0.bin" value="kept-too"' in r.text
+        assert re.search(r'name="r0\.environment"[^>]*>.*?<option value="big" selected>', r.text, re.S)
+        assert re.search(r'name="r1\.environment"[^>]*>.*?<option value="tiny" selected>', r.text, re.S)
+        assert f"{html.escape('not a public key')}</textarea>" in r.text
+        # An unticked card is not deployed: it waits on the page, with the bin of its reservation.
+        del data["r0.ssh_keys_extra"], data["r1.deploy"]
+        r = b.post("/configure/deploy", data, page="/configure")
+        assert r.status_code == 303, r.text
+        page = b.get("/configure").text
+        assert len(re.findall(r'name="r\d+\.ref"', page)) == 1 and 'name="g0.bin" value="kept"' in page
+        r = b.post("/configure/cancel", {"sel": list(refs.values())}, page="/configure")

@@ -22,18 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_helpers import TOKEN, free_port, piseduce_cmd, subprocess_env, wait_http
-from browser_helpers import ARGS, CHROMIUM, SHOTS
-from webui_fixtures import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    AgentProcess,
-    SilentPort,
-    WebuiProcess,
-    add_user,
-    wait_until,
-    write_webui_config,
-)
+from helpers.agent_helpers import free_port, piseduce_cmd, subprocess_env, wait_http
+from helpers.browser_helpers import ARGS, CHROMIUM, SHOTS
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD, TOKEN
+from helpers.waiting import wait_until_sync
+from helpers.webui_fixtures import AgentProcess, SilentPort, WebuiProcess, add_user, write_webui_config
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -173,7 +166,7 @@ def configure_and_deploy(page: Any, url: str, fill: dict[str, str], screenshot: 
             f'[data-field="{name}"] select, [data-field="{name}"] input:not([type=hidden])'
         )
         assert other.first.input_value() == value
-    page.fill("#bin", "exp1")
+    page.fill("#bin-0", "exp1")
     if screenshot:
         shot(page, screenshot)
     page.click("#deploy")
@@ -319,7 +312,7 @@ class RaspberrySite:
             "--agent-pubkey",
             str(folder / "agent_key.pub"),
         )
-        wait_until(lambda: inventory_file.exists() and inventory_file.stat().st_size > 0, timeout=30)
+        wait_until_sync(lambda: inventory_file.exists() and inventory_file.stat().st_size > 0, timeout=30)
         time.sleep(0.2)
         self.inventory = json.loads(inventory_file.read_text())
         self.port = free_port()
@@ -337,7 +330,6 @@ class RaspberrySite:
                     "nfs_root": "nfs",
                     "env_path": "environments/",
                     "ssh_key_file": str(agent_key),
-                    "known_hosts_file": "known_hosts",
                     "timeout_scale": 0.02,
                     "poll_interval": 0.05,
                     "turnaround_minutes": 0,
@@ -391,7 +383,7 @@ class RaspberrySite:
 
 
 def test_browser_raspberry_end_to_end(browser: Any, tmp_path: Path) -> None:
-    pytest.importorskip("piseduce.agent.drivers.raspberry")
+    pytest.importorskip("piseduce.agent.drivers.raspberry.driver")
     pytest.importorskip("piseduce.sim.rpi.cluster")
     pytest.importorskip("piseduce.sim.images")
     if shutil.which("ssh") is None:
@@ -409,8 +401,18 @@ def test_browser_raspberry_end_to_end(browser: Any, tmp_path: Path) -> None:
         configure_and_deploy(page, webui.url, {"environment": site.env_name, "part_size": "whole"})
         watch_until_deployed(page, 120_000)
         # The exact command the page shows, run for real with the user's key.
-        command = page.locator(".node-card[data-node='pi-1'] .conn.ssh").inner_text().split()
+        card = page.locator(".node-card[data-node='pi-1']")
+        command = card.locator(".conn.ssh").inner_text().split()
         assert command[0] == "ssh"
+        # The user guide: append the known_hosts line Manage shows, then SSH checks the host key.
+        line = card.locator("code.known-hosts").inner_text().strip()
+        assert card.locator("button.copy").get_attribute("data-copy") == line
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(line + "\n")
+        # Whether a password is set, not the password itself (the page may be on a shared screen).
+        info = card.locator(".conn-info").inner_text()
+        assert "password: set" in info, info
+        assert not card.locator(".os-password").is_visible()
         out = subprocess.run(
             [
                 command[0],
@@ -419,9 +421,9 @@ def test_browser_raspberry_end_to_end(browser: Any, tmp_path: Path) -> None:
                 "-o",
                 "BatchMode=yes",
                 "-o",
-                "StrictHostKeyChecking=no",
+                "StrictHostKeyChecking=yes",
                 "-o",
-                "UserKnownHostsFile=/dev/null",
+                f"UserKnownHostsFile={known_hosts}",
                 "-o",
                 "ConnectTimeout=10",
                 *command[1:],

@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from piseduce.cli_files import FileOptionError
 from piseduce.config import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="PiSeduce testbed reservation manager.")
@@ -28,19 +29,19 @@ for name, (module, help_text) in SUBCOMMANDS.items():
     app.add_typer(sub, name=name, help=help_text)
 
 try:
-    from piseduce.demo import demo as _demo
+    from piseduce.demo.command import demo as _demo
 
     app.command("demo", help="Start the whole simulated testbed on loopback.")(_demo)
 except ModuleNotFoundError as exc:
-    if exc.name != "piseduce.demo":
+    if exc.name not in ("piseduce.demo", "piseduce.demo.command"):
         raise
 
 
 def main() -> None:
     try:
         app()
-    except ConfigError as exc:
-        # One clear line, never a traceback, for a bad configuration.
+    except (ConfigError, FileOptionError) as exc:
+        # One clear line, never a traceback, for a bad configuration or a file it cannot use.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

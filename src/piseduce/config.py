@@ -105,7 +105,6 @@ class AgentConfig(_Base):
     tftp_root: str = "tftpboot"
     nfs_root: str = "nfs"
     ssh_key_file: str = "agent_ssh_key"
-    known_hosts_file: str = "known_hosts"
     firmware_path: str = "firmwares/"
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"
@@ -132,6 +131,9 @@ class AgentConfig(_Base):
     g5k_http_timeout: float = Field(default=30, gt=0, le=600)
     g5k_api_attempts: int = Field(default=4, ge=1, le=20)
     g5k_status_cache_seconds: float = Field(default=10, ge=0, le=3600)
+    # Served without the agent token: "metrics" (/metrics), "docs" (/docs, /redoc, /openapi.json).
+    # By default both need it, like every route but /api/health.
+    open_endpoints: list[Literal["metrics", "docs"]] = Field(default_factory=list)
 
     @field_validator("auth_token", mode="before")
     @classmethod
@@ -188,7 +190,54 @@ class WebuiConfig(_Base):
     secret_file: str = "session.secret"  # noqa: S105 (a file name, not a secret)
     agent_timeout_seconds: float = Field(default=1.5, gt=0, le=30)
     health_check_seconds: float = Field(default=15, ge=1)
-    login_attempts_per_minute: int = Field(default=10, ge=1)
+    # What the web UI reads of one agent answer at most (a bigger one is an error, in words).
+    agent_answer_max_bytes: int = Field(default=2 << 20, ge=64 << 10, le=256 << 20)
+    # The address users open, e.g. "https://piseduce.example.org/" behind a TLS proxy; "" means
+    # http://host:port_number/. Cookies are Secure when it is https, unless secure_cookies says.
+    public_url: str = ""
+    secure_cookies: bool | None = None
+    # Believe X-Forwarded-For (the client's address, for the login limiter) only when proxy_headers
+    # is on and the request comes from one of trusted_proxies (addresses or CIDR networks).
+    proxy_headers: bool = False
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # The login limiter (webui/throttle.py): wrong passwords allowed before waits begin, per
+    # account and address, per address, and per account from browsers it was never used in.
+    login_free_failures: int = Field(default=5, ge=1, le=1000)
+    login_source_free_failures: int = Field(default=30, ge=1, le=100_000)
+    login_account_free_failures: int = Field(default=100, ge=1, le=1_000_000)
+    # Where the first admin's password is written (mode 0600) instead of the terminal or the journal.
+    first_admin_file: str = "first-admin-password"
+    # A database call on the event loop (a bug: it stops every request) is logged, or raised.
+    event_loop_db_check: Literal["off", "warn", "raise"] = "warn"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (or be empty)")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (such as 10.0.0.0/8)") from None
+        return v
+
+    @property
+    def cookies_secure(self) -> bool:
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return self.public_url.startswith("https://")
+
+    @property
+    def first_admin_path(self) -> Path:
+        return self.resolve(self.first_admin_file)
 
     @property
     def key_path(self) -> Path:

@@ -8,7 +8,7 @@ encrypted with it.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.fernet import Fernet, InvalidToken
 
+from piseduce.private_files import create_private, tighten
+
+log = logging.getLogger(__name__)
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
 
@@ -26,14 +29,20 @@ class KeyFileError(Exception):
 
 def generate_key_file(path: Path) -> bool:
     """Write a new Fernet key to `path` (mode 0600). Never overwrites: returns False if it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(Fernet.generate_key())
-    return True
+    return create_private(path, Fernet.generate_key())
+
+
+def key_file_fernet(path: Path, *, create: bool) -> Fernet:
+    """The Fernet of the key file at `path`. When `create` and there is none, a new one is written
+    first (mode 0600, never over another one): for the agents that need no copy of the web UI's
+    key (raspberry), whose key seals their own secrets. KeyFileError in words otherwise."""
+    if create and not path.exists():
+        try:
+            if generate_key_file(path):
+                log.info("%s: key file created", path)
+        except OSError as exc:
+            raise KeyFileError(f"{path}: cannot create the key file ({exc.strerror})") from None
+    return load_fernet(path)
 
 
 def load_fernet(path: Path) -> Fernet:
@@ -41,6 +50,9 @@ def load_fernet(path: Path) -> Fernet:
         key = path.read_bytes().strip()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the key file ({exc.strerror})") from None
+    tighten(path)
     try:
         return Fernet(key)
     except (ValueError, TypeError):
@@ -91,12 +103,8 @@ def generate_password(length: int = 16) -> str:
 
 
 def generate_secret_file(path: Path) -> str:
-    """Session-signing secret, created on first start when absent."""
-    if path.is_file():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
-    return secret
+    """Session-signing secret (mode 0600), created on first start when absent."""
+    if not path.is_file():
+        create_private(path, secrets.token_urlsafe(48).encode())
+    tighten(path)
+    return path.read_text().strip()

@@ -8,12 +8,16 @@ Alembic's, one history per application (`migrations/agent`, `migrations/webui`).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from piseduce.private_files import tighten, touch_private
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -27,12 +31,20 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The database holds tokens, credentials and sealed passwords: mode 0600 from its creation
+    (SQLite gives its -wal and -shm files the database's mode), its new folders 0700."""
+    touch_private(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(path.with_name(path.name + suffix))
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_files(Path(path))
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
@@ -54,8 +66,36 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    if "pool_pre_ping" in kwargs:
+        return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before use (a restarted server dropped
+# it); one given back a moment ago is not: a ping per transaction (pool_pre_ping) cost the busy
+# executor a round trip per commit. A connection broken meanwhile fails one transaction, which the
+# executor resumes (its lease expires) and the web UI and API answer with a clear error.
+PING_AFTER_IDLE = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _given_back(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out another (a fresh one if needed).
+            raise DisconnectionError(str(exc)) from exc
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -13,13 +14,22 @@ from typing import Any
 CONTEXT_FIELDS = ("node", "reservation", "step", "action", "agent")
 
 
+# The users' API tokens (webui/tokens.py): kept out of every line, whatever carried them (a token
+# sent in a query string reaches the access log's URL).
+TOKEN_RE = re.compile(r"pst_[A-Za-z0-9_-]{8,}")
+
+
+def message_of(record: logging.LogRecord) -> str:
+    return TOKEN_RE.sub("pst_[redacted]", record.getMessage())
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ctx = " ".join(
             f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if getattr(record, k, None) is not None
         )
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{ts} {record.levelname:<7} {record.name}: {message_of(record)}"
         if ctx:
             line += f" [{ctx}]"
         if record.exc_info:
@@ -33,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message_of(record),
         }
         for k in CONTEXT_FIELDS:
             v = getattr(record, k, None)

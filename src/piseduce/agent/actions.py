@@ -14,16 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from piseduce.agent.drivers.base import ActionRefused
-from piseduce.agent.models import (
-    ACTION_CANCELLED,
-    ACTION_OPEN,
-    Action,
-    Event,
-    Reservation,
-    utcnow,
-)
+from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, Action, Event, Reservation
+from piseduce.dbtypes import utcnow
 
 log = logging.getLogger(__name__)
+
+# `session.info[CLOCK]`: the time of the transaction's events, when it is not now (the executor's
+# clock, so that events and step clocks agree; agent/engine/journal.py sets it).
+CLOCK = "piseduce.clock"
 
 
 def add_event(
@@ -39,7 +37,7 @@ def add_event(
         reservation_id=reservation.id if reservation is not None else None,
         action_id=action.id if action is not None else None,
         node_name=reservation.node_name if reservation is not None else "",
-        time=utcnow(),
+        time=session.info.get(CLOCK, utcnow)(),
         level=level,
         step=step,
         message=message[:4000],

@@ -12,8 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -21,27 +20,35 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
-from piseduce.agent.api import admin, health, monitoring, nodes, reservations
+from piseduce.agent import errors
+from piseduce.agent.api import admin, credentials, health, monitoring, nodes, reservations
 from piseduce.agent.api.deps import ERRORS, AgentState
 from piseduce.agent.auth import admin as require_admin
+from piseduce.agent.booking import Limits
 from piseduce.agent.drivers import load_driver
 from piseduce.agent.drivers.base import Driver
+from piseduce.agent.gate import TokenGate
 from piseduce.agent.inventory import Inventory
-from piseduce.agent.models import NODE_STATUSES, RESERVATION_STATUSES, Node, Reservation
-from piseduce.agent.scheduling import Limits
+from piseduce.agent.lifecycle import STATUSES
+from piseduce.agent.models import NODE_STATUSES, Node, Reservation
+from piseduce.agent.schemas import MAX_UPLOAD_B64
+from piseduce.agent.sealed import agent_key
+from piseduce.body_limit import BodyLimit
 from piseduce.config import AgentConfig, ConfigError, load_agent_config
-from piseduce.crypto import KeyFileError, load_fernet
+from piseduce.crypto import KeyFileError
 from piseduce.db import make_engine, session_factory
 
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "PISEDUCE_AGENT_CONFIG"
+# Request bodies are capped while they stream in (piseduce.body_limit): 1 MiB, and for the deploy
+# form, which may carry a firmware file base64-encoded, that file's limit on top.
 MAX_BODY_BYTES = 1 << 20
+DEPLOY_BODY_BYTES = MAX_UPLOAD_B64 + MAX_BODY_BYTES
+BODY_RULES = ((r"/api/reservations/[^/]+/deploy", DEPLOY_BODY_BYTES),)
 
 
 class ReservationCollector(Collector):
@@ -66,7 +73,7 @@ class ReservationCollector(Collector):
         except OperationalError:
             log.warning("metrics: database unavailable", exc_info=True)
             return []
-        for st in RESERVATION_STATUSES:
+        for st in STATUSES:
             res.add_metric([st], by_status.get(st, 0))
         for st in NODE_STATUSES:
             nodes.add_metric([st], by_node.get(st, 0))
@@ -74,7 +81,7 @@ class ReservationCollector(Collector):
 
 
 class Guard:
-    """Pure ASGI middleware: request counts and latency per route, and a cap on body size."""
+    """Pure ASGI middleware: request counts and latency per route (401 and 413 answers included)."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
@@ -92,18 +99,6 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    too_big = int(value) > MAX_BODY_BYTES
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    resp = JSONResponse(
-                        {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
-                    )
-                    await resp(scope, receive, send)
-                    return
         t0 = time.perf_counter()
         status = 500
 
@@ -123,6 +118,14 @@ class Guard:
             self.latency.labels(method, path).observe(time.perf_counter() - t0)
 
 
+def _too_large(limit: int) -> Response:
+    return JSONResponse(
+        {"detail": f"request body larger than {limit} bytes, the limit of this route"},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+
+
 def _load_driver(config: AgentConfig, sessions: sessionmaker[Session]) -> Driver:
     try:
         return load_driver(config, sessions)
@@ -138,12 +141,11 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     engine = make_engine(config.database_url)
     sessions = session_factory(engine)
     driver = driver or _load_driver(config, sessions)
-    fernet = None
-    if driver.needs_credentials or config.key_path.is_file():
-        try:
-            fernet = load_fernet(config.key_path)
-        except KeyFileError as exc:
-            raise ConfigError(f"{config.path}: key 'key_file': {exc}") from None
+    try:
+        # g5k and iot-lab agents must have the web UI's key; a raspberry agent makes its own.
+        fernet = agent_key(config, create=not driver.needs_credentials)
+    except KeyFileError as exc:
+        raise ConfigError(f"{config.path}: key 'key_file': {exc}") from None
     state = AgentState(
         config=config,
         driver=driver,
@@ -167,6 +169,7 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
         version=piseduce.__version__,
         description='Reservations and deployments of one testbed site. Every error is JSON {"detail": ...}.',
         lifespan=lifespan,
+        default_response_class=errors.SafeJSONResponse,
     )
     app.state.agent = state
     registry = CollectorRegistry()
@@ -174,7 +177,8 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     registry.register(monitoring.MonitoringCollector(state))
     app.state.registry = registry
 
-    for router in (health.router, nodes.router, reservations.router, admin.router, monitoring.router):
+    routers = (health, nodes, reservations, admin, monitoring, credentials)
+    for router in (m.router for m in routers):
         app.include_router(router, responses=ERRORS)
     extra = driver.admin_router()
     if extra is not None:
@@ -189,33 +193,12 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code != 405:
-            return await http_exception_handler(request, exc)
-        # Starlette names only the first matching route's methods; list those of every route
-        # of this path (GET and POST /api/reservations are two routes).
-        allowed: set[str] = set()
-        for route in app.router.routes:
-            match, _ = route.matches({**request.scope, "method": "\0"})
-            if match != Match.NONE:
-                allowed |= set(getattr(route, "methods", None) or ())
-        return JSONResponse(
-            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(allowed))}
-        )
+    errors.install(app)
 
-    @app.exception_handler(OperationalError)
-    async def db_busy(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error: %s", exc.orig)
-        return JSONResponse(
-            {"detail": "the agent's database is busy or unavailable; try again"}, status_code=503
-        )
-
-    @app.exception_handler(Exception)
-    async def crashed(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error", exc_info=exc)
-        return JSONResponse({"detail": "internal error of the agent (see its log)"}, status_code=500)
-
+    # Added innermost first: Guard (metrics) sees every answer, the token is checked before the
+    # body is read, and the body is capped while it streams.
+    app.add_middleware(BodyLimit, default=MAX_BODY_BYTES, rules=BODY_RULES, too_large=_too_large)
+    app.add_middleware(TokenGate, tokens=config.auth_token, open_endpoints=config.open_endpoints)
     app.add_middleware(Guard, registry=registry)
     return app
 

@@ -9,7 +9,6 @@ user's testbed credentials as a Fernet token made with the shared key file
 from __future__ import annotations
 
 import hmac
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,8 +17,8 @@ from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from piseduce.crypto import decrypt_json
+from piseduce.protocol import END_USER_RE
 
-USER_RE = re.compile(r"^[\w.+\-]{1,64}(@[\w.\-]{1,255})?$")
 MAX_CREDENTIALS_TOKEN = 8192
 # Documents the scheme in the OpenAPI spec; the check itself is below (401, never 403).
 bearer = HTTPBearer(auto_error=False, description="One of the agent's auth_token values")
@@ -82,7 +81,7 @@ def caller(
     if not x_piseduce_user:
         raise HTTPException(400, "X-Piseduce-User header missing: the webui must name the end user")
     user = x_piseduce_user.strip()
-    if not USER_RE.match(user):
+    if not END_USER_RE.match(user):
         raise HTTPException(400, "X-Piseduce-User must be an e-mail address or a login name")
     role = (x_piseduce_role or "user").strip().lower()
     if role not in ("user", "admin"):

@@ -79,6 +79,34 @@ def init_db(config: ConfigArg) -> None:
         typer.echo(f"{where}: tables created (revision {head})")
     else:
         typer.echo(f"{where}: upgraded from revision {before} to {head}")
+    _seal_secrets(cfg)
+
+
+def _seal_secrets(cfg: AgentConfig) -> None:
+    """The key file (a raspberry agent makes its own), and the deploy forms' secrets that an older
+    version stored in clear: sealed, or erased for reservations that have ended."""
+    from piseduce.agent.drivers import driver_class
+    from piseduce.agent.sealed import agent_key, seal_stored
+    from piseduce.crypto import KeyFileError
+    from piseduce.db import make_engine, session_factory, write_session
+
+    try:
+        needs_web_key = driver_class(cfg).needs_credentials
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        key = "driver" if cfg.driver else "node_type"
+        raise ConfigError(f"{cfg.path}: key {key!r}: cannot load the driver ({exc})") from None
+    try:
+        fernet = agent_key(cfg, create=not needs_web_key)
+    except KeyFileError as exc:
+        raise ConfigError(f"{cfg.path}: key 'key_file': {exc}") from None
+    engine = make_engine(cfg.database_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            sealed, erased = seal_stored(s, fernet)
+    finally:
+        engine.dispose()
+    if sealed or erased:
+        typer.echo(f"deploy form secrets stored in clear: {sealed} sealed with the key file, {erased} erased")
 
 
 def _check_database(cfg: AgentConfig) -> None:
@@ -126,7 +154,7 @@ def exec_(
     """Run the executor: deployments, actions and expiries (the durable state machine)."""
     cfg = _setup(config, log_format)
     _check_database(cfg)
-    from piseduce.agent.engine import run_executor
+    from piseduce.agent.engine.executor import run_executor
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_executor(cfg))

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from piseduce.agent.drivers.base import Driver, NodeSpec
+from piseduce.agent.drivers.base import Driver, DriverError, NodeSpec
 from piseduce.agent.models import NODE_STATUSES, Node
 from piseduce.db import write_session
 
@@ -85,16 +85,20 @@ class Inventory:
     async def refresh(self, credentials: Mapping[str, str] | None = None, *, force: bool = False) -> bool:
         """Sync when stale. Returns True when the table was written. Errors of the remote side
         propagate (the API maps them), except when an earlier sync can still be served."""
-        if not self.driver.remote_inventory or (self.fresh and not force):
+        if self.driver.inventory is None or (self.fresh and not force):
             return False
         async with self._lock:
             if self.fresh and not force:
                 return False
             try:
                 specs = await self.driver.sync_nodes(credentials)
-            except Exception:
+            except Exception as exc:
                 if self.synced_at is not None or await run_in_threadpool(self._has_nodes):
-                    log.warning("node inventory refresh failed; serving the last known nodes", exc_info=True)
+                    # A driver's refusal (no login forwarded, the testbed said no) is expected and
+                    # worded: one line. Anything else is a bug: its traceback.
+                    expected = isinstance(exc, DriverError)
+                    log.warning("node inventory refresh failed%s; serving the last known nodes",
+                                f" ({exc})" if expected else "", exc_info=not expected)
                     return False
                 raise
             if specs is None:

@@ -19,29 +19,19 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    event,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from piseduce.agent.lifecycle import CONFIGURING, FINAL_STATUSES
+from piseduce.agent.sealed import erase
 from piseduce.dbtypes import UTCDateTime, utcnow
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
-
-# Reservation statuses (DESIGN §5.2).
-CONFIGURING = "configuring"
-SCHEDULED = "scheduled"
-DEPLOYING = "deploying"
-DEPLOYED = "deployed"
-FAILED = "failed"
-DESTROYING = "destroying"
-ENDED = "ended"
-CANCELLED = "cancelled"
-RESERVATION_STATUSES = (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED, DESTROYING, ENDED, CANCELLED)
-# A reservation in one of these holds its node in the calendar.
-ACTIVE_STATUSES = (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED, DESTROYING)
-FINAL_STATUSES = (ENDED, CANCELLED)
 
 # Node statuses.
 NODE_AVAILABLE = "available"
@@ -85,7 +75,8 @@ class Reservation(Base):
     # end + turnaround gap: the node is held until then (the exclusion constraint on PostgreSQL uses it).
     busy_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16), default=CONFIGURING, index=True)
-    # The deploy form's values (environment, part_size, os_password, ssh_keys...).
+    # The deploy form's values (environment, part_size, ssh_keys...); its secrets (os_password) are
+    # sealed with the key file under "_sealed" (agent/sealed.py) and erased when the reservation ends.
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # The driver's own bookkeeping (OAR job id, Kadeploy id, experiment id...).
     driver_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -110,6 +101,15 @@ class Reservation(Base):
         # The calendar's range scans (migration 0002_api).
         Index("ix_reservations_start", "start", "busy_until"),
     )
+
+
+@event.listens_for(Reservation.status, "set")
+def _end_forgets_secrets(target: Reservation, value: str, _old: Any, _initiator: Any) -> None:
+    """Whatever ends a reservation (destroy done or failed, expiry, cancellation, rollback) erases
+    its secrets in the same transaction: the forwarded testbed login and the deploy form's."""
+    if value in FINAL_STATUSES:
+        target.credentials = None
+        target.params = erase(target.params)
 
 
 class Action(Base):
@@ -173,6 +173,9 @@ class Environment(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     checksum: Mapped[str] = mapped_column(String(128), default="")  # sha256 of the image file
     owner: Mapped[str] = mapped_column(String(320), default="")  # "" = public
+    # The operator's choice for every deploy form (at most one; only a public one counts).
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=utcnow, nullable=True)
 
 
 class Switch(Base):
@@ -181,7 +184,14 @@ class Switch(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     ip: Mapped[str] = mapped_column(String(255))
     snmp_port: Mapped[int] = mapped_column(Integer, default=161)
-    community: Mapped[str] = mapped_column(String(128), default="private")
+    # Clear community of rows saved before `secrets` existed; emptied when the driver seals it.
+    community: Mapped[str] = mapped_column(String(128), default="")
+    snmp_version: Mapped[str] = mapped_column(String(8), default="v2c", server_default="v2c")
+    v3_user: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    v3_auth_protocol: Mapped[str] = mapped_column(String(16), default="SHA", server_default="SHA")
+    v3_priv_protocol: Mapped[str] = mapped_column(String(16), default="AES", server_default="AES")
+    # Fernet token (the agent's key file) of {"community", "auth_key", "priv_key"}: never in clear.
+    secrets: Mapped[str] = mapped_column(Text, default="", server_default="")
     poe_oid: Mapped[str] = mapped_column(String(255), default="1.3.6.1.2.1.105.1.1.1.3.1")
     oid_offset: Mapped[int] = mapped_column(Integer, default=0)
     port_count: Mapped[int] = mapped_column(Integer, default=8)

@@ -1,6 +1,7 @@
-"""Pydantic models of the agent API (DESIGN §5.1): every input and output goes through them.
+"""Pydantic models of what the agent API accepts (DESIGN §5.1): every request goes through them.
 
-This module is the contract between the agent and the web UI; change it only compatibly.
+What it answers is the shared protocol (`piseduce.protocol`), which the web UI reads with the same
+models. Both are the contract between the agent and the web UI; change them only compatibly.
 """
 
 from __future__ import annotations
@@ -10,59 +11,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from piseduce.agent.worded import Mac, Serial, Words
 from piseduce.dbtypes import to_utc
+from piseduce.jsonsafe import first_unsafe
+from piseduce.numbers import StrictFloat, StrictInt, UnsignedFloat
 
-Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$")
-]
-BinName = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9 ._-]*$")]
-PropKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128), Words(
+    r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$",
+    "is not a valid name: letters, digits and . _ @ : + - only, starting with a letter or digit")]
+BinName = Annotated[str, StringConstraints(max_length=64), Words(
+    r"^[A-Za-z0-9 ._-]*$", "is not a valid bin name: letters, digits, spaces and . _ - only")]
+PropKey = Annotated[str, StringConstraints(min_length=1, max_length=64), Words(
+    r"^[A-Za-z0-9_.-]+$", "is not a valid property name: letters, digits and . _ - only")]
 PropValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every request body: unknown fields refused, and nothing JSON or the database cannot carry
+    back (NaN, Infinity, lone surrogates) anywhere in it, free-form fields included."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-# ---------------------------------------------------------------- info
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-
-
-class Info(BaseModel):
-    name: str
-    node_type: str
-    site: str
-    version: str
-    needs_credentials: bool = False
-
-
-class NodeOut(BaseModel):
-    name: str
-    properties: dict[str, Any]
-    status: str
-
-
-# ---------------------------------------------------------------- schedule
-
-
-class BusySlot(BaseModel):
-    start: dt.datetime
-    end: dt.datetime
-    # Only for admins and for the owner's own bookings; None otherwise.
-    owner: str | None = None
-    mine: bool = False
-    reservation_id: int | None = None
-    status: str = ""
-    reason: str = ""  # "busy outside PiSeduce" for remote jobs
-
-
-class ScheduleOut(BaseModel):
-    start: dt.datetime
-    end: dt.datetime
-    nodes: dict[str, list[BusySlot]]
+    @model_validator(mode="before")
+    @classmethod
+    def _representable(cls, data: Any) -> Any:
+        problem = first_unsafe(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 # ---------------------------------------------------------------- reservations
@@ -72,8 +48,8 @@ class Filter(Strict):
     """Either named nodes, or a count of nodes matching properties (all must match; numbers
     may be given as {"min": x, "max": y})."""
 
-    count: int | None = Field(default=None, ge=1, le=1000)
-    properties: dict[PropKey, PropValue | dict[Literal["min", "max"], float]] = Field(
+    count: StrictInt | None = Field(default=None, ge=1, le=1000)
+    properties: dict[PropKey, PropValue | dict[Literal["min", "max"], StrictFloat]] = Field(
         default_factory=dict, max_length=32
     )
     nodes: list[Name] | None = Field(default=None, min_length=1, max_length=1000)
@@ -92,7 +68,7 @@ class Filter(Strict):
 class ReservationRequest(Strict):
     filters: list[Filter] = Field(min_length=1, max_length=32)
     start: dt.datetime | Literal["now"] = "now"
-    duration_hours: float = Field(gt=0, le=24 * 366)
+    duration_hours: StrictFloat = Field(gt=0, le=24 * 366)
     bin: BinName = ""
 
     @field_validator("start")
@@ -103,44 +79,11 @@ class ReservationRequest(Strict):
         return to_utc(v) if isinstance(v, dt.datetime) else v
 
 
-class EventOut(BaseModel):
-    time: dt.datetime
-    level: str
-    step: str
-    message: str
-
-
-class ReservationOut(BaseModel):
-    id: int
-    node: str
-    owner: str
-    bin: str
-    start: dt.datetime
-    end: dt.datetime
-    status: str
-    process: str = ""
-    step: str = ""
-    step_label: str = ""
-    step_index: int = 0
-    step_count: int = 0
-    progress: int = 0
-    error: str = ""
-    events: list[EventOut] = Field(default_factory=list)
-    connection: dict[str, Any] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)  # os_password only for its owner
-    node_properties: dict[str, Any] = Field(default_factory=dict)
-    actions: list[str] = Field(default_factory=list)  # what can be asked now
-
-
-class BookingOut(BaseModel):
-    reservations: list[ReservationOut]
-
-
 # 4 MiB once decoded: the largest file a deploy form may carry (an IoT-LAB firmware).
 MAX_UPLOAD_B64 = 4 * 1024 * 1024 * 4 // 3 + 4
 
 
-class DeployRequest(BaseModel):
+class DeployRequest(Strict):
     """The deploy form's values; each driver validates its own fields."""
 
     model_config = ConfigDict(extra="allow")
@@ -172,19 +115,12 @@ class DeployRequest(BaseModel):
 
 
 class ExtendRequest(Strict):
-    hours: float = Field(default=0, ge=0, le=24 * 366)  # 0 = by the reservation's own duration
+    hours: UnsignedFloat = Field(default=0, ge=0, le=24 * 366)  # 0 = by the reservation's own duration
 
 
 class RegisterEnvRequest(Strict):
     # Checked by the route (env_factory.NAME_RE) so that a bad name gets a sentence, not a pattern.
     name: str = Field(max_length=256, description="The new environment's name")
-
-
-class AcceptedOut(BaseModel):
-    id: int
-    status: str
-    process: str = ""
-    message: str = ""
 
 
 # ---------------------------------------------------------------- admin
@@ -194,13 +130,11 @@ class NodeIn(Strict):
     name: Name
     ip: Annotated[str, StringConstraints(max_length=255)] = ""
     switch: Name | None = None
-    port: int | None = Field(default=None, ge=0, le=4096)
-    ssh_port: int = Field(default=22, ge=1, le=65535)
+    port: StrictInt | None = Field(default=None, ge=0, le=4096)
+    ssh_port: StrictInt = Field(default=22, ge=1, le=65535)
     model: Annotated[str, StringConstraints(max_length=64)] = ""
-    serial: Annotated[str, StringConstraints(max_length=64, pattern=r"^[0-9A-Za-z]*$")] = ""
-    mac: Annotated[
-        str, StringConstraints(max_length=17, pattern=r"^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5})?$")
-    ] = ""
+    serial: Serial = ""
+    mac: Mac = ""
     host_key: Annotated[str, StringConstraints(max_length=4096)] = ""
     properties: dict[PropKey, PropValue] = Field(default_factory=dict, max_length=32)
     status: Literal["available", "maintenance", "broken"] = "available"
@@ -210,26 +144,20 @@ class NodeStatusIn(Strict):
     status: Literal["available", "maintenance", "broken"]
 
 
-class AdminNodeOut(BaseModel):
-    """A node as admins see it: what users see plus the driver's attributes (secrets removed)."""
+class NodePatchIn(Strict):
+    """A change of a node: the fields given change, those omitted (or null) stay. A board's
+    re-registration sends its description; the web UI sends a status."""
 
-    name: str
-    ip: str
-    status: str
-    present: bool
-    properties: dict[str, Any]
-    attrs: dict[str, Any]
+    status: Literal["available", "maintenance", "broken"] | None = None
+    ip: Annotated[str, StringConstraints(max_length=255)] | None = None
+    switch: Name | None = None
+    port: StrictInt | None = Field(default=None, ge=0, le=4096)
+    ssh_port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    model: Annotated[str, StringConstraints(max_length=64)] | None = None
+    serial: Annotated[str, StringConstraints(max_length=64), Words(
+        r"^[0-9A-Za-z]*$", "is not a board serial: letters and digits only, as in /proc/cpuinfo (1a2b3c4d)")
+    ] | None = None
+    mac: Mac | None = None
+    host_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    properties: dict[PropKey, PropValue] | None = Field(default=None, max_length=32)
 
-
-class ActionOut(BaseModel):
-    id: int
-    reservation_id: int | None
-    node: str = ""
-    owner: str = ""
-    process: str
-    status: str
-    step: str
-    progress: int
-    error: str
-    locked_by: str | None = None
-    created_at: dt.datetime

@@ -37,6 +37,17 @@ def model_from_revision(revision: str) -> str:
     return board
 
 
+def memory_gb_from_revision(revision: str) -> float | None:
+    """The board's memory in GiB from a new-style revision code (bits 20-22), None if unknown."""
+    try:
+        code = int(revision, 16)
+    except ValueError:
+        return None
+    if not code & (1 << 23):
+        return None
+    return float(2 ** ((code >> 20) & 0x7) / 4)  # 0 = 256 MiB, 1 = 512 MiB, ... 5 = 8 GiB
+
+
 def read_cpuinfo() -> dict[str, str]:
     path = Path(os.environ.get(CPUINFO_ENV, DEFAULT_CPUINFO))
     try:

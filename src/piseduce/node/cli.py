@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from piseduce.node import disk
+from piseduce.node import cardio, disk
 from piseduce.node.board import board_info, temperature_celsius
 from piseduce.node.disk import DiskError
 from piseduce.node.fs import Ext4, Fat
-from piseduce.node.image import FORMATS, HolePuncher, write_image
+from piseduce.node.image import FORMATS, verify_card, write_image
+from piseduce.node.meter import Meter
 from piseduce.node.readimage import read_image
 from piseduce.node.system import Settings, configure
 
@@ -34,6 +35,7 @@ DEFAULT_DEVICE = "/dev/mmcblk0"
 GIB = 1024**3
 PART_SIZES = {"2gb": 2 * GIB, "5gb": 5 * GIB, "10gb": 10 * GIB}
 WIPE_LENGTH = 1 << 20
+WIPE_STEP = 16 << 20
 
 
 def emit(obj: dict[str, Any], stream: Any = None) -> None:
@@ -44,6 +46,11 @@ def emit(obj: dict[str, Any], stream: Any = None) -> None:
 
 def progress(pct: int, message: str) -> None:
     emit({"progress": pct, "message": message})
+
+
+def meter(stream: Any = None) -> Meter:
+    """Progress lines (bytes done of a total) on stdout, or on `stream` (stderr when stdout carries data)."""
+    return Meter(lambda line: emit(line, stream))
 
 
 def _partitions(device: Path) -> disk.PartitionTable:
@@ -67,16 +74,23 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_write_image(args: argparse.Namespace) -> dict[str, Any]:
     if len(args.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in args.sha256):
         raise DiskError("--sha256 must be 64 hexadecimal digits")
-    progress(0, "writing")
     return write_image(
         sys.stdin.buffer,
         args.device,
         expected_sha256=args.sha256,
         fmt=args.format,
         size_hint=args.size,
+        image_size=args.image_size,
         device_size=disk.device_size(args.device),
-        progress=progress,
+        meter=meter(),
+        verify=args.verify,
     )
+
+
+def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
+    if len(args.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in args.sha256):
+        raise DiskError("--sha256 must be 64 hexadecimal digits")
+    return verify_card(args.device, args.size, args.sha256, meter=meter())
 
 
 def cmd_partition(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,11 +148,7 @@ def cmd_export_boot(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_read_image(args: argparse.Namespace) -> dict[str, Any]:
     # stdout carries the image: progress goes to stderr
-    def report(pct: int, message: str) -> None:
-        emit({"progress": pct, "message": message}, sys.stderr)
-
-    report(0, "reading")
-    return read_image(args.device, sys.stdout.buffer, progress=report, level=args.level)
+    return read_image(args.device, sys.stdout.buffer, meter=meter(sys.stderr), level=args.level)
 
 
 def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,23 +160,20 @@ def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
                     for p in table.partitions if p.offset < size]
     if args.full:
         regions = [(0, size)]
-    zero = bytes(WIPE_LENGTH)
-    done, total = 0, sum(length for _, length in regions)
-    with open(args.device, "r+b") as f:
-        puncher = HolePuncher(f.fileno(), args.device)
+    total = sum(length for _, length in regions)
+    progress_of = meter()
+    progress_of.start("wipe", total)
+    done = 0
+    with cardio.open_card(args.device, write=True) as card:
         for offset, length in regions:
-            if puncher.zero(offset, length):
-                done += length
-                continue
-            f.seek(offset)
-            end = offset + length
-            while f.tell() < end:
-                n = f.write(zero[: min(WIPE_LENGTH, end - f.tell())])
-                done += n or 0
-                if args.full and done % (256 * WIPE_LENGTH) == 0:
-                    progress(done * 100 // total, f"{done} bytes zeroed")
-        f.flush()
-        os.fsync(f.fileno())
+            # in steps, so that a full wipe reports its progress as it goes
+            for at in range(offset, offset + length, WIPE_STEP):
+                n = min(WIPE_STEP, offset + length - at)
+                card.zero(at, n)
+                done += n
+                progress_of.advance(done)
+        card.flush()
+    progress_of.finish()
     disk.reread_partitions(args.device)
     return {"zeroed": total}
 
@@ -185,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", required=True, help="sha256 of the bytes sent on stdin")
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--size", type=int, default=None, help="bytes sent on stdin, for progress")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="bytes of the decompressed image, for progress (when known)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not read the card back (the agent runs `verify` as a step of its own)")
     p.set_defaults(func=cmd_write_image)
+    p = sub.add_parser("verify", help="read the card back and compare its sha256")
+    p.add_argument("--size", type=int, required=True, help="bytes to read from the start of the card")
+    p.add_argument("--sha256", required=True, help="sha256 of those bytes (write-image's image_sha256)")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("partition", help="resize the root partition and its filesystem")
     p.add_argument("--size", choices=["whole", *PART_SIZES], required=True)
     p.set_defaults(func=cmd_partition)

@@ -17,7 +17,6 @@ MBR_SIGNATURE = b"\x55\xaa"
 ENTRY_OFFSET = 446
 ENTRY_SIZE = 16
 DISK_ID_OFFSET = 440
-ALIGN_SECTORS = 2048  # 1 MiB, what sfdisk and the Raspberry Pi images use
 
 
 class DiskError(Exception):

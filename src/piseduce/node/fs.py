@@ -148,6 +148,33 @@ class Ext4:
             if back[path] != spec.data:
                 raise DiskError(f"writing {path} on the root filesystem failed")
 
+    def list_dir(self, path: str) -> list[str] | None:
+        """Names in a directory (None when it is missing), from `ls -p`'s /inode/mode/uid/gid/name/size/."""
+        out = self._debugfs([f"ls -p {_check_path(path)}"], write=False)
+        names = [f[5] for f in (line.split("/") for line in out.splitlines()) if len(f) >= 7]
+        return None if not names else [n for n in names if n not in (".", "..")]
+
+    def remove(self, paths: list[str]) -> None:
+        """Delete files (missing ones are ignored); checked by a read-back."""
+        if not paths:
+            return
+        self._debugfs([f"rm {_check_path(p)}" for p in paths], write=True)
+        left = [p for p, data in self.read_files(paths).items() if data is not None]
+        if left:
+            raise DiskError(f"removing {left[0]} from the root filesystem failed")
+
+    def symlink(self, path: str, target: str) -> None:
+        """`path` becomes a symbolic link to `target` (its folder must exist); checked by `stat`."""
+        p = _check_path(path)
+        self._debugfs([f"rm {p}", f"symlink {p} {_check_path(target)}"], write=True)
+        if "Type: symlink" not in self._debugfs([f"stat {p}"], write=False):
+            raise DiskError(f"making the link {path} on the root filesystem failed")
+
+    def data_blocks(self, path: str) -> list[int]:
+        """The filesystem blocks holding a file's data (empty for a missing or empty file)."""
+        out = self._debugfs([f"blocks {_check_path(path)}"], write=False)
+        return [int(b) for b in out.split() if b.isdigit()]
+
     def fsck(self) -> None:
         try:
             proc = subprocess.run(

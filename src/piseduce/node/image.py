@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from piseduce.node.disk import DiskError, is_block_device, punch_hole, reread_partitions
+from piseduce.node import cardio
+from piseduce.node.disk import DiskError, reread_partitions
+from piseduce.node.meter import Meter
 
 CHUNK = 1 << 20
-HOLE_BLOCK = 1 << 16
 FORMATS = ("auto", "raw", "gz", "xz", "zst", "tar", "tar.gz")
-
-Progress = Callable[[int, str], None]
 
 
 class _HashingReader:
@@ -157,30 +155,6 @@ def decompressed(reader: _HashingReader, fmt: str) -> Iterator[bytes]:
         raise DiskError(f"the image is not valid {fmt}: {exc}") from exc
 
 
-class HolePuncher:
-    """On a card that is a regular file, zero blocks become holes (the simulator's cards stay sparse)."""
-
-    def __init__(self, fd: int, device: Path) -> None:
-        self.fd = fd
-        self.enabled = not is_block_device(device)
-
-    def zero(self, offset: int, length: int) -> bool:
-        return self.enabled and punch_hole(self.fd, offset, length)
-
-
-def _write_block(fd: int, puncher: HolePuncher, data: bytes, offset: int, zero: bytes) -> None:
-    """Writes data at offset; runs of zero blocks become holes when the card is a file."""
-    view = memoryview(data)
-    pos = 0
-    while pos < len(view):
-        end = min(pos + HOLE_BLOCK, len(view))
-        if view[pos:end] == zero[: end - pos] and puncher.zero(offset + pos, end - pos):
-            pos = end
-            continue
-        written = os.pwrite(fd, view[pos:end], offset + pos)
-        pos += written
-
-
 def write_image(
     stream: BinaryIO,
     device: Path,
@@ -188,10 +162,14 @@ def write_image(
     expected_sha256: str,
     fmt: str = "auto",
     size_hint: int | None = None,
+    image_size: int | None = None,
     device_size: int,
-    progress: Progress,
+    meter: Meter,
+    verify: bool = True,
 ) -> dict[str, object]:
-    """Writes the decompressed stream at the start of the device, then re-reads it to verify."""
+    """Writes the decompressed stream at the start of the device, then (`verify`) re-reads it.
+    Progress counts the bytes written of `image_size` (the decompressed size) when it is known,
+    else the bytes received of `size_hint` (what the agent sends)."""
     if fmt not in FORMATS:
         raise DiskError(f"unknown image format {fmt!r}")
     head = stream.read(4096)
@@ -202,45 +180,53 @@ def write_image(
     reader = _HashingReader(stream, head)
     out_sha = hashlib.sha256()
     written = 0
-    zero_chunk = bytes(CHUNK)
-    last_pct = -1
-    fd = os.open(device, os.O_WRONLY)
-    try:
-        puncher = HolePuncher(fd, device)
+    meter.start("write", image_size or size_hint or 0)
+    with cardio.open_card(device, write=True) as card:
         for data in decompressed(reader, fmt):
             if not data:
                 continue
             if written + len(data) > device_size:
                 raise DiskError(f"the image is larger than the card ({device_size} bytes)")
             out_sha.update(data)
-            _write_block(fd, puncher, data, written, zero_chunk)
+            card.pwrite(data, written)
             written += len(data)
-            if size_hint:
-                pct = min(90, reader.count * 90 // size_hint)
-                if pct >= last_pct + 5:
-                    last_pct = pct
-                    progress(pct, f"{written} bytes written")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            meter.advance(written if image_size else reader.count, received=reader.count)
+        card.flush()
+    meter.finish(received=reader.count)
     got = reader.sha.hexdigest()
     if got != expected_sha256.lower():
         raise DiskError(f"checksum mismatch: received data has sha256 {got}")
     if written == 0:
         raise DiskError("the image is empty")
-    progress(92, "verifying")
+    result: dict[str, object] = {"written": written, "sha256": got, "image_sha256": out_sha.hexdigest(),
+                                 "verified": False, "format": fmt}
+    if verify:
+        verify_card(device, written, out_sha.hexdigest(), meter=meter)
+        result["verified"] = True
+    reread_partitions(device)
+    return result
+
+
+def verify_card(device: Path, size: int, expected_sha256: str, *, meter: Meter) -> dict[str, object]:
+    """Reads the first `size` bytes of the card back (from the card, not the page cache) and
+    compares their sha256; DiskError when they differ."""
+    if size <= 0:
+        raise DiskError("nothing to verify: the size must be positive")
     check = hashlib.sha256()
-    remaining = written
-    with open(device, "rb") as f:
-        while remaining:
-            data = f.read(min(CHUNK, remaining))
+    done = 0
+    meter.start("verify", size)
+    with cardio.open_card(device) as card:
+        card.flush()  # drop what the page cache still holds of the card
+        while done < size:
+            data = card.pread(min(CHUNK, size - done), done)
             if not data:
                 break
             check.update(data)
-            remaining -= len(data)
-    if remaining or check.hexdigest() != out_sha.hexdigest():
+            done += len(data)
+            meter.advance(done)
+    meter.finish()
+    if done < size:
+        raise DiskError(f"verification failed: the card ends at byte {done}, before {size}")
+    if check.hexdigest() != expected_sha256.lower():
         raise DiskError("verification failed: the card does not hold what was written")
-    reread_partitions(device)
-    progress(100, "verified")
-    return {"written": written, "sha256": got, "image_sha256": out_sha.hexdigest(), "verified": True,
-            "format": fmt}
+    return {"verified": True, "size": size, "sha256": check.hexdigest()}

@@ -18,6 +18,13 @@ KEY_RE = re.compile(
     r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [^\n\r]*)?$"
 )
 RESIZE_INIT_RE = re.compile(r"\s*init=\S*init_resize\.sh")
+SSH_DIR = "/etc/ssh"
+HOST_KEY_RE = re.compile(r"^ssh_host_[A-Za-z0-9_]+_key(\.pub|-cert\.pub)?$")
+# Raspberry Pi OS makes the host keys at first boot with this unit, which disables itself once run:
+# an image saved from a deployed board has it disabled, so it is enabled again with the keys gone.
+REGEN_UNIT = "regenerate_ssh_host_keys.service"
+REGEN_UNIT_DIRS = ("/lib/systemd/system", "/usr/lib/systemd/system")
+REGEN_WANTS = f"/etc/systemd/system/multi-user.target.wants/{REGEN_UNIT}"
 
 
 def hash_password(password: str) -> str:
@@ -143,6 +150,7 @@ def configure(root: Ext4, boot: Fat, settings: Settings) -> dict[str, Any]:
     shadow_gid = _shadow_gid(root)
     files["/etc/shadow"] = FileSpec(shadow.encode(), 0o640, 0, shadow_gid)
     root.write(files, dirs)
+    removed_keys = remove_host_keys(root)
     # raspios reads `ssh` on the boot partition at first boot to enable sshd
     boot.write("ssh", b"")
     removed = []
@@ -153,7 +161,30 @@ def configure(root: Ext4, boot: Fat, settings: Settings) -> dict[str, Any]:
         if fixed != cmdline.decode():
             boot.write("cmdline.txt", fixed.encode())
             removed.append("init_resize")
-    return {"hostname": settings.hostname, "users": names, "keys": len(settings.ssh_keys), "changed": removed}
+    return {"hostname": settings.hostname, "users": names, "keys": len(settings.ssh_keys), "changed": removed,
+            "host_keys_removed": removed_keys}
+
+
+def host_key_paths(root: Ext4, *, private_only: bool = False) -> list[str]:
+    """The SSH host key files of the image (`/etc/ssh/ssh_host_*_key`, and their .pub with all)."""
+    names = root.list_dir(SSH_DIR) or []
+    return [f"{SSH_DIR}/{n}" for n in sorted(names)
+            if HOST_KEY_RE.match(n) and not (private_only and n.endswith(".pub"))]
+
+
+def remove_host_keys(root: Ext4) -> int:
+    """Every host key the image carries goes: the board makes its own at first boot.
+
+    An image saved from a deployed board (environment factory) holds that board's keys; kept, every
+    board deployed from it would answer with them and could pass for the others.
+    """
+    paths = host_key_paths(root)
+    root.remove(paths)
+    units = root.read_files([f"{d}/{REGEN_UNIT}" for d in REGEN_UNIT_DIRS])
+    unit = next((p for p, data in units.items() if data is not None), None)
+    if paths and unit is not None:
+        root.symlink(REGEN_WANTS, unit)
+    return len(paths)
 
 
 def _shadow_gid(root: Ext4) -> int:

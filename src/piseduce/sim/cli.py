@@ -9,9 +9,9 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 SIMULATORS = {
-    "rpi": ("piseduce.sim.rpi.cli", "A PoE switch (SNMP) and Raspberry Pi boards (SSH) on loopback."),
-    "g5k": ("piseduce.sim.g5k", "An emulator of the Grid'5000 REST API for one site."),
-    "iotlab": ("piseduce.sim.iotlab", "An emulator of the FIT IoT-LAB REST API for one site."),
+    "rpi": ("piseduce.sim.rpi.cli", "A PoE switch (SNMP) and Raspberry Pi boards (SSH; real hosts as root)."),
+    "g5k": ("piseduce.sim.g5k.cli", "An emulator of the Grid'5000 REST API for one site."),
+    "iotlab": ("piseduce.sim.iotlab.cli", "An emulator of the FIT IoT-LAB REST API for one site."),
 }
 for _name, (_module, _help) in SIMULATORS.items():
     try:

@@ -81,13 +81,59 @@ def _boot_tree(dest: Path, flavor: dict[str, Any], partuuid: str) -> None:
     (dest / "overlays" / "README").write_text("device tree overlays\n")
 
 
+_PROFILE = """# /etc/profile: system-wide .profile file for the Bourne shell (sh(1))
+if [ "$(id -u)" -eq 0 ]; then
+  PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+else
+  PATH="/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+fi
+export PATH
+if [ "${PS1-}" ] && [ "${BASH-}" ] && [ "$BASH" != "/bin/sh" ] && [ -f /etc/bash.bashrc ]; then
+  . /etc/bash.bashrc
+fi
+"""
+
+_BASHRC = """# System-wide .bashrc file for interactive bash(1) shells.
+[ -z "$PS1" ] && return
+shopt -s checkwinsize
+PS1='\\u@\\h:\\w\\$ '
+"""
+
+_SSHD_CONFIG = """# The distribution's OpenSSH server configuration
+Include /etc/ssh/sshd_config.d/*.conf
+PermitRootLogin prohibit-password
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+def _random_file(path: Path, mb: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(os.urandom(MIB))
+
+
 def _root_tree(dest: Path, flavor: dict[str, Any]) -> None:
+    """A merged-/usr Debian root: the programs themselves (an image for Raspberry Pis is aarch64)
+    are the simulator's business; the accounts, configuration and layout are the image's."""
     user = flavor["user"]
-    for d in ["etc/ssh", "root", f"home/{user}", "boot", "tmp", "var/log", "usr/bin"]:
+    for d in ["etc/ssh/sshd_config.d", "etc/skel", "root", f"home/{user}", "boot", "tmp", "var/log",
+              "var/tmp", "usr/bin", "usr/sbin", "usr/lib", "usr/local/bin", "dev", "proc", "sys", "run",
+              "mnt", "srv", "opt", "media"]:
         (dest / d).mkdir(parents=True, exist_ok=True)
+    for d in ("tmp", "var/tmp"):
+        os.chmod(dest / d, 0o1777)  # noqa: S103 - the temporary folders: world-writable, sticky
+    for link in ("bin", "sbin", "lib"):
+        os.symlink(f"usr/{link}", dest / link)
     etc = dest / "etc"
     (etc / "hostname").write_text(flavor["hostname"] + "\n")
-    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n::1\t\tlocalhost\n127.0.1.1\t{flavor['hostname']}\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\t\tlocalhost\n127.0.1.1\t{flavor['hostname']}\n")
     (etc / "passwd").write_text(
         "root:x:0:0:root:/root:/bin/bash\n"
         "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
@@ -95,15 +141,19 @@ def _root_tree(dest: Path, flavor: dict[str, Any]) -> None:
         f"{user}:x:1000:1000:,,,:/home/{user}:/bin/bash\n"
     )
     groups = "".join(f"{g}:x:{gid}:{user}\n" for g, gid in zip(flavor["groups"], (27, 44), strict=True))
-    (etc / "group").write_text(f"root:x:0:\nshadow:x:42:\n{groups}{user}:x:1000:\n")
+    (etc / "group").write_text(
+        f"root:x:0:\ntty:x:5:\nshadow:x:42:\n{groups}{user}:x:1000:\nnogroup:x:65534:\n")
     (etc / "shadow").write_text(
         "root:*:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\nsshd:*:19700:0:99999:7:::\n"
         f"{user}:!:19700:0:99999:7:::\n"
     )
     (etc / "os-release").write_text(flavor["os_release"])
-    (etc / "ssh" / "sshd_config").write_text(
-        "PermitRootLogin prohibit-password\nPasswordAuthentication yes\n")
+    (etc / "ssh" / "sshd_config").write_text(_SSHD_CONFIG)
     (etc / "fstab").write_text("proc /proc proc defaults 0 0\n")
+    (etc / "profile").write_text(_PROFILE)
+    (etc / "bash.bashrc").write_text(_BASHRC)
+    (etc / "skel" / ".bashrc").write_text("# ~/.bashrc: executed by bash(1) for non-login shells.\n")
+    (etc / "nsswitch.conf").write_text("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")
 
 
 def _compress(raw: Path, compress: str | None) -> Path:
@@ -143,8 +193,11 @@ def build_environment(
     *,
     size_mb: int = 64,
     compress: Literal["gz", "xz", "zst"] | None = "gz",
+    random_mb: int = 0,
 ) -> dict[str, Any]:
-    """Builds the image in the directory dest; returns the environment description."""
+    """Builds the image in the directory dest; returns the environment description.
+    `random_mb` MiB of random data in one file of the root file system make the image that much
+    incompressible (a benchmark of the transfer, where an empty image would gzip to kilobytes)."""
     if flavor not in FLAVORS:
         raise ImageBuildError(f"unknown flavor {flavor!r} (raspios or ubuntu)")
     spec = FLAVORS[flavor]
@@ -153,8 +206,13 @@ def build_environment(
     root_start = boot_start + boot_sectors
     total_sectors = size_mb * MIB // SECTOR
     root_sectors = total_sectors - root_start
-    if root_sectors * SECTOR < 16 * MIB:
-        raise ImageBuildError(f"size_mb must be at least {(root_start * SECTOR + 16 * MIB) // MIB}")
+    # ext4's own metadata takes a few percent of what the random file fills.
+    root_needed = 16 * MIB + (random_mb * MIB * 11) // 10
+    if random_mb < 0 or root_sectors * SECTOR < root_needed:
+        raise ImageBuildError(
+            f"size_mb must be at least {-(-(root_start * SECTOR + root_needed) // MIB)} "
+            f"for {max(random_mb, 0)} MB of random data"
+        )
     disk_id = int.from_bytes(hashlib.sha256(spec["name"].encode()).digest()[:4], "little")
     partuuid = f"{disk_id:08x}"
     dest.mkdir(parents=True, exist_ok=True)
@@ -167,6 +225,8 @@ def build_environment(
         root_dir.mkdir()
         _boot_tree(boot_dir, spec, partuuid)
         _root_tree(root_dir, spec)
+        if random_mb:
+            _random_file(root_dir / "usr/share/piseduce-random.bin", random_mb)
         fat, ext4 = tmp / "boot.vfat", tmp / "root.ext4"
         with open(fat, "wb") as f:
             f.truncate(boot_sectors * SECTOR)

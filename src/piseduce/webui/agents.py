@@ -6,6 +6,12 @@ Every agent is called concurrently, each call bounded by one overall deadline
 one deadline, then nothing. A background task re-checks every agent's health and info on a
 period, persists the status, and closes the breaker of an agent that came back, so it is
 connected again without anyone clicking. Every failure is turned into words for the user.
+
+What an agent answers is read up to a cap and checked against the shape of its route before any
+page sees it (agent_answers.py). A host being added is asked `/api/health` without the token
+first; the token goes only to a host that answered like an agent, and the admin is told a category
+of failure, never the host's own words (`probe`). The database is reached through the web UI's
+`Database` (threads), never from the event loop.
 """
 
 from __future__ import annotations
@@ -17,30 +23,26 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce import crypto
 from piseduce.config import WebuiConfig
-from piseduce.db import write_session
-from piseduce.webui.models import (
-    AGENT_CONNECTED,
-    AGENT_ERROR,
-    AGENT_UNAUTHORIZED,
-    AGENT_UNREACHABLE,
-    Agent,
-    User,
-    utcnow,
-)
+from piseduce.protocol import AgentInfo, Feature
+from piseduce.webui import agent_answers
+from piseduce.webui.database import Database
+from piseduce.webui.models import Agent, User
 
 log = logging.getLogger(__name__)
 
-CREDENTIAL_TYPES = {"g5k": "Grid'5000", "iot-lab": "IoT-LAB"}
 MAX_COOLDOWN = 30.0
+R = TypeVar("R")
+# An agent's refusal is shown to users (a flash, a page): its start only.
+MAX_ERROR_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,27 @@ class AgentRef:
     status: str
     last_error: str
     needs_credentials: bool
+    # What it last said it supports (an older agent's: read from its node type).
+    info: AgentInfo | None = None
+
+    @property
+    def about(self) -> AgentInfo:
+        return self.info if self.info is not None else stored_info(self.name, self.node_type, self.site, {})
+
+    def supports(self, feature: Feature) -> bool:
+        return self.about.supports(feature)
+
+
+def stored_info(name: str, node_type: str, site: str, stored: dict[str, Any] | None) -> AgentInfo:
+    """An agent's info as the web UI stored it; before its first health check (or from a row of
+    an older web UI), what an agent of its node type did before the protocol had features."""
+    if stored:
+        try:
+            return AgentInfo.model_validate(stored)
+        except ValidationError:
+            log.warning("agent %s: its stored /api/info is not readable; asking it again", name)
+    legacy = {"name": name or "?", "node_type": node_type or "unknown", "site": site, "version": ""}
+    return AgentInfo.model_validate(legacy)
 
 
 @dataclass(frozen=True)
@@ -66,7 +89,8 @@ class Identity:
 
     email: str
     role: str
-    # node_type -> {"user", "password"} decrypted; only for the types the user set up.
+    # credential kind (protocol.CredentialKind: g5k, iotlab) -> {"user", "password"} decrypted;
+    # only for the testbeds the user set up.
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -80,6 +104,11 @@ class Reply:
     status: int  # 0 when there was no HTTP answer
     data: Any = None
     error: str = ""
+    # Why it failed: "transport" (no answer), "token" (not decryptable here), "too_large",
+    # "unexpected" (not JSON; not the protocol's model: agent_client.read), "http" (an error
+    # status); "" for a success.
+    failure: str = ""
+    size: int = 0  # bytes of the answer (a large one is checked in a thread)
 
     @property
     def words(self) -> str:
@@ -126,28 +155,31 @@ def detail_words(detail: Any) -> str:
     return str(detail)
 
 
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def user_identity(user: User, fernet: Fernet) -> Identity:
     creds: dict[str, dict[str, str]] = {}
-    for node_type, login, secret in (
+    for kind, login, secret in (
         ("g5k", user.g5k_user, user.g5k_password),
-        ("iot-lab", user.iotlab_user, user.iotlab_password),
+        ("iotlab", user.iotlab_user, user.iotlab_password),
     ):
         if login and secret:
             try:
-                creds[node_type] = {"user": login, "password": crypto.decrypt_str(fernet, secret)}
+                creds[kind] = {"user": login, "password": crypto.decrypt_str(fernet, secret)}
             except ValueError:
-                log.warning(
-                    "cannot decrypt the %s credentials of %s (key file changed?)", node_type, user.email
-                )
+                log.warning("cannot decrypt the %s credentials of %s (key file changed?)", kind, user.email)
     return Identity(email=user.email, role=user.role, credentials=creds)
 
 
 class AgentHub:
-    def __init__(self, cfg: WebuiConfig, factory: sessionmaker[Session], fernet: Fernet) -> None:
+    def __init__(self, cfg: WebuiConfig, database: Database, fernet: Fernet) -> None:
         self.cfg = cfg
-        self.factory = factory
+        self.database = database
         self.fernet = fernet
         self.timeout = cfg.agent_timeout_seconds
+        self.max_answer = cfg.agent_answer_max_bytes
         self.breakers: dict[int, Breaker] = {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout),
@@ -175,11 +207,16 @@ class AgentHub:
             status=agent.status,
             last_error=agent.last_error,
             needs_credentials=agent.needs_credentials,
+            info=stored_info(agent.name, agent.node_type, agent.site, agent.info),
         )
 
-    def refs(self) -> list[AgentRef]:
-        with self.factory() as db:
-            return [self.ref(a) for a in db.scalars(select(Agent).order_by(Agent.name))]
+    async def refs(self) -> list[AgentRef]:
+        """Every registered agent (read in the database's threads, like every database call)."""
+        rows = await self.database.read(lambda s: list(s.scalars(select(Agent).order_by(Agent.name))))
+        return [self.ref(a) for a in rows]
+
+    async def find(self, agent_id: int) -> AgentRef | None:
+        return next((r for r in await self.refs() if r.id == agent_id), None)
 
     def breaker(self, agent_id: int) -> Breaker:
         return self.breakers.setdefault(agent_id, Breaker())
@@ -189,13 +226,15 @@ class AgentHub:
 
     # ------------------------------------------------------------ calls
 
-    def _headers(self, ref: AgentRef, who: Identity | None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {ref.token}"}
+    def _headers(self, ref: AgentRef, who: Identity | None, token: bool = True) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {ref.token}"} if token else {}
         if who is not None:
             headers["X-Piseduce-User"] = who.email
             headers["X-Piseduce-Role"] = who.role
-            cred = who.credentials.get(ref.node_type)
-            if cred is not None and (ref.needs_credentials or ref.node_type in CREDENTIAL_TYPES):
+            # Only the login of the testbed this agent acts on (never another testbed's).
+            kind = ref.about.credentials
+            cred = who.credentials.get(kind) if kind != "none" else None
+            if cred is not None:
                 headers["X-Piseduce-Credentials"] = crypto.encrypt_json(self.fernet, cred)
         return headers
 
@@ -209,47 +248,60 @@ class AgentHub:
         json: Any = None,
         params: dict[str, str] | None = None,
         use_breaker: bool = True,
+        timeout: float | None = None,
+        token: bool = True,
+        max_bytes: int | None = None,
     ) -> Reply:
+        """One call; `timeout` (seconds) replaces the hub's deadline for a call known to be slow
+        (one that asks a remote testbed); `token=False` leaves the agent's token out (a host not
+        known to be an agent yet); `max_bytes` replaces the hub's cap on the answer."""
         now = time.monotonic()
+        deadline = timeout or self.timeout
         brk = self.breaker(ref.id)
         if use_breaker and brk.is_open(now):
             wait = brk.open_until - now
-            return Reply(ref, False, 0, error=f"unreachable ({brk.last_error}); next try in {wait:.0f} s")
-        if not ref.token:
-            return Reply(
-                ref,
-                False,
-                0,
-                error="its token cannot be decrypted with this key file; delete the agent and add it again",
-            )
+            return Reply(ref, False, 0, failure="transport",
+                         error=f"unreachable ({brk.last_error}); next try in {wait:.0f} s")
+        if token and not ref.token:
+            return Reply(ref, False, 0, failure="token",
+                         error="its token cannot be decrypted with this key file; delete the agent and add "
+                         "it again")
+        cap = max_bytes or self.max_answer
         try:
-            async with asyncio.timeout(self.timeout):
-                resp = await self.client.request(
-                    method, ref.base_url + path, headers=self._headers(ref, who), json=json, params=params
+            async with asyncio.timeout(deadline):
+                request = self.client.build_request(
+                    method, ref.base_url + path, headers=self._headers(ref, who, token), json=json,
+                    params=params, timeout=deadline,
                 )
-                body = resp.content
+                resp = await self.client.send(request, stream=True)
+                try:
+                    body = await agent_answers.read_capped(resp, cap)
+                finally:
+                    await resp.aclose()
+        except agent_answers.AnswerTooLarge:
+            return Reply(ref, False, 0, failure="too_large", error=f"answered more than {cap >> 10} KiB to "
+                         f"{method} {path}, more than the web UI reads (agent_answer_max_bytes)")
         except (TimeoutError, httpx.TimeoutException):
-            error = f"did not answer within {self.timeout:g} s"
+            error = f"did not answer within {deadline:g} s"
             brk.failure(time.monotonic(), error)
-            return Reply(ref, False, 0, error=f"unreachable: {error}")
+            return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         except httpx.ConnectError:
             error = f"connection to {ref.host}:{ref.port} refused or impossible"
             brk.failure(time.monotonic(), error)
-            return Reply(ref, False, 0, error=f"unreachable: {error}")
+            return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         except httpx.HTTPError as exc:
             error = f"HTTP error ({type(exc).__name__})"
             brk.failure(time.monotonic(), error)
-            return Reply(ref, False, 0, error=f"unreachable: {error}")
+            return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         brk.success()
-        data: Any = None
-        if body:
-            try:
-                data = resp.json()
-            except ValueError:
-                data = None
+        data, problem = await agent_answers.parse(body, resp.is_success)
+        if problem:
+            return Reply(ref, False, resp.status_code, failure="unexpected", error="answered something "
+                         f"unexpected to {method} {path} ({bounded(problem, 200)})")
         if resp.is_success:
-            return Reply(ref, True, resp.status_code, data)
-        return Reply(ref, False, resp.status_code, data, error=self._error_words(resp.status_code, data))
+            return Reply(ref, True, resp.status_code, data, size=len(body))
+        return Reply(ref, False, resp.status_code, data, failure="http",
+                     error=self._error_words(resp.status_code, data))
 
     @staticmethod
     def _error_words(status: int, data: Any) -> str:
@@ -259,80 +311,19 @@ class AgentHub:
         text = detail_words(detail) if detail is not None else ""
         if status == 404 and not text:
             return "not found"
+        text = bounded(text)
         if status >= 500:
             return f"the agent failed (HTTP {status})" + (f": {text}" if text else "")
         return text or f"refused (HTTP {status})"
 
-    async def fan_out(
-        self, refs: Iterable[AgentRef], fn: Callable[[AgentRef], Awaitable[Reply]]
-    ) -> list[Reply]:
+    async def fan_out(self, refs: Iterable[AgentRef], fn: Callable[[AgentRef], Awaitable[R]]) -> list[R]:
+        """`fn` on every agent at once (each call bounded by its own deadline)."""
         return list(await asyncio.gather(*(fn(r) for r in refs)))
 
     # ------------------------------------------------------------ health
 
-    async def probe(self, host: str, port: int, token: str) -> tuple[str, str, dict[str, Any]]:
-        """(status, error in words, /api/info) of an agent, whether it is stored or not."""
-        ref = AgentRef(
-            0,
-            f"{host}:{port}",
-            host,
-            port,
-            Agent(host=host, port=port).base_url,
-            token,
-            "",
-            "",
-            "",
-            "",
-            False,
-        )
-        health = await self.call(ref, "GET", "/api/health", use_breaker=False)
-        if not health.ok:
-            if health.status == 0:
-                return AGENT_UNREACHABLE, health.error, {}
-            return AGENT_ERROR, f"/api/health answered: {health.error}", {}
-        # The health check and Add Agent act on nobody's behalf: the web UI names itself.
-        info = await self.call(ref, "GET", "/api/info", who=SERVICE_IDENTITY, use_breaker=False)
-        if info.status == 401:
-            return AGENT_UNAUTHORIZED, info.error, {}
-        if not info.ok:
-            status = AGENT_UNREACHABLE if info.status == 0 else AGENT_ERROR
-            return status, f"/api/info answered: {info.error}", {}
-        if not isinstance(info.data, dict) or "node_type" not in info.data:
-            return AGENT_ERROR, "/api/info did not describe a PiSeduce agent", {}
-        return AGENT_CONNECTED, "", info.data
-
-    async def check_agent(self, agent_id: int) -> str:
-        with self.factory() as db:
-            agent = db.get(Agent, agent_id)
-            if agent is None:
-                return ""
-            ref = self.ref(agent)
-        status, error, info = await self.probe(ref.host, ref.port, ref.token)
-        brk = self.breaker(agent_id)
-        if status == AGENT_CONNECTED:
-            brk.success()
-        elif status == AGENT_UNREACHABLE:
-            brk.failure(time.monotonic(), error.removeprefix("unreachable: "))
-        with write_session(self.factory) as db:
-            agent = db.get(Agent, agent_id)
-            if agent is None:
-                return ""
-            if agent.status != status:
-                log.info("agent %s: %s -> %s %s", agent.name, agent.status, status, error)
-            agent.status = status
-            agent.last_error = error
-            if status == AGENT_CONNECTED:
-                agent.last_seen = utcnow()
-                agent.node_type = str(info.get("node_type", ""))[:32]
-                agent.site = str(info.get("site", ""))[:128]
-                agent.version = str(info.get("version", ""))[:64]
-                agent.needs_credentials = bool(info.get("needs_credentials", False))
-        return status
-
     async def check_all(self) -> None:
-        with self.factory() as db:
-            ids = list(db.scalars(select(Agent.id)))
-        await asyncio.gather(*(self.check_agent(i) for i in ids), return_exceptions=True)
+        """Re-check every agent (the typed client does: agent_client.AgentClient)."""
 
     async def _health_loop(self) -> None:
         while True:
@@ -353,6 +344,15 @@ class AgentHub:
                 await self._task
             self._task = None
         await self.client.aclose()
+
+
+def transport_category(error: str) -> str:
+    """A transport failure in a few words (no text of the host's)."""
+    if "did not answer" in error:
+        return "unreachable: it did not answer in time"
+    if "refused" in error:
+        return "unreachable: the connection was refused or the host cannot be reached"
+    return "unreachable: the connection failed"
 
 
 def iso(t: dt.datetime) -> str:

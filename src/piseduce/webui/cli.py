@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import getpass
 import sys
 from pathlib import Path
@@ -23,7 +24,10 @@ def _migrate(cfg: WebuiConfig) -> None:
 
 
 def _first_admin(cfg: WebuiConfig) -> None:
+    """On a database without an admin, create one; its password goes to a file only its account
+    may read (mode 0600), never to the terminal: under systemd the terminal is the journal."""
     from piseduce.db import make_engine, session_factory
+    from piseduce.private_files import replace_private
     from piseduce.webui.auth import ensure_first_admin
 
     engine = make_engine(cfg.database_url)
@@ -31,15 +35,14 @@ def _first_admin(cfg: WebuiConfig) -> None:
         new = ensure_first_admin(session_factory(engine))
     finally:
         engine.dispose()
-    if new is not None:
-        # Printed once, on the terminal only: it is stored hashed and never shown again.
-        typer.echo("=" * 64)
-        typer.echo("First start: an admin account was created.")
-        typer.echo(f"  email:    {new.email}")
-        typer.echo(f"  password: {new.password}")
-        typer.echo("This password is shown only now. Change it in Settings, or set another with")
-        typer.echo(f"  piseduce webui create-admin {cfg.path} --email you@example.org")
-        typer.echo("=" * 64)
+    if new is None:
+        return
+    path = cfg.first_admin_path
+    replace_private(path, f"{new.password}\n".encode())
+    typer.echo(f"First start: an admin account {new.email} was created; its password is in {path}")
+    typer.echo("(mode 0600: readable by this account only). Log in, change the password in Settings, then")
+    typer.echo(f"delete the file. Or set a password of your own: piseduce webui create-admin {cfg.path} "
+               "--email you@example.org")
 
 
 @app.command("gen-key")
@@ -83,8 +86,17 @@ def serve(
     _migrate(cfg)
     _first_admin(cfg)
     web = create_app(cfg)
+    # A page of thousands of rows is laid out and rendered in a worker thread, and the event loop
+    # must keep answering meanwhile. Two things would still stall it: a full garbage collection,
+    # which holds the GIL while it walks every object (160-200 ms once a big calendar's rows
+    # exist, most of it the modules and app loaded once), so what is loaded now is frozen out of
+    # it; and CPython's 5 ms switch interval, which the loop waits at each GIL hand-over (1 ms).
+    gc.freeze()
+    sys.setswitchinterval(0.001)
     typer.echo(f"PiSeduce web UI on http://{cfg.host}:{cfg.port_number}/", err=False)
     sys.stdout.flush()
+    # uvicorn's own proxy_headers stays off: the web UI reads X-Forwarded-For itself, only from
+    # the trusted_proxies of its config (webui/client_addr.py).
     uvicorn.run(
         web, host=cfg.host, port=cfg.port_number, log_level=log_level, proxy_headers=False, log_config=None
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from piseduce.dbtypes import UTCDateTime, utcnow
@@ -28,7 +28,7 @@ AGENT_ERROR = "error"
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {list[Any]: JSON}
+    type_annotation_map = {list[Any]: JSON, dict[str, Any]: JSON}
 
 
 class User(Base):
@@ -69,6 +69,8 @@ class Agent(Base):
     site: Mapped[str] = mapped_column(String(128), default="")
     version: Mapped[str] = mapped_column(String(64), default="")
     needs_credentials: Mapped[bool] = mapped_column(default=False)
+    # Its last /api/info (piseduce.protocol.AgentInfo): the features the pages offer.
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     status: Mapped[str] = mapped_column(String(16), default=AGENT_UNREACHABLE)
     last_error: Mapped[str] = mapped_column(Text, default="")
     last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -80,3 +82,56 @@ class Agent(Base):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # IPv6 literal
         return f"http://{host}:{self.port}"
+
+
+class WebSession(Base):
+    """A browser's session, server-side: the cookie holds a random id, this row its SHA-256 (so a
+    copy of the database logs nobody in). Deleting the row ends the session at once."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # None: an anonymous visitor's row, kept only to carry a message to the next page.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # flash messages
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Throttle(Base):
+    """One counter of the login limiter (webui/throttle.py), shared by every web UI process: the
+    failures under one key (an account from one source, a source, an account from unknown
+    browsers, a device cookie...) and until when that key must wait."""
+
+    __tablename__ = "throttle"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the key's text
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+TOKEN_READ = "read"  # noqa: S105 - a scope's name
+TOKEN_WRITE = "write"  # noqa: S105
+TOKEN_SCOPES = (TOKEN_READ, TOKEN_WRITE)
+
+
+class ApiToken(Base):
+    """A personal access token of the users' API (webui/tokens.py). The secret is shown once at
+    creation; this row keeps its public prefix (the lookup key, unique and indexed) and the
+    SHA-256 of the whole secret, so a copy of the database authenticates nobody."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(8), default=TOKEN_READ)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True, index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+import re
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
-from sqlalchemy.orm import Session
+from jinja2 import Template, pass_context
+from markupsafe import Markup, escape
 from starlette.datastructures import FormData
+from starlette.types import Receive, Scope, Send
 
+from piseduce import numbers
 from piseduce.dbtypes import to_utc
 from piseduce.webui import auth
 from piseduce.webui.agents import AgentHub, Identity, user_identity
+from piseduce.webui.database import Database
 from piseduce.webui.models import User
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -36,12 +40,59 @@ def _utc_iso(value: dt.datetime | str | None) -> str:
         return ""
 
 
-def _time_tag(value: dt.datetime | str | None, style: str = "datetime") -> Markup:
-    """A <time> the browser re-formats in its own time zone (static.js); UTC text as fallback."""
+def _zone(name: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(name or "UTC")[:64])
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def local_text(t: dt.datetime, zone: ZoneInfo) -> str:
+    """A time in the viewer's zone, written as the pages write theirs (static/app.js, en-US):
+    'Tue, Dec 01, 04:14 PM'."""
+    return t.astimezone(zone).strftime("%a, %b %d, %I:%M %p")
+
+
+# The UTC times agents write in their messages ("2025-03-02 14:00 UTC", or ISO-8601 with Z or
+# +00:00). Every one of them is shown in the viewer's zone instead (see `_finalize`).
+UTC_TIME_RE = re.compile(
+    r"\b(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?::(\d{2})(?:\.\d+)?)?(?: ?UTC\b|Z\b|\+00:00)"
+)
+
+
+def localize_times(text: str, zone: ZoneInfo) -> str:
+    """`text` with every UTC time in it written in `zone`."""
+
+    def one(m: re.Match[str]) -> str:
+        try:
+            t = dt.datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}:{m.group(3) or '00'}+00:00")
+        except ValueError:
+            return m.group(0)
+        return local_text(t, zone)
+
+    return UTC_TIME_RE.sub(one, text)
+
+
+@pass_context
+def _finalize(ctx: Any, value: Any) -> Any:
+    """Every plain string a template prints (flash messages, agents' refusals and events, node
+    errors...) has its UTC times rewritten in the viewer's zone: no page mixes UTC and local time.
+    Markup (built by filters such as `time`) is left alone."""
+    if type(value) is str and UTC_TIME_RE.search(value):
+        return localize_times(value, _zone(ctx.get("tz")))
+    return value
+
+
+@pass_context
+def _time_tag(ctx: Any, value: dt.datetime | str | None, style: str = "datetime") -> Markup:
+    """A <time> in the viewer's zone; static/app.js re-formats it with the browser's own zone and
+    locale (the first page of a session is rendered before the browser named its zone)."""
     iso = _utc_iso(value)
     if not iso:
         return Markup("")
-    text = iso.replace("T", " ")[:16] + " UTC"
+    t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    zone = _zone(ctx.get("tz"))
+    text = t.astimezone(zone).strftime("%I:%M:%S %p") if style == "time" else local_text(t, zone)
     return Markup('<time class="t" data-utc="{}" data-style="{}">{}</time>').format(iso, style, text)
 
 
@@ -49,15 +100,17 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     env = templates.env
     env.autoescape = True  # every template, whatever its extension
+    env.finalize = _finalize
     env.filters["utc"] = _utc_iso
     env.filters["time"] = _time_tag
-    env.filters["tojson_attr"] = lambda v: json.dumps(v, separators=(",", ":"), default=str)
+    # JSON for an attribute, escaped here: Markup, so that `_finalize` never rewrites data.
+    env.filters["tojson_attr"] = lambda v: escape(json.dumps(v, separators=(",", ":"), default=str))
     return templates
 
 
-def db_session(request: Request) -> Iterator[Session]:
-    with request.app.state.db() as db:
-        yield db
+def database(request: Request) -> Database:
+    db: Database = request.app.state.database
+    return db
 
 
 def hub(request: Request) -> AgentHub:
@@ -65,32 +118,26 @@ def hub(request: Request) -> AgentHub:
     return h
 
 
-def begin_write(db: Session) -> None:
-    """Start the request's write transaction now, taking SQLite's write lock at once: a read
-    transaction upgraded to a write fails at once (no busy wait) when another process wrote in
-    between, so every writing handler calls this before reading what it changes."""
-    if db.in_transaction():
-        db.commit()
-    if db.get_bind().dialect.name == "sqlite":
-        db.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+async def _session_user(request: Request) -> User | None:
+    uid = auth.session_user_id(request)
+    if uid is None:
+        return None
+    return await database(request).read(lambda s: auth.active_user(s, uid))
 
 
-def optional_user(request: Request, db: Session = Depends(db_session)) -> User | None:
-    user = auth.session_user(request, db)
-    db.commit()  # end the read transaction: pages then wait on agents without holding one
-    return user
+async def optional_user(request: Request) -> User | None:
+    return await _session_user(request)
 
 
-def current_user(request: Request, db: Session = Depends(db_session)) -> User:
-    user = auth.session_user(request, db)
-    db.commit()
+async def current_user(request: Request) -> User:
+    user = await _session_user(request)
     if user is None:
         raise auth.LoginRequired()
     request.state.user = user
     return user
 
 
-def admin_user(user: User = Depends(current_user)) -> User:
+async def admin_user(user: User = Depends(current_user)) -> User:
     if not user.is_admin:
         raise auth.AdminRequired()
     return user
@@ -100,9 +147,16 @@ def identity(request: Request, user: User) -> Identity:
     return user_identity(user, request.app.state.fernet)
 
 
+# Flash messages live in the session's row: at most FLASH_KEEP of them, each cut at FLASH_CHARS
+# (an agent's refusal can be long; the page shows the start of it, never the whole of any text).
+FLASH_KEEP = 8
+FLASH_CHARS = 600
+
+
 def flash(request: Request, message: str, kind: str = "info") -> None:
-    msgs = list(request.session.get("flash", []))[-9:]
-    msgs.append([kind, message])
+    text = message if len(message) <= FLASH_CHARS else message[: FLASH_CHARS - 1] + "…"
+    msgs = list(request.session.get("flash", []))[-(FLASH_KEEP - 1):]
+    msgs.append([kind[:16], text])
     request.session["flash"] = msgs
 
 
@@ -119,6 +173,23 @@ def browser_zone(request: Request) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+class PageResponse(HTMLResponse):
+    """A page whose template is rendered in a thread as it is sent: a page of thousands of rows
+    (a big site's calendar) costs a thread its CPU, not the event loop, which keeps answering
+    every other request meanwhile."""
+
+    def __init__(self, template: Template, context: dict[str, Any], status_code: int) -> None:
+        self.template = template
+        self.context = context
+        super().__init__(content=b"", status_code=status_code)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.body = (await anyio.to_thread.run_sync(self.template.render, self.context)).encode()
+        length = (b"content-length", str(len(self.body)).encode())
+        self.raw_headers = [h for h in self.raw_headers if h[0] != b"content-length"] + [length]
+        await super().__call__(scope, receive, send)
+
+
 def render(
     request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> HTMLResponse:
@@ -127,8 +198,9 @@ def render(
     ctx["csrf"] = auth.csrf_token(request)
     ctx["flashes"] = request.session.pop("flash", []) if not name.startswith("_") else []
     ctx["tz"] = browser_zone(request).key
-    resp: HTMLResponse = request.app.state.templates.TemplateResponse(request, name, ctx, status_code=status)
-    return resp
+    ctx["request"] = request
+    templates: Jinja2Templates = request.app.state.templates
+    return PageResponse(templates.get_template(name), ctx, status)
 
 
 def redirect(request: Request, url: str) -> Response:
@@ -146,3 +218,10 @@ def form_str(form: FormData, name: str, limit: int = 1024) -> str:
 
 def form_list(form: FormData, name: str, limit: int = 1024) -> list[str]:
     return [v[:limit] for v in form.getlist(name) if isinstance(v, str)]
+
+
+def parse_number(text: str) -> int | float:
+    """A number typed in a form (an int when whole). ValueError, in words, for anything else:
+    float() also reads "nan", "inf" and "1e999", which JSON cannot carry to an agent, and "1_0" as
+    10 (piseduce.numbers reads strictly; spaces around it are dropped, a line break is refused)."""
+    return numbers.parse_number(text, hand_typed=True)

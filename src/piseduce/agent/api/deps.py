@@ -11,11 +11,11 @@ from typing import Annotated, Any, TypeVar
 
 from cryptography.fernet import Fernet
 from fastapi import Depends, HTTPException, Request
-from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from piseduce.agent.booking import BookingError, Limits
 from piseduce.agent.drivers.base import (
     ActionRefused,
     BookingRefused,
@@ -26,17 +26,11 @@ from piseduce.agent.drivers.base import (
     Process,
 )
 from piseduce.agent.inventory import Inventory
-from piseduce.agent.scheduling import BookingError, Limits
 from piseduce.config import AgentConfig
+from piseduce.protocol import ErrorOut, Feature
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ErrorOut(BaseModel):
-    """Every error: a sentence, or (for malformed input) the list of what is wrong."""
-
-    detail: str | list[dict[str, Any]]
 
 
 def _err(description: str) -> dict[str, Any]:
@@ -65,15 +59,23 @@ class AgentState:
     driver: Driver
     engine: Engine
     sessions: sessionmaker[Session]
-    fernet: Fernet | None
+    # The key file: reads forwarded testbed credentials, seals the deploy form's secrets.
+    fernet: Fernet
     inventory: Inventory
     limits: Limits
     _processes: dict[str, Process] | None = field(default=None, repr=False)
+    _features: frozenset[Feature] | None = field(default=None, repr=False)
 
     def processes(self) -> dict[str, Process]:
         if self._processes is None:
             self._processes = dict(self.driver.processes())
         return self._processes
+
+    def features(self) -> frozenset[Feature]:
+        """What /api/info advertises (the driver's, for the processes it has)."""
+        if self._features is None:
+            self._features = self.driver.features(self.processes())
+        return self._features
 
 
 def get_state(request: Request) -> AgentState:

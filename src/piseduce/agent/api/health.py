@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 import piseduce
-from piseduce.agent.api.deps import StateDep
+from piseduce.agent.api.deps import AgentState, StateDep
 from piseduce.agent.auth import CallerDep
-from piseduce.agent.schemas import Health, Info
+from piseduce.protocol import AgentInfo, Health
 
 router = APIRouter(prefix="/api", tags=["info"])
 
@@ -17,13 +17,21 @@ async def health() -> Health:
     return Health()
 
 
-@router.get("/info", response_model=Info)
-async def info(state: StateDep, _caller: CallerDep) -> Info:
-    cfg = state.config
-    return Info(
+@router.get("/info", response_model=AgentInfo)
+async def info(state: StateDep, _caller: CallerDep) -> AgentInfo:
+    """Who the agent is and what it supports: the web UI offers what `features` lists."""
+    return agent_info(state)
+
+
+def agent_info(state: AgentState) -> AgentInfo:
+    cfg, driver = state.config, state.driver
+    return AgentInfo(
         name=cfg.agent_name,
         node_type=cfg.node_type,
         site=cfg.site,
         version=getattr(piseduce, "__version__", "0"),
-        needs_credentials=state.driver.needs_credentials,
+        features=state.features(),
+        credentials=driver.credential_kind,
+        labels=dict(driver.labels),
+        needs_credentials=driver.needs_credentials,
     )

@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce.agent.api.deps import AgentState, StateDep, db
 from piseduce.agent.auth import CallerDep
-from piseduce.agent.models import Node, Sample, UTCDateTime
-from piseduce.dbtypes import to_utc
+from piseduce.agent.models import Node, Sample
+from piseduce.dbtypes import UTCDateTime, to_utc
+from piseduce.protocol import MonitoringOut
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,6 @@ PERIOD_RE = r"^[1-9][0-9]{0,3}[mhd]$"
 PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400}
 EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 Kind = Literal["power", "temperature"]
-
-
-class SeriesOut(BaseModel):
-    subject: str = Field(description="The node's name")
-    t: list[str] = Field(description="Times (ISO-8601 UTC), oldest first")
-    v: list[float] = Field(description="Values (mean over each bucket), one per time")
-
-
-class MonitoringOut(BaseModel):
-    kind: Kind
-    unit: str
-    since: str
-    until: str
-    step_seconds: float = Field(description="Bucket width: samples closer than this are averaged")
-    series: list[SeriesOut]
 
 
 def iso(t: dt.datetime) -> str:
@@ -145,7 +131,9 @@ async def monitoring(state: StateDep, _caller: CallerDep, q: Annotated[Monitorin
 
 class MonitoringCollector(Collector):
     """The latest sample of every node, read at scrape time. Samples older than three periods are
-    left out: a stopped monitor must not look like steady boards."""
+    left out: a stopped monitor must not look like steady boards. So are those not from the
+    newest round (all samples of a round share its time): a board powered off is no longer
+    measured, and its last temperature is not its temperature now."""
 
     def __init__(self, state: AgentState) -> None:
         self.state = state
@@ -161,7 +149,7 @@ class MonitoringCollector(Collector):
                 .subquery()
             )
             rows = s.execute(
-                select(Sample.kind, Sample.subject, Sample.value).join(
+                select(Sample.kind, Sample.subject, Sample.value, Sample.time).join(
                     newest,
                     (Sample.kind == newest.c.kind)
                     & (Sample.subject == newest.c.subject)
@@ -171,7 +159,9 @@ class MonitoringCollector(Collector):
             attrs = {
                 n.name: dict(n.attrs or {}) for n in s.scalars(select(Node).where(Node.present.is_(True)))
             }
-        return [(r.kind, r.subject, float(r.value)) for r in rows], attrs
+        times: list[dt.datetime] = [r[3] for r in rows]
+        last_round = max(times, default=None)
+        return [(r[0], r[1], float(r[2])) for r, t in zip(rows, times, strict=True) if t == last_round], attrs
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         power = GaugeMetricFamily(

@@ -9,12 +9,13 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from piseduce.agent import scheduling
+from piseduce.agent import holds
 from piseduce.agent.api.deps import AgentState, StateDep, db, driver_errors
 from piseduce.agent.auth import Caller, CallerDep
 from piseduce.agent.models import Node
-from piseduce.agent.schemas import BusySlot, NodeOut, ScheduleOut
 from piseduce.dbtypes import to_utc
+from piseduce.protocol import BusySlot, Schedule
+from piseduce.protocol import Node as NodeOut
 
 router = APIRouter(prefix="/api", tags=["nodes"])
 
@@ -25,7 +26,7 @@ LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 
 
 async def refresh_inventory(state: AgentState, caller: Caller) -> None:
-    if state.driver.remote_inventory:
+    if state.driver.inventory is not None:
         async with driver_errors(state, "listing the nodes"):
             await state.inventory.refresh(caller.credentials)
 
@@ -64,7 +65,7 @@ def _schedule(
     """Plain dicts (the shape of BusySlot): the calendar of 1,000 nodes is answered in a few ms."""
     with state.sessions() as s:
         names = list(s.scalars(select(Node.name).where(Node.present.is_(True)).order_by(Node.name)))
-        found = scheduling.slots_iso(s, start, end, scheduling.hold_bound(s, state.limits))
+        found = holds.slots_iso(s, start, end, holds.hold_bound(s, state.limits))
     out: dict[str, list[Any]] = {n: [] for n in names}
     user, admin = caller.user, caller.admin
     for node, a, b, owner, rid, status in found:
@@ -86,7 +87,7 @@ def _schedule(
     return out
 
 
-@router.get("/schedule", response_model=ScheduleOut)
+@router.get("/schedule", response_model=Schedule)
 async def schedule(
     state: StateDep,
     caller: CallerDep,

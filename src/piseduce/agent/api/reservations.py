@@ -8,7 +8,6 @@ the transaction, and what they refuse is rolled back by a second one.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from piseduce.agent import env_factory, scheduling
+from piseduce.agent import booking, env_factory, lifecycle, sealed
 from piseduce.agent.actions import add_event, start_action
 from piseduce.agent.api.deps import AgentState, StateDep, booking_http, db, driver_errors, driver_http
 from piseduce.agent.api.nodes import refresh_inventory
@@ -25,38 +24,21 @@ from piseduce.agent.api.views import (
     last_events,
     open_actions,
     reservation_out,
-    reservation_view,
 )
 from piseduce.agent.auth import Caller, CallerDep
 from piseduce.agent.drivers.base import ActionRefused, FormField, ReservationView
-from piseduce.agent.models import (
-    ACTIVE_STATUSES,
-    CANCELLED,
-    CONFIGURING,
-    DEPLOYED,
-    DEPLOYING,
-    DESTROYING,
-    FAILED,
-    FINAL_STATUSES,
-    SCHEDULED,
-    Action,
-    Reservation,
-    utcnow,
-)
-from piseduce.agent.schemas import (
-    AcceptedOut,
-    BookingOut,
-    DeployRequest,
-    ExtendRequest,
-    RegisterEnvRequest,
-    ReservationOut,
-    ReservationRequest,
-)
+from piseduce.agent.lifecycle import ACTIVE_STATUSES, DESTROYING, Trigger
+from piseduce.agent.models import Action, Reservation
+from piseduce.agent.schemas import DeployRequest, ExtendRequest, RegisterEnvRequest, ReservationRequest
+from piseduce.agent.snapshots import reservation_view
 from piseduce.db import write_session
+from piseduce.dbtypes import utcnow
+from piseduce.numbers import StrictInt
+from piseduce.protocol import AcceptedOut, BookingOut, Feature, ReservationOut
 
 router = APIRouter(prefix="/api/reservations", tags=["reservations"])
 
-ReservationId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The reservation's id")]
+ReservationId = Annotated[StrictInt, Path(ge=1, le=2**31 - 1, description="The reservation's id")]
 StatusQuery = Literal[
     "configuring",
     "scheduled",
@@ -91,6 +73,14 @@ def _out(state: AgentState, caller: Caller, rid: int, events: bool = False) -> R
         return reservation_out(r, caller, state, current_action(s, r), last_events(s, r.id) if events else ())
 
 
+def _move(r: Reservation, trigger: Trigger) -> None:
+    """Apply a user's trigger to the reservation, or answer 409 with the lifecycle's reason."""
+    try:
+        lifecycle.move(r, trigger)
+    except lifecycle.Refused as exc:
+        raise HTTPException(409, exc.reason) from None
+
+
 # ---------------------------------------------------------------- booking
 
 
@@ -99,7 +89,7 @@ def _book(
 ) -> tuple[list[ReservationView], list[ReservationOut]]:
     try:
         with write_session(state.sessions) as s:
-            rs = scheduling.book(
+            rs = booking.book(
                 s,
                 owner=caller.user,
                 filters=req.filters,
@@ -111,7 +101,7 @@ def _book(
                 remote=remote,
             )
             return [reservation_view(r) for r in rs], [reservation_out(r, caller, state) for r in rs]
-    except scheduling.BookingError as exc:
+    except booking.BookingError as exc:
         raise booking_http(exc) from None
     except IntegrityError:
         # The exclusion constraint (PostgreSQL) caught a booking that raced this one.
@@ -123,8 +113,11 @@ def _book(
 def _cancel_booking(state: AgentState, ids: list[int], reason: str) -> None:
     with write_session(state.sessions) as s:
         for r in s.scalars(select(Reservation).where(Reservation.id.in_(ids))):
-            r.status = CANCELLED
-            r.credentials = None
+            if not lifecycle.allows(r.status, Trigger.ROLLBACK):
+                # Deployed meanwhile (a start of "now" and a fast executor): its destroy ends it.
+                add_event(s, r, f"the testbed refused this booking ({reason}): destroy it", level="warning")
+                continue
+            lifecycle.move(r, Trigger.ROLLBACK)
             add_event(s, r, f"booking rolled back: {reason}", level="warning")
 
 
@@ -142,12 +135,12 @@ async def create(req: ReservationRequest, state: StateDep, caller: CallerDep) ->
     start = req.start if isinstance(req.start, dt.datetime) else now
     duration = dt.timedelta(hours=req.duration_hours)
     try:
-        scheduling.check_times(start, duration, state.limits, now)
-    except scheduling.BookingError as exc:
+        booking.check_times(start, duration, state.limits, now)
+    except booking.BookingError as exc:
         raise booking_http(exc) from None
     await refresh_inventory(state, caller)
     remote: list[Any] = []
-    if state.driver.remote_inventory:
+    if state.driver.inventory is not None:
         async with driver_errors(state, "reading the remote calendar"):
             remote = await state.driver.remote_busy(
                 start, start + duration + state.limits.gap, caller.credentials
@@ -190,7 +183,7 @@ async def list_reservations(
     caller: CallerDep,
     all: Annotated[bool, Query(description="Every user's reservations (admins only)")] = False,  # noqa: A002
     status: Annotated[StatusQuery | None, Query(description="Only this status ('active': not ended)")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    limit: Annotated[StrictInt, Query(ge=1, le=5000)] = 1000,
 ) -> list[ReservationOut]:
     """The caller's reservations, newest first (events only in the single-reservation answer)."""
     if all and not caller.admin:
@@ -210,8 +203,9 @@ async def get_reservation(
 async def deploy_form(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> list[FormField]:
     """The deploy form of this reservation's node type."""
     view, status, _ = await db(_load, state, caller, reservation_id)
-    if status in FINAL_STATUSES or status == DESTROYING:
-        raise HTTPException(409, f"reservation {reservation_id} is {status}")
+    refusal = lifecycle.refusal(status, Trigger.FORM, reservation_id)
+    if refusal:
+        raise HTTPException(409, refusal)
     async with driver_errors(state, "building the deploy form"):
         return list(await state.driver.deploy_form(view, caller.credentials))
 
@@ -219,34 +213,18 @@ async def deploy_form(reservation_id: ReservationId, state: StateDep, caller: Ca
 # ---------------------------------------------------------------- deploy
 
 
-def _finite(value: Any) -> bool:
-    return not (isinstance(value, float) and not math.isfinite(value))
-
-
-def _deploy_refusal(status: str) -> str | None:
-    if status == CONFIGURING:
-        return None
-    if status in (DEPLOYED, FAILED):
-        return f"the reservation is {status}: use redeploy to deploy again"
-    if status in (SCHEDULED, DEPLOYING):
-        return f"the reservation is already {status}; destroy it or wait, then redeploy"
-    return f"the reservation is {status}"
-
-
 def _store_deploy(
     state: AgentState, caller: Caller, rid: int, params: dict[str, Any], bin: str | None
 ) -> None:
     with write_session(state.sessions) as s:
         r = _get(s, caller, rid)
-        refusal = _deploy_refusal(r.status)
-        if refusal:
-            raise HTTPException(409, refusal)
-        r.params = params
+        _move(r, Trigger.DEPLOY)
+        # The form's secrets (the OS password) are kept sealed with the key file, never in clear.
+        r.params = sealed.seal(state.fernet, params)
         if bin is not None:
             r.bin = bin
         if caller.credentials_token:
             r.credentials = caller.credentials_token
-        r.status = SCHEDULED
         r.error = ""
         env = params.get("environment")
         add_event(
@@ -265,19 +243,17 @@ async def deploy(
     """Store the deploy form (checked by the driver); the deployment starts at the reservation's
     start (at once when it has begun)."""
     view, status, _ = await db(_load, state, caller, reservation_id)
-    refusal = _deploy_refusal(status)
+    refusal = lifecycle.refusal(status, Trigger.DEPLOY, reservation_id)
     if refusal:
         raise HTTPException(409, refusal)
+    # Non-finite numbers and lone surrogates were refused with the body (schemas.Strict).
     submitted = body.model_dump(exclude={"bin"}, exclude_none=True)
-    for key, value in submitted.items():
-        if not _finite(value):
-            raise HTTPException(422, f"{key}: must be a finite number")
     async with driver_errors(state, "checking the deploy form"):
         params = await state.driver.validate_deploy(view, submitted, caller.credentials)
     await db(_store_deploy, state, caller, reservation_id, dict(params), body.bin)
     return AcceptedOut(
         id=reservation_id,
-        status=SCHEDULED,
+        status=lifecycle.after(status, Trigger.DEPLOY),
         process="deploy",
         message="the deployment starts at the reservation's start",
     )
@@ -291,27 +267,27 @@ def _destroy_tx(state: AgentState, caller: Caller, rid: int, cancel_ok: bool) ->
     run first."""
     with write_session(state.sessions) as s:
         r = _get(s, caller, rid)
-        if r.status in FINAL_STATUSES:
-            raise HTTPException(409, f"reservation {rid} is already {r.status}")
+        refusal = lifecycle.refusal(r.status, Trigger.DESTROY, rid)
+        if refusal:
+            raise HTTPException(409, refusal)
         cur = current_action(s, r)
         if r.status == DESTROYING and cur is not None and cur.process == "destroy":
             raise HTTPException(409, f"reservation {rid} is already being destroyed")
         never_acted = s.scalar(select(Action.id).where(Action.reservation_id == rid).limit(1)) is None
-        if r.status in (CONFIGURING, SCHEDULED) and never_acted:
+        if never_acted and lifecycle.allows(r.status, Trigger.CANCEL):
             if not cancel_ok:
                 return None
-            r.status = CANCELLED
-            r.credentials = None
+            lifecycle.move(r, Trigger.CANCEL)
             add_event(s, r, f"cancelled by {caller.user}")
-            return AcceptedOut(id=rid, status=CANCELLED, message="cancelled; the node is free again")
+            return AcceptedOut(id=rid, status=r.status, message="cancelled; the node is free again")
         if "destroy" not in state.processes():
             raise HTTPException(409, "this agent's driver has no destroy process")
         if caller.credentials_token:
             r.credentials = caller.credentials_token
         start_action(s, r, "destroy", supersede=True, reason=f"destroy requested by {caller.user}")
-        r.status = DESTROYING
+        lifecycle.move(r, Trigger.DESTROY)
         return AcceptedOut(
-            id=rid, status=DESTROYING, process="destroy", message="the node is being wiped and released"
+            id=rid, status=r.status, process="destroy", message="the node is being wiped and released"
         )
 
 
@@ -330,18 +306,15 @@ async def destroy(reservation_id: ReservationId, state: StateDep, caller: Caller
     return out
 
 
-ALLOWED = {"reboot": (DEPLOYED, FAILED), "redeploy": (DEPLOYED, FAILED), "bootfiles": (DEPLOYED,)}
-
-
-def _action_tx(state: AgentState, caller: Caller, rid: int, process: str) -> AcceptedOut:
+def _action_tx(state: AgentState, caller: Caller, rid: int, trigger: Trigger) -> AcceptedOut:
+    process = lifecycle.QUEUES[trigger]
     with write_session(state.sessions) as s:
         r = _get(s, caller, rid)
-        proc = state.processes().get(process)
-        if proc is None:
+        if process not in state.processes():
             raise HTTPException(409, f"{state.config.node_type} nodes do not support {process}")
-        if r.status not in ALLOWED[process]:
-            allowed = " or ".join(ALLOWED[process])
-            raise HTTPException(409, f"{process} needs a {allowed} reservation; this one is {r.status}")
+        refusal = lifecycle.refusal(r.status, trigger, rid)
+        if refusal:
+            raise HTTPException(409, refusal)
         if process == "redeploy" and not r.params:
             raise HTTPException(409, "nothing was deployed yet: send the deploy form first")
         if caller.credentials_token:
@@ -350,48 +323,49 @@ def _action_tx(state: AgentState, caller: Caller, rid: int, process: str) -> Acc
             start_action(s, r, process, reason=f"{process} requested by {caller.user}")
         except ActionRefused as exc:
             raise HTTPException(409, str(exc)) from None
-        r.status = proc.running_status
+        lifecycle.move(r, trigger)
         r.error = ""
         return AcceptedOut(id=rid, status=r.status, process=process, message=f"{process} queued")
 
 
-def _action_route(process: str) -> Any:
+def _action_route(trigger: Trigger) -> Any:
     async def run(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> AcceptedOut:
-        return await db(_action_tx, state, caller, reservation_id, process)
+        return await db(_action_tx, state, caller, reservation_id, trigger)
 
-    run.__name__ = process
-    run.__doc__ = f"Queue the {process} process (202), or 409 with the reason it is not possible now."
+    run.__name__ = trigger.value
+    run.__doc__ = f"Queue the {trigger} process (202), or 409 with the reason it is not possible now."
     return run
 
 
-for _process in ("reboot", "redeploy", "bootfiles"):
+for _trigger in (Trigger.REBOOT, Trigger.REDEPLOY, Trigger.BOOTFILES):
     router.post(
-        f"/{{reservation_id}}/{_process}",
+        f"/{{reservation_id}}/{_trigger}",
         status_code=202,
         response_model=AcceptedOut,
-        name=_process,
-    )(_action_route(_process))
+        name=_trigger.value,
+    )(_action_route(_trigger))
 
 
 def _register_env_tx(state: AgentState, caller: Caller, rid: int, name: str) -> AcceptedOut:
     with write_session(state.sessions) as s:
         r = _get(s, caller, rid)
-        proc = state.processes().get(env_factory.PROCESS)
-        if proc is None:
+        if env_factory.PROCESS not in state.processes():
             raise HTTPException(409, f"{state.config.node_type} nodes cannot be saved as environments")
-        if r.status != DEPLOYED:
-            raise HTTPException(
-                409, f"only a deployed node can be saved as an environment; this one is {r.status}"
-            )
-        taken = env_factory.name_taken(s, state.config.env_dir, name)
+        refusal = lifecycle.refusal(r.status, Trigger.REGISTER_ENV, rid)
+        if refusal:
+            raise HTTPException(409, refusal)
+        taken = env_factory.name_taken(s, state.config.env_dir, name, r.owner)
         if taken:
             raise HTTPException(422, f"name: {taken}")
+        unsafe = env_factory.unsafe_env_dir(state.config.env_dir)
+        if unsafe:
+            raise HTTPException(409, unsafe)
         try:
             start_action(s, r, env_factory.PROCESS, {"name": name},
                          reason=f"saving {r.node_name} as environment {name}, requested by {caller.user}")
         except ActionRefused as exc:
             raise HTTPException(409, str(exc)) from None
-        r.status = proc.running_status
+        lifecycle.move(r, Trigger.REGISTER_ENV)
         r.error = ""
         return AcceptedOut(
             id=rid, status=r.status, process=env_factory.PROCESS,
@@ -420,9 +394,9 @@ def _extend_tx(
         with write_session(state.sessions) as s:
             r = _get(s, caller, rid)
             old_until = r.busy_until
-            old_end, new_end = scheduling.extend(s, r, hours, state.limits)
+            old_end, new_end = booking.extend(s, r, hours, state.limits)
             return reservation_view(r), old_end, old_until
-    except scheduling.BookingError as exc:
+    except booking.BookingError as exc:
         raise booking_http(exc) from None
     except IntegrityError:
         raise HTTPException(
@@ -460,6 +434,12 @@ async def extend(
 ) -> ReservationOut:
     """Move the end later (by `hours`, or by the reservation's own duration when 0). Never runs
     into the node's next booking (409 naming when it starts) nor past the maximum duration."""
+    if Feature.EXTEND not in state.features():
+        # Refused before anything is written: the agent advertises no extension (GET /api/info).
+        testbed = state.driver.labels.get("testbed") or f"{state.config.node_type} nodes"
+        raise HTTPException(
+            409, f"{testbed} cannot extend a reservation: book a longer slot, or book the node again after it"
+        )
     hours = body.hours if body is not None else 0.0
     view, old_end, old_until = await db(_extend_tx, state, caller, reservation_id, hours)
     try:

@@ -2,80 +2,60 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from piseduce.agent import lifecycle, sealed
 from piseduce.agent.actions import open_action
 from piseduce.agent.api.deps import AgentState
 from piseduce.agent.auth import Caller
-from piseduce.agent.drivers.base import NodeView, ReservationView
-from piseduce.agent.models import (
-    ACTION_OPEN,
-    CONFIGURING,
-    DEPLOYED,
-    DEPLOYING,
-    FAILED,
-    SCHEDULED,
-    Action,
-    Event,
-    Node,
-    Reservation,
-)
-from piseduce.agent.schemas import EventOut, ReservationOut
+from piseduce.agent.lifecycle import DEPLOYED, Trigger
+from piseduce.agent.models import ACTION_OPEN, Action, Event, Reservation
+from piseduce.agent.sealed import is_secret
+from piseduce.agent.snapshots import reservation_view
+from piseduce.protocol import EventOut, Feature, ReservationOut
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS = 200
-SECRET_WORDS = ("password", "secret", "token", "credential", "private", "community")
-
-
-def is_secret(key: str) -> bool:
-    k = key.lower()
-    return any(w in k for w in SECRET_WORDS)
 
 
 def public_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (attrs or {}).items() if not is_secret(k)}
 
 
-def node_view(n: Node) -> NodeView:
-    return NodeView(
-        name=n.name, ip=n.ip, status=n.status, properties=dict(n.properties or {}), attrs=dict(n.attrs or {})
-    )
-
-
-def reservation_view(r: Reservation) -> ReservationView:
-    return ReservationView(
-        id=r.id,
-        node=node_view(r.node),
-        owner=r.owner,
-        bin=r.bin,
-        start=r.start,
-        end=r.end,
-        status=r.status,
-        params=dict(r.params or {}),
-        driver_state=dict(r.driver_state or {}),
-        connection=dict(r.connection or {}),
-    )
+# What the manage page offers, in its order (saving an environment has a page of its own).
+OFFERED = (
+    Trigger.DEPLOY, Trigger.DESTROY, Trigger.EXTEND, Trigger.REBOOT, Trigger.REDEPLOY, Trigger.BOOTFILES
+)
 
 
 def available_actions(r: Reservation, current: Action | None, state: AgentState) -> list[str]:
-    """What the caller may ask now (the manage page shows these buttons)."""
+    """What the caller may ask now (the manage page shows these buttons): what the lifecycle
+    allows in this status, for the processes this driver has, and what an open action permits."""
     procs = state.processes()
+    features = state.features()
     busy = current is not None and current.status in ACTION_OPEN
     out: list[str] = []
-    if r.status == CONFIGURING:
-        out.append("deploy")
-    if r.status in (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED):
-        out.append("destroy")
-        out.append("extend")
-    if not busy and r.status in (DEPLOYED, FAILED):
-        for name in ("reboot", "redeploy"):
-            if name in procs and (name != "redeploy" or r.params):
-                out.append(name)
-        if r.status == DEPLOYED and "bootfiles" in procs:
-            out.append("bootfiles")
+    for trigger in OFFERED:
+        if not lifecycle.allows(r.status, trigger):
+            continue
+        if trigger == Trigger.EXTEND and Feature.EXTEND not in features:
+            continue
+        process = lifecycle.QUEUES.get(trigger)
+        if trigger == Trigger.DESTROY:
+            # A destroy supersedes any action but a destroy (the API refuses a second one).
+            if current is not None and busy and current.process == "destroy":
+                continue
+        elif process is not None and (busy or process not in procs):
+            continue
+        if trigger == Trigger.REDEPLOY and not r.params:
+            continue
+        out.append(trigger.value)
     return out
 
 
@@ -89,12 +69,17 @@ def connection(r: Reservation, state: AgentState) -> dict[str, Any]:
         return dict(r.connection or {})
 
 
-def visible_params(r: Reservation, caller: Caller) -> dict[str, Any]:
-    params = dict(r.params or {})
+def visible_params(r: Reservation, caller: Caller, state: AgentState) -> dict[str, Any]:
+    """The deploy form's values; its secrets (the OS password) only for the owner, who may need
+    it again on Manage, and only while the reservation lasts (they are erased when it ends)."""
     if caller.user != r.owner:
         # Admins see other users' reservations, never their passwords.
-        params = {k: v for k, v in params.items() if not is_secret(k)}
-    return params
+        return sealed.public(r.params)
+    try:
+        return sealed.unseal(state.fernet, r.params)
+    except sealed.SealError as exc:
+        log.warning("reservation %s: %s", r.id, exc)
+        return sealed.public(r.params)
 
 
 def reservation_out(
@@ -115,7 +100,7 @@ def reservation_out(
         error=r.error,
         events=[EventOut(time=e.time, level=e.level, step=e.step, message=e.message) for e in events],
         connection=connection(r, state),
-        params=visible_params(r, caller),
+        params=visible_params(r, caller, state),
         node_properties=dict(r.node.properties or {}) if r.node is not None else {},
         actions=available_actions(r, current, state),
     )

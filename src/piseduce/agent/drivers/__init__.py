@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from piseduce.config import AgentConfig
 
 DRIVERS = {
-    "raspberry": "piseduce.agent.drivers.raspberry:RaspberryDriver",
-    "g5k": "piseduce.agent.drivers.g5k:G5kDriver",
-    "iot-lab": "piseduce.agent.drivers.iotlab:IotlabDriver",
+    "raspberry": "piseduce.agent.drivers.raspberry.driver:RaspberryDriver",
+    "g5k": "piseduce.agent.drivers.g5k.driver:G5kDriver",
+    "iot-lab": "piseduce.agent.drivers.iotlab.driver:IotlabDriver",
 }
 
 

@@ -3,7 +3,7 @@
 A driver lists its nodes, builds the deploy form, reacts to bookings (a g5k driver submits the
 OAR job there), and declares its processes as data: ordered `Step`s, each a small named async
 function `run(ctx)` (an idempotent action) with an optional `done(ctx)` poll and timeouts. The
-engine (`agent/engine.py`) runs them, commits every transition and handles timeouts; the API
+engine (`agent/engine/`) runs them, commits every transition and handles timeouts; the API
 (`agent/api/`) calls the booking hooks. A driver never touches the reservation tables itself.
 """
 
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, Field
+from piseduce.agent import lifecycle
+from piseduce.protocol import CredentialKind, Feature
+from piseduce.protocol import FormField as FormField  # the drivers' deploy forms are protocol models
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -106,18 +109,6 @@ class BusyInterval:
     reason: str = "busy outside PiSeduce"
 
 
-class FormField(BaseModel):
-    """One field of the deploy form (GET /api/reservations/{id}/form)."""
-
-    name: str
-    label: str
-    kind: Literal["select", "text", "password", "textarea", "ssh_keys", "number", "checkbox", "file"] = "text"
-    choices: list[str] = Field(default_factory=list)
-    required: bool = False
-    help: str = ""
-    default: Any = None
-
-
 class StepContext(abc.ABC):
     """What a step sees. The engine implements it; `state` and `connection` are persisted by the
     engine after each call of `run` or `done`, `progress` and `log` are committed at once."""
@@ -160,6 +151,7 @@ class StepContext(abc.ABC):
 
 
 StepFn = Callable[[StepContext], Awaitable[None]]
+STEP_NAME = re.compile(r"^(?=.{1,64}$)[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 PollFn = Callable[[StepContext], Awaitable[bool]]
 
 
@@ -167,9 +159,16 @@ PollFn = Callable[[StepContext], Awaitable[bool]]
 class Step:
     """One step of a process. `run` is idempotent: after a crash the engine calls it again.
     When `done` is given, the engine polls it (every `poll` seconds) after `run` until it is True.
-    Timeouts are seconds since the step began:
+    Timeouts are seconds since the step began, less the time the engine waited for its own
+    database meanwhile (the commits of `progress`, `log` and saved state):
     past `reboot_after` the node gets one automatic hard reboot and the step starts over;
     past `fail_after` the action fails with a readable reason.
+
+    Naming rule, for every driver: a step's `name` is snake_case, at most 64 characters (it is
+    stored in the action row and resumed by it), and starts with the verb of what it does to the
+    node or the testbed (`power_cycle`, `write_image`, `delete_job`, `submit`, `clean_up`); a step
+    that only waits for something to happen is `wait_<what>` (`wait_nfs`, `wait_job`) and has a
+    `done` poll. Its `label` is the same in words for people (`title` falls back to the name).
 
     Scaling rule: the DRIVER multiplies its timeouts (and `poll`, if it wishes) by
     `config.timeout_scale` when it builds its steps; the engine uses the values as given, never
@@ -186,6 +185,15 @@ class Step:
     fail_after: float | None = None
     poll: float = 1.0
     weight: int = 1  # share of the process' progress bar
+    # When given, this reservation's fail_after (seconds, already scaled), computed as the step
+    # begins: a step whose work follows a size (writing an image) gets a budget that follows it.
+    budget: Callable[[StepContext], float] | None = None
+
+    def __post_init__(self) -> None:
+        if not STEP_NAME.fullmatch(self.name):
+            raise ValueError(f"step name {self.name!r}: snake_case, at most 64 characters")
+        if self.name.startswith("wait_") and self.done is None:
+            raise ValueError(f"step {self.name!r} waits for something: it needs a done() poll")
 
     @property
     def title(self) -> str:
@@ -194,50 +202,98 @@ class Step:
 
 @dataclass(frozen=True)
 class Process:
-    """A named, ordered list of steps. The reservation has `running_status` while it runs and
-    `done_status` once every step is done (`failed` on failure)."""
+    """A named, ordered list of steps. The statuses around it (the reservation's while it runs,
+    once done, once failed) are the lifecycle's (`agent/lifecycle.py`), never the driver's."""
 
     name: str
     steps: tuple[Step, ...]
-    running_status: str
-    done_status: str
 
-    def index(self, step_name: str) -> int:
-        for i, step in enumerate(self.steps):
-            if step.name == step_name:
-                return i
-        raise KeyError(step_name)
+    def __post_init__(self) -> None:
+        if self.name not in lifecycle.PROCESSES:
+            raise ValueError(f"unknown process {self.name!r}: one of {', '.join(lifecycle.PROCESS_NAMES)}")
 
+    @property
+    def running_status(self) -> str:
+        return lifecycle.statuses_of(self.name).running
 
-PROCESS_NAMES = ("deploy", "destroy", "reboot", "redeploy", "bootfiles", "register_env")
+    @property
+    def done_status(self) -> str:
+        return lifecycle.statuses_of(self.name).done
 
 
 # ---------------------------------------------------------------- the interface
+
+
+class RemoteInventory(Protocol):
+    """A testbed's own node list and calendar (the g5k reference and status APIs, IoT-LAB's
+    nodes and experiments)."""
+
+    async def nodes(self, credentials: Mapping[str, str] | None) -> list[NodeSpec]:
+        """The testbed's nodes. Implementations cache them for `inventory_refresh_seconds`, never
+        forever."""
+        ...
+
+    async def busy(
+        self, start: dt.datetime, end: dt.datetime, credentials: Mapping[str, str] | None
+    ) -> list[BusyInterval]:
+        """Nodes held outside PiSeduce between start and end (other users' jobs)."""
+        ...
+
+
+# The processes beyond deploy and destroy, and the feature each gives.
+PROCESS_FEATURES = {
+    "reboot": Feature.REBOOT,
+    "redeploy": Feature.REDEPLOY,
+    "bootfiles": Feature.BOOTFILES,
+    "register_env": Feature.SAVE_ENV,
+}
 
 
 class Driver(abc.ABC):
     node_type: ClassVar[str]
     # g5k and iot-lab act with the user's testbed account: every call forwards credentials.
     needs_credentials: ClassVar[bool] = False
-    # g5k and iot-lab list their nodes from the remote API; raspberry nodes are registered by admins.
-    remote_inventory: ClassVar[bool] = False
+    # Whose testbed account (GET /api/info `credentials`): the kind of login the web UI forwards.
+    credential_kind: ClassVar[CredentialKind] = "none"
+    # g5k and iot-lab list their nodes from the testbed; without one (raspberry) admins register them.
+    inventory: RemoteInventory | None = None
+    # What /api/info advertises besides what the driver's processes and inventory show (see
+    # `features`): most testbeds let a booking grow, so EXTEND unless a driver says otherwise.
+    declared_features: ClassVar[frozenset[Feature]] = frozenset({Feature.EXTEND})
+    # Words for people in /api/info: `nodes` (what a node is), `testbed`.
+    labels: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config: AgentConfig, sessions: sessionmaker[Session]) -> None:
         self.config = config
         self.sessions = sessions
 
+    def features(self, processes: Mapping[str, Process]) -> frozenset[Feature]:
+        """What the agent advertises: the declared features, one per optional process it has,
+        and the node registry when nodes are not a testbed's inventory. Derived rather than
+        declared where it can be, so a driver that gains a process advertises it."""
+        out = set(self.declared_features)
+        out.update(feature for process, feature in PROCESS_FEATURES.items() if process in processes)
+        if self.inventory is None:
+            out.add(Feature.NODE_REGISTRY)
+        return frozenset(out)
+
     # -- inventory and availability
 
     async def sync_nodes(self, credentials: Mapping[str, str] | None = None) -> list[NodeSpec] | None:
-        """The remote inventory, or None when nodes are registered locally (raspberry).
-        Implementations cache it for `inventory_refresh_seconds`, never forever."""
-        return None
+        """The remote inventory, or None when nodes are registered locally (no `inventory`)."""
+        return None if self.inventory is None else await self.inventory.nodes(credentials)
 
     async def remote_busy(
         self, start: dt.datetime, end: dt.datetime, credentials: Mapping[str, str] | None = None
     ) -> list[BusyInterval]:
         """Nodes held outside PiSeduce between start and end (other users' jobs)."""
-        return []
+        return [] if self.inventory is None else await self.inventory.busy(start, end, credentials)
+
+    async def check_credentials(self, credentials: Mapping[str, str]) -> str:
+        """Ask the testbed whether this login and password work (POST /api/credentials/check);
+        returns what the testbed accepted, in words. Raise CredentialsRequired when the testbed
+        refuses them, another DriverError when it cannot be asked now."""
+        raise ActionRefused(f"{self.node_type} nodes are used without testbed credentials")
 
     # -- booking hooks, called by the API after the booking is written (before it is answered)
 
@@ -278,7 +334,7 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def processes(self) -> dict[str, Process]:
-        """The processes this node type supports, by name (see PROCESS_NAMES)."""
+        """The processes this node type supports, by name (see lifecycle.PROCESS_NAMES)."""
 
     async def hard_reboot(self, ctx: StepContext) -> None:
         """Power-cycle the node (the engine's one automatic reboot on `reboot_after`)."""

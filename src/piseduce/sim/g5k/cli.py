@@ -10,24 +10,23 @@ from typing import Annotated
 
 import typer
 
-from piseduce.sim.g5k.model import Faults, G5kSim
+from piseduce.cli_files import FileOptionError, read_text
+from piseduce.sim.g5k.model import G5kSim
+from piseduce.sim.g5k.records import Faults
 
 
 def load_users(path: Path) -> dict[str, str]:
     """A JSON object {"login": "password"} or `login:password` lines (`#` comments allowed)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise typer.BadParameter(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_text(path, "--users-file")
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise typer.BadParameter(f"{path}: malformed JSON: {exc}") from None
+            raise FileOptionError(f"--users-file {path}: malformed JSON: {exc}") from None
         if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()
         ):
-            raise typer.BadParameter(f'{path}: expected {{"login": "password", ...}}')
+            raise FileOptionError(f'--users-file {path}: expected {{"login": "password", ...}}')
         return dict(data)
     users: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -36,7 +35,7 @@ def load_users(path: Path) -> dict[str, str]:
             continue
         login, sep, password = line.partition(":")
         if not sep or not login:
-            raise typer.BadParameter(f"{path}:{lineno}: expected login:password")
+            raise FileOptionError(f"--users-file {path}:{lineno}: expected login:password")
         users[login] = password
     return users
 

@@ -1,4 +1,5 @@
-"""The emulated site: nodes, OAR jobs and Kadeploy deployments, with their state progressions.
+"""The emulated site: nodes, OAR jobs and Kadeploy deployments, with their state progressions
+(the records in records.py; Kadeploy in kadeploy.py; the jobs' and status' JSON in oar_items.py).
 
 States are derived from timestamps on every read (no background task): a job is `waiting` until
 its start, `launching` for a few seconds, `running` for its walltime, then `terminated` (or
@@ -10,160 +11,30 @@ work are divided by `time_scale`, so tests and demos run in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from piseduce.sim.g5k import oar
-from piseduce.sim.g5k.reference import GIB, cluster_spec, environments, node_reference
-
-ACTIVE_JOB_STATES = ("waiting", "launching", "running")
-FINAL_JOB_STATES = ("terminated", "error")
-
-# Seconds at time scale 1, roughly what Grid'5000 takes.
-LAUNCH_SECONDS = 8.0  # OAR: start of a deploy job (prologue) until `running`
-KILL_SECONDS = 3.0  # OAR: oardel until the job is `error`
-KADEPLOY_WAIT_SECONDS = 2.0
-KADEPLOY_SECONDS = 240.0  # a whole Kadeploy run (reboot, image, reboot)
-
-KO_STEP = {"macro": "SetDeploymentEnvUntrusted", "micro": "wait_reboot", "state": "KO"}
-
-
-class SimError(Exception):
-    """An API error: HTTP status and the text the real API would answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class Faults:
-    ko_rate: float = 0.0  # probability that a node of a deployment ends KO
-    ko_nodes: set[str] = field(default_factory=set)  # nodes (uid or FQDN) that always end KO
-    error_rate: float = 0.0  # probability that an API request answers 503
-    fail_next: int = 0  # the next N API requests answer 503
-    drop_next: int = 0  # the next N API requests are processed, but their answer is lost (502)
-    latency: float = 0.0  # seconds added to every API request
-    deploy_error: str = ""  # when set, deployments end in `error` with this output
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ko_rate": self.ko_rate,
-            "ko_nodes": sorted(self.ko_nodes),
-            "error_rate": self.error_rate,
-            "fail_next": self.fail_next,
-            "drop_next": self.drop_next,
-            "latency": self.latency,
-            "deploy_error": self.deploy_error,
-        }
-
-    def update(self, data: dict[str, Any]) -> None:
-        for key, value in data.items():
-            if key == "ko_nodes":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise SimError(400, "ko_nodes must be a list of node names")
-                self.ko_nodes = set(value)
-            elif key in ("ko_rate", "error_rate"):
-                v = float(value)
-                if not 0 <= v <= 1:
-                    raise SimError(400, f"{key} must be between 0 and 1")
-                setattr(self, key, v)
-            elif key == "latency":
-                v = float(value)
-                if not 0 <= v <= 60:
-                    raise SimError(400, "latency must be between 0 and 60 seconds")
-                self.latency = v
-            elif key in ("fail_next", "drop_next"):
-                n = int(value)
-                if n < 0:
-                    raise SimError(400, f"{key} must be >= 0")
-                setattr(self, key, n)
-            elif key == "deploy_error":
-                self.deploy_error = str(value or "")
-            else:
-                raise SimError(400, f"unknown fault {key!r}")
-
-
-@dataclass
-class SimNode:
-    uid: str
-    cluster: str
-    fqdn: str
-    ref: dict[str, Any]
-    hard: str = "alive"
-
-    def oar_properties(self) -> dict[str, object]:
-        arch = self.ref["architecture"]
-        jt = self.ref["supported_job_types"]
-        return {
-            "host": self.fqdn,
-            "network_address": self.fqdn,
-            "cluster": self.cluster,
-            "type": "default",
-            "deploy": "YES" if jt.get("deploy") else "NO",
-            "cpucore": float(arch["nb_cores"]),
-            "core_count": float(arch["nb_cores"]),
-            "thread_count": float(arch["nb_threads"]),
-            "memnode": float(self.ref["main_memory"]["ram_size"] // (1024 * 1024)),
-            "cputype": self.ref["processor"]["model"],
-            "nodemodel": self.ref["chassis"]["name"],
-            "besteffort": "YES" if jt.get("besteffort") else "NO",
-            "state": self.hard.capitalize(),
-        }
-
-
-@dataclass
-class SimJob:
-    uid: int
-    user: str
-    name: str
-    command: str
-    types: list[str]
-    properties: str
-    queue: str
-    project: str
-    hosts: list[str]
-    walltime: int
-    submitted_at: float
-    start_at: float  # when OAR starts it (the prediction, exact for a reservation)
-    reservation: bool
-    message: str
-    directory: str = ""
-    deleted_at: float | None = None
-    granted: int = 0  # seconds granted by walltime changes
-
-    def launched_at(self, launch: float) -> float:
-        return self.start_at + launch
-
-    def natural_end(self, launch: float) -> float:
-        return self.start_at + launch + self.walltime
-
-    def stop_at(self, launch: float, kill: float) -> float:
-        end = self.natural_end(launch)
-        if self.deleted_at is not None:
-            end = min(end, self.deleted_at + kill)
-        return end
-
-
-@dataclass
-class SimDeployment:
-    uid: str
-    user: str
-    nodes: list[str]
-    environment: str
-    key: str | None
-    created_at: float
-    ko: set[str]
-    error: str
-    params: dict[str, Any]
-    canceled_at: float | None = None
+from piseduce.sim.g5k import kadeploy, oar_items, scheduling, site_items, walltime
+from piseduce.sim.g5k.records import (
+    FINAL_JOB_STATES,
+    KILL_SECONDS,
+    LAUNCH_SECONDS,
+    Faults,
+    SimDeployment,
+    SimError,
+    SimJob,
+    SimNode,
+)
+from piseduce.sim.g5k.reference import (
+    cluster_reference,
+    environments,
+    fqdn,
+    node_reference,
+    site_reference,
+)
 
 
 class G5kSim:
@@ -192,12 +63,13 @@ class G5kSim:
         self.lock = threading.RLock()
         self.nodes: dict[str, SimNode] = {}
         self.clusters: dict[str, list[SimNode]] = {}
+        self.cluster_refs: dict[str, dict[str, Any]] = {}
         for cname, count in clusters:
-            spec = cluster_spec(cname)
+            self.cluster_refs[cname] = cluster_reference(site, cname, count)
             members = []
             for i in range(1, count + 1):
-                ref = node_reference(site, cname, i, spec)
-                node = SimNode(ref["uid"], cname, ref["network_adapters"][0]["network_address"], ref)
+                ref = node_reference(site, cname, i)
+                node = SimNode(ref["uid"], cname, fqdn(ref), ref)
                 self.nodes[node.fqdn] = node
                 members.append(node)
             self.clusters[cname] = members
@@ -205,6 +77,7 @@ class G5kSim:
             self.node(name).hard = "dead"
         self.jobs: dict[int, SimJob] = {}
         self.deployments: dict[str, SimDeployment] = {}
+        self.files: dict[str, tuple[str, str]] = {}  # blobs of deployments: name → (owner, content)
         self.environments = environments()
         self._next_job = 4_200_000
 
@@ -264,7 +137,8 @@ class G5kSim:
 
     def job_state(self, job: SimJob, now: float | None = None) -> str:
         t = self.now() if now is None else now
-        if job.deleted_at is not None and t >= job.deleted_at + self.kill:
+        killed = job.killed_at()
+        if killed is not None and t >= killed + self.kill:
             return "error"
         if t < job.start_at:
             return "waiting"
@@ -277,127 +151,49 @@ class G5kSim:
     def _busy(
         self, hosts: Iterable[str], start: float, end: float, exclude: int | None = None
     ) -> list[SimJob]:
-        """Active jobs holding one of `hosts` during [start, end)."""
+        """Jobs (besteffort ones aside: they give way) holding one of `hosts` during [start, end)."""
         wanted = set(hosts)
-        out = []
-        for job in self.jobs.values():
-            if job.uid == exclude or not wanted.intersection(job.hosts):
-                continue
-            j_end = job.stop_at(self.launch, self.kill)
-            if job.start_at < end and start < j_end:
-                out.append(job)
-        return out
-
-    def _pick(self, candidates: list[SimNode], count: int | None, start: float, end: float) -> list[SimNode]:
-        free = [n for n in candidates if not self._busy([n.fqdn], start, end)]
-        if count is None:
-            return free if len(free) == len(candidates) and free else []
-        return free[:count] if len(free) >= count else []
+        return [
+            j for j in self.jobs.values()
+            if j.uid != exclude and wanted.intersection(j.hosts) and j.queue != scheduling.BESTEFFORT
+            and scheduling.holds(j, start, end, self.launch, self.kill)
+        ]
 
     def submit_job(self, user: str, payload: dict[str, Any]) -> SimJob:
         with self.lock:
             now = self.now()
-            command = payload.get("command")
-            reservation = payload.get("reservation")
-            if reservation is not None and not isinstance(reservation, str):
-                raise SimError(
-                    400, "The job you are trying to submit is not valid: reservation must be a String"
-                )
-            if not command and reservation is None:
-                raise SimError(400, "The job you are trying to submit is not valid: you must give a :command")
-            types = payload.get("types") or []
-            if isinstance(types, str):
-                types = [types]
-            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-                raise SimError(
-                    400, "The job you are trying to submit is not valid: types must be a list of strings"
-                )
-            queue = str(payload.get("queue") or "default")
+            known = set(next(iter(self.nodes.values())).oar_properties()) if self.nodes else set()
             try:
-                req = oar.parse_resources(payload.get("resources"))
-                known = set(next(iter(self.nodes.values())).oar_properties()) if self.nodes else set()
-                prop_text = str(payload.get("properties") or "")
-                props = oar.parse_properties(prop_text, known)
-                rfilter = oar.parse_properties(req.filter, known)
-                start = oar.parse_reservation(reservation, now) if reservation is not None else now
-            except oar.OarSyntaxError as exc:
-                raise SimError(400, self._oar_error(f"oarsub: {exc}")) from None
-            if reservation is not None and start < now - 60:
-                raise SimError(
-                    400, self._oar_error("[ADMISSION RULE] Error: the reservation date is in the past")
-                )
-            if queue == "admin":
-                raise SimError(
-                    400, self._oar_error(f"[ADMISSION RULE] Only administrators can use the {queue} queue")
-                )
-            candidates = [
-                n
-                for n in self.nodes.values()
-                if n.hard == "alive"
-                and queue in n.ref["supported_job_types"]["queues"]
-                and ("deploy" not in types or n.ref["supported_job_types"]["deploy"])
-                and props(n.oar_properties())
-                and rfilter(n.oar_properties())
-            ]
-            if not candidates or (req.nodes is not None and len(candidates) < req.nodes):
-                raise SimError(
-                    400,
-                    self._oar_error(
-                        "There are not enough resources for your request "
-                        f"({req.nodes or 'ALL'} node(s) asked, {len(candidates)} match the properties)"
-                    ),
-                )
-            duration = self.launch + req.walltime
-            if reservation is not None:
-                chosen = self._pick(candidates, req.nodes, start, start + duration)
-                if not chosen:
-                    busy = self._busy([n.fqdn for n in candidates], start, start + duration)
-                    detail = "; ".join(
-                        f"{','.join(sorted(set(j.hosts) & {n.fqdn for n in candidates}))} held by job {j.uid}"
-                        for j in busy[:3]
-                    )
-                    raise SimError(
-                        400,
-                        self._oar_error(
-                            f"# Reservation not valid --> REJECTED: the resources are busy ({detail})"
-                        ),
-                    )
-                message = f"R=0,W={req.walltime // 60},J=R,Q={queue} (Karma=0.000,quota_ok)"
+                req = scheduling.read_request(payload, known, now)
+                pools = scheduling.candidates(self, req)
+                start, alloc = scheduling.place(self, req, pools, now)
+            except scheduling.AdmissionError as exc:
+                raise SimError(400, self._oar_error(str(exc)) if exc.oar_rule else str(exc)) from None
+            if req.reservation is not None:
+                message = f"R=0,W={req.spec.walltime // 60},J=R,Q={req.queue} (Karma=0.000,quota_ok)"
             else:
-                times = sorted(
-                    {now}
-                    | {
-                        j.stop_at(self.launch, self.kill)
-                        for j in self.jobs.values()
-                        if j.stop_at(self.launch, self.kill) > now
-                    }
-                )
-                chosen = []
-                for t in times:
-                    chosen = self._pick(candidates, req.nodes, t, t + duration)
-                    if chosen:
-                        start = t
-                        break
                 message = "FIFO scheduling OK"
             self._next_job += 1
             job = SimJob(
                 uid=self._next_job,
                 user=user,
                 name=str(payload.get("name") or ""),
-                command=str(command or ""),
-                types=list(types),
+                command=req.command,
+                types=req.types,
                 properties=str(payload.get("properties") or ""),
-                queue=queue,
+                queue=req.queue,
                 project=str(payload.get("project") or "default"),
-                hosts=sorted(n.fqdn for n in chosen),
-                walltime=req.walltime,
+                hosts=sorted(alloc),
+                walltime=req.spec.walltime,
                 submitted_at=now,
                 start_at=start,
-                reservation=reservation is not None,
+                reservation=req.reservation is not None,
                 message=message,
                 directory=str(payload.get("directory") or f"/home/{user}"),
+                cores=dict(alloc),
             )
             self.jobs[job.uid] = job
+            scheduling.preempt(self, job)
             return job
 
     def _oar_error(self, text: str) -> str:
@@ -440,8 +236,10 @@ class G5kSim:
                 reservation=start is not None,
                 message="FIFO scheduling OK",
                 directory=f"/home/{user}",
+                cores={f: int(self.nodes[f].ref["architecture"]["nb_cores"]) for f in fqdns},
             )
             self.jobs[job.uid] = job
+            scheduling.preempt(self, job)
             return job
 
     def delete_job(self, user: str, uid: int | str) -> SimJob:
@@ -458,65 +256,16 @@ class G5kSim:
                     f"failed with status 400: This job was already killed",
                 )
             job.deleted_at = self.now()
+            if job.deleted_at < job.start_at:
+                # It never started: the besteffort jobs it would have killed keep running.
+                for other in self.jobs.values():
+                    if other.preempted_by == job.uid and other.preempted_at is not None \
+                            and other.preempted_at > job.deleted_at:
+                        other.preempted_at = other.preempted_by = None
             return job
 
     def job_item(self, job: SimJob, *, details: bool, with_events: bool = True) -> dict[str, Any]:
-        now = self.now()
-        state = self.job_state(job, now)
-        started = state in ("running", "terminated") or (
-            state == "error" and job.deleted_at is not None and job.deleted_at > job.launched_at(self.launch)
-        )
-        item: dict[str, Any] = {
-            "uid": job.uid,
-            "user_uid": job.user,
-            "user": job.user,
-            "walltime": job.walltime,
-            "queue": job.queue,
-            "state": state,
-            "project": job.project,
-            "name": job.name,
-            "types": list(job.types),
-            "mode": "PASSIVE",
-            "command": job.command,
-            "submitted_at": int(job.submitted_at),
-            "scheduled_at": int(job.start_at),
-            "started_at": int(job.launched_at(self.launch)) if started else 0,
-            "message": job.message,
-            "properties": job.properties,
-            "directory": job.directory,
-        }
-        if state in FINAL_JOB_STATES:
-            item["stopped_at"] = int(job.stop_at(self.launch, self.kill))
-            item["exit_code"] = 0 if state == "terminated" else 2
-        if with_events:
-            events = []
-            if job.deleted_at is not None:
-                events.append(
-                    {
-                        "uid": job.uid * 10 + 1,
-                        "created_at": int(job.deleted_at),
-                        "type": "FRAG_JOB_REQUEST",
-                        "description": f"User {job.user} requested to frag the job {job.uid}",
-                    }
-                )
-            if state == "terminated" and job.deleted_at is None:
-                events.append(
-                    {
-                        "uid": job.uid * 10 + 2,
-                        "created_at": int(job.natural_end(self.launch)),
-                        "type": "WALLTIME",
-                        "description": f"[sarko] Job [{job.uid}] from {int(job.start_at)} "
-                        f"with {job.walltime}; current time={int(job.natural_end(self.launch))} (Elapsed)",
-                    }
-                )
-            item["events"] = events
-        if details:
-            cores: list[str] = []
-            for h in job.hosts:
-                cores.extend([h] * int(self.nodes[h].ref["architecture"]["nb_cores"]))
-            item["resources_by_type"] = {"cores": cores}
-            item["assigned_nodes"] = list(job.hosts)
-        return item
+        return oar_items.job_item(self, job, details=details, with_events=with_events)
 
     def list_jobs(self, params: dict[str, str]) -> list[SimJob]:
         with self.lock:
@@ -542,72 +291,25 @@ class G5kSim:
             job = self.get_job(uid)
             if job.user != user:
                 raise SimError(403, "You are not authorized to access this resource")
-            raw = payload.get("walltime")
-            if raw is None or raw == "":
-                raise SimError(
-                    400,
-                    "The job walltime change you are trying to submit is not valid: walltime can't be blank",
-                )
-            try:
-                sign, seconds = oar.parse_walltime_delta(raw)
-            except oar.OarSyntaxError as exc:
-                raise SimError(
-                    400, f"The job walltime change you are trying to submit is not valid: {exc}"
-                ) from None
+            walltime.settle(self)
             state = self.job_state(job)
-            if state != "running" or job.deleted_at is not None:
+            if state != "running" or job.killed_at() is not None:
                 raise SimError(
                     403,
                     f"Walltime change for job {job.uid} is not possible: "
                     f"the job is not running (state {state})",
                 )
-            new = (
-                job.walltime + seconds if sign == "+" else job.walltime - seconds if sign == "-" else seconds
-            )
-            elapsed = self.now() - job.launched_at(self.launch)
-            if new <= elapsed + 60:
-                raise SimError(
-                    403, f"Walltime change for job {job.uid} is not possible: the new walltime is too short"
-                )
-            if new > job.walltime:
-                old_end = job.natural_end(self.launch)
-                new_end = job.start_at + self.launch + new
-                blocking = self._busy(job.hosts, old_end, new_end, exclude=job.uid)
-                if blocking and not payload.get("force"):
-                    other = blocking[0]
-                    raise SimError(
-                        403,
-                        f"Walltime change for job {job.uid} cannot be granted: the extra time overlaps job "
-                        f"{other.uid} of {other.user} on "
-                        f"{', '.join(sorted(set(other.hosts) & set(job.hosts)))}",
-                    )
-            delta = new - job.walltime
-            job.granted += delta
-            job.walltime = new
-            sign_txt = "+" if delta >= 0 else "-"
-            return {
-                "status": "Accepted",
-                "walltime": f"{sign_txt}{oar.format_walltime(abs(delta))}",
-                "cmd_output": f"Accepted: walltime change request updated for job {job.uid}, "
-                "it will be handled shortly.\n",
-                "api_timestamp": int(self.now()),
-            }
+            try:
+                return walltime.change(self, job, payload)
+            except ValueError as exc:
+                raise SimError(400, str(exc)) from None
+            except PermissionError as exc:
+                raise SimError(403, str(exc)) from None
 
     def walltime_item(self, uid: int | str) -> dict[str, Any]:
         with self.lock:
-            job = self.get_job(uid)
-            return {
-                "uid": job.uid,
-                "walltime": oar.format_walltime(job.walltime),
-                "possible": "UNLIMITED",
-                "pending": "+0:0:0",
-                "granted": ("+" if job.granted >= 0 else "-") + oar.format_walltime(abs(job.granted)),
-                "force": "NO",
-                "delay_next_jobs": "NO",
-                "whole": "NO",
-                "timeout": "UNLIMITED",
-                "api_timestamp": int(self.now()),
-            }
+            walltime.settle(self)
+            return walltime.item(self, self.get_job(uid))
 
     # -- status
 
@@ -615,240 +317,65 @@ class G5kSim:
         self, *, cluster: str | None = None, details: bool = True, waiting: bool = True
     ) -> dict[str, Any]:
         with self.lock:
-            now = self.now()
-            nodes = self.clusters.get(cluster, []) if cluster else list(self.nodes.values())
-            out: dict[str, Any] = {}
-            for n in nodes:
-                jobs = [
-                    j
-                    for j in self.jobs.values()
-                    if n.fqdn in j.hosts
-                    and self.job_state(j, now) in ACTIVE_JOB_STATES
-                    and (waiting or self.job_state(j, now) != "waiting")
-                ]
-                cores = int(n.ref["architecture"]["nb_cores"])
-                running = any(self.job_state(j, now) == "running" for j in jobs)
-                besteffort = any(
-                    j.queue == "besteffort" and self.job_state(j, now) == "running" for j in jobs
-                )
-                soft = "unknown" if n.hard == "dead" else "free"
-                if running and n.hard != "dead":
-                    soft = "busy_besteffort" if besteffort else "busy"
-                entry: dict[str, Any] = {"hard": n.hard, "soft": soft, "comment": ""}
-                if soft == "unknown":
-                    entry.update(free_slots=0, freeable_slots=0, busy_slots=0)
-                else:
-                    busy = cores if running else 0
-                    entry.update(
-                        free_slots=cores - busy,
-                        freeable_slots=busy if besteffort else 0,
-                        busy_slots=0 if besteffort else busy,
-                    )
-                if details:
-                    entry["reservations"] = [self.job_item(j, details=False, with_events=False) for j in jobs]
-                out[n.fqdn] = entry
-            result: dict[str, Any] = {"uid": int(now), "nodes": out, "disks": {}}
-            if cluster is None:
-                result["vlans"] = {}
-                result["subnets"] = {}
-            return result
+            return oar_items.status(self, cluster=cluster, details=details, waiting=waiting)
 
-    # -- deployments (Kadeploy)
-
-    def _env(self, name: str) -> dict[str, Any] | None:
-        base = name.split("@")[0]
-        for env in self.environments:
-            if base in (env["name"], env["alias"], env["uid"]):
-                return env
-        return None
+    # -- deployments (Kadeploy: kadeploy.py)
 
     def submit_deployment(self, user: str, payload: dict[str, Any], files_uri: str) -> SimDeployment:
         with self.lock:
-            now = self.now()
-            nodes = payload.get("nodes")
-            if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
-                raise SimError(
-                    400,
-                    "The deployment you are trying to submit is not valid: "
-                    "nodes must be a non-empty list of node FQDN",
-                )
-            environment = payload.get("environment")
-            if not isinstance(environment, str) or not environment:
-                raise SimError(
-                    400, "The deployment you are trying to submit is not valid: environment can't be blank"
-                )
-            unknown = [n for n in nodes if n not in self.nodes]
-            if unknown:
-                raise SimError(
-                    500, f"Cannot launch deployment: Kadeploy error #4: unknown node(s) {', '.join(unknown)}"
-                )
-            if not environment.startswith(("http://", "https://")) and self._env(environment) is None:
-                raise SimError(
-                    500,
-                    f"Cannot launch deployment: Kadeploy error #21: "
-                    f"the environment '{environment}' does not exist",
-                )
-            allowed: set[str] = set()
-            for job in self.jobs.values():
-                if (
-                    job.user == user
-                    and "deploy" in job.types
-                    and self.job_state(job, now) == "running"
-                    and job.deleted_at is None
-                ):
-                    allowed.update(job.hosts)
-            denied = [n for n in nodes if n not in allowed]
-            if denied:
-                raise SimError(
-                    500,
-                    "Cannot launch deployment: Kadeploy error #6: you do not have the deployment rights on "
-                    f"{', '.join(denied)} (a running job of type deploy is required)",
-                )
-            if not payload.get("ignore_nodes_deploying"):
-                for d in self.deployments.values():
-                    if d.user == user and self.deployment_status(d, now) in ("waiting", "processing"):
-                        clash = set(d.nodes) & set(nodes)
-                        if clash:
-                            raise SimError(
-                                500,
-                                f"Cannot launch deployment: Kadeploy error #9: {', '.join(sorted(clash))} "
-                                f"already being deployed by {d.uid}",
-                            )
-            key = payload.get("key")
-            if isinstance(key, str) and key and not key.startswith(("http://", "https://")):
-                # The real API stores key blobs as files and gives their URI back.
-                key = f"{files_uri}/{user}-key-{hashlib.sha1(key.encode()).hexdigest()}"  # noqa: S324 (a name)
-            ko = {
-                n
-                for n in nodes
-                if n in self.faults.ko_nodes
-                or self.nodes[n].uid in self.faults.ko_nodes
-                or (self.faults.ko_rate > 0 and self.random.random() < self.faults.ko_rate)
-            }
-            dep = SimDeployment(
-                uid=f"D-{uuid.uuid4()}",
-                user=user,
-                nodes=list(nodes),
-                environment=environment,
-                key=key if isinstance(key, str) else None,
-                created_at=now,
-                ko=ko,
-                error=self.faults.deploy_error,
-                params={k: payload[k] for k in ("version", "arch", "vlan") if k in payload},
-            )
-            self.deployments[dep.uid] = dep
-            return dep
+            return kadeploy.submit(self, user, payload, files_uri)
+
+    def file(self, user: str, name: str) -> str:
+        with self.lock:
+            return kadeploy.stored_file(self, user, name)
 
     def deployment_status(self, dep: SimDeployment, now: float | None = None) -> str:
-        t = self.now() if now is None else now
-        if dep.canceled_at is not None:
-            return "canceled"
-        wait = KADEPLOY_WAIT_SECONDS / self.time_scale
-        if t < dep.created_at + wait:
-            return "waiting"
-        if t < dep.created_at + wait + KADEPLOY_SECONDS / self.time_scale:
-            return "processing"
-        return "error" if dep.error else "terminated"
+        return kadeploy.status(self, dep, self.now() if now is None else now)
 
     def get_deployment(self, uid: str) -> SimDeployment:
-        dep = self.deployments.get(uid)
-        if dep is None:
-            raise SimError(404, f"Couldn't find Grid5000::Deployment with ID={uid}")
-        return dep
+        return kadeploy.get(self, uid)
 
     def cancel_deployment(self, user: str, uid: str) -> None:
         with self.lock:
-            dep = self.get_deployment(uid)
-            if dep.user != user:
-                raise SimError(403, "You are not authorized to access this resource")
-            if self.deployment_status(dep) in ("waiting", "processing"):
-                dep.canceled_at = self.now()
+            kadeploy.cancel(self, user, uid)
 
     def deployment_item(self, dep: SimDeployment) -> dict[str, Any]:
-        now = self.now()
-        status = self.deployment_status(dep, now)
-        result: dict[str, Any] = {}
-        if status == "terminated":
-            for n in dep.nodes:
-                result[n] = dict(KO_STEP) if n in dep.ko else {"macro": None, "micro": None, "state": "OK"}
-        elif status == "error":
-            result = {n: dict(KO_STEP) for n in dep.nodes}
-        updated = (
-            now
-            if status in ("waiting", "processing")
-            else (
-                dep.canceled_at
-                or dep.created_at + (KADEPLOY_WAIT_SECONDS + KADEPLOY_SECONDS) / self.time_scale
-            )
-        )
-        item: dict[str, Any] = {
-            "uid": dep.uid,
-            "site_uid": self.site,
-            "user_uid": dep.user,
-            "environment": dep.environment,
-            "status": status,
-            "nodes": list(dep.nodes),
-            "result": result,
-            "created_at": int(dep.created_at),
-            "updated_at": int(updated),
-            **dep.params,
-        }
-        if dep.key:
-            item["key"] = dep.key
-        if status == "error":
-            item["output"] = f"Kadeploy error #1: {dep.error}"
-        return item
+        return kadeploy.item(self, dep)
 
     def list_deployments(self, params: dict[str, str]) -> list[SimDeployment]:
         with self.lock:
-            deps = sorted(
-                self.deployments.values(), key=lambda d: d.created_at, reverse=params.get("reverse") != "true"
-            )
-            if params.get("user"):
-                deps = [d for d in deps if d.user == params["user"]]
-            if params.get("status"):
-                now = self.now()
-                deps = [d for d in deps if self.deployment_status(d, now) == params["status"]]
-            return deps
+            return kadeploy.listing(self, params)
 
     # -- reference
 
     def site_item(self) -> dict[str, Any]:
-        return {
-            "uid": self.site,
-            "type": "site",
-            "name": self.site.capitalize(),
-            "description": f"Grid'5000 {self.site.capitalize()} site (PiSeduce emulator)",
-            "location": "France",
-            "email_contact": f"{self.site}-staff@lists.grid5000.fr",
-            "frontend": f"f{self.site}.{self.site}.grid5000.fr",
-            "compilation_server": False,
-            "production": True,
-        }
+        item = site_reference(self.site)
+        item["frontend"] = f"f{self.site}.{self.site}.grid5000.fr"
+        return item
 
     def cluster_item(self, name: str) -> dict[str, Any]:
-        members = self.clusters.get(name)
-        if members is None:
+        if name not in self.clusters:
             raise SimError(404, f"Couldn't find cluster {name}")
-        spec = cluster_spec(name)
-        return {
-            "uid": name,
-            "type": "cluster",
-            "model": spec.model,
-            "created_at": "Tue, 01 Jan 2019 00:00:00 GMT",
-            "kavlan": True,
-            "queues": list(spec.queues),
-            "exotic": False,
-            "nodes_count": len(members),
-            "memory_gib": spec.ram_gib,
-            "ram_size": spec.ram_gib * GIB,
+        return {**self.cluster_refs[name], "site": self.site}
+
+    def reference_items(self, kind: str) -> list[dict[str, Any]]:
+        """servers, pdus, network_equipments, vlans or versions of the site."""
+        nodes = [n.ref for n in self.nodes.values()]
+        site = self.site_item()
+        makers = {
+            "servers": lambda: site_items.servers(site),
+            "pdus": lambda: site_items.pdus(nodes),
+            "network_equipments": lambda: site_items.network_equipments(self.site, nodes),
+            "vlans": lambda: site_items.vlans(site),
+            "versions": lambda: site_items.versions(self.site),
         }
+        return makers[kind]()
 
     def node_items(self, cluster: str) -> list[dict[str, Any]]:
         members = self.clusters.get(cluster)
         if members is None:
             raise SimError(404, f"Couldn't find cluster {cluster}")
-        return [dict(n.ref) for n in members]
+        return [{**n.ref, "cluster": cluster, "site": self.site} for n in members]
 
     def environment_items(self, params: dict[str, str]) -> list[dict[str, Any]]:
         envs = list(self.environments)

@@ -1,94 +1,141 @@
-"""Reference data of the emulated site: cluster hardware and the Kadeploy environments, shaped like
-grid5000/reference-repository and the environments API (protocols.md §A.3, §A.10)."""
+"""Reference data of the emulated site, generated from real descriptions of Grid'5000's public
+reference-repository (`data/`: one node and the cluster of grisou, gros, grvingt and graffiti,
+and the Nancy site, as that repository has them; see data/README.md).
+
+Node n of a cluster is its template node (`<cluster>-1`) renumbered: names, addresses (IPv4, IPv6,
+KaVLAN), MACs, serials, disk IDs, switch and PDU ports shifted by n - 1, so that every node differs
+as real ones do while keeping every field the real API serves. A cluster name without a template
+gets gros's description under its own name; another site gets Nancy's under its own name.
+"""
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
+import copy
+import hashlib
+import ipaddress
+import json
+import re
+from functools import cache
+from importlib import resources
 from typing import Any
 
 GIB = 1024**3
+TEMPLATES = ("grisou", "gros", "grvingt", "graffiti")
+FALLBACK = "gros"
+TEMPLATE_SITE = "nancy"
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    model: str
-    manufacturer: str
-    chassis: str
-    cpu: str
-    procs: int
-    cores: int  # per node
-    threads: int  # per node
-    ram_gib: int
-    arch: str = "x86_64"
-    queues: tuple[str, ...] = ("admin", "default")
+@cache
+def _data(name: str) -> Any:
+    text = resources.files("piseduce.sim.g5k").joinpath("data", f"{name}.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
-# A few real Nancy clusters; an unknown name gets the generic spec.
-CLUSTERS: dict[str, ClusterSpec] = {
-    "grisou": ClusterSpec(
-        "Dell PowerEdge R630", "Dell Inc.", "PowerEdge R630", "Intel Xeon E5-2630 v3", 2, 16, 32, 128
-    ),
-    "gros": ClusterSpec(
-        "Dell PowerEdge R640", "Dell Inc.", "PowerEdge R640", "Intel Xeon Gold 5220", 1, 18, 36, 96
-    ),
-    "grvingt": ClusterSpec(
-        "Dell PowerEdge C6420", "Dell Inc.", "PowerEdge C6420", "Intel Xeon Gold 6130", 2, 32, 64, 192
-    ),
-    "graffiti": ClusterSpec(
-        "Dell PowerEdge T640",
-        "Dell Inc.",
-        "PowerEdge T640",
-        "Intel Xeon Silver 4110",
-        2,
-        16,
-        32,
-        128,
-        queues=("admin", "production"),
-    ),
-}
-GENERIC = ClusterSpec("Generic x86 server", "Generic", "Generic 1U", "Intel Xeon", 2, 16, 32, 64)
+def template_of(cluster: str) -> str:
+    return cluster if cluster in TEMPLATES else FALLBACK
 
 
-def cluster_spec(name: str) -> ClusterSpec:
-    return CLUSTERS.get(name, GENERIC)
+def _renamed(data: Any, old: str, new: str, site: str) -> Any:
+    """The template with the cluster's and the site's names in place of its own."""
+    text = json.dumps(data)
+    if new != old:
+        text = re.sub(rf"(?<![a-z]){old}(?=[-0-9\"])|(?<=\"s){old}(?=[0-9\"])", new, text)
+    if site != TEMPLATE_SITE:
+        text = text.replace(f".{TEMPLATE_SITE}.grid5000.fr", f".{site}.grid5000.fr")
+    return json.loads(text)
 
 
-def node_reference(site: str, cluster: str, index: int, spec: ClusterSpec) -> dict[str, Any]:
-    uid = f"{cluster}-{index}"
-    fqdn = f"{uid}.{site}.grid5000.fr"
-    mac = f"24:6e:96:{zlib.crc32(cluster.encode()) & 0xFF:02x}:{index // 256:02x}:{index % 256:02x}"
-    return {
-        "uid": uid,
-        "type": "node",
-        "cluster": cluster,
-        "architecture": {
-            "nb_cores": spec.cores,
-            "nb_procs": spec.procs,
-            "nb_threads": spec.threads,
-            "platform_type": spec.arch,
-        },
-        "chassis": {"manufacturer": spec.manufacturer, "name": spec.chassis, "serial": f"SN{index:05d}"},
-        "main_memory": {"ram_size": spec.ram_gib * GIB},
-        "processor": {"model": spec.cpu, "vendor": spec.cpu.split()[0]},
-        "network_adapters": [
-            {
-                "device": "eth0",
-                "interface": "Ethernet",
-                "mounted": True,
-                "network_address": fqdn,
-                "rate": 10_000_000_000,
-                "mac": mac,
-            }
-        ],
-        "supported_job_types": {
-            "besteffort": True,
-            "deploy": True,
-            "max_walltime": 0,
-            "queues": list(spec.queues),
-            "virtual": "ivt",
-        },
-    }
+def _shift_ip(text: str, by: int) -> str:
+    try:
+        return str(ipaddress.ip_address(text) + by)
+    except ValueError:
+        return text
+
+
+def _shift_mac(mac: str, by: int) -> str:
+    value = (int(mac.replace(":", ""), 16) + by * 0x100) % 2**48
+    raw = f"{value:012x}"
+    return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
+
+
+def _token(seed: str, length: int, alphabet: str = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") -> str:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:length])
+
+
+def _shift_port(text: str, by: int) -> str:
+    m = re.search(r"(\d+)(\D*)$", text)
+    if not m:
+        return text
+    return f"{text[: m.start(1)]}{int(m.group(1)) + by}{m.group(2)}"
+
+
+def _renumber(node: dict[str, Any], cluster: str, index: int) -> None:
+    by = index - 1
+    node["uid"] = f"{cluster}-{index}"
+    text = json.dumps(node)
+    text = re.sub(rf"(?<![a-z0-9]){cluster}-1(?=[.\-\"])", f"{cluster}-{index}", text)
+    node.clear()
+    node.update(json.loads(text))
+    if by == 0:
+        return
+    for adapter in node.get("network_adapters", []):
+        for key in ("ip", "ip6"):
+            if key in adapter:
+                adapter[key] = _shift_ip(adapter[key], by)
+        if "mac" in adapter:
+            adapter["mac"] = _shift_mac(adapter["mac"], by)
+        if "switch_port" in adapter:
+            adapter["switch_port"] = _shift_port(adapter["switch_port"], by)
+    for table in ("kavlan", "kavlan6"):
+        for vlans in node.get(table, {}).values():
+            for name, ip in vlans.items():
+                vlans[name] = _shift_ip(ip, by)
+    chassis = node.get("chassis", {})
+    if "serial" in chassis:
+        chassis["serial"] = _token(f"{cluster}-{index}-serial", len(chassis["serial"]))
+    for disk in node.get("storage_devices", []):
+        if "by_id" in disk:
+            head, _, tail = disk["by_id"].rpartition("-")
+            prefix = "0x" if tail.startswith("0x") else ""
+            new = _token(f"{cluster}-{index}-{tail}", len(tail) - len(prefix), "0123456789abcdef")
+            disk["by_id"] = f"{head}-{prefix}{new}"
+    for outlet in node.get("pdu", []):
+        if isinstance(outlet.get("port"), int):
+            outlet["port"] += by
+
+
+def node_reference(site: str, cluster: str, index: int) -> dict[str, Any]:
+    """The reference description of `<cluster>-<index>` as the reference API serves it."""
+    template = template_of(cluster)
+    node: dict[str, Any] = _renamed(copy.deepcopy(_data(f"{template}-1")), template, cluster, site)
+    _renumber(node, cluster, index)
+    return node
+
+
+def cluster_reference(site: str, cluster: str, count: int) -> dict[str, Any]:
+    template = template_of(cluster)
+    item: dict[str, Any] = _renamed(copy.deepcopy(_data(template)), template, cluster, site)
+    item["uid"] = cluster
+    item["nodes_count"] = count
+    return item
+
+
+def site_reference(site: str) -> dict[str, Any]:
+    item: dict[str, Any] = copy.deepcopy(_data(TEMPLATE_SITE))
+    if site != TEMPLATE_SITE:
+        name = site.capitalize()
+        item.update(uid=site, name=name, description=f"Grid5000 {name} site",
+                    web=f"http://www.grid5000.fr/w/{name}:Home", location=f"{name}, France")
+    return item
+
+
+def fqdn(node: dict[str, Any]) -> str:
+    """The node's name on the network: the address of its first mounted adapter."""
+    for adapter in node["network_adapters"]:
+        if adapter.get("mounted") and adapter.get("network_address"):
+            return str(adapter["network_address"])
+    return str(node["network_adapters"][0]["network_address"])
 
 
 _ENVS: tuple[tuple[str, str, str, str], ...] = (

@@ -1,7 +1,5 @@
-"""An emulator of the FIT IoT-LAB REST API for one site (`piseduce sim iotlab`)."""
+"""An emulator of the FIT IoT-LAB REST API for one site (`piseduce sim iotlab`).
 
-from piseduce.sim.iotlab.app import create_app
-from piseduce.sim.iotlab.cli import build_site, command
-from piseduce.sim.iotlab.model import Site
-
-__all__ = ["Site", "build_site", "command", "create_app"]
+`model.Site` is the site (`cli.build_site` makes one), `app.create_app` serves it, `cli.command`
+is the `sim iotlab` command. The package itself imports nothing, so that no submodule's import
+goes round through it."""

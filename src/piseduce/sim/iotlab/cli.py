@@ -11,12 +11,18 @@ from typing import Annotated, Any
 
 import typer
 
-from piseduce.sim.iotlab.model import FINAL, Experiment, Node, Site, User, make_nodes, parse_counts
+from piseduce.cli_files import FileOptionError, read_text
+from piseduce.sim.iotlab.extras import Robot
+from piseduce.sim.iotlab.model import Site
+from piseduce.sim.iotlab.records import FINAL, Experiment, Node, User, make_nodes, parse_counts
 
 
 def load_users(path: Path) -> list[User]:
     """A JSON object: {"login": "password"} or {"login": {"password": "...", "profiles": [...]}}."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(read_text(path, "--users-file"))
+    except ValueError as exc:
+        raise FileOptionError(f"--users-file {path}: malformed JSON: {exc}") from None
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a JSON object of login → password")
     users: list[User] = []
@@ -46,10 +52,17 @@ def build_site(
     busy: int = 0,
     dead: int = 0,
     seed: int | None = None,
+    robots: str = "",
 ) -> Site:
-    """A site with `busy` nodes held by another user's long experiment and `dead` nodes out of service."""
+    """A site with `busy` nodes held by another user's long experiment, `dead` nodes out of service
+    and `robots` ("m3=2": the first two M3 nodes ride turtlebots)."""
     node_list: list[Node] = make_nodes(site, parse_counts(nodes), seed or 0)
     emulated = Site(site, node_list, users or [], time_scale=time_scale, seed=seed)
+    for short, count in (parse_counts(robots) if robots else {}).items():
+        riders = [n for n in node_list if n.address.startswith(f"{short}-")][:count]
+        for i, node in enumerate(riders):
+            node.mobile = True
+            emulated.robots[node.address] = Robot(node.address, dock=(0.5 + i, 0.5))
     emulated.faults.error_rate = error_rate
     for node in node_list[len(node_list) - dead :] if dead > 0 else []:
         node.state = "Dead"
@@ -89,6 +102,9 @@ def command(
     busy: Annotated[int, typer.Option(help="Nodes held by another user's experiment at start.", min=0)] = 2,
     dead: Annotated[int, typer.Option(help="Nodes out of service (state Dead).", min=0)] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault generator.")] = None,
+    robots: Annotated[
+        str, typer.Option(help="Nodes carried by robots, e.g. m3=2 (the site's first two M3 nodes).")
+    ] = "m3=2",
 ) -> None:
     """Serve the IoT-LAB REST API subset iotlabcli speaks, for one emulated site."""
     import uvicorn
@@ -99,7 +115,7 @@ def command(
         raise typer.BadParameter("must be positive", param_hint="--time-scale")
     try:
         users = load_users(users_file) if users_file else []
-        emulated = build_site(site, users, nodes, time_scale, error_rate, busy, dead, seed)
+        emulated = build_site(site, users, nodes, time_scale, error_rate, busy, dead, seed, robots)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

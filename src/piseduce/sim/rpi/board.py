@@ -1,4 +1,10 @@
-"""One simulated Raspberry Pi: power state machine, boot, SSH server, power draw and temperature."""
+"""One simulated Raspberry Pi: power state machine, boot, power draw and temperature.
+
+What runs once it has booted is its runtime's: the real mode (`realsys`: a network namespace and
+Debian's sshd over the root filesystem of its card) or the in-process fallback (`inproc`). The
+board serialises what it asks of its runtime (link up, boot, halt, link down) so that a power cut
+during a boot, or a power-on right after a cut, happen in the order a real board would see them.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,21 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
-import shlex
-import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
 from piseduce.node.board import CPUINFO_ENV, THERMAL_ENV
-from piseduce.sim.rpi import shell
+from piseduce.private_files import make_private_dir
+from piseduce.sim.rpi.bounded import StopTimeout, stop_task, wait_process
+from piseduce.sim.rpi.card import CardSpeed
+from piseduce.sim.rpi.mode import IN_PROCESS
 from piseduce.sim.rpi.systems import NoSystem, System, decide
 
 if TYPE_CHECKING:
@@ -35,6 +44,26 @@ MODELS = {
 CARD_SIZE = 16 * 1024**3  # apparent size; the file stays sparse
 AMBIENT_C = 30.0
 THERMAL_TAU_S = 120.0  # simulated seconds
+CLOSE_TIMEOUT_S = 60.0  # for a power cut to complete (a halt: 10 s at most in netd, a link change)
+
+
+class Runtime(Protocol):
+    """What runs a booted board's system (see `inproc` and `realsys`)."""
+
+    mode: str
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    async def link(self, up: bool) -> None: ...
+
+    async def start(self, system: System) -> None: ...
+
+    def cut(self) -> None: ...
+
+    async def halt(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -47,86 +76,29 @@ class Identity:
     ssh_port: int = 0
 
 
-def reserve_port(host: str, port: int = 0, *, fallback: bool = True) -> socket.socket:
-    """A bound, not listening, socket: connections are refused until the board's sshd starts.
-
-    With fallback, a port already taken (a persisted port after a restart) is replaced by a free one.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        if port == 0 or not fallback:
-            sock.close()
-            raise
-        sock.bind((host, 0))
-    return sock
-
-
-class _SshServer(asyncssh.SSHServer):
-    def __init__(self, board: Board, system: System) -> None:
-        self.board = board
-        self.system = system
-        self.conn: asyncssh.SSHServerConnection | None = None
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self.conn = conn
-        self.board.connections.add(conn)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.conn is not None:
-            self.board.connections.discard(self.conn)
-
-    def begin_auth(self, username: str) -> bool:
-        if self.conn is not None:
-            keys = _import_keys(self.system.keys_for(username))
-            if keys is not None:
-                self.conn.set_authorized_keys(keys)
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return self.system.kind == "deployed"
-
-    def validate_password(self, username: str, password: str) -> bool:
-        return self.system.password_ok(username, password)
-
-
-def _import_keys(text: str) -> asyncssh.SSHAuthorizedKeys | None:
-    lines = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:  # one bad line must not lock every key out, as with OpenSSH
-            asyncssh.import_authorized_keys(line)
-        except (ValueError, asyncssh.KeyImportError):
-            continue
-        lines.append(line)
-    return asyncssh.import_authorized_keys("\n".join(lines) + "\n") if lines else None
-
-
 class Board:
     def __init__(self, identity: Identity, opts: ClusterOptions, state_dir: Path,
-                 host_key: asyncssh.SSHKey, nfs_host_key: asyncssh.SSHKey, rng: random.Random) -> None:
+                 nfs_host_key: asyncssh.SSHKey, rng: random.Random) -> None:
         self.identity = identity
         self.opts = opts
         self.state_dir = state_dir
-        self.host_key = host_key
         self.nfs_host_key = nfs_host_key
         self.rng = rng
         self.card_path = state_dir / "sdcard.img"
+        self.card_speed = CardSpeed()  # unlimited; the cluster sets the configured speed
         self.fail_next_boots = 0
+        self.glitching = False  # power lost while the PoE port stays enabled (power_glitch)
         self.never_boot = False
         self.boots = 0
         self.last_boot_error = ""
-        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.runtime: Runtime | None = None  # set by the cluster
+        self.real_helpers = 0  # piseduce-node processes running on a real-mode board
+        self.cpu_cores = 0.0  # CPU a real-mode board used lately, in cores
         self._powered = False
         self._system = "off"
-        self._sock: socket.socket | None = reserve_port(opts.host, identity.ssh_port)
-        identity.ssh_port = self._sock.getsockname()[1]
-        self._server: asyncssh.SSHAcceptor | None = None
         self._boot_task: asyncio.Task[None] | None = None
+        self._down_task: asyncio.Task[None] | None = None
+        self._ops = asyncio.Lock()  # one runtime operation at a time, in order
         self._helpers: set[asyncio.subprocess.Process] = set()
         self._temp_c = AMBIENT_C
         self._temp_at = self._sim_now()
@@ -147,14 +119,27 @@ class Board:
 
     @property
     def ssh_port(self) -> int:
-        return self.identity.ssh_port
+        return self.address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the board's SSH server answers (once booted)."""
+        assert self.runtime is not None
+        return self.runtime.address
+
+    @property
+    def thermal_path(self) -> Path:
+        return self.state_dir / "thermal_zone0_temp"
 
     def _prepare_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The card holds what users deploy (password hashes, keys): the simulated boards' owner only.
+        make_private_dir(self.state_dir)
         if not self.card_path.exists():
-            with open(self.card_path, "wb") as f:
+            fd = os.open(self.card_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
                 f.truncate(CARD_SIZE)
         (self.state_dir / "cpuinfo").write_text(self.cpuinfo())
+        self.write_thermal()
 
     def cpuinfo(self) -> str:
         revision, model_name, _ = MODELS[self.identity.model]
@@ -168,13 +153,29 @@ class Board:
         return (f"{cores}Hardware\t: BCM2835\nRevision\t: {revision}\n"
                 f"Serial\t\t: 10000000{self.identity.serial}\nModel\t\t: {model_name}\n")
 
+    def write_thermal(self) -> None:
+        """The sensor file a real-mode board shows as /sys/class/thermal/thermal_zone0/temp: written
+        in place, fixed width, so that a reader never sees it half written or empty."""
+        text = f"{max(0, min(self.temperature_mc(), 99999)):05d}\n".encode()
+        fd = os.open(self.thermal_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+        finally:
+            os.close(fd)
+
+    def helper_command(self) -> list[str]:
+        """How the in-process netboot system runs `piseduce-node`: the real helper, at this card's speed."""
+        if self.card_speed.limited:
+            return [sys.executable, "-m", "piseduce.sim.rpi.card", *self.card_speed.argv(), "--"]
+        return [sys.executable, "-m", "piseduce.node.cli"]
+
     def helper_env(self) -> dict[str, str]:
-        thermal = self.state_dir / "thermal_zone0_temp"
-        thermal.write_text(f"{self.temperature_mc()}\n")
+        self.write_thermal()
         return {
             "PISEDUCE_NODE_DEVICE": str(self.card_path),
             CPUINFO_ENV: str(self.state_dir / "cpuinfo"),
-            THERMAL_ENV: str(thermal),
+            THERMAL_ENV: str(self.thermal_path),
         }
 
     # -- power and temperature ---------------------------------------------------------------
@@ -185,7 +186,8 @@ class Board:
         if not self._powered:
             return 0
         base = {"booting": 3400, "none": 2100}.get(self._system, 2700)
-        busy = min(len(self._helpers), 2) * 2300
+        units = max(len(self._helpers) + self.real_helpers, self.cpu_cores)
+        busy = int(min(units, 2) * 2300)
         return base + busy + self.rng.randint(-40, 40)
 
     def temperature_mc(self) -> int:
@@ -211,19 +213,62 @@ class Board:
         if self._boot_task is not None:
             self._boot_task.cancel()
             self._boot_task = None
-        self._shutdown()
+        self._cut()
+        self._down_task = asyncio.create_task(self._power_down(), name=f"power-down-{self.name}")
+
+    async def _power_down(self) -> None:
+        async with self._ops:
+            if self.runtime is not None:
+                await self.runtime.halt()
+                if not self._powered:
+                    await self.runtime.link(False)
+
+    async def settled(self) -> None:
+        """Until the last power cut is complete (the system halted, the link down)."""
+        task = self._down_task
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    def power_glitch(self, seconds: float) -> asyncio.Task[None]:
+        """Fault knob: the board loses power for `seconds` (simulated) while its PoE port stays
+        enabled, as in a brownout or a loose cable; then it boots again like at any power on."""
+        async def glitch() -> None:
+            self.glitching = True
+            try:
+                self.power_off()
+                await asyncio.sleep(seconds / self.opts.time_scale)
+            finally:
+                self.glitching = False
+            self.power_on()
+
+        log.info("%s: power glitch of %.1f s", self.name, seconds)
+        return asyncio.create_task(glitch(), name=f"glitch-{self.name}")
 
     def soft_reboot(self) -> None:
-        """`reboot`: the exit status goes out, then SSH drops and the board boots again."""
+        """`reboot` (in-process boards): the exit status goes out, then SSH drops and the board
+        boots again."""
         async def later() -> None:
             await asyncio.sleep(0.05)
             if self._powered:
-                self._shutdown()
+                self._cut()
                 self._start_boot()
 
         if self._boot_task is not None:
             self._boot_task.cancel()
         self._boot_task = asyncio.create_task(later(), name=f"reboot-{self.name}")
+
+    def system_ended(self, reason: str, detail: str = "") -> None:
+        """A real-mode system stopped by itself: `reboot` boots again, `poweroff` (or a crash)
+        leaves the board powered with no system until its power is cycled."""
+        if not self._powered:
+            return
+        log.info("%s: system ended (%s) %s", self.name, reason, detail)
+        if reason == "reboot":
+            self._start_boot()
+            return
+        self._system = "none"
+        self.last_boot_error = "halted" if reason == "poweroff" else f"system crashed: {detail}"
 
     def _start_boot(self) -> None:
         self._system = "booting"
@@ -232,26 +277,19 @@ class Board:
             self._boot_task.cancel()
         self._boot_task = asyncio.create_task(self._boot(), name=f"boot-{self.name}")
 
-    def _shutdown(self) -> None:
-        for conn in list(self.connections):
-            conn.abort()
-        self.connections.clear()
+    def _cut(self) -> None:
+        if self.runtime is not None:
+            self.runtime.cut()
         for proc in list(self._helpers):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-            # the listening socket went with the server: bind the port again, refusing connections
-            self._rebind()
-
-    def _rebind(self) -> None:
-        try:
-            self._sock = reserve_port(self.opts.host, self.identity.ssh_port, fallback=False)
-        except OSError:  # retried at the next boot
-            self._sock = None
 
     async def _boot(self) -> None:
+        await self.settled()
+        assert self.runtime is not None
+        async with self._ops:
+            await self.runtime.halt()  # after a reboot: the previous system is gone for good
+            await self.runtime.link(True)
         await asyncio.sleep(self.opts.boot_delay / self.opts.time_scale)
         self.boots += 1
         try:
@@ -263,9 +301,10 @@ class Board:
             if self.opts.boot_failure_rate and self.rng.random() < self.opts.boot_failure_rate:
                 raise NoSystem("random boot failure")
             folder = self.opts.tftp_root / self.identity.serial
-            system = await asyncio.to_thread(decide, folder, self.card_path, self.opts.nfs_root)
-            if system.ssh_enabled:
-                await self._start_ssh(system)
+            system = await asyncio.to_thread(decide, folder, self.card_path, self.opts.nfs_root,
+                                             make_host_key=self.runtime.mode == IN_PROCESS)
+            async with self._ops:
+                await self.runtime.start(system)
         except NoSystem as exc:
             self.last_boot_error = str(exc)
             self._system = "none"
@@ -273,70 +312,8 @@ class Board:
             return
         self.last_boot_error = ""
         self._system = system.kind
+        self.write_thermal()
         log.info("%s: booted %s (%s)", self.name, system.kind, system.hostname)
-
-    async def _start_ssh(self, system: System) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
-            sock = reserve_port(self.opts.host, self.identity.ssh_port, fallback=False)
-        key = self.nfs_host_key if system.kind == "nfs" else self.host_key
-        try:
-            sock.listen(100)
-            sock.setblocking(False)
-            self._server = await self._listen(sock, system, key)
-        except BaseException:
-            sock.close()
-            self._rebind()
-            raise
-
-    async def _listen(
-        self, sock: socket.socket, system: System, key: asyncssh.SSHKey
-    ) -> asyncssh.SSHAcceptor:
-        return await asyncssh.listen(
-            sock=sock,
-            server_factory=lambda: _SshServer(self, system),
-            server_host_keys=[key],
-            process_factory=lambda process: self._handle(process, system),
-            encoding=None,
-            allow_scp=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            login_timeout=30,
-        )
-
-    # -- sessions ----------------------------------------------------------------------------
-    async def _handle(self, process: asyncssh.SSHServerProcess[Any], system: System) -> None:
-        user = process.get_extra_info("username")
-        session = shell.Session(self, system, user, process.stdin, process.stdout, process.stderr)
-        conn = process.channel.get_connection()
-        drop = self.opts.ssh_drop_rate > 0 and self.rng.random() < self.opts.ssh_drop_rate
-        if process.command is None:
-            task = asyncio.ensure_future(shell.interactive(session))
-        else:
-            task = asyncio.ensure_future(self._exec(session, process.command))
-        if drop:
-            # the network drops the connection at a random moment of the command
-            await asyncio.wait({task}, timeout=self.rng.uniform(0.0, 0.3))
-            conn.abort()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return
-        try:
-            status = await task
-        except (asyncssh.Error, OSError, asyncio.CancelledError):
-            task.cancel()
-            return
-        with contextlib.suppress(asyncssh.Error, OSError, BrokenPipeError):
-            process.exit(status)
-
-    async def _exec(self, session: shell.Session, command: str) -> int:
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            session.err(f"bash: {exc}\n")
-            return 2
-        return await shell.run(session, argv)
 
     def helper_started(self, proc: asyncio.subprocess.Process) -> None:
         self.temperature_mc()
@@ -347,30 +324,30 @@ class Board:
         self._helpers.discard(proc)
 
     async def close(self) -> None:
-        if self._boot_task is not None:
-            self._boot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._boot_task
-            self._boot_task = None
+        """Power gone for good; every wait bounded (StopTimeout names what did not end)."""
+        await stop_task(self._boot_task, f"the boot of {self.name}")
+        self._boot_task = None
         self._powered = False
         self._system = "off"
-        self._shutdown()
+        self._cut()
+        if self._down_task is not None:
+            await asyncio.wait({self._down_task}, timeout=CLOSE_TIMEOUT_S)
+            if not self._down_task.done():
+                raise StopTimeout(f"the power cut of {self.name} did not end within {CLOSE_TIMEOUT_S:g} s")
         for proc in list(self._helpers):
-            with contextlib.suppress(ProcessLookupError):
-                await proc.wait()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+            await wait_process(proc, f"a piseduce-node helper of {self.name}", CLOSE_TIMEOUT_S)
+        if self.runtime is not None:
+            await self.runtime.close()
 
     def describe(self) -> dict[str, Any]:
+        ip, port = self.address
         return {
             "name": self.name,
-            "ip": self.opts.host,
-            "ssh_port": self.ssh_port,
+            "ip": ip,
+            "ssh_port": port,
             "port": self.identity.port,
             "model": self.identity.model,
             "serial": self.identity.serial,
             "mac": self.identity.mac,
             "nfs_host_key": self.nfs_host_key.export_public_key("openssh").decode().strip(),
-            "host_key": self.host_key.export_public_key("openssh").decode().strip(),
         }

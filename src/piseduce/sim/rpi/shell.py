@@ -1,4 +1,6 @@
-"""The commands a simulated board answers over SSH (no shell: argument lists only)."""
+"""The commands an in-process simulated board answers over SSH (no shell: argument lists only).
+
+Only the fallback boards (`inproc`) use it; real-mode boards run Debian's sshd and bash."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import shlex
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,11 +112,11 @@ def _cat(session: Session, paths: list[str]) -> int:
 
 
 async def run_helper(session: Session, args: list[str]) -> int:
-    """The real node helper, in a subprocess, against the board's card file."""
+    """The real node helper, in a subprocess, against the board's card file (at the card's speed)."""
     board = session.board
     env = {**os.environ, **board.helper_env()}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "piseduce.node.cli", *args,
+        *board.helper_command(), *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env=env,
     )

@@ -1,8 +1,11 @@
-"""A PoE switch answering SNMP v2c on a loopback UDP port.
+"""A PoE switch answering SNMP v1, v2c and v3 (USM) on a loopback UDP port.
 
-The agent is small on purpose: it decodes messages with pysnmp's v2c codecs (pyasn1 BER), serves a
-sorted table of instances (so GETNEXT/GETBULK walks are exact) and lets only
-pethPsePortAdminEnable be written. A wrong community gets no answer, as on real switches.
+pysnmp's own agent engine does the protocol work (message processing of the three versions, USM
+authentication and privacy with engine-ID discovery and time windows, v1 ↔ v2 PDU translation,
+GETBULK); the switch plugs in a MIB controller that serves `switch_mib`'s sorted instance table,
+rebuilt per request so that values follow the boards. v1/v2c share one read-write community and
+v3 users have their own keys; a wrong community or key gets no answer (v3: a USM report), as on
+real switches. The `loss` knob drops datagrams before the engine sees them.
 """
 
 from __future__ import annotations
@@ -11,79 +14,73 @@ import asyncio
 import bisect
 import logging
 import random
-import time
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+import socket
+from dataclasses import dataclass, field
+from typing import Any
 
-from pyasn1.codec.ber import decoder, encoder
-from pyasn1.error import PyAsn1Error
-from pysnmp.proto import api
+from pysnmp.carrier.asyncio.dgram import udp
+from pysnmp.entity import config, engine
+from pysnmp.entity.rfc3413 import cmdrsp, context
+from pysnmp.proto.api import v2c
+from pysnmp.smi import error as smi_error
+from pysnmp.smi import instrum
+
+from piseduce.sim.rpi.switch_mib import (
+    MAIN_PSE_CONSUMPTION_OID,
+    MAIN_PSE_POWER_OID,
+    MAIN_PSE_STATUS_OID,
+    POE_ADMIN_OID,
+    POE_DETECTION_OID,
+    PORT_POWER_OID,
+    SYS_DESCR_OID,
+    SYS_NAME_OID,
+    SYS_UPTIME_OID,
+    VENDORS,
+    Oid,
+    PortBackend,
+    PowerReading,
+    SwitchState,
+    WriteRefused,
+    build_rows,
+    oid_str,
+    plan_write,
+)
+
+__all__ = [
+    "MAIN_PSE_CONSUMPTION_OID", "MAIN_PSE_POWER_OID", "MAIN_PSE_STATUS_OID", "POE_ADMIN_OID",
+    "POE_DETECTION_OID", "PORT_POWER_OID", "SYS_DESCR_OID", "SYS_NAME_OID", "SYS_UPTIME_OID",
+    "VENDORS", "PortBackend", "PowerReading", "SnmpSwitch", "SwitchOptions", "V3User", "oid_str",
+]
 
 log = logging.getLogger(__name__)
 
-V2C = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
-
-POE_ADMIN_OID = (1, 3, 6, 1, 2, 1, 105, 1, 1, 1, 3, 1)  # pethPsePortAdminEnable, group 1
-POE_DETECTION_OID = (1, 3, 6, 1, 2, 1, 105, 1, 1, 1, 6, 1)  # pethPsePortDetectionStatus, group 1
-MAIN_PSE_POWER_OID = (1, 3, 6, 1, 2, 1, 105, 1, 3, 1, 1, 2, 1)  # pethMainPsePower (W)
-MAIN_PSE_STATUS_OID = (1, 3, 6, 1, 2, 1, 105, 1, 3, 1, 1, 3, 1)  # pethMainPseOperStatus
-MAIN_PSE_CONSUMPTION_OID = (1, 3, 6, 1, 2, 1, 105, 1, 3, 1, 1, 4, 1)  # pethMainPseConsumptionPower (W)
-# CISCO-POWER-ETHERNET-EXT-MIB cpeExtPsePortPwrConsumption (mW), group 1: the per-port reading.
-PORT_POWER_OID = (1, 3, 6, 1, 4, 1, 9, 9, 402, 1, 2, 1, 9, 1)
+START_TIMEOUT_S = 30.0
+AUTH_PROTOCOLS = {"SHA": config.USM_AUTH_HMAC96_SHA, "SHA-256": config.USM_AUTH_HMAC192_SHA256}
+PRIV_PROTOCOLS = {"AES": config.USM_PRIV_CFB128_AES, "none": config.USM_PRIV_NONE}
+_REFUSALS = {
+    "notWritable": smi_error.NotWritableError,
+    "wrongType": smi_error.WrongTypeError,
+    "wrongValue": smi_error.WrongValueError,
+    "wrongLength": smi_error.WrongLengthError,
+}
 
 
 @dataclass(frozen=True)
-class PowerReading:
-    """Where and how a vendor's switch answers the power drawn on port p: `oid.<offset + p>`."""
+class V3User:
+    """A USM user: authPriv with `auth`/`priv` (authNoPriv when priv is "none")."""
 
-    oid: Oid
-    offset: int
-    syntax: str  # "gauge-mW" (Gauge32), "integer-mW" (INTEGER: 2700) or "string-W" (STRING: "4.0")
+    name: str
+    auth_key: str
+    priv_key: str = ""
+    auth: str = "SHA"
+    priv: str = "AES"
 
-    def value(self, mw: int) -> Any:
-        if self.syntax == "string-W":
-            return V2C.OctetString(f"{mw / 1000:.1f}")
-        return V2C.Gauge32(mw) if self.syntax == "gauge-mW" else V2C.Integer(mw)
-
-
-# RFC 3621 has no per-port reading, so each vendor has its own (see the protocols reference).
-VENDORS: dict[str, PowerReading] = {
-    "cisco": PowerReading(PORT_POWER_OID, 0, "gauge-mW"),
-    "linksys": PowerReading((1, 3, 6, 1, 4, 1, 3955, 1000, 201, 108, 1, 1, 5, 1), 48, "integer-mW"),
-    "dlink": PowerReading((1, 3, 6, 1, 4, 1, 171, 11, 153, 1000, 22, 1, 1, 9, 1), 0, "string-W"),
-}
-SYS_DESCR_OID = (1, 3, 6, 1, 2, 1, 1, 1, 0)
-SYS_UPTIME_OID = (1, 3, 6, 1, 2, 1, 1, 3, 0)
-SYS_NAME_OID = (1, 3, 6, 1, 2, 1, 1, 5, 0)
-
-# RFC 3416 error-status values
-NO_ERROR = 0
-TOO_BIG = 1
-GEN_ERR = 5
-WRONG_TYPE = 7
-WRONG_VALUE = 10
-NOT_WRITABLE = 17
-
-MAX_BULK_VARBINDS = 256
-
-Oid = tuple[int, ...]
-
-
-def oid_str(oid: Oid) -> str:
-    return ".".join(str(x) for x in oid)
-
-
-class PortBackend(Protocol):
-    """What the switch needs from the cluster: one PoE output per port."""
-
-    @property
-    def port_count(self) -> int: ...
-
-    def port_enabled(self, port: int) -> bool: ...
-
-    def set_port_enabled(self, port: int, enabled: bool) -> None: ...
-
-    def port_power_mw(self, port: int) -> int: ...
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_PROTOCOLS or self.priv not in PRIV_PROTOCOLS:
+            raise ValueError(f"SNMPv3 user {self.name}: auth one of {list(AUTH_PROTOCOLS)}, "
+                             f"priv one of {list(PRIV_PROTOCOLS)}")
+        if len(self.auth_key) < 8 or (self.priv != "none" and len(self.priv_key) < 8):
+            raise ValueError(f"SNMPv3 user {self.name}: pass phrases have at least 8 characters")
 
 
 @dataclass
@@ -95,162 +92,135 @@ class SwitchOptions:
     loss: float = 0.0
     max_power_w: int = 370
     vendor: str = "cisco"
+    v3_users: tuple[V3User, ...] = field(default_factory=tuple)
 
 
-class _Mib:
-    """The instance table, rebuilt per request so that values follow the boards."""
+class _Table(instrum.AbstractMibInstrumController):
+    """pysnmp's MIB controller interface over the switch's instance table."""
 
     def __init__(self, switch: SnmpSwitch) -> None:
-        sw = switch
-        ports = range(1, sw.backend.port_count + 1)
-        powers = [sw.backend.port_power_mw(p) for p in ports]
-        total_mw = sum(powers)
-        uptime = int((time.monotonic() - sw.started) * 100) % 2**32
-        rows: dict[Oid, Any] = {
-            SYS_DESCR_OID: V2C.OctetString(f"PiSeduce simulated PoE switch {sw.options.name}"),
-            SYS_UPTIME_OID: V2C.TimeTicks(uptime),
-            SYS_NAME_OID: V2C.OctetString(sw.options.name),
-            MAIN_PSE_POWER_OID: V2C.Gauge32(sw.options.max_power_w),
-            MAIN_PSE_STATUS_OID: V2C.Integer(1),
-            MAIN_PSE_CONSUMPTION_OID: V2C.Gauge32(total_mw // 1000),
-        }
-        reading = VENDORS[sw.options.vendor]
-        for p in ports:
-            enabled = sw.backend.port_enabled(p)
-            rows[POE_ADMIN_OID + (p,)] = V2C.Integer(1 if enabled else 2)
-            rows[POE_DETECTION_OID + (p,)] = V2C.Integer(3 if enabled else 1)
-            rows[reading.oid + (reading.offset + p,)] = reading.value(powers[p - 1])
-        self.rows = rows
-        self.keys = sorted(rows)
+        self.switch = switch
 
-    def get(self, oid: Oid) -> Any:
-        if oid in self.rows:
-            return self.rows[oid]
-        # noSuchObject when no column/scalar matches the prefix, noSuchInstance otherwise
-        for key in self.keys:
-            if key[: len(oid) - 1] == oid[:-1] and len(key) == len(oid):
-                return V2C.NoSuchInstance("")
-        return V2C.NoSuchObject("")
+    def _rows(self) -> tuple[dict[Oid, Any], list[Oid]]:
+        sw = self.switch
+        rows = build_rows(sw.state, sw.backend, sw.options.vendor, sw.options.max_power_w)
+        return rows, sorted(rows)
 
-    def next(self, oid: Oid) -> tuple[Oid, Any] | None:
-        i = bisect.bisect_right(self.keys, oid)
-        if i >= len(self.keys):
-            return None
-        key = self.keys[i]
-        return key, self.rows[key]
+    def read_variables(self, *var_binds: Any, **ctx: Any) -> list[tuple[Any, Any]]:
+        rows, keys = self._rows()
+        out = []
+        for name, _ in var_binds:
+            oid = tuple(name)
+            if oid in rows:
+                out.append((name, rows[oid]))
+            elif any(k[:-1] == oid[:-1] for k in keys):
+                out.append((name, v2c.NoSuchInstance("")))  # a known column or scalar, no such row
+            else:
+                out.append((name, v2c.NoSuchObject("")))
+        return out
+
+    def read_next_variables(self, *var_binds: Any, **ctx: Any) -> list[tuple[Any, Any]]:
+        rows, keys = self._rows()
+        v1 = _security_model(ctx) == 1
+        out = []
+        for name, _ in var_binds:
+            i = bisect.bisect_right(keys, tuple(name))
+            # RFC 2576 §4.1.2.1: a v1 manager never sees Counter64 objects; GETNEXT skips them.
+            while v1 and i < len(keys) and isinstance(rows[keys[i]], v2c.Counter64):
+                i += 1
+            if i < len(keys):
+                out.append((v2c.ObjectIdentifier(keys[i]), rows[keys[i]]))
+            else:
+                out.append((name, v2c.EndOfMibView("")))
+        return out
+
+    def write_variables(self, *var_binds: Any, **ctx: Any) -> list[tuple[Any, Any]]:
+        sw = self.switch
+        changes = []
+        for i, (name, val) in enumerate(var_binds):
+            try:
+                changes.append(plan_write(sw.state, sw.backend, tuple(name), val))
+            except WriteRefused as exc:
+                raise _REFUSALS[exc.status](name=name, idx=i) from None
+        for change in changes:
+            try:
+                change()
+            except Exception:
+                log.exception("SNMP SET on switch %s failed", sw.options.name)
+                raise smi_error.CommitFailedError(idx=0) from None
+        return list(var_binds)
 
 
-class SnmpSwitch(asyncio.DatagramProtocol):
+def _security_model(ctx: dict[str, Any]) -> int:
+    snmp_engine = ctx.get("snmpEngine")
+    if snmp_engine is None:
+        return 0
+    try:
+        exec_ctx = snmp_engine.observer.get_execution_context("rfc3412.receiveMessage:request")
+        return int(exec_ctx["securityModel"])
+    except (KeyError, TypeError, AttributeError):
+        return 0
+
+
+class _LossyUdp(udp.UdpAsyncioTransport):
+    """pysnmp's UDP transport, with the switch's loss knob and request counter in front."""
+
+    switch: SnmpSwitch
+
+    def datagram_received(self, datagram: bytes, transportAddress: Any) -> None:  # noqa: N803 (pysnmp's name)
+        sw = self.switch
+        sw.requests += 1
+        if sw.options.loss and sw.rng.random() < sw.options.loss:
+            return
+        super().datagram_received(datagram, transportAddress)
+
+
+class SnmpSwitch:
     def __init__(self, backend: PortBackend, options: SwitchOptions, rng: random.Random | None = None):
+        if options.vendor not in VENDORS:
+            raise ValueError(f"unknown switch vendor {options.vendor!r} (one of {', '.join(VENDORS)})")
         self.backend = backend
         self.options = options
         self.rng = rng or random.Random()
-        self.started = time.monotonic()
-        self.transport: asyncio.DatagramTransport | None = None
+        self.state = SwitchState(options.name)
+        self.engine: engine.SnmpEngine | None = None
         self.port = 0
         self.requests = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.options.host, self.options.port)
-        )
-        self.transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
+        snmp = engine.SnmpEngine()
+        # The socket is bound here so that a taken port fails now, and port 0 tells its number.
+        family = socket.AF_INET6 if ":" in self.options.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.options.host, self.options.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        transport = _LossyUdp()
+        transport.switch = self
+        config.add_transport(snmp, udp.DOMAIN_NAME, transport.open_server_mode(sock=sock))
+        # v1 and v2c managers share the switch's read-write community (one security name).
+        config.add_v1_system(snmp, "piseduce-rw", self.options.community)
+        for user in self.options.v3_users:
+            priv = PRIV_PROTOCOLS[user.priv]
+            config.add_v3_user(snmp, user.name, AUTH_PROTOCOLS[user.auth], user.auth_key,
+                               priv, user.priv_key if user.priv != "none" else None)
+        ctx = context.SnmpContext(snmp)
+        ctx.unregister_context_name(b"")
+        ctx.register_context_name(b"", _Table(self))
+        for responder in (cmdrsp.GetCommandResponder, cmdrsp.NextCommandResponder,
+                          cmdrsp.BulkCommandResponder, cmdrsp.SetCommandResponder):
+            responder(snmp, ctx)
+        snmp.open_dispatcher()
+        self.engine = snmp
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await transport._lport  # the endpoint is ready once pysnmp's future is done
 
     async def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        if self.engine is not None:
+            self.engine.close_dispatcher()
+            self.engine = None
 
-    # asyncio protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.requests += 1
-        if self.options.loss and self.rng.random() < self.options.loss:
-            return
-        try:
-            reply = self.handle(data)
-        except Exception:  # a malformed packet must never stop the agent
-            log.exception("SNMP request from %s failed", addr)
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
-
-    def handle(self, data: bytes) -> bytes | None:
-        try:
-            if api.decodeMessageVersion(data) != api.SNMP_VERSION_2C:
-                return None
-            msg, _ = decoder.decode(data, asn1Spec=V2C.Message())
-        except PyAsn1Error:
-            return None
-        if str(V2C.apiMessage.get_community(msg)) != self.options.community:
-            return None
-        req = V2C.apiMessage.get_pdu(msg)
-        rsp_msg = V2C.apiMessage.get_response(msg)
-        rsp = V2C.apiMessage.get_pdu(rsp_msg)
-        mib = _Mib(self)
-        var_binds = [(tuple(oid), val) for oid, val in V2C.apiPDU.get_varbinds(req)]
-        if req.isSameTypeWith(V2C.GetRequestPDU()):
-            out = [(oid, mib.get(oid)) for oid, _ in var_binds]
-        elif req.isSameTypeWith(V2C.GetNextRequestPDU()):
-            out = [self._next(mib, oid) for oid, _ in var_binds]
-        elif req.isSameTypeWith(V2C.GetBulkRequestPDU()):
-            out = self._bulk(mib, req, var_binds)
-        elif req.isSameTypeWith(V2C.SetRequestPDU()):
-            status, index = self._set(var_binds)
-            out = [(oid, val) for oid, val in var_binds]
-            if status:
-                V2C.apiPDU.set_error_status(rsp, status)
-                V2C.apiPDU.set_error_index(rsp, index)
-        else:
-            return None
-        V2C.apiPDU.set_varbinds(rsp, out)
-        encoded: bytes = encoder.encode(rsp_msg)
-        if len(encoded) > 65000:
-            V2C.apiPDU.set_varbinds(rsp, [])
-            V2C.apiPDU.set_error_status(rsp, TOO_BIG)
-            encoded = encoder.encode(rsp_msg)
-        return encoded
-
-    @staticmethod
-    def _next(mib: _Mib, oid: Oid) -> tuple[Oid, Any]:
-        found = mib.next(oid)
-        return found if found is not None else (oid, V2C.EndOfMibView(""))
-
-    def _bulk(self, mib: _Mib, req: Any, var_binds: list[tuple[Oid, Any]]) -> list[tuple[Oid, Any]]:
-        non_rep = max(0, min(int(V2C.apiBulkPDU.get_non_repeaters(req)), len(var_binds)))
-        max_rep = max(0, int(V2C.apiBulkPDU.get_max_repetitions(req)))
-        out = [self._next(mib, oid) for oid, _ in var_binds[:non_rep]]
-        cursors = [oid for oid, _ in var_binds[non_rep:]]
-        for _ in range(max_rep):
-            if not cursors or len(out) + len(cursors) > MAX_BULK_VARBINDS:
-                break
-            row = [self._next(mib, oid) for oid in cursors]
-            out.extend(row)
-            cursors = [oid for oid, _ in row]
-            if all(isinstance(val, V2C.EndOfMibView) for _, val in row):
-                break
-        return out
-
-    def _set(self, var_binds: list[tuple[Oid, Any]]) -> tuple[int, int]:
-        """Validate every binding first, then apply them all (SET is atomic)."""
-        changes: list[tuple[int, bool]] = []
-        for i, (oid, val) in enumerate(var_binds, start=1):
-            port = oid[-1] if len(oid) == len(POE_ADMIN_OID) + 1 else 0
-            if oid[:-1] != POE_ADMIN_OID or not 1 <= port <= self.backend.port_count:
-                return NOT_WRITABLE, i
-            if not isinstance(val, V2C.Integer) or isinstance(val, V2C.Gauge32 | V2C.TimeTicks):
-                return WRONG_TYPE, i
-            if int(val) not in (1, 2):
-                return WRONG_VALUE, i
-            changes.append((port, int(val) == 1))
-        for port, enabled in changes:
-            try:
-                self.backend.set_port_enabled(port, enabled)
-            except Exception:
-                log.exception("PoE change on port %s failed", port)
-                return GEN_ERR, 0
-        return NO_ERROR, 0

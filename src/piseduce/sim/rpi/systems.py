@@ -3,7 +3,10 @@
 - cmdline.txt with `root=/dev/nfs`: the shared NFS system (hostname nfspi, root with the keys of
   `<nfs_root>/root/.ssh/authorized_keys`).
 - cmdline.txt with `root=PARTUUID=<disk id>-02` or `root=/dev/mmcblk0p2`: the system on the card,
-  whose hostname, accounts, keys and password hashes are read from the card's root filesystem.
+  whose hostname, accounts, keys and password hashes are read from the card's root filesystem,
+  and its SSH host key: a card without one (a deployment removes the image's) gets a new one at
+  its first boot, as Raspberry Pi OS's regenerate_ssh_host_keys does (the real mode's boards run
+  ssh-keygen in `boardsetup`; the in-process ones use `card_host_key` below).
 - anything else (no folder, no cmdline.txt, a root that does not match the card): no system.
 """
 
@@ -13,13 +16,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncssh
+
 from piseduce.node.disk import DiskError, read_table
-from piseduce.node.fs import Ext4, Fat
+from piseduce.node.fs import Ext4, Fat, FileSpec
 from piseduce.node.system import Account, parse_passwd, parse_shadow, verify_password
 
 NFS_HOSTNAME = "nfspi"
 NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false", "")
 ROOT_RE = re.compile(r"(?:^|\s)root=(\S+)")
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 
 
 class NoSystem(Exception):
@@ -36,6 +42,9 @@ class System:
     ssh_enabled: bool = True
     nfs_keys_file: Path | None = None
     os_release: str = ""
+    root_offset: int = 0  # bytes: where the card's root partition starts, and its size
+    root_size: int = 0
+    host_key: bytes = b""  # the private key on the card (deployed systems, in-process mode)
 
     def keys_for(self, user: str) -> str:
         if self.nfs_keys_file is not None:
@@ -64,8 +73,11 @@ def read_cmdline(folder: Path) -> str:
         raise NoSystem(f"no cmdline.txt in {folder}") from exc
 
 
-def decide(folder: Path, card: Path, nfs_root: Path) -> System:
-    """Boots from folder; blocking (reads the card with debugfs/mtools): run it in a thread."""
+def decide(folder: Path, card: Path, nfs_root: Path, *, make_host_key: bool = False) -> System:
+    """Boots from folder; blocking (reads the card with debugfs/mtools): run it in a thread.
+
+    make_host_key: the in-process boards' first boot of a card makes its host key here (a real-mode
+    board makes its own, inside the board: `boardsetup`)."""
     cmdline = read_cmdline(folder)
     match = ROOT_RE.search(cmdline)
     if match is None:
@@ -76,10 +88,10 @@ def decide(folder: Path, card: Path, nfs_root: Path) -> System:
             raise NoSystem("root=/dev/nfs without nfsroot=")
         return System("nfs", NFS_HOSTNAME, {"root": ROOT_ACCOUNT},
                       nfs_keys_file=nfs_root / "root" / ".ssh" / "authorized_keys")
-    return _card_system(card, root)
+    return _card_system(card, root, make_host_key)
 
 
-def _card_system(card: Path, root: str) -> System:
+def _card_system(card: Path, root: str, make_host_key: bool) -> System:
     try:
         table = read_table(card)
     except DiskError as exc:
@@ -92,7 +104,8 @@ def _card_system(card: Path, root: str) -> System:
     elif root != "/dev/mmcblk0p2":
         raise NoSystem(f"unsupported root {root}")
     try:
-        rootfs = Ext4(card, table.get(2).offset)
+        part = table.get(2)
+        rootfs = Ext4(card, part.offset)
         files = rootfs.read_files(["/etc/hostname", "/etc/passwd", "/etc/shadow", "/etc/os-release"])
         if files["/etc/passwd"] is None:
             raise NoSystem("the root filesystem has no /etc/passwd")
@@ -103,6 +116,7 @@ def _card_system(card: Path, root: str) -> System:
         homes = {name: f"{acc.home.rstrip('/')}/.ssh/authorized_keys" for name, acc in accounts.items()}
         key_files = rootfs.read_files(sorted(set(homes.values())))
         boot_names = Fat(card, table.get(1).offset).names()
+        host_key = card_host_key(rootfs, files["/etc/hostname"]) if make_host_key else b""
     except DiskError as exc:
         raise NoSystem(f"kernel panic: cannot mount the root filesystem ({exc})") from exc
     os_release = (files["/etc/os-release"] or b"").decode(errors="replace")
@@ -117,4 +131,26 @@ def _card_system(card: Path, root: str) -> System:
         authorized_keys={n: (key_files.get(p) or b"").decode(errors="replace") for n, p in homes.items()},
         ssh_enabled=ssh_enabled,
         os_release=os_release,
+        root_offset=part.offset,
+        root_size=part.size,
+        host_key=host_key,
     )
+
+
+def card_host_key(rootfs: Ext4, hostname: bytes | None) -> bytes:
+    """The card's ed25519 host key, made and written on the card when it carries none (its first
+    boot): the same card serves the same key at every boot, a new deployment a new key."""
+    private = rootfs.read_files([HOST_KEY])[HOST_KEY]
+    if private:
+        return private
+    comment = f"root@{(hostname or b'localhost').decode(errors='replace').strip()}"
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    private = key.export_private_key("openssh")
+    try:
+        rootfs.write({HOST_KEY: FileSpec(private, 0o600),
+                      f"{HOST_KEY}.pub": FileSpec(key.export_public_key("openssh"), 0o644)},
+                     {"/etc/ssh": FileSpec(b"", 0o755)})
+    except DiskError as exc:
+        raise NoSystem(f"Kernel panic: generating the SSH host key: {exc}") from None
+    return bytes(private)
+

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -11,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from piseduce import crypto
-from piseduce.webui import auth
-from piseduce.webui.agents import AgentHub
+from piseduce.numbers import StrictInt, parse_int
+from piseduce.webui import auth, tokens
+from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.models import (
     AGENT_CONNECTED,
     ROLE_ADMIN,
@@ -23,7 +26,8 @@ from piseduce.webui.models import (
     Agent,
     User,
 )
-from piseduce.webui.web import admin_user, begin_write, db_session, flash, form_str, hub, redirect, render
+from piseduce.webui.sessions import end_user_sessions
+from piseduce.webui.web import admin_user, database, flash, form_str, redirect, render
 
 router = APIRouter(prefix="/admin")
 
@@ -37,10 +41,8 @@ HOST_RE = re.compile(
 
 
 @router.get("/users")
-def users_page(
-    request: Request, me: User = Depends(admin_user), db: Session = Depends(db_session)
-) -> Response:
-    users = list(db.scalars(select(User).order_by(User.email)))
+async def users_page(request: Request, me: User = Depends(admin_user)) -> Response:
+    users = await database(request).read(lambda s: list(s.scalars(select(User).order_by(User.email))))
     return render(
         request,
         "admin_users.html",
@@ -54,81 +56,89 @@ def users_page(
 
 
 USER_ACTIONS = ("approve", "revoke", "promote", "demote", "remove")
+# Actions after which the account's sessions end at once: a revoked account is out, and a new
+# role is taken with a new login.
+ENDS_SESSIONS = ("revoke", "promote", "demote", "remove")
+
+
+@dataclass
+class Done:
+    message: str
+    kind: str = "ok"
+    ended: bool = False  # the account's sessions were ended
+
+
+def apply_user_action(db: Session, user_id: int, action: str) -> Done:
+    """One admin action on an account, in the caller's write transaction."""
+    target = db.get(User, user_id)
+    if target is None or action not in USER_ACTIONS:
+        return Done("No such user or action.", "error")
+    if action in ("revoke", "demote", "remove") and auth.is_last_admin(db, target):
+        return Done(f"{target.email} is the last admin: promote another user first.", "error")
+    if action == "promote" and not target.is_active:
+        return Done("Approve the account before making it an admin.", "error")
+    messages = {
+        "approve": f"{target.email} can now log in.",
+        "revoke": f"{target.email} can no longer log in.",
+        "promote": f"{target.email} is now an admin (logged out: the role applies from the next login).",
+        "demote": f"{target.email} is no longer an admin (logged out: the role applies from the next login).",
+        "remove": f"{target.email} removed.",
+    }
+    if action == "approve":
+        target.state = STATE_ACTIVE
+    elif action == "revoke":
+        target.state = STATE_REVOKED
+        # For good, as its sessions: approving the account again brings back no token that may
+        # have leaked (the reason to revoke it).
+        tokens.revoke_all(db, user_id, dt.datetime.now(dt.UTC))
+    elif action in ("promote", "demote"):
+        target.role = ROLE_ADMIN if action == "promote" else ROLE_USER
+    ended = action in ENDS_SESSIONS and end_user_sessions(db, user_id) > 0
+    if action == "remove":
+        db.delete(target)
+    return Done(messages[action], ended=ended)
 
 
 @router.post("/users/{user_id}/{action}")
-def user_action(
-    user_id: int,
-    action: str,
-    request: Request,
-    me: User = Depends(admin_user),
-    db: Session = Depends(db_session),
+async def user_action(
+    user_id: StrictInt, action: str, request: Request, me: User = Depends(admin_user)
 ) -> Response:
-    begin_write(db)
-    target = db.get(User, user_id)
-    if target is None or action not in USER_ACTIONS:
-        flash(request, "No such user or action.", "error")
-        return redirect(request, "/admin/users")
-    if action in ("revoke", "demote", "remove") and auth.is_last_admin(db, target):
-        flash(request, f"{target.email} is the last admin: promote another user first.", "error")
-        return redirect(request, "/admin/users")
-    if action == "approve":
-        target.state = STATE_ACTIVE
-        msg = f"{target.email} can now log in."
-    elif action == "revoke":
-        target.state = STATE_REVOKED
-        msg = f"{target.email} can no longer log in."
-    elif action == "promote":
-        if not target.is_active:
-            flash(request, "Approve the account before making it an admin.", "error")
-            return redirect(request, "/admin/users")
-        target.role = ROLE_ADMIN
-        msg = f"{target.email} is now an admin."
-    elif action == "demote":
-        target.role = ROLE_USER
-        msg = f"{target.email} is no longer an admin."
-    else:
-        db.delete(target)
-        msg = f"{target.email} removed."
-    db.commit()
-    flash(request, msg, "ok")
-    if target.id == me.id and action in ("revoke", "demote", "remove"):
-        return redirect(request, "/login" if action != "demote" else "/reserve")
+    done = await database(request).write(lambda s: apply_user_action(s, user_id, action))
+    flash(request, done.message, done.kind)
+    if done.kind == "ok" and user_id == me.id and action in ENDS_SESSIONS:
+        return redirect(request, "/login")  # the admin's own session ended with the others
     return redirect(request, "/admin/users")
 
 
 # ---------------------------------------------------------------- agents
 
 
+def _agents(s: Session) -> list[Agent]:
+    return list(s.scalars(select(Agent).order_by(Agent.name)))
+
+
 @router.get("/agents")
-def agents_page(
-    request: Request,
-    me: User = Depends(admin_user),
-    db: Session = Depends(db_session),
-    h: AgentHub = Depends(hub),
+async def agents_page(
+    request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
 ) -> Response:
-    agents = list(db.scalars(select(Agent).order_by(Agent.name)))
+    rows = await database(request).read(_agents)
     return render(
         request,
         "admin_agents.html",
         {
             "page": "admin_agents",
-            "agents": agents,
-            "down": {a.id: h.is_down(a.id) for a in agents},
+            "agents": rows,
+            "down": {a.id: h.is_down(a.id) for a in rows},
             "form": {"name": "", "host": "", "port": ""},
         },
     )
 
 
 @router.get("/agents/table")
-def agents_table(
-    request: Request,
-    me: User = Depends(admin_user),
-    db: Session = Depends(db_session),
-) -> Response:
+async def agents_table(request: Request, me: User = Depends(admin_user)) -> Response:
     """The Existing Agents panel alone: the page polls it, so the health checker's verdicts show."""
-    agents = list(db.scalars(select(Agent).order_by(Agent.name)))
-    return render(request, "_agents_table.html", {"agents": agents})
+    rows = await database(request).read(_agents)
+    return render(request, "_agents_table.html", {"agents": rows})
 
 
 def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple[str | None, int]:
@@ -140,7 +150,7 @@ def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple
         if not HOST_RE.match(host):
             return "Enter an IP address or a host name.", 0
     try:
-        port = int(port_text)
+        port = parse_int(port_text, hand_typed=True)
     except ValueError:
         return "The port is a number between 1 and 65535.", 0
     if not 1 <= port <= 65535:
@@ -150,20 +160,22 @@ def _check_agent_form(name: str, host: str, port_text: str, token: str) -> tuple
     return None, port
 
 
+def _agent_named(s: Session, name: str) -> bool:
+    return s.scalar(select(Agent.id).where(Agent.name == name)) is not None
+
+
 @router.post("/agents")
 async def add_agent(
-    request: Request,
-    me: User = Depends(admin_user),
-    db: Session = Depends(db_session),
-    h: AgentHub = Depends(hub),
+    request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
 ) -> Response:
     form = await request.form()
     name = form_str(form, "name", 100).strip()
     host = form_str(form, "host", 300).strip()
-    port_text = form_str(form, "port", 10).strip()
+    port_text = form_str(form, "port", 10)
     token = form_str(form, "token", 600).strip()
+    db = database(request)
     error, port = _check_agent_form(name, host, port_text, token)
-    if error is None and db.scalar(select(Agent.id).where(Agent.name == name)) is not None:
+    if error is None and await db.read(lambda s: _agent_named(s, name)):
         error = f"An agent named {name} exists already."
     status = ""
     if error is None:
@@ -171,53 +183,50 @@ async def add_agent(
         if status != AGENT_CONNECTED:
             error = f"Agent not added: {host}:{port} {probe_error}."
     if error is not None:
-        agents = list(db.scalars(select(Agent).order_by(Agent.name)))
+        rows = await db.read(_agents)
         return render(
             request,
             "admin_agents.html",
             {
                 "page": "admin_agents",
-                "agents": agents,
-                "down": {a.id: h.is_down(a.id) for a in agents},
+                "agents": rows,
+                "down": {a.id: h.is_down(a.id) for a in rows},
                 "error": error,
                 "form": {"name": name, "host": host, "port": port_text},
             },
             status=400,
         )
-    begin_write(db)
-    if db.scalar(select(Agent.id).where(Agent.name == name)) is not None:
+    sealed = crypto.encrypt_str(request.app.state.fernet, token)
+
+    def store(s: Session) -> int | None:
+        if _agent_named(s, name):
+            return None
+        agent = Agent(name=name, host=host, port=port, token=sealed, status=status)
+        s.add(agent)
+        s.flush()
+        return agent.id
+
+    agent_id = await db.write(store)
+    if agent_id is None:
         flash(request, f"An agent named {name} exists already.", "error")
         return redirect(request, "/admin/agents")
-    agent = Agent(
-        name=name,
-        host=host,
-        port=port,
-        token=crypto.encrypt_str(request.app.state.fernet, token),
-        status=status,
-    )
-    db.add(agent)
-    db.commit()
-    await h.check_agent(agent.id)
-    db.refresh(agent)
-    flash(request, f"Agent {name} is connected: {agent.node_type} nodes at {agent.site or 'its site'}.", "ok")
+    await h.check_agent(agent_id)
+    agent = await db.read(lambda s: s.get(Agent, agent_id))
+    where = agent.site if agent is not None and agent.site else "its site"
+    kind = agent.node_type if agent is not None else "its"
+    flash(request, f"Agent {name} is connected: {kind} nodes at {where}.", "ok")
     return redirect(request, "/admin/agents")
 
 
 @router.post("/agents/{agent_id}/check")
 async def check_agent(
-    agent_id: int,
-    request: Request,
-    me: User = Depends(admin_user),
-    h: AgentHub = Depends(hub),
-    db: Session = Depends(db_session),
+    agent_id: StrictInt, request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
 ) -> Response:
-    agent = db.get(Agent, agent_id)
+    status = await h.check_agent(agent_id)
+    agent = await database(request).read(lambda s: s.get(Agent, agent_id))
     if agent is None:
         flash(request, "No such agent.", "error")
         return redirect(request, "/admin/agents")
-    status = await h.check_agent(agent_id)
-    db.commit()  # a new snapshot: the check was written by another connection
-    db.refresh(agent)
     kind = "ok" if status == AGENT_CONNECTED else "error"
     flash(
         request,
@@ -228,20 +237,20 @@ async def check_agent(
 
 
 @router.post("/agents/{agent_id}/delete")
-def delete_agent(
-    agent_id: int,
-    request: Request,
-    me: User = Depends(admin_user),
-    db: Session = Depends(db_session),
-    h: AgentHub = Depends(hub),
+async def delete_agent(
+    agent_id: StrictInt, request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
 ) -> Response:
-    begin_write(db)
-    agent = db.get(Agent, agent_id)
-    if agent is None:
+    def drop(s: Session) -> str | None:
+        agent = s.get(Agent, agent_id)
+        if agent is None:
+            return None
+        s.delete(agent)
+        return agent.name
+
+    name = await database(request).write(drop)
+    if name is None:
         flash(request, "No such agent.", "error")
     else:
-        db.delete(agent)
-        db.commit()
         h.breakers.pop(agent_id, None)
-        flash(request, f"Agent {agent.name} deleted (its nodes and reservations stay on the agent).", "ok")
+        flash(request, f"Agent {name} deleted (its nodes and reservations stay on the agent).", "ok")
     return redirect(request, "/admin/agents")

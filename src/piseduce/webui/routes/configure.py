@@ -3,76 +3,118 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
-from piseduce.sshkeys import parse_key, parse_keys
-from piseduce.webui.agents import AgentHub, AgentRef, Identity, Reply
+from piseduce.protocol import CONFIGURING, FormField, ReservationOut
+from piseduce.sshkeys import parse_key
+from piseduce.webui.agent_client import AgentClient, agents
+from piseduce.webui.agents import AgentRef, Identity, iso
 from piseduce.webui.models import User
-from piseduce.webui.web import current_user, flash, form_list, form_str, hub, identity, redirect, render
+from piseduce.webui.node_words import name_the_node
+from piseduce.webui.routes.configure_form import (
+    BIN_LIMIT,
+    BIN_PATTERN,
+    BIN_RE,
+    Submitted,
+    card_bin,
+    deploy_params,
+    submitted,
+)
+from piseduce.webui.web import current_user, flash, form_list, form_str, identity, redirect, render
 
 router = APIRouter(prefix="/configure")
 
-FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-REF_RE = re.compile(r"^(\d{1,9}):(\d{1,10})$")
+# ASCII digits only: \d would also match "١٠" (which int() reads as 10).
+REF_RE = re.compile(r"^([0-9]{1,9}):([0-9]{1,10})$")
 MAX_CARDS = 500
-# A firmware upload (IoT-LAB); the agent checks its own limit too.
-MAX_UPLOAD = 4 * 1024 * 1024
 
 
 @dataclass
 class Card:
     idx: int
     agent: AgentRef
-    reservation: dict[str, Any]
-    fields: list[dict[str, Any]] = field(default_factory=list)
+    reservation: ReservationOut
+    fields: list[FormField] = field(default_factory=list)
     error: str = ""
-    values: dict[str, Any] = field(default_factory=dict)
+    # What the user entered, when the page comes back with an error (see configure_form).
+    values: Submitted | None = None
+    group: int = 0
 
     @property
     def ref(self) -> str:
-        return f"{self.agent.id}:{self.reservation.get('id')}"
+        return f"{self.agent.id}:{self.reservation.id}"
+
+    @property
+    def ticked(self) -> bool:
+        return self.values.ticked if self.values is not None else True
+
+    def value(self, name: str, default: Any = None) -> Any:
+        """The value to show in field `name`: what was entered, else the form's default."""
+        if self.values is None:
+            return default
+        if name in self.values.checked_fields:
+            return name in self.values.checked
+        return self.values.fields.get(name, default)
 
 
-async def configuring(h: AgentHub, who: Identity) -> tuple[list[Card], list[str]]:
+@dataclass
+class Group:
+    """The cards of one run: reservations of one bin starting at one time, deployed under one bin."""
+
+    idx: int
+    bin: str
+    start: str
+    end: str
+    cards: list[Card] = field(default_factory=list)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted({c.agent.node_type for c in self.cards})
+
+
+def group_cards(cards: list[Card]) -> list[Group]:
+    """Cards grouped by the bin typed at Reserve (kept on the reservation) and start time; soonest
+    first. A bin entered on this page before an error wins over the stored one."""
+    groups: dict[tuple[str, str], Group] = {}
+    for c in cards:
+        key = (iso(c.reservation.start), c.reservation.bin)
+        g = groups.get(key)
+        if g is None:
+            g = Group(0, key[1], key[0], iso(c.reservation.end))
+            groups[key] = g
+        if c.values is not None and c.values.bin is not None:
+            g.bin = c.values.bin
+        g.cards.append(c)
+    ordered = [groups[k] for k in sorted(groups)]
+    for i, g in enumerate(ordered):
+        g.idx = i
+        for c in g.cards:
+            c.group = i
+    return ordered
+
+
+async def configuring(h: AgentClient, who: Identity) -> tuple[list[Card], list[str]]:
     """The user's reservations waiting for their deploy form, with the form of each."""
-    refs = h.refs()
-    lists = await h.fan_out(
-        refs, lambda r: h.call(r, "GET", "/api/reservations", who=who, params={"status": "configuring"})
-    )
-    cards: list[Card] = []
-    errors: list[str] = []
-    for reply in lists:
-        if not reply.ok or not isinstance(reply.data, list):
-            errors.append(
-                "Agent " + (reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer")
-            )
-            continue
-        for r in reply.data:
-            if isinstance(r, dict) and r.get("status") == "configuring" and r.get("owner") == who.email:
-                cards.append(Card(len(cards), reply.agent, r))
-    cards = cards[:MAX_CARDS]
-    forms = await asyncio.gather(
-        *(
-            h.call(c.agent, "GET", f"/api/reservations/{int(c.reservation['id'])}/form", who=who)
-            for c in cards
+    held, failed = await h.held(who, status=CONFIGURING)
+    errors = [f"Agent {e}" for e in failed]
+    cards = [Card(i, x.agent, x.r) for i, x in enumerate(held) if x.mine][:MAX_CARDS]
+    forms = await asyncio.gather(*(h.form(c.agent, who, c.reservation.id) for c in cards))
+    for card, form in zip(cards, forms, strict=True):
+        if form.value is not None:
+            card.fields = form.value
+        else:
+            card.error = f"deploy form unavailable: {form.error}"
+    cards.sort(
+        key=lambda c: (
+            c.reservation.start, c.reservation.bin, c.agent.node_type, c.agent.name, c.reservation.node
         )
     )
-    for card, form in zip(cards, forms, strict=True):
-        if form.ok and isinstance(form.data, list):
-            card.fields = [
-                f for f in form.data if isinstance(f, dict) and FIELD_RE.match(str(f.get("name", "")))
-            ]
-        else:
-            card.error = f"deploy form unavailable: {form.error or 'unexpected answer'}"
-    cards.sort(key=lambda c: (c.agent.node_type, c.agent.name, str(c.reservation.get("node"))))
     for i, c in enumerate(cards):
         c.idx = i
     return cards, errors
@@ -91,97 +133,39 @@ def _account_keys(user: User) -> list[dict[str, str]]:
 
 @router.get("")
 async def configure_page(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     cards, errors = await configuring(h, identity(request, user))
     return _page(request, user, cards, errors)
 
 
 def _page(request: Request, user: User, cards: list[Card], errors: list[str], status: int = 200) -> Response:
-    types = sorted({c.agent.node_type for c in cards})
+    groups = group_cards(cards)
     return render(
         request,
         "configure.html",
         {
             "page": "configure",
             "cards": cards,
+            "groups": groups,
             "errors": errors,
-            "types": types,
+            "types": sorted({c.agent.node_type for c in cards}),
             "account_keys": _account_keys(user),
-            "bin": request.session.get("last_bin", ""),
+            "bin_pattern": BIN_PATTERN,
         },
         status=status,
     )
 
 
-async def _add_upload(params: dict[str, Any], name: str, upload: Any) -> None:
-    """A file field goes to the agent base64-encoded, its name in `<name>_name` unless typed in."""
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        return
-    data = await upload.read(MAX_UPLOAD + 1)
-    if len(data) > MAX_UPLOAD:
-        raise ValueError(f"{name}: the file is larger than {MAX_UPLOAD // (1024 * 1024)} MiB")
-    if data:
-        params[name] = base64.b64encode(data).decode()
-        params.setdefault(f"{name}_name", PurePath(upload.filename).name[:128])
-
-
-async def _params(form: FormData, idx: int, account: dict[str, str]) -> dict[str, Any]:
-    """The deploy body of card `idx`; ValueError in words for what cannot be sent."""
-    prefix = f"r{idx}."
-    params: dict[str, Any] = {}
-    checkboxes = set(form_list(form, f"{prefix}__checkbox", 64))
-    numbers = set(form_list(form, f"{prefix}__number", 64))
-    files = set(form_list(form, f"{prefix}__file", 64))
-    for key in form:
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        if name in ("ref", "ssh_keys", "ssh_keys_extra") or name.startswith("__") or not FIELD_RE.match(name):
-            continue
-        if name in files:
-            continue
-        value = form_str(form, key, 16384)
-        if name in checkboxes:
-            continue
-        if name in numbers and value.strip():
-            try:
-                num = float(value)
-            except ValueError:
-                raise ValueError(f"{name}: a number is expected") from None
-            params[name] = int(num) if num.is_integer() else num
-        elif value != "":
-            params[name] = value
-    for name in files:
-        if FIELD_RE.match(name):
-            await _add_upload(params, name, form.get(f"{prefix}{name}"))
-    for name in checkboxes:
-        if FIELD_RE.match(name):
-            params[name] = form_str(form, f"{prefix}{name}", 8) in ("on", "true", "1")
-    if f"{prefix}__ssh" in form:
-        keys = [account[fp] for fp in form_list(form, f"{prefix}ssh_keys", 100) if fp in account]
-        extra = form_str(form, f"{prefix}ssh_keys_extra", 64 * 1024)
-        if extra.strip():
-            keys += [k.line for k in parse_keys(extra)]
-        params["ssh_keys"] = list(dict.fromkeys(keys))
-    return params
-
-
-@router.post("/deploy")
-async def deploy(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
-) -> Response:
-    form = await request.form()
-    who = identity(request, user)
-    refs = {r.id: r for r in h.refs()}
-    bin_name = form_str(form, "bin", 64).strip()
+def _jobs(
+    form: FormData, refs: dict[int, AgentRef]
+) -> tuple[list[tuple[int, AgentRef, int]], dict[str, Submitted], list[str]]:
+    """The ticked cards of the form as (index, agent, reservation id); what every card held, by
+    reservation reference; and the form's errors in words."""
+    jobs: list[tuple[int, AgentRef, int]] = []
+    entered: dict[str, Submitted] = {}
     errors: list[str] = []
-    if not re.match(r"^[A-Za-z0-9 ._-]{1,64}$", bin_name):
-        errors.append(
-            "Give a bin name (letters, digits, spaces, '.', '_', '-'): it groups these nodes on Manage."
-        )
-    account = {k["fingerprint"]: k["line"] for k in _account_keys(user)}
-    jobs: list[tuple[int, AgentRef, int, dict[str, Any]]] = []
+    bad_bins: set[str] = set()
     for i in range(MAX_CARDS):
         ref_text = form_str(form, f"r{i}.ref", 32)
         if not ref_text:
@@ -190,50 +174,98 @@ async def deploy(
         if not m or int(m.group(1)) not in refs:
             errors.append(f"Unknown reservation {ref_text!r}.")
             continue
-        try:
-            params = await _params(form, i, account)
-        except ValueError as exc:
-            errors.append(f"Node {i + 1}: {exc}")
-            continue
-        params["bin"] = bin_name
-        jobs.append((i, refs[int(m.group(1))], int(m.group(2)), params))
+        entered[ref_text] = values = submitted(form, i)
+        if not values.ticked:
+            continue  # not deployed now; its values are kept for later
+        if not BIN_RE.match(values.bin or "") and (values.bin or "") not in bad_bins:
+            bad_bins.add(values.bin or "")
+            errors.append(
+                f"The bin name takes at most {BIN_LIMIT} characters." if len(values.bin or "") > BIN_LIMIT
+                else "Give each ticked group a bin name (letters, digits, spaces, '.', '_', '-'): "
+                "it groups its nodes on Manage."
+            )
+        jobs.append((i, refs[int(m.group(1))], int(m.group(2))))
     if not jobs and not errors:
-        errors.append("No node to deploy.")
-    if errors:
-        cards, agent_errors = await configuring(h, who)
-        return _page(request, user, cards, errors + agent_errors, status=400)
-    request.session["last_bin"] = bin_name
-    replies: list[Reply] = await asyncio.gather(
-        *(
-            h.call(ref, "POST", f"/api/reservations/{rid}/deploy", who=who, json=params)
-            for _i, ref, rid, params in jobs
-        )
-    )
-    failed = {}
-    for job, reply in zip(jobs, replies, strict=True):
-        if not reply.ok:
-            failed[job[0]] = reply.error
-    started = len(jobs) - len(failed)
-    if not failed:
-        flash(request, f"Deployment started on {started} node(s) of bin {bin_name}.", "ok")
-        return redirect(request, "/manage")
+        errors.append("No node is ticked: tick the nodes to deploy (or the box of their group).")
+    return jobs, entered, errors
+
+
+async def _again(
+    request: Request,
+    user: User,
+    h: AgentClient,
+    who: Identity,
+    entered: dict[str, Submitted],
+    messages: list[str],
+    card_errors: dict[str, str] | None = None,
+) -> Response:
+    """The page again (400), every card still waiting showing what the user had entered, and the
+    reason a card was not deployed on that card and in the banner, both naming its node."""
     cards, agent_errors = await configuring(h, who)
-    by_ref = {f"{ref.id}:{rid}": failed[i] for i, ref, rid, _p in jobs if i in failed}
+    by_ref = {c.ref: c for c in cards}
     for c in cards:
-        if c.ref in by_ref:
-            c.error = f"Deploy refused: {by_ref[c.ref]}"
+        c.values = entered.get(c.ref)
+    for ref_text, error in (card_errors or {}).items():
+        card = by_ref.get(ref_text)
+        if card is None:  # no longer waiting (ended, or deployed meanwhile)
+            agent_id, _, rid = ref_text.partition(":")
+            agent = next((r.name for r in await h.refs() if str(r.id) == agent_id), "its agent")
+            messages.append(f"Reservation {rid} on {agent}: {error}")
+            continue
+        node = card.reservation.node
+        error = name_the_node(error, card.reservation.id, node)
+        card.error = f"Not deployed: {error}"
+        messages.append(f"{node} ({card.agent.name}): {error}")
+    return _page(request, user, cards, messages + agent_errors, status=400)
+
+
+@router.post("/deploy")
+async def deploy(
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
+) -> Response:
+    """Deploy the ticked cards, each with the bin of its group; the others wait on the page."""
+    form = await request.form()
+    who = identity(request, user)
+    jobs, entered, errors = _jobs(form, {r.id: r for r in await h.refs()})
+    account = {k["fingerprint"]: k["line"] for k in _account_keys(user)}
+    bodies: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}  # reservation reference -> why its card cannot be sent
+    for i, ref, rid in jobs:
+        try:
+            params = await deploy_params(form, i, account)
+        except ValueError as exc:
+            refused[f"{ref.id}:{rid}"] = str(exc)
+            continue
+        params["bin"] = card_bin(form, i)
+        bodies.append(params)
+    if refused and not errors:
+        errors.append("Nothing was deployed: correct the card(s) below, then Deploy again.")
+    if errors:
+        return await _again(request, user, h, who, entered, errors, refused)
+    replies = await asyncio.gather(
+        *(h.deploy(ref, who, rid, params) for (_i, ref, rid), params in zip(jobs, bodies, strict=True))
+    )
+    failed = {
+        f"{ref.id}:{rid}": (ref, rid, reply.error)
+        for (_i, ref, rid), reply in zip(jobs, replies, strict=True)
+        if not reply.ok
+    }
+    started = len(jobs) - len(failed)
+    bins = sorted({str(b["bin"]) for b in bodies})
+    if not failed:
+        flash(request, f"Deployment started on {started} node(s) of bin {', '.join(bins)}.", "ok")
+        return redirect(request, "/manage")
     msgs = [f"{started} node(s) started deploying." if started else "No deployment started."]
-    msgs += [f"{ref.name} reservation {rid}: {failed[i]}" for i, ref, rid, _p in jobs if i in failed]
-    return _page(request, user, cards, msgs + agent_errors, status=400)
+    return await _again(request, user, h, who, entered, msgs, {k: v[2] for k, v in failed.items()})
 
 
 @router.post("/cancel")
 async def cancel(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     form = await request.form()
     who = identity(request, user)
-    refs = {r.id: r for r in h.refs()}
+    refs = {r.id: r for r in await h.refs()}
     targets = []
     for ref_text in form_list(form, "sel", 32)[:MAX_CARDS]:
         m = REF_RE.match(ref_text)
@@ -242,13 +274,16 @@ async def cancel(
     if not targets:
         flash(request, "Nothing selected to cancel.", "error")
         return redirect(request, "/configure")
-    replies = await asyncio.gather(
-        *(h.call(ref, "POST", f"/api/reservations/{rid}/destroy", who=who) for ref, rid in targets)
-    )
+    replies = await asyncio.gather(*(h.act(ref, who, rid, "destroy") for ref, rid in targets))
     ok = sum(1 for r in replies if r.ok)
     if ok:
         flash(request, f"{ok} reservation(s) cancelled; the nodes are free again.", "ok")
+    names: dict[str, str] = {}
+    if ok < len(replies):  # the refused ones are still waiting: their nodes' names
+        names = {c.ref: c.reservation.node for c in (await configuring(h, who))[0]}
     for (ref, rid), reply in zip(targets, replies, strict=True):
         if not reply.ok:
-            flash(request, f"{ref.name} reservation {rid}: not cancelled — {reply.error}", "error")
+            node = names.get(f"{ref.id}:{rid}") or f"reservation {rid}"
+            why = name_the_node(reply.error, rid, node)
+            flash(request, f"{node} on {ref.name}: not cancelled — {why}", "error")
     return redirect(request, "/configure")

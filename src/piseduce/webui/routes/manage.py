@@ -7,13 +7,40 @@ import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from piseduce.webui.agents import AgentHub, AgentRef, Identity
-from piseduce.webui.models import User
-from piseduce.webui.web import current_user, form_list, form_str, hub, identity, is_htmx, render
+from piseduce.numbers import StrictInt
+from piseduce.protocol import (
+    CANCELLED,
+    CONFIGURING,
+    DEPLOYED,
+    DEPLOYING,
+    DESTROYING,
+    ENDED,
+    FAILED,
+    SCHEDULED,
+    AcceptedOut,
+    Feature,
+    ReservationOut,
+)
+from piseduce.webui.agent_client import AgentClient, Result, agents
+from piseduce.webui.agents import AgentRef, Identity
+from piseduce.webui.form_values import form_decimal
+from piseduce.webui.models import ROLE_ADMIN, User
+from piseduce.webui.node_words import name_the_node
+from piseduce.webui.web import (
+    browser_zone,
+    current_user,
+    form_list,
+    form_str,
+    identity,
+    is_htmx,
+    local_text,
+    render,
+)
 
 router = APIRouter(prefix="/manage")
 
@@ -24,99 +51,121 @@ ACTIONS = {
     "extend": "Extend",
     "bootfiles": "Update boot files",
 }
-REF_RE = re.compile(r"^(\d{1,9}):(\d{1,10})$")
+# ASCII digits only: \d would also match "١٠" (which int() reads as 10).
+REF_RE = re.compile(r"^([0-9]{1,9}):([0-9]{1,10})$")
 STATUS_CLASS = {
-    "configuring": "st-wait",
-    "scheduled": "st-wait",
-    "deploying": "st-run",
-    "deployed": "st-ok",
-    "failed": "st-bad",
-    "destroying": "st-run",
-    "ended": "st-off",
-    "cancelled": "st-off",
+    CONFIGURING: "st-wait",
+    SCHEDULED: "st-wait",
+    DEPLOYING: "st-run",
+    DEPLOYED: "st-ok",
+    FAILED: "st-bad",
+    DESTROYING: "st-run",
+    ENDED: "st-off",
+    CANCELLED: "st-off",
 }
+# An action offered only by the agents that advertise its feature (GET /api/info).
+ACTION_FEATURES = {"extend": Feature.EXTEND, "reboot": Feature.REBOOT, "redeploy": Feature.REDEPLOY,
+                   "bootfiles": Feature.BOOTFILES}
+
+
+def offered(agent: AgentRef, action: str) -> bool:
+    feature = ACTION_FEATURES.get(action)
+    return feature is None or agent.supports(feature)
 
 
 @dataclass
 class Item:
     agent: AgentRef
-    r: dict[str, Any]
+    r: ReservationOut
+    mine: bool = True  # False: another user's, in an admin's list
 
     @property
     def dom_id(self) -> str:
-        return f"n{self.agent.id}-{int(self.r.get('id', 0))}"
+        return f"n{self.agent.id}-{self.r.id}"
 
     @property
     def ref(self) -> str:
-        return f"{self.agent.id}:{int(self.r.get('id', 0))}"
+        return f"{self.agent.id}:{self.r.id}"
+
+    @property
+    def at_rest(self) -> bool:
+        return self.r.status == DEPLOYED and not self.r.process
+
+    @property
+    def actions(self) -> list[str]:
+        """What its buttons offer: what the agent allows now, of what the agent supports."""
+        return [a for a in self.r.actions if a in ACTIONS and offered(self.agent, a)]
 
     @property
     def can_save_env(self) -> bool:
-        """A deployed Pi at rest can be saved as an environment (the Environment factory page)."""
-        return (self.agent.node_type == "raspberry" and self.r.get("status") == "deployed"
-                and not self.r.get("process"))
+        """A deployed node at rest can be saved as an environment (the Environment factory page)."""
+        return self.mine and self.agent.supports(Feature.SAVE_ENV) and self.at_rest
 
     @property
     def status_class(self) -> str:
-        return STATUS_CLASS.get(str(self.r.get("status")), "st-wait")
+        return STATUS_CLASS.get(self.r.status, "st-wait")
 
     @property
     def progress(self) -> int:
-        """Overall % of the running process: finished steps plus the current step's share."""
-        if self.r.get("status") == "deployed" and not self.r.get("process"):
-            return 100
-        try:
-            step_pct = max(0.0, min(100.0, float(self.r.get("progress") or 0)))
-            count = int(self.r.get("step_count") or 0)
-            index = int(self.r.get("step_index") or 0)
-        except (TypeError, ValueError):
-            return 0
-        if count > 0:
-            return int(min(100.0, (min(index, count) + step_pct / 100) / count * 100))
-        return int(step_pct)
+        """The agent's `progress`, shown as it comes: it is already the whole process' percentage
+        (protocol.ReservationOut.progress, 0-100), never recombined with the step here."""
+        return 100 if self.at_rest else self.r.progress
 
     @property
     def ssh(self) -> str:
-        conn = self.r.get("connection") or {}
-        return str(conn.get("ssh", "")) if isinstance(conn, dict) else ""
+        return self.r.ssh
 
     @property
     def connection(self) -> dict[str, Any]:
-        conn = self.r.get("connection") or {}
-        # The full host key is for machines (known_hosts); people compare the fingerprint.
+        conn = self.r.connection
+        # The full host key is on its own line (known_hosts, below); the password is only "set": the
+        # page may be shared on a screen.
         hidden = {"ssh", "host_key", "password_set"}
-        return {k: v for k, v in conn.items() if k not in hidden} if isinstance(conn, dict) else {}
+        shown = {k: v for k, v in conn.items() if k not in hidden}
+        if "password_set" in conn:
+            shown["password"] = "set" if conn.get("password_set") else "not set"
+        return shown
+
+    @property
+    def known_hosts(self) -> str:
+        """The line to append to ~/.ssh/known_hosts, as OpenSSH names the host: `host` on port 22,
+        `[host]:port` elsewhere."""
+        conn = self.r.connection
+        key, host, port = conn.get("host_key"), conn.get("host"), conn.get("port") or 22
+        if not isinstance(key, str) or not key.strip() or not isinstance(host, str) or not host:
+            return ""
+        key_type_and_blob = " ".join(key.split()[:2])
+        name = host if str(port) == "22" else f"[{host}]:{port}"
+        return f"{name} {key_type_and_blob}"
 
 
-async def mine(h: AgentHub, who: Identity) -> tuple[list[Item], list[str]]:
-    refs = h.refs()
-    replies = await h.fan_out(
-        refs, lambda r: h.call(r, "GET", "/api/reservations", who=who, params={"status": "active"})
-    )
-    items: list[Item] = []
-    errors: list[str] = []
-    for reply in replies:
-        if not reply.ok or not isinstance(reply.data, list):
-            errors.append(reply.words if not reply.ok else f"{reply.agent.name}: unexpected answer")
-            continue
-        for r in reply.data:
-            # Defence in depth: only the user's own reservations, whatever an agent answers.
-            if isinstance(r, dict) and r.get("owner") == who.email and isinstance(r.get("id"), int):
-                items.append(Item(reply.agent, r))
-    items.sort(key=lambda i: (str(i.r.get("bin")), i.agent.name, str(i.r.get("node"))))
+async def mine(h: AgentClient, who: Identity) -> tuple[list[Item], list[str]]:
+    """The caller's active reservations of every agent; an admin's list holds every user's
+    (`?all=true`, which the agents allow admins only)."""
+    held, errors = await h.held(who, status="active", everyone=who.role == ROLE_ADMIN)
+    items = [Item(x.agent, x.r, mine=x.mine) for x in held]
+    items.sort(key=lambda i: (not i.mine, i.r.owner, i.r.bin, i.agent.name, i.r.node))
     return items, errors
 
 
-def _bins(items: list[Item]) -> list[tuple[str, list[Item]]]:
-    bins: dict[str, list[Item]] = {}
+def _shown(it: Item) -> bool:
+    """One's own reservations waiting for their deploy form are on Configure, not here; an admin
+    sees everyone else's whatever their status."""
+    return not it.mine or it.r.status != CONFIGURING
+
+
+def _bins(items: list[Item]) -> list[tuple[str, str, list[Item]]]:
+    """(bin, owner, items): one's own bins first; another user's bin is headed with the owner."""
+    bins: dict[tuple[bool, str, str], list[Item]] = {}
     for it in items:
-        if it.r.get("status") != "configuring":
-            bins.setdefault(str(it.r.get("bin") or ""), []).append(it)
-    return sorted(bins.items())
+        if _shown(it):
+            owner = "" if it.mine else it.r.owner
+            bins.setdefault((not it.mine, owner, it.r.bin), []).append(it)
+    return [(bin_name, owner, its) for (_, owner, bin_name), its in sorted(bins.items())]
 
 
 def _signature(items: list[Item]) -> str:
-    keys = sorted(f"{i.ref}:{i.r.get('status') == 'configuring'}" for i in items)
+    keys = sorted(f"{i.ref}:{i.r.status == CONFIGURING}" for i in items)
     return hashlib.sha256("|".join(keys).encode()).hexdigest()[:16]
 
 
@@ -126,13 +175,18 @@ def _context(items: list[Item], errors: list[str]) -> dict[str, Any]:
         "errors": errors,
         "signature": _signature(items),
         "actions": ACTIONS,
-        "waiting": sum(1 for i in items if i.r.get("status") == "configuring"),
+        # The actions bar offers what at least one node shown supports (no Extend for IoT-LAB only).
+        "bulk": {
+            a: label for a, label in ACTIONS.items() if any(offered(i.agent, a) for i in items if _shown(i))
+        },
+        "waiting": sum(1 for i in items if i.mine and i.r.status == CONFIGURING),
+        "everyone": any(not i.mine for i in items),
     }
 
 
 @router.get("")
 async def manage_page(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     items, errors = await mine(h, identity(request, user))
     return render(request, "manage.html", {"page": "manage", **_context(items, errors)})
@@ -140,7 +194,7 @@ async def manage_page(
 
 @router.get("/bins")
 async def bins_fragment(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     items, errors = await mine(h, identity(request, user))
     return render(request, "_manage_bins.html", _context(items, errors))
@@ -148,7 +202,7 @@ async def bins_fragment(
 
 @router.get("/updates")
 async def updates(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     """Out-of-band swaps of every node's live part; the page keeps its checkboxes and open panels."""
     items, errors = await mine(h, identity(request, user))
@@ -156,7 +210,7 @@ async def updates(
         request,
         "_manage_updates.html",
         {
-            "items": [i for i in items if i.r.get("status") != "configuring"],
+            "items": [i for i in items if _shown(i)],
             "errors": errors,
             "signature": _signature(items),
             "actions": ACTIONS,
@@ -166,72 +220,83 @@ async def updates(
 
 @router.get("/events/{agent_id}/{rid}")
 async def events(
-    agent_id: int, rid: int, request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    agent_id: StrictInt,
+    rid: StrictInt,
+    request: Request,
+    user: User = Depends(current_user),
+    h: AgentClient = Depends(agents),
 ) -> Response:
     who = identity(request, user)
-    ref = next((r for r in h.refs() if r.id == agent_id), None)
+    ref = await h.find(agent_id)
     if ref is None:
         return render(request, "_events.html", {"error": "no such agent", "events": []})
-    reply = await h.call(ref, "GET", f"/api/reservations/{rid}", who=who)
-    if not reply.ok or not isinstance(reply.data, dict) or reply.data.get("owner") != who.email:
+    reply = await h.reservation(ref, who, rid)
+    if reply.value is None or (reply.value.owner != who.email and who.role != ROLE_ADMIN):
         return render(request, "_events.html", {"error": reply.error or "not found", "events": []})
-    evs = [e for e in reply.data.get("events", []) or [] if isinstance(e, dict)]
-    return render(request, "_events.html", {"events": list(reversed(evs)), "error": ""})
+    return render(request, "_events.html", {"events": list(reversed(reply.value.events)), "error": ""})
+
+
+async def _ask(
+    h: AgentClient, who: Identity, ref: AgentRef, rid: int, name: str, hours: float
+) -> Result[Any]:
+    """One action on one reservation; refused here when its agent does not support it."""
+    if not offered(ref, name):
+        testbed = ref.about.testbed or f"{ref.node_type} nodes"
+        return Result(ref, 409, None, f"{testbed} cannot {name} a reservation ({ref.name} does not offer it)")
+    if name == "extend":
+        return await h.extend(ref, who, rid, hours)
+    return await h.act(ref, who, rid, name)
+
+
+def _said(name: str, reply: Result[Any], zone: ZoneInfo) -> str:
+    """What the agent's acceptance says, in words (extend: the new end, in the viewer's zone)."""
+    value = reply.value
+    if isinstance(value, ReservationOut):
+        return f"now ends {local_text(value.end, zone)}"
+    if isinstance(value, AcceptedOut):
+        return value.message or value.status
+    return "accepted"
 
 
 @router.post("/action")
 async def action(
-    request: Request, user: User = Depends(current_user), h: AgentHub = Depends(hub)
+    request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> Response:
     form = await request.form()
     who = identity(request, user)
     name = form_str(form, "action", 16)
     messages: list[tuple[str, str]] = []
-    refs = {r.id: r for r in h.refs()}
+    refs = {r.id: r for r in await h.refs()}
     targets = []
     for ref_text in form_list(form, "sel", 32)[:1000]:
         m = REF_RE.match(ref_text)
         if m and int(m.group(1)) in refs:
             targets.append((refs[int(m.group(1))], int(m.group(2))))
-    body: dict[str, Any] | None = None
+    hours = 0.0
     if name not in ACTIONS:
         messages.append(("error", "Choose an action."))
     elif not targets:
         messages.append(("error", "Select at least one node (tick its box)."))
     elif name == "extend":
-        hours_text = form_str(form, "hours", 16).strip() or "0"
         try:
-            hours = float(hours_text)
-        except ValueError:
-            hours = -1
-        if not 0 <= hours <= 24 * 366:
-            messages.append(("error", "Extend by a number of hours (0 = by the reservation's own length)."))
-        body = {"hours": hours}
+            hours = form_decimal(form, "hours", "Extend by (hours)", lo=0, hi=24 * 366, default=0)
+        except ValueError as exc:
+            messages.append(("error", f"{exc} 0 extends by the reservation's own length."))
     if not messages:
         # The node names come from the user's own list, read in the same round trip.
         listing, replies = await asyncio.gather(
-            mine(h, who),
-            asyncio.gather(
-                *(
-                    h.call(ref, "POST", f"/api/reservations/{rid}/{name}", who=who, json=body)
-                    for ref, rid in targets
-                )
-            ),
+            mine(h, who), asyncio.gather(*(_ask(h, who, ref, rid, name, hours) for ref, rid in targets))
         )
-        names = {it.ref: str(it.r.get("node")) for it in listing[0]}
+        names = {it.ref: it.r.node for it in listing[0]}
         for (ref, rid), reply in zip(targets, replies, strict=True):
-            data = reply.data if isinstance(reply.data, dict) else {}
-            node = data.get("node") or names.get(f"{ref.id}:{rid}") or f"reservation {rid}"
+            node = names.get(f"{ref.id}:{rid}") or f"reservation {rid}"
+            verb = ACTIONS[name].split(" (")[0]
             if reply.ok:
-                extra = data.get("message") or data.get("status") or "accepted"
-                messages.append(("ok", f"{ACTIONS[name].split(' (')[0]}: {node} on {ref.name}: {extra}"))
+                extra = _said(name, reply, browser_zone(request))
+                kind = "ok"
             else:
-                messages.append(
-                    (
-                        "error",
-                        f"{ACTIONS[name].split(' (')[0]}: reservation {rid} on {ref.name}: {reply.error}",
-                    )
-                )
+                kind, extra = "error", reply.error
+            messages.append((kind, f"{verb}: {node} on {ref.name}: {name_the_node(extra, rid, node)}"))
     ctx = {"messages": messages}
     if is_htmx(request):
         resp = render(request, "_action_result.html", ctx)

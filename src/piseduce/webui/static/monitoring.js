@@ -34,8 +34,8 @@
     if (text !== undefined) { n.textContent = text; }
     return n;
   }
-  var hm = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-  var full = new Intl.DateTimeFormat(undefined, { weekday: "short", day: "2-digit", month: "short",
+  var hm = new Intl.DateTimeFormat("en-US", { hour: "2-digit", minute: "2-digit" });
+  var full = new Intl.DateTimeFormat("en-US", { weekday: "short", day: "2-digit", month: "short",
     hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
   function niceStep(range, count) {
@@ -197,28 +197,43 @@
   function drawLatest() {
     var body = document.querySelector("#mon-latest tbody");
     if (!body) { return; }
+    // As routes/monitoring.py latest(): only a value of the agent's newest round is current; a
+    // board that stopped being measured (powered off) shows when it was last read, not that value.
     var rows = {};
     (data.agents || []).forEach(function (a) {
+      var newest = 0;
+      KINDS.forEach(function (k) {
+        (a[k[0]] || []).forEach(function (s) {
+          if (s.t.length) { newest = Math.max(newest, Date.parse(s.t[s.t.length - 1]) || 0); }
+        });
+      });
       KINDS.forEach(function (k) {
         (a[k[0]] || []).forEach(function (s) {
           if (!s.t.length) { return; }
           var key = a.agent + "\u0000" + s.node;
           var r = rows[key] || (rows[key] = { agent: a.agent, node: s.node, time: "" });
-          r[k[0]] = s.v[s.v.length - 1];
-          if (s.t[s.t.length - 1] > r.time) { r.time = s.t[s.t.length - 1]; }
+          var last = s.t[s.t.length - 1];
+          // samples of one round share its time (0.5 s: SAME_ROUND_SECONDS of the server side)
+          if ((Date.parse(last) || 0) >= newest - 500) { r[k[0]] = s.v[s.v.length - 1]; } else { r[k[0] + "_at"] = last; }
+          if (last > r.time) { r.time = last; }
         });
       });
     });
+    var clock = new Intl.DateTimeFormat("en-US", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    function cell(r, kind, digits) {
+      if (r[kind] !== undefined) { return r[kind].toFixed(digits); }
+      if (kind === "temperature" && r.power === 0) { return "off"; }
+      return r[kind + "_at"] ? "— (last read " + clock.format(new Date(r[kind + "_at"])) + ")" : "—";
+    }
     body.textContent = "";
     var keys = Object.keys(rows).sort();
     keys.forEach(function (key) {
       var r = rows[key], tr = h("tr", "");
       tr.appendChild(h("td", "", r.node));
       tr.appendChild(h("td", "", r.agent));
-      tr.appendChild(h("td", "", r.power === undefined ? "—" : r.power.toFixed(2)));
-      tr.appendChild(h("td", "", r.temperature === undefined ? "—" : r.temperature.toFixed(1)));
-      tr.appendChild(h("td", "", new Intl.DateTimeFormat(undefined,
-        { hour: "2-digit", minute: "2-digit", second: "2-digit" }).format(new Date(r.time))));
+      tr.appendChild(h("td", "", cell(r, "power", 2)));
+      tr.appendChild(h("td", "", r.power === 0 ? "off" : cell(r, "temperature", 1)));
+      tr.appendChild(h("td", "", clock.format(new Date(r.time))));
       body.appendChild(tr);
     });
     if (!keys.length) {

@@ -41,7 +41,7 @@ class TransientError(DriverError):
     """The API could not be reached or was temporarily unavailable: worth trying again later."""
 
 
-class SiteApi(rest.Api):
+class SiteApi(rest.Api):  # type: ignore[misc]  # iotlabcli is untyped
     def __init__(self, user: str | None, password: str | None, url: str, timeout: float) -> None:
         super().__init__(user, password)
         if user is None:
@@ -49,7 +49,7 @@ class SiteApi(rest.Api):
         self.url = url if url.endswith("/") else url + "/"  # iotlabcli joins with urljoin
         self.timeout = timeout
 
-    def _request(self, url: str, method: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def _request(self, url: str, method: str, **kwargs: Any) -> requests.Response:
         # Unlike iotlabcli, let requests' own exceptions through so that they can be told apart.
         return requests.request(method, url, timeout=self.timeout, **kwargs)
 
@@ -64,7 +64,7 @@ def remote_message(exc: HTTPError) -> str:
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return data["message"][:500]
+        return str(data["message"])[:500]
     return (body or f"HTTP {exc.code}")[:500]
 
 

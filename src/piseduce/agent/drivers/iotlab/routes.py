@@ -3,23 +3,47 @@
 The same visibility rule as the API's own reservation routes (404 for a reservation the caller may
 not see), then owner only: the archive is fetched from IoT-LAB with the caller's own credentials, so
 an administrator who does not own the reservation gets 403 rather than someone else's data.
+
+A module-level router: the driver comes as a dependency (what it must offer is `DataSource`), so
+these routes need no import of the driver, which imports them only when the API mounts them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Protocol, runtime_checkable
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
 
 from piseduce.agent.api.deps import StateDep, db, driver_errors
-from piseduce.agent.api.views import reservation_view
 from piseduce.agent.auth import Caller, CallerDep
 from piseduce.agent.drivers.base import CredentialsRequired, ReservationView
-from piseduce.agent.drivers.iotlab.driver import IotlabDriver
 from piseduce.agent.models import Reservation
+from piseduce.agent.snapshots import reservation_view
+from piseduce.numbers import StrictInt
 
-ReservationId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The reservation's id")]
+ReservationId = Annotated[StrictInt, Path(ge=1, le=2**31 - 1, description="The reservation's id")]
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What these routes need of the driver (the iot-lab driver: its experiment archives)."""
+
+    async def download_data(
+        self, reservation: ReservationView, credentials: Mapping[str, str] | None
+    ) -> bytes: ...
+
+
+def _source(state: StateDep) -> DataSource:
+    driver = state.driver
+    if not isinstance(driver, DataSource):  # mounted by the iot-lab driver only
+        raise HTTPException(404, "this agent keeps no experiment data")
+    return driver
+
+
+Source = Annotated[DataSource, Depends(_source)]
+router = APIRouter(tags=["iot-lab"])
 
 
 def _owned(state: StateDep, caller: Caller, rid: int) -> ReservationView:
@@ -32,34 +56,31 @@ def _owned(state: StateDep, caller: Caller, rid: int) -> ReservationView:
         return reservation_view(r)
 
 
-def build_router(driver: IotlabDriver) -> APIRouter:
-    router = APIRouter(tags=["iot-lab"])
-
-    @router.get(
-        "/{reservation_id}/data",
-        response_class=Response,
-        responses={
-            200: {"content": {"application/gzip": {}}, "description": "The experiment's tar.gz archive"},
-            403: {"description": "Not the owner, or IoT-LAB credentials missing or refused"},
-            404: {"description": "No such reservation (or not yours)"},
-            409: {"description": "No experiment yet, or IoT-LAB refused"},
-            400: {"description": "Missing or malformed X-Piseduce-* header"},
-            401: {"description": "Missing or wrong agent token"},
-            502: {"description": "The IoT-LAB API failed"},
-        },
+@router.get(
+    "/{reservation_id}/data",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "The experiment's tar.gz archive"},
+        403: {"description": "Not the owner, or IoT-LAB credentials missing or refused"},
+        404: {"description": "No such reservation (or not yours)"},
+        409: {"description": "No experiment yet, or IoT-LAB refused"},
+        400: {"description": "Missing or malformed X-Piseduce-* header"},
+        401: {"description": "Missing or wrong agent token"},
+        502: {"description": "The IoT-LAB API failed"},
+    },
+)
+async def experiment_data(
+    reservation_id: ReservationId, state: StateDep, caller: CallerDep, source: Source
+) -> Response:
+    """The IoT-LAB experiment archive (description and firmwares) of one of your reservations."""
+    view = await db(_owned, state, caller, reservation_id)
+    async with driver_errors(state, "downloading the experiment data"):
+        if caller.credentials is None:
+            raise CredentialsRequired("none were forwarded with the request")
+        data = await source.download_data(view, caller.credentials)
+    exp_id = view.driver_state.get("experiment_id") or view.driver_state.get("previous_id")
+    return Response(
+        data,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="iotlab-{int(exp_id or 0)}.tar.gz"'},
     )
-    async def experiment_data(reservation_id: ReservationId, state: StateDep, caller: CallerDep) -> Response:
-        """The IoT-LAB experiment archive (description and firmwares) of one of your reservations."""
-        view = await db(_owned, state, caller, reservation_id)
-        async with driver_errors(state, "downloading the experiment data"):
-            if caller.credentials is None:
-                raise CredentialsRequired("none were forwarded with the request")
-            data = await driver.download_data(view, caller.credentials)
-        exp_id = view.driver_state.get("experiment_id") or view.driver_state.get("previous_id")
-        return Response(
-            data,
-            media_type="application/gzip",
-            headers={"Content-Disposition": f'attachment; filename="iotlab-{int(exp_id or 0)}.tar.gz"'},
-        )
-
-    return router

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 
+from piseduce import snmp_budget
 from piseduce.agent.drivers.base import (
     Driver,
     FormField,
@@ -18,11 +19,17 @@ from piseduce.agent.drivers.base import (
     StepContext,
 )
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry.defaults import default_environment
 from piseduce.agent.drivers.raspberry.monitoring import sample_boards
-from piseduce.agent.drivers.raspberry.register_env import register_env_process
+from piseduce.agent.drivers.raspberry.ops import PART_SIZES, RpiOps
+from piseduce.agent.drivers.raspberry.power import PoePower
+from piseduce.agent.drivers.raspberry.register_env import register_env_process, secure_saved_images
 from piseduce.agent.drivers.raspberry.snmp import SnmpClient
-from piseduce.agent.drivers.raspberry.steps import PART_SIZES, RpiOps, build_processes, make_steps
+from piseduce.agent.drivers.raspberry.steps import build_processes, make_steps
+from piseduce.agent.drivers.raspberry.switch_identity import warn_duplicates
+from piseduce.agent.drivers.raspberry.switch_secrets import SwitchKeyring, seal_clear_communities
 from piseduce.agent.models import Environment
+from piseduce.protocol import Feature
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -80,12 +87,20 @@ def check_password(value: Any) -> str:
 
 class RaspberryDriver(Driver):
     node_type = "raspberry"
+    labels = {"nodes": "Raspberry Pi"}
+    declared_features = frozenset({Feature.EXTEND, Feature.MONITORING, Feature.POWER, Feature.ENVIRONMENTS})
 
     def __init__(self, config: AgentConfig, sessions: sessionmaker[Session]) -> None:
         super().__init__(config, sessions)
         # Network latency does not follow the simulated clock: the SNMP timeout is not scaled.
-        self.snmp = SnmpClient(timeout=1.0, retries=3)
-        self.ops = RpiOps(config, sessions, self.snmp)
+        self.snmp = SnmpClient(timeout=snmp_budget.REQUEST_TIMEOUT_S, retries=snmp_budget.RETRIES)
+        # The administrators' port routes and the sampler: one try each (the steps retry, ops.py).
+        self.power = PoePower(self.snmp)
+        self.keyring = SwitchKeyring(config.key_path)
+        seal_clear_communities(sessions, self.keyring)
+        secure_saved_images(sessions, config.env_dir)
+        warn_duplicates(sessions)
+        self.ops = RpiOps(config, sessions, self.snmp, self.keyring)
         self._processes: dict[str, Process] | None = None
 
     # -- the deploy form
@@ -104,6 +119,7 @@ class RaspberryDriver(Driver):
         self, reservation: ReservationView, credentials: Mapping[str, str] | None
     ) -> list[FormField]:
         envs = self._environments(reservation.owner)
+        preselected = default_environment(envs)
         return [
             FormField(
                 name="environment",
@@ -112,7 +128,7 @@ class RaspberryDriver(Driver):
                 choices=[e.name for e in envs],
                 required=True,
                 help="The operating system written to the board's SD card",
-                default=envs[0].name if envs else None,
+                default=preselected.name if preselected else None,
             ),
             FormField(
                 name="part_size",
@@ -126,7 +142,10 @@ class RaspberryDriver(Driver):
                 name="os_password",
                 label="OS password",
                 kind="password",
-                help="Password of root and of the environment's user; generated when left empty",
+                # What the deployed system does: sshd takes it for the environment's user; root
+                # (PermitRootLogin prohibit-password) logs in with the keys only over SSH.
+                help="SSH password of the environment's user (pi, ubuntu); root logs in over SSH with "
+                "your keys only; generated when left empty",
             ),
             FormField(
                 name="ssh_keys",
@@ -168,13 +187,11 @@ class RaspberryDriver(Driver):
         await ctx.log(f"hard reboot of {ctx.node.name} (PoE off, then on)", "warning")
         await self.ops.power_cycle(ctx)
 
-    def connection_info(self, reservation: ReservationView) -> dict[str, Any]:
-        return dict(reservation.connection)
-
     def admin_router(self) -> APIRouter | None:
-        from piseduce.agent.drivers.raspberry.admin import make_router
+        # Imported here: the executor loads this driver too and needs none of the API.
+        from piseduce.agent.drivers.raspberry.admin import router
 
-        return make_router(self)
+        return router
 
     sample = sample_boards  # power over SNMP, temperature over SSH (monitoring.py)
 

@@ -26,7 +26,9 @@ import asyncssh
 from sqlalchemy import select
 
 from piseduce.agent.drivers.raspberry import ssh as sshc
-from piseduce.agent.drivers.raspberry.snmp import SnmpClient, SnmpError, SwitchInfo
+from piseduce.agent.drivers.raspberry.power import PoePower, PowerError
+from piseduce.agent.drivers.raspberry.snmp import SwitchInfo
+from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable, SwitchKeyring
 from piseduce.agent.models import Node, Switch
 
 if TYPE_CHECKING:
@@ -67,9 +69,21 @@ def parse_millicelsius(text: str) -> float | None:
     return round(value, 3)
 
 
-def _boards(sessions: sessionmaker[Session]) -> tuple[list[BoardRef], dict[str, SwitchInfo]]:
+def _switches(s: Session, keyring: SwitchKeyring) -> dict[str, SwitchInfo]:
+    out = {}
+    for row in s.scalars(select(Switch)):
+        try:
+            out[row.name] = keyring.info(row)
+        except SecretsUnavailable as exc:
+            log.warning("switch %s not sampled: %s", row.name, exc)
+    return out
+
+
+def _boards(
+    sessions: sessionmaker[Session], keyring: SwitchKeyring
+) -> tuple[list[BoardRef], dict[str, SwitchInfo]]:
     with sessions() as s:
-        switches = {row.name: SwitchInfo.from_row(row) for row in s.scalars(select(Switch))}
+        switches = _switches(s, keyring)
         boards = []
         for n in s.scalars(select(Node).where(Node.present.is_(True)).order_by(Node.name)):
             attrs: dict[str, Any] = {**(n.properties or {}), **(n.attrs or {})}
@@ -91,10 +105,14 @@ def _boards(sessions: sessionmaker[Session]) -> tuple[list[BoardRef], dict[str, 
 
 
 class RpiSampler:
-    def __init__(self, config: AgentConfig, sessions: sessionmaker[Session], snmp: SnmpClient) -> None:
+    def __init__(
+        self, config: AgentConfig, sessions: sessionmaker[Session], power: PoePower,
+        keyring: SwitchKeyring | None = None,
+    ) -> None:
         self.config = config
         self.sessions = sessions
-        self.snmp = snmp
+        self.power = power
+        self.keyring = keyring or SwitchKeyring(config.key_path)
         self._gate = asyncio.Semaphore(MAX_SSH)
         self._key: asyncssh.SSHKey | None = None
         # (node, what) whose last reading failed: a lasting failure is logged once, not every period.
@@ -132,8 +150,8 @@ class RpiSampler:
 
     async def _power(self, sw: SwitchInfo, b: BoardRef) -> float | None:
         try:
-            watts = await self.snmp.port_power(sw, b.port)
-        except SnmpError as exc:
+            watts = await self.power.draw(sw, b.port)
+        except PowerError as exc:
             self._failed(b.name, "power", exc)
             return None
         if watts is None or watts < 0:
@@ -144,8 +162,8 @@ class RpiSampler:
 
     async def _port_states(self, sw: SwitchInfo) -> dict[int, str]:
         try:
-            return dict(await self.snmp.ports_status(sw))
-        except SnmpError as exc:
+            return dict(await self.power.statuses(sw))
+        except PowerError as exc:
             log.debug("monitoring: PoE states of %s not read: %s", sw.name, exc)
             return {}
 
@@ -197,7 +215,7 @@ class RpiSampler:
     # -- one round
 
     async def sample(self) -> list[Sample]:
-        boards, switches = await asyncio.to_thread(_boards, self.sessions)
+        boards, switches = await asyncio.to_thread(_boards, self.sessions, self.keyring)
         metered = [b for b in boards if switches[b.switch].power_oid]
         unmetered = {b.switch for b in boards if not switches[b.switch].power_oid}
         powers, states = await asyncio.gather(
@@ -236,5 +254,5 @@ async def sample_boards(driver: RaspberryDriver) -> list[Sample]:
     lasting failure is logged once."""
     sampler = _samplers.get(driver)
     if sampler is None:
-        sampler = _samplers[driver] = RpiSampler(driver.config, driver.sessions, driver.snmp)
+        sampler = _samplers[driver] = RpiSampler(driver.config, driver.sessions, driver.power, driver.keyring)
     return await sampler.sample()

@@ -1,4 +1,6 @@
-"""PoE power of switch ports over SNMP v2c (POWER-ETHERNET-MIB pethPsePortAdminEnable, RFC 3621).
+"""PoE power of switch ports over SNMP (POWER-ETHERNET-MIB pethPsePortAdminEnable, RFC 3621), in
+v1 or v2c with a community, or v3 with a USM user (SHA/SHA-256 authentication, AES privacy), per
+switch: many sites forbid v2c write communities.
 
 `<poe_oid>.<oid_offset + port>` = 1 powers a port on, 2 powers it off. Per-port power draw comes from
 a vendor OID (`<power_oid>.<power_oid_offset + port>`): an integer in milliwatts or a string in watts.
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pysnmp.hlapi.v3arch.asyncio import (
@@ -22,8 +24,13 @@ from pysnmp.hlapi.v3arch.asyncio import (
     ObjectType,
     SnmpEngine,
     UdpTransportTarget,
+    UsmUserData,
     get_cmd,
     set_cmd,
+    usmAesCfb128Protocol,
+    usmHMAC192SHA256AuthProtocol,
+    usmHMACSHAAuthProtocol,
+    usmNoPrivProtocol,
     walk_cmd,
 )
 from pysnmp.proto.rfc1902 import Integer32, OctetString
@@ -31,7 +38,9 @@ from pysnmp.proto.rfc1902 import Integer32, OctetString
 PortState = Literal["on", "off", "unknown"]
 ADMIN_ON = 1
 ADMIN_OFF = 2
-_OID = re.compile(r"^\.?\d+(\.\d+)*$")
+_OID = re.compile(r"^\.?[0-9]+(\.[0-9]+)*$")
+V3_AUTH_PROTOCOLS = {"SHA": usmHMACSHAAuthProtocol, "SHA-256": usmHMAC192SHA256AuthProtocol}
+V3_PRIV_PROTOCOLS = {"AES": usmAesCfb128Protocol, "none": usmNoPrivProtocol}
 
 
 class SnmpError(Exception):
@@ -42,26 +51,69 @@ class MasterPortRefused(SnmpError):
     """A write to the uplink/master port was asked for."""
 
 
+class SnmpRefused(SnmpError):
+    """The switch answered, and refused the request (an SNMP error status): not a lost packet,
+    so repeating it changes nothing."""
+
+
+# What an SNMP error status means to the operator who configured the switch (RFC 3416 §3).
+_REFUSALS = {
+    "notWritable": "the switch refuses writes to {oid} (notWritable): this OID is read-only for this "
+                   "community; check the switch's PoE OID and offset, and that the community is the "
+                   "read-write one",
+    "noAccess": "the switch refuses access to {oid} (noAccess) for this community; use its read-write "
+                "community",
+    "readOnly": "the switch answers this community read-only (readOnly): use its read-write community",
+    "authorizationError": "the switch refuses this community for {oid} (authorizationError)",
+    "noCreation": "the switch has no object {oid} (noCreation): check the PoE OID, offset and port number",
+    "wrongType": "the switch wants another value type at {oid} (wrongType)",
+    "wrongValue": "the switch refuses that value at {oid} (wrongValue)",
+    "inconsistentValue": "the switch refuses that value at {oid} now (inconsistentValue)",
+    "resourceUnavailable": "the switch has no resources to apply the change (resourceUnavailable)",
+}
+
+
+def refusal(sw: SwitchInfo, what: str, oid: str, status: str, index: Any) -> SnmpRefused:
+    """The readable error for an SNMP error status (`status` as pysnmp prints it)."""
+    words = _REFUSALS.get(status)
+    reason = words.format(oid=oid) if words else f"refused: {status} at {index}"
+    return SnmpRefused(f"switch {sw.name}: {what}: {reason}")
+
+
 @dataclass(frozen=True)
 class SwitchInfo:
     name: str
     ip: str
     snmp_port: int = 161
-    community: str = "private"
+    community: str = field(default="private", repr=False)
     poe_oid: str = "1.3.6.1.2.1.105.1.1.1.3.1"
     oid_offset: int = 0
     port_count: int = 8
     power_oid: str = ""
     power_oid_offset: int = 0
     master_port: int = 0
+    snmp_version: str = "v2c"  # v1 | v2c | v3
+    v3_user: str = ""
+    v3_auth_protocol: str = "SHA"
+    v3_auth_key: str = field(default="", repr=False)
+    v3_priv_protocol: str = "AES"
+    v3_priv_key: str = field(default="", repr=False)
 
     @classmethod
-    def from_row(cls, row: Any) -> SwitchInfo:
+    def from_row(cls, row: Any, secrets: Any = None) -> SwitchInfo:
+        """`secrets`: the row's community and v3 keys, decrypted (switch_secrets.SwitchSecrets);
+        without it, the clear `community` column of rows saved before secrets were sealed."""
         return cls(
             name=row.name,
             ip=row.ip,
             snmp_port=row.snmp_port,
-            community=row.community,
+            community=secrets.community if secrets is not None else row.community,
+            snmp_version=row.snmp_version or "v2c",
+            v3_user=row.v3_user,
+            v3_auth_protocol=row.v3_auth_protocol,
+            v3_auth_key=secrets.auth_key if secrets is not None else "",
+            v3_priv_protocol=row.v3_priv_protocol,
+            v3_priv_key=secrets.priv_key if secrets is not None else "",
             poe_oid=row.poe_oid,
             oid_offset=row.oid_offset,
             port_count=row.port_count,
@@ -82,9 +134,18 @@ def valid_oid(oid: str) -> bool:
     return bool(_OID.match(oid))
 
 
-def _auth(sw: SwitchInfo) -> CommunityData:
-    # PoE switches of this kind speak v2c only; the community is kept out of logs and API answers.
-    return CommunityData(sw.community, mpModel=1)  # noqa: S508
+def _auth(sw: SwitchInfo) -> CommunityData | UsmUserData:
+    """The switch's credentials as pysnmp wants them (kept out of logs and API answers)."""
+    if sw.snmp_version == "v3":
+        no_priv = sw.v3_priv_protocol == "none"
+        return UsmUserData(
+            sw.v3_user,
+            authKey=sw.v3_auth_key,
+            privKey=None if no_priv else sw.v3_priv_key,
+            authProtocol=V3_AUTH_PROTOCOLS.get(sw.v3_auth_protocol, usmHMACSHAAuthProtocol),
+            privProtocol=V3_PRIV_PROTOCOLS.get(sw.v3_priv_protocol, usmAesCfb128Protocol),
+        )
+    return CommunityData(sw.community, mpModel=0 if sw.snmp_version == "v1" else 1)  # noqa: S508
 
 
 def _state(value: Any) -> PortState:
@@ -154,7 +215,8 @@ class SnmpClient:
         if err_ind:
             raise SnmpError(f"switch {sw.name} ({sw.ip}:{sw.snmp_port}): {what}: {err_ind}")
         if err_status:
-            raise SnmpError(f"switch {sw.name}: {what} refused: {err_status.prettyPrint()} at {err_index}")
+            oid = what.split()[-1]
+            raise refusal(sw, what, oid, err_status.prettyPrint(), err_index)
 
     async def get(self, sw: SwitchInfo, oid: str) -> Any:
         async with self._gate(sw):

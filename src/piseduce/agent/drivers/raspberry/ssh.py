@@ -21,6 +21,10 @@ from typing import Any
 
 import asyncssh
 
+from piseduce.agent.drivers.raspberry.stall import HelperProgress as HelperProgress  # re-exported
+from piseduce.agent.drivers.raspberry.stall import NodeCommandError as NodeCommandError  # re-exported
+from piseduce.agent.drivers.raspberry.stall import StallGuard, parse_progress
+from piseduce.private_files import open_private
 from piseduce.sshkeys import KEY_TYPES
 
 PUBLIC_KEY_TYPES = KEY_TYPES
@@ -33,7 +37,7 @@ ENCRYPTION_ALGS = [
     "aes256-ctr",
 ]
 
-ProgressFn = Callable[[int, str], Awaitable[None]]
+ProgressFn = Callable[[HelperProgress], Awaitable[None]]
 
 
 class SSHUnavailable(Exception):
@@ -51,10 +55,6 @@ class HostKeyMismatch(Exception):
             f"SSH host key of {host}:{port} changed: pinned {fingerprint(pinned)}, {seen}; "
             "refusing to connect (an administrator must check the board and update its host key)"
         )
-
-
-class NodeCommandError(Exception):
-    """A `piseduce-node` (or other) command failed; the message is the helper's readable reason."""
 
 
 # ---------------------------------------------------------------- keys
@@ -272,37 +272,24 @@ async def _start_binary(conn: asyncssh.SSHClientConnection, argv: Sequence[str])
         raise SSHUnavailable(f"cannot start '{argv[0]}': {exc}") from None
 
 
-async def _report_progress(line: bytes, on_progress: ProgressFn) -> None:
-    """Pass a helper's JSON progress line (`{"progress": n, "message": ...}`) on; ignore the rest."""
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        data = json.loads(line)
-        if isinstance(data, dict) and "progress" in data and "ok" not in data:
-            await on_progress(int(float(data["progress"])), str(data.get("message", "")))
+async def _report_progress(line: bytes, on_progress: ProgressFn, guard: StallGuard) -> None:
+    """Pass a helper's progress line on and show it to the stall guard; ignore other lines."""
+    progress = parse_progress(line)
+    if progress is not None:
+        guard.saw(progress)
+        await on_progress(progress)
 
 
-async def _until_done_or_stalled(
-    work: asyncio.Future[Any], moved: asyncio.Event, stall_timeout: float, argv: Sequence[str]
-) -> None:
-    """Wait for `work` (the I/O of one helper command); NodeCommandError when `moved` is not set
-    for `stall_timeout` seconds. The caller reads `work.result()`: each treats its errors its way."""
-
-    async def watchdog() -> None:
-        while True:
-            moved.clear()
-            try:
-                await asyncio.wait_for(moved.wait(), stall_timeout)
-            except TimeoutError:
-                raise NodeCommandError(
-                    f"'{' '.join(argv[:2])}' stalled: no data moved for {stall_timeout:.0f} s"
-                ) from None
-
-    guard: asyncio.Future[Any] = asyncio.ensure_future(watchdog())
+async def _until_done_or_stalled(work: asyncio.Future[Any], guard: StallGuard) -> None:
+    """Wait for `work` (the I/O of one helper command); NodeCommandError when the guard sees no
+    progress for its time. The caller reads `work.result()`: each treats its errors its way."""
+    watchdog: asyncio.Future[Any] = asyncio.ensure_future(guard.watch())
     try:
-        done, _ = await asyncio.wait({work, guard}, return_when=asyncio.FIRST_COMPLETED)
-        if guard in done:
-            guard.result()  # raises the stall error
+        done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        if watchdog in done:
+            watchdog.result()  # raises the stall error
     finally:
-        guard.cancel()
+        watchdog.cancel()
         if not work.done():
             work.cancel()
             with contextlib.suppress(BaseException):
@@ -312,20 +299,23 @@ async def _until_done_or_stalled(
 async def stream_file_to_helper(
     conn: asyncssh.SSHClientConnection,
     argv: Sequence[str],
-    source: Path,
+    source: Path | None,
     *,
     on_progress: ProgressFn,
     stall_timeout: float,
     chunk_size: int = 1 << 18,
 ) -> dict[str, Any]:
-    """Send `source` on the command's stdin while reading its JSON progress lines.
-    Fails when neither side moves for `stall_timeout` seconds."""
+    """Run a helper command with progress, sending `source` (if any) on its stdin.
+    Fails when its progress stops growing for `stall_timeout` seconds (`StallGuard`)."""
     proc = await _start_binary(conn, argv)
     stdout_lines: list[bytes] = []
     stderr_chunks: list[bytes] = []
-    moved = asyncio.Event()
+    guard = StallGuard(stall_timeout, argv)
 
     async def feed() -> None:
+        if source is None:
+            proc.stdin.write_eof()
+            return
         loop = asyncio.get_running_loop()
         with source.open("rb") as fh:
             while True:
@@ -334,7 +324,7 @@ async def stream_file_to_helper(
                     break
                 proc.stdin.write(chunk)
                 await proc.stdin.drain()
-                moved.set()
+                guard.data_accepted()
         proc.stdin.write_eof()
 
     async def read_out() -> None:
@@ -342,9 +332,10 @@ async def stream_file_to_helper(
             line = await proc.stdout.readline()
             if not line:
                 return
-            moved.set()
+            # Only the last lines matter (the result or the error); progress lines are many.
             stdout_lines.append(line)
-            await _report_progress(line, on_progress)
+            del stdout_lines[:-20]
+            await _report_progress(line, on_progress, guard)
 
     async def read_err() -> None:
         while True:
@@ -352,10 +343,11 @@ async def stream_file_to_helper(
             if not chunk:
                 return
             stderr_chunks.append(chunk)
+            del stderr_chunks[:-16]
 
     work: asyncio.Future[Any] = asyncio.gather(feed(), read_out(), read_err())
     try:
-        await _until_done_or_stalled(work, moved, stall_timeout, argv)
+        await _until_done_or_stalled(work, guard)
         try:
             work.result()
         except (OSError, asyncssh.Error, BrokenPipeError) as exc:
@@ -384,14 +376,20 @@ async def read_helper_stream(
     max_bytes: int,
 ) -> tuple[dict[str, Any], int, str]:
     """Save a helper's binary stdout to `dest` while following its JSON lines on stderr.
-    Returns (result line, bytes received, their sha256). Fails when nothing moves for
-    `stall_timeout` seconds or more than `max_bytes` arrive."""
-    proc = await _start_binary(conn, argv)
+    Returns (result line, bytes received, their sha256). Fails when its progress stops growing
+    for `stall_timeout` seconds or more than `max_bytes` arrive. `dest` is created mode 0600: it
+    is a user's card (their password hashes and keys)."""
+    out = open_private(dest)  # before the command: a refused file is not a lost connection
+    try:
+        proc = await _start_binary(conn, argv)
+    except BaseException:
+        out.close()
+        raise
     loop = asyncio.get_running_loop()
     sha = hashlib.sha256()
     total = 0
     err_lines: list[bytes] = []
-    moved = asyncio.Event()
+    guard = StallGuard(stall_timeout, argv)
 
     def save(fh: Any, chunk: bytes) -> None:
         fh.write(chunk)
@@ -399,12 +397,11 @@ async def read_helper_stream(
 
     async def copy() -> None:
         nonlocal total
-        with dest.open("wb") as fh:
+        with out as fh:
             while True:
                 chunk = await proc.stdout.read(1 << 18)
                 if not chunk:
                     break
-                moved.set()
                 total += len(chunk)
                 if total > max_bytes:
                     raise NodeCommandError(
@@ -418,15 +415,14 @@ async def read_helper_stream(
             line = await proc.stderr.readline()
             if not line:
                 return
-            moved.set()
             # Only the last lines matter (the result or the error); progress lines are many.
             err_lines.append(line)
             del err_lines[:-20]
-            await _report_progress(line, on_progress)
+            await _report_progress(line, on_progress, guard)
 
     work: asyncio.Future[Any] = asyncio.gather(copy(), follow())
     try:
-        await _until_done_or_stalled(work, moved, stall_timeout, argv)
+        await _until_done_or_stalled(work, guard)
         work.result()
         await asyncio.wait_for(proc.wait_closed(), stall_timeout)
     except TimeoutError:
@@ -449,14 +445,20 @@ async def read_helper_output_to_file(
     max_bytes: int,
     timeout: float,
 ) -> int:
-    """Save a command's binary stdout (an archive) to `dest`; NodeCommandError on failure."""
-    proc = await _start_binary(conn, argv)
+    """Save a command's binary stdout (an archive) to `dest` (created 0600); NodeCommandError on
+    failure."""
+    out = open_private(dest)
+    try:
+        proc = await _start_binary(conn, argv)
+    except BaseException:
+        out.close()
+        raise
     total = 0
     loop = asyncio.get_running_loop()
 
     async def copy() -> bytes:
         nonlocal total
-        with dest.open("wb") as fh:
+        with out as fh:
             while True:
                 chunk = await proc.stdout.read(1 << 18)
                 if not chunk:
@@ -465,7 +467,7 @@ async def read_helper_output_to_file(
                 if total > max_bytes:
                     raise NodeCommandError(f"'{' '.join(argv[:2])}' sent more than {max_bytes} bytes")
                 await loop.run_in_executor(None, fh.write, chunk)
-        return await proc.stderr.read()
+        return bytes(await proc.stderr.read())
 
     try:
         stderr = await asyncio.wait_for(copy(), timeout)

@@ -17,6 +17,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # One function per table, in the order their foreign keys need.
+    _environments()
+    _nodes()
+    _samples()
+    _switches()
+    _reservations()
+    _actions()
+    _events()
+    _no_overlap()
+
+
+def _environments() -> None:
     op.create_table(
         "environments",
         sa.Column("name", sa.String(length=128), nullable=False),
@@ -31,6 +43,9 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(length=320), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+
+
+def _nodes() -> None:
     op.create_table(
         "nodes",
         sa.Column("name", sa.String(length=128), nullable=False),
@@ -42,6 +57,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+
+
+def _samples() -> None:
     op.create_table(
         "samples",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -55,6 +73,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_samples_kind_subject_time", ["kind", "subject", "time"], unique=False)
         batch_op.create_index(batch_op.f("ix_samples_time"), ["time"], unique=False)
 
+
+def _switches() -> None:
     op.create_table(
         "switches",
         sa.Column("name", sa.String(length=128), nullable=False),
@@ -68,6 +88,9 @@ def upgrade() -> None:
         sa.Column("master_port", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+
+
+def _reservations() -> None:
     op.create_table(
         "reservations",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -94,6 +117,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_reservations_owner"), ["owner"], unique=False)
         batch_op.create_index(batch_op.f("ix_reservations_status"), ["status"], unique=False)
 
+
+def _actions() -> None:
     op.create_table(
         "actions",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -119,6 +144,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_actions_reservation_id"), ["reservation_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_actions_status"), ["status"], unique=False)
 
+
+def _events() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -135,6 +162,8 @@ def upgrade() -> None:
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_events_reservation_id"), ["reservation_id"], unique=False)
 
+
+def _no_overlap() -> None:
     if op.get_bind().dialect.name == "postgresql":
         # The database itself forbids two live bookings of one node that overlap (turnaround
         # gap included, through busy_until), whatever the number of API workers.

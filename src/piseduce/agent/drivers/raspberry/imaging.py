@@ -1,0 +1,155 @@
+"""The steps that move a card's worth of data: write the image, read it back, wipe the card.
+
+Each runs one `piseduce-node` command with progress (bytes done of a total, see
+`piseduce.node.meter`), is stalled only when that progress stops growing (`card.stall_seconds`),
+and has a time budget that follows the bytes it moves at the documented worst-case card speed
+(`card.py`). A lost connection or a power loss of the board is recovered (`recovery.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from piseduce.agent.drivers.base import StepContext, StepError
+from piseduce.agent.drivers.raspberry import card, recovery
+from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry.progress import PhaseProgress
+
+if TYPE_CHECKING:
+    from piseduce.agent.drivers.raspberry.ops import RpiOps
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    name: str
+    image: str
+    size: int
+    ssh_user: str
+    checksum: str
+    state: str
+
+
+def image_path(env_dir: Path, image: str) -> Path:
+    """The image file of an environment; ValueError when the name leaves env_path."""
+    if not image or "\0" in image:
+        raise ValueError("image file name is empty")
+    root = env_dir.resolve()
+    path = (root / image).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ValueError(f"image {image!r} is outside env_path")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _image(ops: RpiOps, ctx: StepContext) -> tuple[EnvInfo, Path]:
+    env = ops.environment(str(ctx.params.get("environment", "")))
+    try:
+        path = image_path(ops.env_dir, env.image)
+    except ValueError as exc:
+        raise StepError(f"environment {env.name}: {exc}") from None
+    if not path.is_file():
+        raise StepError(f"environment {env.name}: image file {env.image} is missing from env_path")
+    return env, path
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+class Imaging:
+    def __init__(self, ops: RpiOps, min_seconds: float) -> None:
+        self.ops = ops
+        self.min_seconds = min_seconds
+
+    # -- budgets (the engine calls them as the step begins)
+
+    def card_bytes(self, ctx: StepContext) -> int:
+        env, path = _image(self.ops, ctx)
+        return card.card_bytes_of(path, env.size)
+
+    def write_budget(self, ctx: StepContext) -> float:
+        return max(self.min_seconds, card.write_seconds(self.card_bytes(ctx), self.ops.scale))
+
+    def verify_budget(self, ctx: StepContext) -> float:
+        res = ctx.state.get("write_result")
+        written = int(res.get("written") or 0) if isinstance(res, dict) else 0
+        return max(self.min_seconds, card.read_seconds(written or self.card_bytes(ctx), self.ops.scale))
+
+    # -- steps
+
+    async def write_image(self, ctx: StepContext) -> None:
+        env, path = _image(self.ops, ctx)
+        # A new system brings new host keys: the previous deployment's pin no longer applies.
+        ctx.state.pop("host_key", None)
+        ctx.state.pop("write_result", None)
+        checksum = env.checksum or await asyncio.to_thread(sha256_file, path)
+        size = path.stat().st_size
+        argv = ["piseduce-node", "write-image", "--sha256", checksum, "--size", str(size), "--no-verify"]
+        if env.size > 0:
+            argv += ["--image-size", str(env.size)]
+        budget = self.write_budget(ctx)
+        await ctx.progress(0, f"writing {env.name}: {card.size_words(card.card_bytes_of(path, env.size))} "
+                              f"to the card (at most {_minutes(budget)} at the slowest card speed)")
+        progress = PhaseProgress(ctx, env.name)
+
+        async def work(conn: Any) -> dict[str, Any]:
+            return await sshc.stream_file_to_helper(conn, argv, path, on_progress=progress,
+                                                    stall_timeout=card.stall_seconds())
+
+        result = await recovery.on_nfs(self.ops, ctx, f"write {env.name} on {ctx.node.name}", work)
+        written = int(result.get("written") or 0)
+        ctx.state["write_result"] = {
+            "sha256": str(result.get("sha256", "")),
+            "image_sha256": str(result.get("image_sha256", "")),
+            "written": written,
+            "expected": checksum,
+        }
+        await ctx.progress(100, f"{card.size_words(written)} written")
+
+    async def verify(self, ctx: StepContext) -> None:
+        res = ctx.state.get("write_result")
+        if not isinstance(res, dict) or not res.get("image_sha256"):
+            raise StepError("no record of the image write: the deployment must start again")
+        env = self.ops.environment(str(ctx.params.get("environment", "")))
+        expected = (env.checksum or str(res.get("expected", ""))).lower()
+        if str(res.get("sha256", "")).lower() != expected:
+            raise StepError(
+                f"image checksum mismatch: the board received {res.get('sha256')}, "
+                f"environment {env.name} has {expected}"
+            )
+        written = int(res.get("written") or 0)
+        argv = ["piseduce-node", "verify", "--size", str(written), "--sha256", str(res["image_sha256"])]
+        progress = PhaseProgress(ctx, "read-back")
+
+        async def work(conn: Any) -> dict[str, Any]:
+            return await sshc.stream_file_to_helper(conn, argv, None, on_progress=progress,
+                                                    stall_timeout=card.stall_seconds())
+
+        await recovery.on_nfs(self.ops, ctx, f"read back the card of {ctx.node.name}", work)
+        await ctx.log(f"image verified: sha256 {expected[:16]}…, {written} bytes read back from the card")
+
+    async def wipe(self, ctx: StepContext) -> None:
+        progress = PhaseProgress(ctx)
+
+        async def work(conn: Any) -> dict[str, Any]:
+            return await sshc.stream_file_to_helper(conn, ["piseduce-node", "wipe"], None,
+                                                    on_progress=progress, stall_timeout=card.stall_seconds())
+
+        await recovery.on_nfs(self.ops, ctx, f"wipe the card of {ctx.node.name}", work)
+        ctx.state.pop("host_key", None)
+        ctx.state.pop("write_result", None)
+        ctx.connection.clear()
+        await ctx.save_node_attrs(deployed_host_key="")
+        await ctx.log("SD card wiped")
+

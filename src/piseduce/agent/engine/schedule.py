@@ -1,0 +1,141 @@
+"""The scheduling pass (in one short transaction of `Executor.tick`): start the deployments of
+reservations whose slot began, destroy the reservations whose slot ended (or cancel those never
+configured), and restart a destroy that no longer runs. Each candidate row is locked and checked
+again, so concurrent executors (and the API) never act twice; what happens to each is the
+lifecycle's (agent/lifecycle.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session
+
+from piseduce.agent import lifecycle
+from piseduce.agent.actions import add_event, open_action, start_action
+from piseduce.agent.drivers.base import Process, ReservationView
+from piseduce.agent.engine.journal import lock_reservation
+from piseduce.agent.lifecycle import CONFIGURING, DEPLOYED, DEPLOYING, DESTROYING, FAILED, SCHEDULED, Trigger
+from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, NODE_AVAILABLE, Action, Event, Reservation
+from piseduce.agent.snapshots import reservation_view
+
+# Reservations past their end in one of these are destroyed (the node may hold the user's system);
+# a `destroying` one is seen to when its destroy no longer runs.
+DESTROY_ON_EXPIRY = tuple(
+    s for s in lifecycle.allowed_in(Trigger.EXPIRE) if s not in (CONFIGURING, DESTROYING)
+)
+# The statuses of a reservation whose system is (or may be) on its node: the next one waits.
+NODE_IN_USE = (DEPLOYING, DEPLOYED, FAILED, DESTROYING)
+# A cancelled reservation whose testbed side the driver must still cancel, with its credentials.
+Cancelled = tuple[ReservationView, str | None]
+
+
+def schedule(s: Session, now: dt.datetime, processes: Mapping[str, Process]) -> list[Cancelled]:
+    """Start due deployments, end expired reservations; returns the cancelled ones."""
+    has_open = exists().where(and_(Action.reservation_id == Reservation.id, Action.status.in_(ACTION_OPEN)))
+    expired = s.scalars(
+        select(Reservation.id).where(
+            Reservation.end <= now, Reservation.status.in_((CONFIGURING, *DESTROY_ON_EXPIRY))
+        )
+    ).all()
+    stuck = s.scalars(select(Reservation.id).where(Reservation.status == DESTROYING, ~has_open)).all()
+    due = s.scalars(
+        select(Reservation.id).where(
+            Reservation.status == SCHEDULED, Reservation.start <= now, Reservation.end > now, ~has_open
+        )
+    ).all()
+    cancelled: list[Cancelled] = []
+    for rid in sorted(set(expired) | set(stuck) | set(due)):
+        r = lock_reservation(s, rid)
+        if r is None:
+            continue
+        current = open_action(s, r.id)
+        if r.end <= now and r.status == CONFIGURING:
+            cancelled.append((reservation_view(r, sealed_params=True), r.credentials))
+            cancel(s, r, current)
+        elif r.status == SCHEDULED and current is None and (holder := node_holder(s, r)) is not None:
+            # Nothing of this reservation ran yet: it starts (or is destroyed) once the node is free.
+            wait_for_node(s, r, holder)
+        elif (r.end <= now and r.status in DESTROY_ON_EXPIRY) or (r.status == DESTROYING and current is None):
+            destroy(s, r, current, now, processes)
+        elif r.status == SCHEDULED and r.start <= now < r.end and current is None:
+            deploy(s, r)
+    return cancelled
+
+
+def node_holder(s: Session, r: Reservation) -> Reservation | None:
+    """Another reservation of `r`'s node that still holds it: an action of its own open, or a status
+    with the node in use. The calendar keeps slots apart, but a destroy may run past its slot's
+    turnaround gap (a slow wipe, an executor restarted): the next deployment then waits for it,
+    rather than power-cycling a board that is still being wiped."""
+    has_open = exists().where(and_(Action.reservation_id == Reservation.id, Action.status.in_(ACTION_OPEN)))
+    return s.scalars(
+        select(Reservation)
+        .where(
+            Reservation.node_name == r.node_name,
+            Reservation.id != r.id,
+            or_(Reservation.status.in_(NODE_IN_USE), has_open),
+        )
+        .order_by(Reservation.id)
+        .limit(1)
+    ).first()
+
+
+def wait_for_node(s: Session, r: Reservation, holder: Reservation) -> None:
+    """Say once (per holder) why the reservation has not started."""
+    message = (
+        f"the slot began, but {r.node_name} is still held by reservation {holder.id} ({holder.status}): "
+        f"the deployment waits for {r.node_name} to be given back"
+    )
+    said = s.scalar(select(Event.id).where(Event.reservation_id == r.id, Event.message == message).limit(1))
+    if said is None:
+        add_event(s, r, message, level="warning")
+
+
+def deploy(s: Session, r: Reservation) -> None:
+    node = r.node
+    if node.status != NODE_AVAILABLE:
+        # A node under maintenance, or marked broken (by a failed destroy...), is not deployed.
+        lifecycle.move(r, Trigger.UNAVAILABLE)
+        r.error = (
+            f"{node.name} is {node.status}: it cannot be deployed until an administrator makes it "
+            "available again"
+        )
+        add_event(s, r, r.error, level="error")
+        return
+    start_action(s, r, "deploy", reason="the reservation starts: deployment queued")
+    lifecycle.move(r, Trigger.START)
+
+
+def _stop(current: Action | None) -> None:
+    if current is not None:
+        current.status = ACTION_CANCELLED
+        current.locked_by = None
+        current.locked_until = None
+
+
+def cancel(s: Session, r: Reservation, current: Action | None) -> None:
+    _stop(current)
+    lifecycle.move(r, Trigger.EXPIRE)
+    add_event(s, r, "reservation cancelled: its slot ended before it was configured")
+
+
+def destroy(
+    s: Session, r: Reservation, current: Action | None, now: dt.datetime, processes: Mapping[str, Process]
+) -> None:
+    trigger = Trigger.EXPIRE if r.end <= now else Trigger.DESTROY
+    if current is not None and current.process == "destroy":
+        lifecycle.move(r, trigger)
+        return
+    if "destroy" not in processes:
+        _stop(current)
+        lifecycle.move(r, Trigger.RELEASE)
+        add_event(s, r, "reservation ended (this node type has nothing to destroy)")
+        return
+    if r.end <= now:
+        reason = f"the reservation ended at {r.end:%Y-%m-%d %H:%M} UTC: destroy queued"
+    else:
+        reason = "destroy restarted: no action was running"
+    start_action(s, r, "destroy", supersede=True, reason=reason)
+    lifecycle.move(r, trigger)

@@ -1,0 +1,106 @@
+"""Bulk access to the SD card: every large read or write of the helper goes through `open_card`.
+
+One place for the card's data path gives one behaviour everywhere:
+- on a card that is a regular file (the simulator's), runs of zero blocks become holes, so a
+  mostly empty 16 GiB card costs almost no disk space;
+- `flush()` pushes the written data to the card and drops it from the page cache, so a read-back
+  that follows reads the card itself, not the memory copy of what was just written (a Pi has
+  gigabytes of page cache: without this a "verify" proves nothing);
+- writes are flushed every `FLUSH_BYTES`, so the bytes a progress line counts are on the card, and
+  a final flush cannot hide minutes of silent write-back behind 100 %.
+
+The simulator models its cards' speed by wrapping `open_card` (see `piseduce.sim.rpi.card`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+from piseduce.node.disk import DiskError, is_block_device, punch_hole
+
+HOLE_BLOCK = 1 << 16
+FLUSH_BYTES = 32 << 20
+_ZERO = bytes(HOLE_BLOCK)
+
+
+class CardIO:
+    """The card opened for reading (`write=False`) or reading and writing."""
+
+    def __init__(self, device: Path, *, write: bool) -> None:
+        self.device = Path(device)
+        try:
+            self.fd = os.open(self.device, os.O_RDWR if write else os.O_RDONLY)
+        except OSError as exc:
+            raise DiskError(f"cannot open {device}: {exc.strerror}") from exc
+        self.sparse = not is_block_device(self.device)
+        self.unflushed = 0
+
+    # -- reads
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to `length` bytes at `offset` (fewer only at the end of the card)."""
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            data = os.pread(self.fd, length - got, offset + got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    # -- writes
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        """Write all of `data` at `offset`; zero blocks become holes on a file card."""
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            end = min(pos + HOLE_BLOCK, len(view))
+            block = view[pos:end]
+            if self.sparse and block == _ZERO[: end - pos] and punch_hole(self.fd, offset + pos, end - pos):
+                pos = end
+                continue
+            pos += os.pwrite(self.fd, block, offset + pos)
+        self._wrote(len(view))
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make `length` bytes at `offset` read as zeros."""
+        if self.sparse and punch_hole(self.fd, offset, length):
+            self._wrote(length)
+            return
+        chunk = bytes(min(length, 1 << 20))
+        done = 0
+        while done < length:
+            n = min(len(chunk), length - done)
+            self.pwrite(chunk[:n], offset + done)
+            done += n
+
+    def _wrote(self, n: int) -> None:
+        self.unflushed += n
+        if self.unflushed >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Data on the card, and out of the page cache (the next read comes from the card)."""
+        os.fsync(self.fd)
+        self.unflushed = 0
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> CardIO:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def open_card(device: Path, *, write: bool = False) -> CardIO:
+    """The helper's only way to the card's bulk data (the simulator replaces it to model speed)."""
+    return CardIO(device, write=write)

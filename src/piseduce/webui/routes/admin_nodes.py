@@ -1,0 +1,183 @@
+"""The admin page of every agent's nodes: the nodes with who holds them now, and, on the agents
+that keep a node registry, Add Node, a node's status and its deletion (forwarded to the agent's
+admin API; its refusal shown in words)."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from piseduce.numbers import StrictInt
+from piseduce.protocol import NODE_STATUSES, Deleted, Feature
+from piseduce.webui.agent_client import AgentClient, Result, agents
+from piseduce.webui.agents import AgentRef, Identity
+from piseduce.webui.models import User
+from piseduce.webui.oversight import node_usage
+from piseduce.webui.routes.infra_calls import (
+    AgentBlock,
+    back_to,
+    change,
+    delete_item,
+    find_agent,
+)
+from piseduce.webui.routes.infra_forms import (
+    NODE_NAME_RE,
+    FormError,
+    form_dict,
+    int_field,
+    parse_properties,
+)
+from piseduce.webui.web import admin_user, form_str, identity, render
+
+router = APIRouter(prefix="/admin")
+NODES_PAGE = "/admin/nodes"
+
+
+NODE_FORM_KEYS = (
+    "name",
+    "ip",
+    "switch",
+    "port",
+    "ssh_port",
+    "model",
+    "serial",
+    "mac",
+    "host_key",
+    "properties",
+)
+
+
+async def _node_block(h: AgentClient, ref: AgentRef, who: Identity) -> AgentBlock:
+    block = AgentBlock(ref)
+
+    async def switches() -> list[str]:
+        if not block.power:
+            return []
+        reply = await h.switches(ref, who)
+        return [s.name for s in reply.value or []]
+
+    nodes, block.switches, block.usage = await asyncio.gather(
+        h.admin_nodes(ref, who), switches(), node_usage(h, ref, who)
+    )
+    if nodes.value is None:
+        block.error = nodes.error
+        return block
+    block.items = nodes.value
+    return block
+
+
+async def _nodes_page(
+    request: Request,
+    me: User,
+    h: AgentClient,
+    *,
+    form_agent: int = 0,
+    form: dict[str, str] | None = None,
+    error: str = "",
+    status: int = 200,
+) -> Response:
+    who = identity(request, me)
+    blocks = await asyncio.gather(*(_node_block(h, r, who) for r in await h.refs()))
+    return render(
+        request,
+        "admin_nodes.html",
+        {
+            "page": "admin_nodes",
+            "blocks": blocks,
+            "statuses": NODE_STATUSES,
+            "form_agent": form_agent,
+            "form": form or {"ssh_port": "22"},
+            "error": error,
+        },
+        status=status,
+    )
+
+
+@router.get("/nodes")
+async def nodes_page(
+    request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
+) -> Response:
+    return await _nodes_page(request, me, h)
+
+
+def node_body(form: dict[str, str]) -> dict[str, Any]:
+    """The agent's NodeIn from the Add Node form (only the checks the web UI can word better)."""
+    name = form.get("name", "").strip()
+    if not NODE_NAME_RE.match(name):
+        raise FormError("name: 1 to 128 letters, digits or . _ @ : + - (starting with a letter or digit)")
+    body: dict[str, Any] = {"name": name, "ip": form.get("ip", "").strip()}
+    switch = form.get("switch", "").strip()
+    port = int_field(form, "port", "PoE port", 0, 4096, None)
+    if switch:
+        body["switch"] = switch
+        if port is None:
+            raise FormError("PoE port: the switch port of the node is needed with a switch")
+    if port is not None:
+        body["port"] = port
+    body["ssh_port"] = int_field(form, "ssh_port", "SSH port", 1, 65535, 22)
+    for key in ("model", "serial", "mac", "host_key"):
+        value = form.get(key, "").strip()
+        if value:
+            body[key] = value
+    body["properties"] = parse_properties(form.get("properties", ""))
+    return body
+
+
+@router.post("/nodes/{agent_id}")
+async def add_node(
+    agent_id: StrictInt, request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
+) -> Response:
+    form = form_dict(await request.form(), NODE_FORM_KEYS)
+    ref = await find_agent(h, agent_id)
+    if ref is None:
+        return back_to(request, NODES_PAGE, "No such agent.")
+    if not ref.supports(Feature.NODE_REGISTRY):
+        return back_to(
+            request, NODES_PAGE, f"{ref.name}: {ref.node_type} nodes come from the testbed's inventory."
+        )
+    form_again = partial(_nodes_page, request, me, h, form_agent=agent_id, form=form, status=400)
+    try:
+        body = node_body(form)
+    except FormError as exc:
+        return await form_again(error=str(exc))
+    _reply, problem = await change(h, ref, h.add_node(ref, identity(request, me), body))
+    if problem:
+        return await form_again(error=f"Node not added: {problem}")
+    return back_to(request, NODES_PAGE, f"Node {body['name']} added to {ref.name}.", "ok")
+
+
+@router.post("/nodes/{agent_id}/status/{name}")
+async def node_status(
+    agent_id: StrictInt,
+    name: str,
+    request: Request,
+    me: User = Depends(admin_user),
+    h: AgentClient = Depends(agents),
+) -> Response:
+    status = form_str(await request.form(), "status", 20)
+    ref = await find_agent(h, agent_id)
+    if ref is None or not NODE_NAME_RE.match(name) or status not in NODE_STATUSES:
+        return back_to(request, NODES_PAGE, "No such agent, node or status.")
+    _reply, problem = await change(h, ref, h.node_status(ref, identity(request, me), name, status))
+    if problem:
+        return back_to(request, NODES_PAGE, f"Status of {name} not changed: {problem}")
+    return back_to(request, NODES_PAGE, f"{name} ({ref.name}) is now {status}.", "ok")
+
+
+@router.post("/nodes/{agent_id}/delete/{name}")
+async def delete_node(
+    agent_id: StrictInt,
+    name: str,
+    request: Request,
+    me: User = Depends(admin_user),
+    h: AgentClient = Depends(agents),
+) -> Response:
+    def done(ref: AgentRef, reply: Result[Deleted]) -> str:
+        # A node with past reservations is only removed (kept for their history): the agent says which.
+        return f"Node {name} {reply.value.result if reply.value else 'deleted'}."
+
+    return await delete_item(request, me, h, agent_id, name, "node", "nodes", NODES_PAGE, done, NODE_NAME_RE)

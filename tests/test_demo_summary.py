@@ -1,0 +1,33 @@
+"""What `piseduce demo` prints once it is up (the whole demo runs in test_demo.py)."""
+
+from __future__ import annotations
+
+from piseduce.demo.announce import summary
+
+
+def test_the_demo_prints_every_login_and_where_its_password_is() -> None:
+    info = {
+        "url": "http://127.0.0.1:9000/",
+        "admin": {"email": "admin@piseduce.local", "password": "admin-pw"},
+        "user": {"email": "demo@piseduce.local", "password": "demo-pw", "ssh_key": "/d/demo_user_key"},
+        "testbeds": {
+            "g5k": {"login": "demo", "password": "g5k-pw", "url": "http://127.0.0.1:8100/stable"},
+            "iotlab": {"login": "demo", "password": "iot-pw", "url": "http://127.0.0.1:8101/api/"},
+        },
+        "agents": [{"name": "rpi-lab"}, {"name": "g5k-nancy"}, {"name": "iotlab-strasbourg"}],
+        "data": "/d",
+    }
+    text = "\n".join(summary(info))
+    for expected in (
+        "passwords  in /d/credentials.json (mode 0600), never printed",
+        "admin      admin@piseduce.local   (password: jq -r .admin_password /d/credentials.json)",
+        "demo user  demo@piseduce.local   (password: jq -r .demo_password /d/credentials.json",
+        "Grid'5000  demo   (password: jq -r .g5k_password /d/credentials.json",
+        "http://127.0.0.1:8100/stable",
+        "IoT-LAB    demo   (password: jq -r .iot_password /d/credentials.json",
+        "http://127.0.0.1:8101/api/",
+    ):
+        assert expected in text, (expected, text)
+    # What a terminal prints may end up in a log: no password in it.
+    for password in ("admin-pw", "demo-pw", "g5k-pw", "iot-pw"):
+        assert password not in text
