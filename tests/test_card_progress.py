@@ -113,8 +113,8 @@ def test_simulated_card_writes_and_reads_at_its_speed(tmp_path: Path) -> None:
     status, lines, slow = _run(_card(tmp_path / "b"), ["piseduce.sim.rpi.card", "--write-mbps", "20",
                                                        "--read-mbps", "40", "--", *argv], data)
     assert status == 0 and lines[-1]["verified"]
-    assert slow >= len(data) / (20 * MB) + len(data) / (40 * MB), slow
-    assert slow > fast + 1.0, (fast, slow)
+    # Only the lower bound: a loaded machine makes both runs slower, never the limited one faster.
+    assert slow >= len(data) / (20 * MB) + len(data) / (40 * MB), (fast, slow)
 
 
 def test_zero_blocks_cost_card_time_though_the_file_stays_sparse(tmp_path: Path) -> None:
