@@ -60,6 +60,12 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # uvicorn's own logging config gives its loggers handlers that stop propagation: their lines
+    # would then bypass this handler, and with it the redaction of tokens in URLs.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_log = logging.getLogger(name)
+        server_log.handlers[:] = []
+        server_log.propagate = True
     # Never let HTTP client libraries log request headers (they may carry credentials).
     for noisy in ("httpx", "httpcore", "asyncssh", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
