@@ -58,12 +58,15 @@ def test_admin_sees_and_acts_on_every_reservation_and_filters_every_table(site: 
     SHOTS.mkdir(parents=True, exist_ok=True)
     admin.screenshot(path=str(SHOTS / "admin_manage.png"))
     admin.fill("#manage-filter", owner)
+    # The event log is opened first: the card leaves the page once the destroy has ended, which
+    # on a loaded machine can come before a click made after the action.
+    card.locator("details summary").click()
+    card.locator(".events li").first.wait_for()
     card.locator("button.node-action[data-action=destroy]").click()
     admin.locator("#action-result .flash.ok >> text=Destroy: pi-8 on rpi-lab").wait_for()
+    card.locator(".events li >> text=destroy requested by").wait_for()
     ending = ("destroying", "ended")
     wait_until_sync(lambda: reservation(site.rpi, owner, rid)["status"] in ending, timeout=20)
-    card.locator("details summary").click()
-    card.locator(".events li >> text=destroy requested by").wait_for()
 
     # Every admin table has a search box that filters it.
     admin.goto(f"{site.url}/admin/users")

@@ -516,6 +516,10 @@
       }, 4000));
     } else if (eventTimers.has(d)) { window.clearInterval(eventTimers.get(d)); }
   }, true);
+  /* After an action, the open event logs show at once what it recorded (not at their next tick). */
+  document.body.addEventListener("manage-refresh", function () {
+    document.querySelectorAll("details[data-events-url][open]").forEach(loadEvents);
+  });
   document.addEventListener("htmx:afterSettle", function (e) {
     formatTimes(e.target);
     if (e.target.id === "calendar" || (e.target.querySelector && e.target.querySelector("#calendar"))) { applyFilters(); }
