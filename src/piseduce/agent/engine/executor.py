@@ -21,8 +21,9 @@ from piseduce.agent.clock import SYSTEM, Clock
 from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import Driver, Process, ReservationView
 from piseduce.agent.engine.db import DbPool
+from piseduce.agent.engine.group import GroupCommit
 from piseduce.agent.engine.journal import fmt_seconds
-from piseduce.agent.engine.runner import ActionRunner, EngineError
+from piseduce.agent.engine.runner import ActionRunner, EngineError, Loaded, load_claimed
 from piseduce.agent.engine.schedule import Cancelled, schedule
 from piseduce.agent.models import Reservation
 from piseduce.config import AgentConfig
@@ -63,6 +64,8 @@ class Executor:
         self.max_concurrent = config.max_concurrent_actions
         self.processes: dict[str, Process] = driver.processes()
         self.db = DbPool(sessions)
+        # Two batches in flight on PostgreSQL: one is written while the next one fills.
+        self.journal = GroupCommit(self.db, flushers=1 if self.db.sqlite else 2)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._by_reservation: dict[int, int] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -88,18 +91,19 @@ class Executor:
         free = max(0, self.max_concurrent - len(self._tasks))
         mine = set(self._tasks)
 
-        def work(s: Session) -> tuple[list[Cancelled], list[int]]:
+        def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded]]:
             s.info[CLOCK] = self.clock.now
             cancelled = schedule(s, now, self.processes)
             ids = lease.claimable(s, now, free, exclude=mine) if free else []
-            claimed = [i for i in ids if lease.claim(s, i, self.name, now, self.lease_seconds)]
-            return cancelled, claimed
+            claimed = lease.claim_many(s, ids, self.name, now, self.lease_seconds)
+            # Loaded with the claim: no transaction per action before its first step.
+            return cancelled, claimed, load_claimed(s, claimed, self.name)
 
-        cancelled, claimed = await self.db.write(work)
+        cancelled, claimed, loaded = await self.db.write(work)
         for view, token in cancelled:
             self._spawn_side(self._cancel_remote(view, token))
         for action_id in claimed:
-            self._start(action_id)
+            self._start(action_id, loaded.get(action_id))
         # Every free slot was used: more actions may be waiting, so look again as soon as one ends.
         self._backlog = len(claimed) >= free
         return claimed
@@ -129,8 +133,8 @@ class Executor:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
-    def _start(self, action_id: int) -> None:
-        task = asyncio.create_task(self._guarded(action_id), name=f"piseduce-action-{action_id}")
+    def _start(self, action_id: int, loaded: Loaded | None = None) -> None:
+        task = asyncio.create_task(self._guarded(action_id, loaded), name=f"piseduce-action-{action_id}")
         self._tasks[action_id] = task
         task.add_done_callback(lambda t: self._finished(action_id, t))
 
@@ -140,8 +144,8 @@ class Executor:
         if self._backlog:
             self._wake.set()
 
-    async def _guarded(self, action_id: int) -> None:
-        runner = ActionRunner(self, action_id)
+    async def _guarded(self, action_id: int, loaded: Loaded | None = None) -> None:
+        runner = ActionRunner(self, action_id, loaded)
         try:
             await runner.run()
         except lease.LeaseLost as exc:
@@ -317,6 +321,7 @@ class Executor:
             if stuck:
                 # A driver step that ignores cancellation must not keep the executor alive.
                 log.warning("%d actions did not stop within %s s", len(stuck), fmt_seconds(SHUTDOWN_GRACE))
+        await self.journal.close()
         try:
             released = await self.db.write(lambda s: lease.release(s, self.name))
             log.info("executor %s stopped: %d actions released, to be resumed", self.name, released)
