@@ -455,7 +455,12 @@ class ActionRunner:
         )
         # The step's countdown stops while the engine waits for its own database (bound.py).
         with self._bound.engine_wait():
-            end, self.step_started_at = await self.ex.journal.commit(entry)
+            end, started = await self.ex.journal.commit(entry)
+        if started != self.step_started_at:
+            # A step clock stamped by this commit starts for the step when the commit is done:
+            # the wait for its batch (and for this task's turn on a busy loop) is not the node's.
+            started = self.clock.now()
+        self.step_started_at = started
         self.saved_state, self.saved_connection = entry.state, entry.connection
         if entry.progress is not None and entry.progress == self.progress:
             self._progress_dirty = False
