@@ -32,7 +32,10 @@ def _free(now: dt.datetime) -> ColumnElement[bool]:
 
 
 def claimable(session: Session, now: dt.datetime, limit: int, exclude: Iterable[int] = ()) -> list[int]:
-    """Ids of open actions nobody holds (or whose lease expired), oldest first."""
+    """Ids of open actions nobody holds (or whose lease expired), oldest first. On PostgreSQL the
+    rows are locked, skipping those another executor is claiming right now (SKIP LOCKED), so
+    executors claiming at the same moment take different actions instead of waiting on each
+    other and finding them gone."""
     skip = set(exclude)
     query = (
         select(Action.id)
@@ -40,6 +43,8 @@ def claimable(session: Session, now: dt.datetime, limit: int, exclude: Iterable[
         .order_by(Action.id)
         .limit(limit + len(skip))
     )
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=True)
     return [i for i in session.scalars(query) if i not in skip][:limit]
 
 

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
 # Longest pause between scheduling passes while they fail (database unreachable...).
 MAX_BACKOFF = 30.0
+# Most actions one scheduling pass claims: executors sharing a database take turns at a backlog
+# (a pass that claimed this many is followed by another at once) rather than one taking it all.
+CLAIM_BATCH = 100
 
 
 def default_name(config: AgentConfig) -> str:
@@ -71,6 +74,7 @@ class Executor:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False
+        self._more = False
         self._fernet: Fernet | None = None
         self._last_renewal = self.clock.monotonic()
         self._closed = False
@@ -88,7 +92,8 @@ class Executor:
     async def tick(self) -> list[int]:
         """One scheduling pass; returns the ids of the actions claimed (now running here)."""
         now = self.clock.now()
-        free = max(0, self.max_concurrent - len(self._tasks))
+        room = max(0, self.max_concurrent - len(self._tasks))
+        free = min(room, CLAIM_BATCH)
         mine = set(self._tasks)
 
         def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded]]:
@@ -104,8 +109,10 @@ class Executor:
             self._spawn_side(self._cancel_remote(view, token))
         for action_id in claimed:
             self._start(action_id, loaded.get(action_id))
-        # Every free slot was used: more actions may be waiting, so look again as soon as one ends.
+        # Every free slot was used: more actions may be waiting, so look again as soon as one ends
+        # (at once when only the claim batch was full).
         self._backlog = len(claimed) >= free
+        self._more = self._backlog and free < room
         return claimed
 
     async def _cancel_remote(self, view: ReservationView, token: str | None) -> None:
@@ -284,6 +291,7 @@ class Executor:
                 except Exception as exc:
                     # Back off while the database is unreachable; the traceback once, then one line.
                     failures += 1
+                    self._more = False
                     wait = min(self.poll_interval * 2**failures, MAX_BACKOFF)
                     if failures == 1:
                         log.exception("scheduling pass failed; retrying in %s s", fmt_seconds(wait))
@@ -291,6 +299,9 @@ class Executor:
                         log.warning(
                             "scheduling pass failed again (%s); retrying in %s s", exc, fmt_seconds(wait)
                         )
+                if self._more and not stop.is_set():
+                    await asyncio.sleep(0)  # let the actions just claimed start first
+                    continue
                 waiters = {
                     asyncio.create_task(stop.wait()),
                     asyncio.create_task(self._wake.wait()),
