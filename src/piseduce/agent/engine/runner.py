@@ -126,6 +126,8 @@ class ActionRunner:
         self.step_ran = False
         self.step_rebooted = False
         self.step_started_at = self.clock.now()
+        # The step clock as the database has it (step_started_at is the runner's own: see _commit).
+        self._stamped: dt.datetime | None = None
         self.begun = False
         self.progress = 0
         self.extra: dict[str, Any] = {"node": None, "reservation": None, "step": None, "action": None}
@@ -153,7 +155,7 @@ class ActionRunner:
         self.index = loaded.step_index
         self.step_ran = loaded.step_ran
         self.step_rebooted = loaded.step_rebooted
-        self.step_started_at = loaded.step_started_at
+        self.step_started_at = self._stamped = loaded.step_started_at
         self.progress = loaded.progress
         self.saved_state = copy.deepcopy(res.driver_state)
         self.saved_connection = copy.deepcopy(res.connection)
@@ -456,11 +458,11 @@ class ActionRunner:
         # The step's countdown stops while the engine waits for its own database (bound.py).
         with self._bound.engine_wait():
             end, started = await self.ex.journal.commit(entry)
-        if started != self.step_started_at:
+        if started != self._stamped:
             # A step clock stamped by this commit starts for the step when the commit is done:
             # the wait for its batch (and for this task's turn on a busy loop) is not the node's.
-            started = self.clock.now()
-        self.step_started_at = started
+            self._stamped = started
+            self.step_started_at = self.clock.now()
         self.saved_state, self.saved_connection = entry.state, entry.connection
         if entry.progress is not None and entry.progress == self.progress:
             self._progress_dirty = False
