@@ -14,21 +14,33 @@ trips its automatic reboot: every size measures the same path (the automatic reb
 printed). Every wait is bounded (`--timeout`): a run that does not finish reports what is missing.
 The progress is watched from a thread, with one small query, never on the executor's event loop.
 
-    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5] [--timeout 300]
+On PostgreSQL it then compares one executor process with two sharing the database (leases) at
+the largest size, each executor a `piseduce agent exec` process of its own (the same entry point,
+with the fake driver): target "two faster than one" (time of two / time of one < 1). Executors are
+stopped with SIGTERM (then killed) whatever happens; their output is shown when a run fails.
+
+The figures are noisy on a shared machine: other jobs on the same cores stretch the wall times
+(the CPU per event is the steadier figure).
+
+    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5] [--timeout 300] [--executors-at N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +135,8 @@ class Run:
     cpu: float = 0.0  # CPU seconds of this process (executor and watcher), which load does not inflate
     events: int = 0
     reboots: int = 0
+    batches: int = 0  # group commits written, and the transitions in them (in-process runs)
+    batched: int = 0
 
 
 def count_events(sessions: sessionmaker[Session]) -> tuple[int, int]:
@@ -159,10 +173,12 @@ async def run(url: str, folder: Path, sizes: list[int], delay: float, limit: flo
     try:
         one = await deploy(sessions, "solo", 1, delay, limit)
         for i, n in enumerate(sizes if one.deployed else []):
+            batches0, batched0 = ex.journal.batches, ex.journal.entries
             before, reboots = await asyncio.to_thread(count_events, sessions)
             r = await deploy(sessions, f"n{i}_", n, delay, limit)
             after, reboots_after = await asyncio.to_thread(count_events, sessions)
             r.events, r.reboots = after - before, reboots_after - reboots
+            r.batches, r.batched = ex.journal.batches - batches0, ex.journal.entries - batched0
             runs.append(r)
             if r.timed_out:
                 break
@@ -193,6 +209,7 @@ def report(label: str, one: Run, runs: list[Run]) -> bool:
             f"ratio {r.seconds / one.seconds:.2f}x the time of one   "
             f"{r.events / r.seconds:.0f} events committed/s   "
             f"CPU {r.cpu:.1f} s ({r.cpu * 1000 / max(r.events, 1):.2f} ms per event)   "
+            f"{r.batched / max(r.batches, 1):.0f} transitions per group commit   "
             f"automatic reboots: {r.reboots}"
         )
         ratio = r.seconds / one.seconds
@@ -200,6 +217,122 @@ def report(label: str, one: Run, runs: list[Run]) -> bool:
         per_event = r.cpu * 1000 / max(r.events, 1)
         emit(f"engine {label}: CPU per committed event", f"{r.nodes} nodes", per_event, "ms", None)
     return ok
+
+
+RUN_EXECUTOR = (
+    "import asyncio,sys; from piseduce.config import load_agent_config; "
+    "from piseduce.agent.engine.executor import run_executor; "
+    "asyncio.run(run_executor(load_agent_config(sys.argv[1])))"
+)
+
+
+def executor_config(folder: Path, url: str, count: int, delay: float) -> Path:
+    path = folder / "config_exec.json"
+    path.write_text(
+        json.dumps(
+            {
+                "auth_token": ["bench-token-0123456789"],
+                "db_url": url,
+                "driver": "helpers.fake_driver:FakeDriver",
+                "poll_interval": 0.05,
+                "max_concurrent_actions": max(256, count),
+                "timeout_scale": max(1.0, 2.0 * delay),
+                "key_file": str(folder / "secret.key"),
+            }
+        )
+    )
+    return path
+
+
+def wait_started(logs: list[Path], limit: float) -> bool:
+    """Every executor said it started (its log line), within `limit` seconds."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if all(" started (lease " in p.read_text(errors="replace") for p in logs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+async def processes_run(
+    url: str, folder: Path, executors: int, count: int, delay: float, limit: float
+) -> Run:
+    """`count` deployments served by `executors` executor processes sharing the database."""
+    upgrade("agent", url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    config = executor_config(folder, url, count, delay)
+    path = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [folder / f"executor{i}.log" for i in range(executors)]
+    try:
+        for log_path in logs:
+            with open(log_path, "wb") as out:
+                cmd = [sys.executable, "-c", RUN_EXECUTOR, str(config)]
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder))
+        if not await asyncio.to_thread(wait_started, logs, 60):
+            print(f"[postgresql, {executors} executors] not all executors started within 60 s:")
+            for log_path in logs:
+                print(log_path.read_text(errors="replace")[-2000:])
+            return Run(count, 0.0, 0, {"executors did not start": count}, timed_out=True)
+        r = await deploy(sessions, f"p{executors}_", count, delay, limit)
+        if r.deployed < r.nodes:
+            for log_path in logs:
+                print(f"--- {log_path.name} (end)\n" + log_path.read_text(errors="replace")[-2000:])
+        return r
+    finally:
+        await asyncio.to_thread(stop_all, procs)
+        engine.dispose()
+
+
+def compare_executors(pg: str, count: int, delay: float, limit: float) -> bool:
+    """One executor process, then two, each on a fresh database, `count` deployments."""
+    runs: dict[int, Run] = {}
+    for executors in (1, 2):
+        with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+            runs[executors] = asyncio.run(processes_run(url, Path(tmp), executors, count, delay, limit))
+    ok = True
+    for executors, r in runs.items():
+        if r.deployed < r.nodes:
+            ok = False
+            what = "timed out" if r.timed_out else "finished"
+            print(f"[postgresql, {executors} executors] {count} nodes: {what} with {r.deployed} deployed:")
+            for reason, n in sorted(r.failed.items(), key=lambda kv: -kv[1]):
+                print(f"    {n} x {reason}")
+    if not ok:
+        return False
+    one, two = runs[1], runs[2]
+    print(f"[postgresql] {count} nodes: one executor {one.seconds:.2f} s, two executors {two.seconds:.2f} s")
+    emit("engine postgresql: two executors / one", f"{count} nodes", two.seconds / one.seconds, "x", 1.0)
+    return two.seconds < one.seconds
+
+
+@contextlib.contextmanager
+def fresh_database(pg: str) -> Iterator[str]:
+    """A throwaway database on the server of `pg`, dropped afterwards."""
+    name = f"bench_engine_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def sizes_arg(text: str) -> list[int]:
@@ -217,6 +350,9 @@ def main() -> int:
     parser.add_argument("--nodes", type=sizes_arg, default=[100, 500, 1000], help="node counts: 100,500,1000")
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on each size's run (s)")
+    parser.add_argument(
+        "--executors-at", type=int, default=0, help="one vs two executors at this size (default: the largest)"
+    )
     args = parser.parse_args()
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
@@ -224,20 +360,12 @@ def main() -> int:
         url = f"sqlite:///{folder / 'agent.db'}"
         ok &= report("sqlite", *asyncio.run(run(url, folder, args.nodes, args.delay, args.timeout)))
     pg = os.environ.get("PISEDUCE_PG_URL")
-    if pg:
-        name = f"bench_engine_{uuid.uuid4().hex[:8]}"
-        admin = make_engine(pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-                url = pg.rsplit("/", 1)[0] + "/" + name
-                runs = asyncio.run(run(url, Path(tmp), args.nodes, args.delay, args.timeout))
-                ok &= report("postgresql", *runs)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    if not pg:
+        print("PISEDUCE_PG_URL is not set: PostgreSQL skipped (./run bench starts a throwaway cluster)")
+        return 0 if ok else 1
+    with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        ok &= report("postgresql", *asyncio.run(run(url, Path(tmp), args.nodes, args.delay, args.timeout)))
+    ok &= compare_executors(pg, args.executors_at or max(args.nodes), args.delay, args.timeout)
     return 0 if ok else 1
 
 

@@ -88,8 +88,22 @@ def start_action(
         add_event(
             session, reservation, f"{current.process} cancelled by {process}", level="warning", action=current
         )
-    action = Action(reservation_id=reservation.id, process=process, args=dict(args or {}))
-    session.add(action)
+    return queue_actions(session, [reservation], process, args, reason=reason)[0]
+
+
+def queue_actions(
+    session: Session,
+    reservations: list[Reservation],
+    process: str,
+    args: dict[str, Any] | None = None,
+    *,
+    reason: str = "",
+) -> list[Action]:
+    """Queue `process` on reservations that have no open action (the caller checked), with one
+    flush for all of them (the scheduling pass starts many deployments at once). Not committed."""
+    actions = [Action(reservation_id=r.id, process=process, args=dict(args or {})) for r in reservations]
+    session.add_all(actions)
     session.flush()
-    add_event(session, reservation, reason or f"{process} requested", action=action)
-    return action
+    for reservation, action in zip(reservations, actions, strict=True):
+        add_event(session, reservation, reason or f"{process} requested", action=action)
+    return actions

@@ -2,8 +2,8 @@
 
 Several executor processes may share one database. An open action is run by the executor whose
 name is in `locked_by` until `locked_until`; the owner extends the lease while it works. Claiming is
-one conditional UPDATE per action (`... WHERE locked_until IS NULL OR locked_until < now`), checked
-by its row count, so two executors never both win. An executor that stops cleanly releases its
+one conditional UPDATE of the free actions (`... WHERE locked_until IS NULL OR locked_until < now
+RETURNING id`), so two executors never both win one. An executor that stops cleanly releases its
 leases; one that is killed has them expire, and any executor then claims and resumes the action.
 
 Times are the executors' own UTC clocks: hosts sharing a database must keep them synchronised
@@ -32,7 +32,10 @@ def _free(now: dt.datetime) -> ColumnElement[bool]:
 
 
 def claimable(session: Session, now: dt.datetime, limit: int, exclude: Iterable[int] = ()) -> list[int]:
-    """Ids of open actions nobody holds (or whose lease expired), oldest first."""
+    """Ids of open actions nobody holds (or whose lease expired), oldest first. On PostgreSQL the
+    rows are locked, skipping those another executor is claiming right now (SKIP LOCKED), so
+    executors claiming at the same moment take different actions instead of waiting on each
+    other and finding them gone."""
     skip = set(exclude)
     query = (
         select(Action.id)
@@ -40,6 +43,8 @@ def claimable(session: Session, now: dt.datetime, limit: int, exclude: Iterable[
         .order_by(Action.id)
         .limit(limit + len(skip))
     )
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=True)
     return [i for i in session.scalars(query) if i not in skip][:limit]
 
 
@@ -52,6 +57,25 @@ def claim(session: Session, action_id: int, owner: str, now: dt.datetime, second
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claim_many(
+    session: Session, ids: Iterable[int], owner: str, now: dt.datetime, seconds: float
+) -> list[int]:
+    """Take the leases of `ids` in one conditional UPDATE; returns those won (oldest first). Rows
+    another executor claims meanwhile fail the condition once its claim is committed (PostgreSQL
+    re-checks it after the row lock; SQLite's writers are serialised)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    won = session.scalars(
+        update(Action)
+        .where(Action.id.in_(wanted), Action.status.in_(ACTION_OPEN), _free(now))
+        .values(locked_by=owner, locked_until=now + dt.timedelta(seconds=seconds))
+        .returning(Action.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(won)
 
 
 def renew(session: Session, ids: Iterable[int], owner: str, now: dt.datetime, seconds: float) -> set[int]:

@@ -7,6 +7,13 @@ Each claimed action runs in its own asyncio task (`ActionRunner`), at most
 `max_concurrent_actions` at once, so nodes advance independently: a slow or hung node only
 occupies its own task.
 
+Group commit (`group`): the transitions of the actions running at once are written together, one
+transaction per batch (a batch is what queued while the previous one was being written), so a
+thousand concurrent actions cost a few transactions a second rather than thousands. An action
+resumes only once the batch holding its transition is committed, so what follows holds for each
+action exactly as with one transaction per transition. The scheduling pass claims actions with
+one UPDATE and loads them in the same transaction.
+
 Durability: every transition (process started or resumed, step started, run() finished, progress
 with a message, automatic reboot, step done, failure, completion) is committed together with its
 event row before the next begins. The action row says where it stands (`step_index`, `step_ran`:
@@ -46,7 +53,8 @@ Database calls run in a small thread pool (one thread on SQLite, where writers a
 anyway, so that in-process writers never wait on SQLite's busy handler) and never block the loop.
 
 The package, along those seams: `runner` (one action, step by step, under its timeouts),
-`journal` (one commit: lease check, step state, the transition and its event), `bound` (a
+`journal` (a transition's write: lease check, step state, the transition and its event),
+`group` (many actions' transitions in one transaction), `bound` (a
 step's timeout, paused while the engine waits for its database), `schedule` (the
 scheduling pass: start, destroy, cancel), `executor` (tasks, leases, credentials, shutdown) and
 `db` (the thread pool of database calls). Time comes from an injected `agent.clock.Clock`.

@@ -22,8 +22,8 @@ class DbPool:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         bind = sessions.kw.get("bind")
-        sqlite = bind is None or bind.dialect.name == "sqlite"
-        self._pool = ThreadPoolExecutor(max_workers=1 if sqlite else 8, thread_name_prefix="piseduce-db")
+        self.sqlite = bind is None or bind.dialect.name == "sqlite"
+        self._pool = ThreadPoolExecutor(max_workers=1 if self.sqlite else 8, thread_name_prefix="piseduce-db")
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)

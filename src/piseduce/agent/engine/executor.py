@@ -21,8 +21,9 @@ from piseduce.agent.clock import SYSTEM, Clock
 from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import Driver, Process, ReservationView
 from piseduce.agent.engine.db import DbPool
+from piseduce.agent.engine.group import GroupCommit
 from piseduce.agent.engine.journal import fmt_seconds
-from piseduce.agent.engine.runner import ActionRunner, EngineError
+from piseduce.agent.engine.runner import ActionRunner, EngineError, Loaded, load_claimed
 from piseduce.agent.engine.schedule import Cancelled, schedule
 from piseduce.agent.models import Reservation
 from piseduce.config import AgentConfig
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
 # Longest pause between scheduling passes while they fail (database unreachable...).
 MAX_BACKOFF = 30.0
+# Most actions one scheduling pass claims: executors sharing a database take turns at a backlog
+# (a pass that claimed this many is followed by another at once) rather than one taking it all.
+CLAIM_BATCH = 100
 
 
 def default_name(config: AgentConfig) -> str:
@@ -63,11 +67,14 @@ class Executor:
         self.max_concurrent = config.max_concurrent_actions
         self.processes: dict[str, Process] = driver.processes()
         self.db = DbPool(sessions)
+        # Two batches in flight on PostgreSQL: one is written while the next one fills.
+        self.journal = GroupCommit(self.db, flushers=1 if self.db.sqlite else 2)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._by_reservation: dict[int, int] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False
+        self._more = False
         self._fernet: Fernet | None = None
         self._last_renewal = self.clock.monotonic()
         self._closed = False
@@ -85,23 +92,27 @@ class Executor:
     async def tick(self) -> list[int]:
         """One scheduling pass; returns the ids of the actions claimed (now running here)."""
         now = self.clock.now()
-        free = max(0, self.max_concurrent - len(self._tasks))
+        room = max(0, self.max_concurrent - len(self._tasks))
+        free = min(room, CLAIM_BATCH)
         mine = set(self._tasks)
 
-        def work(s: Session) -> tuple[list[Cancelled], list[int]]:
+        def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded]]:
             s.info[CLOCK] = self.clock.now
             cancelled = schedule(s, now, self.processes)
             ids = lease.claimable(s, now, free, exclude=mine) if free else []
-            claimed = [i for i in ids if lease.claim(s, i, self.name, now, self.lease_seconds)]
-            return cancelled, claimed
+            claimed = lease.claim_many(s, ids, self.name, now, self.lease_seconds)
+            # Loaded with the claim: no transaction per action before its first step.
+            return cancelled, claimed, load_claimed(s, claimed, self.name)
 
-        cancelled, claimed = await self.db.write(work)
+        cancelled, claimed, loaded = await self.db.write(work)
         for view, token in cancelled:
             self._spawn_side(self._cancel_remote(view, token))
         for action_id in claimed:
-            self._start(action_id)
-        # Every free slot was used: more actions may be waiting, so look again as soon as one ends.
+            self._start(action_id, loaded.get(action_id))
+        # Every free slot was used: more actions may be waiting, so look again as soon as one ends
+        # (at once when only the claim batch was full).
         self._backlog = len(claimed) >= free
+        self._more = self._backlog and free < room
         return claimed
 
     async def _cancel_remote(self, view: ReservationView, token: str | None) -> None:
@@ -129,8 +140,8 @@ class Executor:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
-    def _start(self, action_id: int) -> None:
-        task = asyncio.create_task(self._guarded(action_id), name=f"piseduce-action-{action_id}")
+    def _start(self, action_id: int, loaded: Loaded | None = None) -> None:
+        task = asyncio.create_task(self._guarded(action_id, loaded), name=f"piseduce-action-{action_id}")
         self._tasks[action_id] = task
         task.add_done_callback(lambda t: self._finished(action_id, t))
 
@@ -140,8 +151,8 @@ class Executor:
         if self._backlog:
             self._wake.set()
 
-    async def _guarded(self, action_id: int) -> None:
-        runner = ActionRunner(self, action_id)
+    async def _guarded(self, action_id: int, loaded: Loaded | None = None) -> None:
+        runner = ActionRunner(self, action_id, loaded)
         try:
             await runner.run()
         except lease.LeaseLost as exc:
@@ -280,6 +291,7 @@ class Executor:
                 except Exception as exc:
                     # Back off while the database is unreachable; the traceback once, then one line.
                     failures += 1
+                    self._more = False
                     wait = min(self.poll_interval * 2**failures, MAX_BACKOFF)
                     if failures == 1:
                         log.exception("scheduling pass failed; retrying in %s s", fmt_seconds(wait))
@@ -287,6 +299,9 @@ class Executor:
                         log.warning(
                             "scheduling pass failed again (%s); retrying in %s s", exc, fmt_seconds(wait)
                         )
+                if self._more and not stop.is_set():
+                    await asyncio.sleep(0)  # let the actions just claimed start first
+                    continue
                 waiters = {
                     asyncio.create_task(stop.wait()),
                     asyncio.create_task(self._wake.wait()),
@@ -317,6 +332,7 @@ class Executor:
             if stuck:
                 # A driver step that ignores cancellation must not keep the executor alive.
                 log.warning("%d actions did not stop within %s s", len(stuck), fmt_seconds(SHUTDOWN_GRACE))
+        await self.journal.close()
         try:
             released = await self.db.write(lambda s: lease.release(s, self.name))
             log.info("executor %s stopped: %d actions released, to be resumed", self.name, released)

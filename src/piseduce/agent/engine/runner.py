@@ -17,8 +17,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from piseduce.agent import lease, lifecycle
 from piseduce.agent.actions import add_event
@@ -65,7 +66,7 @@ class EngineError(Exception):
 
 
 @dataclass
-class _Loaded:
+class Loaded:
     process: str
     status: str
     step_index: int
@@ -79,11 +80,44 @@ class _Loaded:
     credentials: str | None
 
 
+def load_claimed(s: Session, action_ids: list[int], owner: str) -> dict[int, Loaded]:
+    """What the runners of the actions `owner` just claimed start from, in one query (with their
+    reservations and nodes): the scheduling pass loads them in the transaction that claims them."""
+    if not action_ids:
+        return {}
+    query = (
+        select(Action)
+        .where(Action.id.in_(action_ids))
+        .options(selectinload(Action.reservation))
+        .execution_options(populate_existing=True)
+    )
+    out = {}
+    for a in s.scalars(query):
+        if a.status not in ACTION_OPEN or a.locked_by != owner:
+            continue
+        r = a.reservation
+        out[a.id] = Loaded(
+            process=a.process,
+            status=a.status,
+            step_index=a.step_index,
+            step_name=a.step_name,
+            step_ran=a.step_ran,
+            step_rebooted=a.step_rebooted,
+            step_started_at=a.step_started_at,
+            progress=a.progress,
+            args=copy.deepcopy(a.args or {}),
+            reservation=reservation_view(r, sealed_params=True) if r is not None else None,
+            credentials=r.credentials if r is not None else None,
+        )
+    return out
+
+
 class ActionRunner:
     """Runs one claimed action to its end (done or failed), committing every transition."""
 
-    def __init__(self, executor: Executor, action_id: int) -> None:
+    def __init__(self, executor: Executor, action_id: int, loaded: Loaded | None = None) -> None:
         self.ex = executor
+        self._loaded = loaded
         self.clock = executor.clock
         self.action_id = action_id
         self.reservation_id: int | None = None
@@ -92,6 +126,8 @@ class ActionRunner:
         self.step_ran = False
         self.step_rebooted = False
         self.step_started_at = self.clock.now()
+        # The step clock as the database has it (step_started_at is the runner's own: see _commit).
+        self._stamped: dt.datetime | None = None
         self.begun = False
         self.progress = 0
         self.extra: dict[str, Any] = {"node": None, "reservation": None, "step": None, "action": None}
@@ -108,7 +144,7 @@ class ActionRunner:
     # ------------------------------------------------------------ the whole action
 
     async def run(self) -> None:
-        loaded = await self.ex.db.write(self._load)
+        loaded = self._loaded if self._loaded is not None else await self.ex.db.write(self._load)
         self.process = self.ex.processes.get(loaded.process)
         res = loaded.reservation
         if res is None:
@@ -119,7 +155,7 @@ class ActionRunner:
         self.index = loaded.step_index
         self.step_ran = loaded.step_ran
         self.step_rebooted = loaded.step_rebooted
-        self.step_started_at = loaded.step_started_at
+        self.step_started_at = self._stamped = loaded.step_started_at
         self.progress = loaded.progress
         self.saved_state = copy.deepcopy(res.driver_state)
         self.saved_connection = copy.deepcopy(res.connection)
@@ -155,26 +191,13 @@ class ActionRunner:
             driver_state=dict(args.get("driver_state") or {}),
         )
 
-    def _load(self, s: Session) -> _Loaded:
-        a = s.get(Action, self.action_id, populate_existing=True)
-        if a is None or a.status not in ACTION_OPEN or a.locked_by != self.ex.name:
+    def _load(self, s: Session) -> Loaded:
+        loaded = load_claimed(s, [self.action_id], self.ex.name).get(self.action_id)
+        if loaded is None:
             raise lease.LeaseLost(f"action {self.action_id} is not held by {self.ex.name}")
-        r = a.reservation
-        return _Loaded(
-            process=a.process,
-            status=a.status,
-            step_index=a.step_index,
-            step_name=a.step_name,
-            step_ran=a.step_ran,
-            step_rebooted=a.step_rebooted,
-            step_started_at=a.step_started_at,
-            progress=a.progress,
-            args=copy.deepcopy(a.args or {}),
-            reservation=reservation_view(r, sealed_params=True) if r is not None else None,
-            credentials=r.credentials if r is not None else None,
-        )
+        return loaded
 
-    async def _begin(self, loaded: _Loaded) -> None:
+    async def _begin(self, loaded: Loaded) -> None:
         assert self.process is not None
         process = self.process
         steps = process.steps
@@ -415,8 +438,9 @@ class ActionRunner:
         return self.ctx
 
     async def _commit(self, mutate: Mutation | None) -> None:
-        """One transaction (journal.commit): check the lease (and extend it), persist the step's
-        state and connection if they changed, apply `mutate`."""
+        """One transition, written with those of other actions (group.py) and committed before
+        this returns: check the lease (and extend it), persist the step's state and connection if
+        they changed, apply `mutate`."""
         ctx = self._context()
         entry = journal.Entry(
             action_id=self.action_id,
@@ -433,7 +457,12 @@ class ActionRunner:
         )
         # The step's countdown stops while the engine waits for its own database (bound.py).
         with self._bound.engine_wait():
-            end, self.step_started_at = await self.ex.db.write(lambda s: journal.commit(s, entry))
+            end, started = await self.ex.journal.commit(entry)
+        if started != self._stamped:
+            # A step clock stamped by this commit starts for the step when the commit is done:
+            # the wait for its batch (and for this task's turn on a busy loop) is not the node's.
+            self._stamped = started
+            self.step_started_at = self.clock.now()
         self.saved_state, self.saved_connection = entry.state, entry.connection
         if entry.progress is not None and entry.progress == self.progress:
             self._progress_dirty = False

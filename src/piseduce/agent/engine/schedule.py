@@ -10,12 +10,11 @@ import datetime as dt
 from collections.abc import Mapping
 
 from sqlalchemy import and_, exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from piseduce.agent import lifecycle
-from piseduce.agent.actions import add_event, open_action, start_action
+from piseduce.agent.actions import add_event, queue_actions, start_action
 from piseduce.agent.drivers.base import Process, ReservationView
-from piseduce.agent.engine.journal import lock_reservation
 from piseduce.agent.lifecycle import CONFIGURING, DEPLOYED, DEPLOYING, DESTROYING, FAILED, SCHEDULED, Trigger
 from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, NODE_AVAILABLE, Action, Event, Reservation
 from piseduce.agent.snapshots import reservation_view
@@ -46,40 +45,92 @@ def schedule(s: Session, now: dt.datetime, processes: Mapping[str, Process]) -> 
         )
     ).all()
     cancelled: list[Cancelled] = []
-    for rid in sorted(set(expired) | set(stuck) | set(due)):
-        r = lock_reservation(s, rid)
-        if r is None:
-            continue
-        current = open_action(s, r.id)
+    # Everything the decisions need, in a few queries for all candidates (a thousand reservations
+    # may start in one pass): the rows locked in id order, their open actions, their nodes' holders.
+    rows = lock_for_schedule(s, set(expired) | set(stuck) | set(due))
+    current_of = open_actions(s, list(rows))
+    waiting = [r for r in rows.values() if r.status == SCHEDULED and r.id not in current_of]
+    holders = node_holders(s, waiting)
+    to_deploy: list[Reservation] = []
+    # Nodes this pass starts a process on: a later candidate of the same node waits for it.
+    taken: dict[str, Reservation] = {}
+    for rid, r in rows.items():
+        current = current_of.get(rid)
+        if r.status == SCHEDULED and current is None and r.node_name in taken:
+            holders.setdefault(r.id, taken[r.node_name])
         if r.end <= now and r.status == CONFIGURING:
             cancelled.append((reservation_view(r, sealed_params=True), r.credentials))
             cancel(s, r, current)
-        elif r.status == SCHEDULED and current is None and (holder := node_holder(s, r)) is not None:
+        elif r.status == SCHEDULED and current is None and (holder := holders.get(r.id)) is not None:
             # Nothing of this reservation ran yet: it starts (or is destroyed) once the node is free.
             wait_for_node(s, r, holder)
         elif (r.end <= now and r.status in DESTROY_ON_EXPIRY) or (r.status == DESTROYING and current is None):
             destroy(s, r, current, now, processes)
-        elif r.status == SCHEDULED and r.start <= now < r.end and current is None:
-            deploy(s, r)
+            taken[r.node_name] = r
+        elif r.status == SCHEDULED and r.start <= now < r.end and current is None and deployable(s, r):
+            to_deploy.append(r)
+            taken[r.node_name] = r
+    if to_deploy:
+        queue_actions(s, to_deploy, "deploy", reason="the reservation starts: deployment queued")
+        for r in to_deploy:
+            lifecycle.move(r, Trigger.START)
     return cancelled
 
 
-def node_holder(s: Session, r: Reservation) -> Reservation | None:
-    """Another reservation of `r`'s node that still holds it: an action of its own open, or a status
-    with the node in use. The calendar keeps slots apart, but a destroy may run past its slot's
-    turnaround gap (a slow wipe, an executor restarted): the next deployment then waits for it,
-    rather than power-cycling a board that is still being wiped."""
+def lock_for_schedule(s: Session, ids: set[int]) -> dict[int, Reservation]:
+    """The candidates locked in id order (PostgreSQL; SQLite's write transaction is exclusive),
+    fresh, their nodes loaded by a second query (FOR UPDATE cannot lock through an outer join)."""
+    if not ids:
+        return {}
+    query = (
+        select(Reservation)
+        .where(Reservation.id.in_(sorted(ids)))
+        .order_by(Reservation.id)
+        .options(selectinload(Reservation.node))
+    )
+    if s.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update(of=Reservation)
+    return {r.id: r for r in s.scalars(query.execution_options(populate_existing=True))}
+
+
+def open_actions(s: Session, rids: list[int]) -> dict[int, Action]:
+    """The open action of each reservation of `rids` that has one (the newest: `open_action`)."""
+    if not rids:
+        return {}
+    out: dict[int, Action] = {}
+    query = select(Action).where(Action.reservation_id.in_(rids), Action.status.in_(ACTION_OPEN))
+    for a in s.scalars(query.order_by(Action.id)):
+        assert a.reservation_id is not None
+        out[a.reservation_id] = a
+    return out
+
+
+def node_holders(s: Session, waiting: list[Reservation]) -> dict[int, Reservation]:
+    """For each of `waiting`, another reservation of its node (the first by id) that still holds
+    it: an action of its own open, or a status with the node in use. The calendar keeps slots
+    apart, but a destroy may run past its slot's turnaround gap (a slow wipe, an executor
+    restarted): the next deployment then waits for it, rather than power-cycling a board that is
+    still being wiped."""
+    if not waiting:
+        return {}
     has_open = exists().where(and_(Action.reservation_id == Reservation.id, Action.status.in_(ACTION_OPEN)))
-    return s.scalars(
+    held = s.scalars(
         select(Reservation)
         .where(
-            Reservation.node_name == r.node_name,
-            Reservation.id != r.id,
+            Reservation.node_name.in_(sorted({r.node_name for r in waiting})),
             or_(Reservation.status.in_(NODE_IN_USE), has_open),
         )
         .order_by(Reservation.id)
-        .limit(1)
-    ).first()
+    ).all()
+    by_node: dict[str, list[Reservation]] = {}
+    for h in held:
+        by_node.setdefault(h.node_name, []).append(h)
+    out: dict[int, Reservation] = {}
+    for r in waiting:
+        holder = next((h for h in by_node.get(r.node_name, ()) if h.id != r.id), None)
+        if holder is not None:
+            out[r.id] = holder
+    return out
 
 
 def wait_for_node(s: Session, r: Reservation, holder: Reservation) -> None:
@@ -93,7 +144,8 @@ def wait_for_node(s: Session, r: Reservation, holder: Reservation) -> None:
         add_event(s, r, message, level="warning")
 
 
-def deploy(s: Session, r: Reservation) -> None:
+def deployable(s: Session, r: Reservation) -> bool:
+    """False (and the reservation fails, saying why) when its node cannot be deployed."""
     node = r.node
     if node.status != NODE_AVAILABLE:
         # A node under maintenance, or marked broken (by a failed destroy...), is not deployed.
@@ -103,9 +155,8 @@ def deploy(s: Session, r: Reservation) -> None:
             "available again"
         )
         add_event(s, r, r.error, level="error")
-        return
-    start_action(s, r, "deploy", reason="the reservation starts: deployment queued")
-    lifecycle.move(r, Trigger.START)
+        return False
+    return True
 
 
 def _stop(current: Action | None) -> None:
