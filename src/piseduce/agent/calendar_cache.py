@@ -54,6 +54,8 @@ class Window:
     """One window's slots at one generation, and their JSON pieces."""
 
     generation: int
+    start: dt.datetime
+    end: dt.datetime
     present: frozenset[str]
     slots: dict[str, list[Slot]]  # node → its slots by start
     held_by: dict[str, set[str]]  # owner → the nodes they hold in the window
@@ -63,7 +65,11 @@ class Window:
 
     @classmethod
     def read(
-        cls, generation: int, present: Iterable[str], found: Sequence[tuple[str, str, str, str, int, str]]
+        cls,
+        generation: int,
+        window: tuple[dt.datetime, dt.datetime],
+        present: Iterable[str],
+        found: Sequence[tuple[str, str, str, str, int, str]],
     ) -> Window:
         names = frozenset(present)
         slots: dict[str, list[Slot]] = {}
@@ -76,7 +82,7 @@ class Window:
         ordered = dict(sorted(slots.items()))
         keys = {n: _quoted(n) for n in ordered}
         hidden = {n: f"{keys[n]}:[{','.join(_hidden(s) for s in items)}]" for n, items in ordered.items()}
-        return cls(generation, names, ordered, held_by, keys, hidden)
+        return cls(generation, *window, names, ordered, held_by, keys, hidden)
 
     def _node(self, node: str, me: str | None, admin: bool, remote: Sequence[BusyInterval]) -> str:
         """`node`'s slots as JSON for `me` (None: nobody's own, the admins' shared pieces)."""
@@ -96,7 +102,7 @@ class Window:
         """The answer's "nodes" object as `user` sees it, with the driver's remote jobs merged."""
         by_node: dict[str, list[BusyInterval]] = {}
         for b in remote:
-            if b.node in self.present:
+            if b.node in self.present and holds.overlaps(b.start, b.end, self.start, self.end):
                 by_node.setdefault(b.node, []).append(b)
         if admin and not self.admin:
             self.admin = {n: self._node(n, None, True, ()) for n in self.slots}
@@ -125,6 +131,7 @@ class CalendarCache:
                 return hit
         window = Window.read(
             -1 if generation is None else generation,
+            key,
             holds.present_nodes(session),
             holds.slots_iso(session, start, end, bound),
         )
