@@ -31,6 +31,9 @@ from helpers.soak_load import LoadOptions  # noqa: E402
 from helpers.soak_run import SoakResult, soak  # noqa: E402
 from helpers.soak_site import SiteOptions  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from results import emit  # noqa: E402
+
 STARTUP_S = 45.0  # the site's start (image, simulators, agents), within --minutes
 SETTLE_S = 180.0  # after the load: the last slots (up to 120 s) end and their destroys run
 
@@ -47,6 +50,24 @@ def verdicts(result: SoakResult) -> list[str]:
         "no process stopped on its own": result.dead is None,
     }
     return [f"  {'ok      ' if good else 'VIOLATED'} {what}" for what, good in checks.items()]
+
+
+def record(result: SoakResult, reservations: int) -> bool:
+    """The invariants as figures for the closing table (each target 0); True when all hold."""
+    f = result.figures
+    size = f"{reservations} reservations"
+    counts = {
+        "stuck": len(f.stuck),
+        "lost": len(f.lost),
+        "failures without a reason": len(f.failed_without_reason),
+        "orphan remote jobs": len(f.orphan_jobs),
+        "double bookings": len(f.double_bookings),
+        "5xx answers": len(result.ledger.server_errors),
+        "processes stopped on their own": 0 if result.dead is None else 1,
+    }
+    rows = [emit(f"soak: {what}", size, n, "", 0) for what, n in counts.items()]
+    emit("soak: deployed", size, f.deployed, "", None)
+    return all(r.verdict == "OK" for r in rows)
 
 
 def main() -> int:
@@ -80,7 +101,7 @@ def main() -> int:
         print(line)
     for line in result.details():
         print("  " + line)
-    return 0
+    return 0 if record(result, a.reservations) else 1
 
 
 if __name__ == "__main__":

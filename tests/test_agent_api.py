@@ -21,6 +21,7 @@ from piseduce.agent.drivers.base import (
     ReservationView,
 )
 from piseduce.agent.models import Action, Event, Node, Reservation
+from piseduce.protocol import Schedule
 
 ALICE = headers("alice@example.org")
 BOB = headers("bob@example.org")
@@ -343,11 +344,14 @@ async def test_schedule_hides_other_owners(client: httpx.AsyncClient, nodes: lis
     await book(client, BOB, filters=[{"nodes": ["pi-2"]}])
     params = {"start": iso(soon(-1)), "end": iso(soon(47))}
     got = (await client.get("/api/schedule", params=params, headers=ALICE)).json()
-    assert set(got["nodes"]) == set(nodes)
+    # Only the nodes with a slot are listed (the node list is GET /api/nodes).
+    assert set(got["nodes"]) == {"pi-1", "pi-2"} and set(nodes) > {"pi-1", "pi-2"}
     mine, theirs = got["nodes"]["pi-1"][0], got["nodes"]["pi-2"][0]
     assert mine["owner"] == "alice@example.org" and mine["mine"] is True
-    assert theirs["owner"] is None and theirs["mine"] is False and theirs["reservation_id"] is None
-    assert got["nodes"]["pi-3"] == []
+    # Someone else's slot is its start and end: the protocol's defaults say the rest.
+    assert set(theirs) == {"start", "end"}
+    seen = Schedule.model_validate(got).nodes["pi-2"][0]
+    assert seen.owner is None and seen.mine is False and seen.reservation_id is None
     admin = (await client.get("/api/schedule", params=params, headers=ADMIN)).json()
     assert admin["nodes"]["pi-2"][0]["owner"] == "bob@example.org"
 

@@ -212,6 +212,9 @@ class BusySlot(Wire):
 
 
 class Schedule(Wire):
+    """Only the nodes with a slot in the window are listed (no key: free all along). A slot the
+    caller may not see comes as its start and end only; the defaults above fill the rest."""
+
     # The window asked (the agent echoes it; the pages use the window they asked for).
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None

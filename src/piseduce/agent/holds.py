@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from piseduce.agent.drivers.base import BusyInterval
 from piseduce.agent.lifecycle import ACTIVE_STATUSES
-from piseduce.agent.models import Reservation
+from piseduce.agent.models import Node, Reservation
 
 if TYPE_CHECKING:
     from piseduce.agent.booking import Limits
@@ -98,7 +98,6 @@ def collisions(
     return out
 
 
-
 def hold_bound(session: Session, limits: Limits) -> dt.timedelta:
     """No active hold is longer than this: new ones are capped by the maximum duration (plus the
     gap); older ones, made under another config, are measured once per database."""
@@ -142,33 +141,44 @@ def next_booking(session: Session, reservation: Reservation) -> dt.datetime | No
     return session.scalar(q)
 
 
+def present_nodes(session: Session) -> list[str]:
+    return list(session.scalars(select(Node.name).where(Node.present.is_(True))))
+
+
+def _sqlite_iso(column: Any) -> ColumnElement[str]:
+    """SQLite's stored '2026-12-02 04:00:00.000000' as '2026-12-02T04:00:00Z' (microseconds kept
+    when set), computed by SQLite: in Python it would cost more than the query."""
+    text = type_coerce(column, String)
+    return func.replace(func.replace(text, ".000000", ""), " ", "T") + "Z"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def slots_iso(
     session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta | None = None
 ) -> list[tuple[str, str, str, str, int, str]]:
-    """Active bookings that hold a node somewhere in [start, end), in one query, as (node, start,
-    end, owner, id, status) with ISO-8601 UTC strings. On SQLite the stored text is reformatted
-    instead of parsed (the calendar answers thousands of slots)."""
+    """Active bookings that hold a node somewhere in [start, end), in one query, by start time, as
+    (node, start, end, owner, id, status) with ISO-8601 UTC strings. On SQLite the stored text is
+    reformatted instead of parsed (the calendar answers thousands of slots); ordered by start, the
+    order of ix_reservations_start, so the database does not sort."""
     sqlite = session.get_bind().dialect.name == "sqlite"
-    cols = (Reservation.start, Reservation.end)
+    cols: tuple[Any, Any] = (Reservation.start, Reservation.end)
     if sqlite:
-        cols = (type_coerce(Reservation.start, String), type_coerce(Reservation.end, String))  # type: ignore[assignment]
+        cols = (_sqlite_iso(Reservation.start), _sqlite_iso(Reservation.end))
     q = (
         select(Reservation.node_name, *cols, Reservation.owner, Reservation.id, Reservation.status)
-        .where(
-            _active(), Reservation.start < end, Reservation.busy_until > start
-        )
-        .order_by(Reservation.node_name, Reservation.start)
+        .where(_active(), Reservation.start < end, Reservation.busy_until > start)
+        .order_by(Reservation.start)
     )
     if bound is not None:
         q = q.where(Reservation.start >= start - bound)
-    out: list[tuple[str, str, str, str, int, str]] = []
-    a: Any
-    b: Any
-    for node, a, b, owner, rid, status in session.execute(q):
-        if sqlite:
-            a, b = a.replace(" ", "T") + "Z", b.replace(" ", "T") + "Z"
-        else:
-            a = a.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-            b = b.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-        out.append((node, a, b, owner, rid, status))
-    return out
+    result = session.connection().execute(q)
+    # The driver's plain tuples: SQLAlchemy's Row objects would cost more than the query here,
+    # and these columns need no conversion (SQLite text; timestamptz already aware).
+    rows: list[Any] = list(result.cursor.fetchall())
+    result.close()
+    if sqlite:
+        return rows
+    return [(n, _iso(a), _iso(b), o, i, st) for n, a, b, o, i, st in rows]

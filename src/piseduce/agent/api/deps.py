@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from piseduce.agent.booking import BookingError, Limits
+from piseduce.agent.calendar_cache import CalendarCache
 from piseduce.agent.drivers.base import (
     ActionRefused,
     BookingRefused,
@@ -63,6 +64,8 @@ class AgentState:
     fernet: Fernet
     inventory: Inventory
     limits: Limits
+    # The calendar's windows, cached while the database's calendar generation holds.
+    calendar: CalendarCache = field(default_factory=CalendarCache, repr=False)
     _processes: dict[str, Process] | None = field(default=None, repr=False)
     _features: frozenset[Feature] | None = field(default=None, repr=False)
 

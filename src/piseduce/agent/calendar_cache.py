@@ -1,0 +1,144 @@
+"""The calendar of a window (GET /api/schedule) as JSON text, cached per window and generation.
+
+A site of 5,000 nodes and 100,000 bookings holds some 30,000 slots in a week: reading and encoding
+them is most of an answer's cost, and the Reserve page asks the same day-aligned windows again and
+again. A window's slots are read once per calendar generation (calendar_generation.py: triggers
+bump it on every change), encoded once as the JSON everyone but their owner sees (start and end
+only), and each answer joins those pieces, re-encoding only the nodes the caller holds (or all
+nodes, for admins) and those with remote jobs. Only nodes with a slot are listed: the node list is
+GET /api/nodes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from piseduce.agent import calendar_generation, holds
+from piseduce.agent.drivers.base import BusyInterval
+
+WINDOWS = 8  # windows kept per worker (a week of 5,000 busy nodes is a few MB)
+
+# (start, end, owner, reservation id, status) with ISO-8601 UTC times.
+Slot = tuple[str, str, str, int, str]
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _hidden(slot: Slot) -> str:
+    return f'{{"start":"{slot[0]}","end":"{slot[1]}"}}'
+
+
+def _shown(slot: Slot, mine: bool) -> str:
+    a, b, owner, rid, status = slot
+    return (
+        f'{{"start":"{a}","end":"{b}","owner":{_quoted(owner)},"mine":{"true" if mine else "false"},'
+        f'"reservation_id":{rid},"status":{_quoted(status)}}}'
+    )
+
+
+@dataclass
+class Window:
+    """One window's slots at one generation, and their JSON pieces."""
+
+    generation: int
+    start: dt.datetime
+    end: dt.datetime
+    present: frozenset[str]
+    slots: dict[str, list[Slot]]  # node → its slots by start
+    held_by: dict[str, set[str]]  # owner → the nodes they hold in the window
+    keys: dict[str, str]  # node → its name as JSON
+    hidden: dict[str, str]  # node → '"name":[slots as others see them]'
+    admin: dict[str, str] = field(default_factory=dict)  # the same for admins, made when asked
+
+    @classmethod
+    def read(
+        cls,
+        generation: int,
+        window: tuple[dt.datetime, dt.datetime],
+        present: Iterable[str],
+        found: Sequence[tuple[str, str, str, str, int, str]],
+    ) -> Window:
+        names = frozenset(present)
+        slots: dict[str, list[Slot]] = {}
+        held_by: dict[str, set[str]] = {}
+        for node, a, b, owner, rid, status in found:
+            if node not in names:
+                continue
+            slots.setdefault(node, []).append((a, b, owner, rid, status))
+            held_by.setdefault(owner, set()).add(node)
+        ordered = dict(sorted(slots.items()))
+        keys = {n: _quoted(n) for n in ordered}
+        hidden = {n: f"{keys[n]}:[{','.join(_hidden(s) for s in items)}]" for n, items in ordered.items()}
+        return cls(generation, *window, names, ordered, held_by, keys, hidden)
+
+    def _node(self, node: str, me: str | None, admin: bool, remote: Sequence[BusyInterval]) -> str:
+        """`node`'s slots as JSON for `me` (None: nobody's own, the admins' shared pieces)."""
+        pieces: list[tuple[dt.datetime, str]] = []
+        for s in self.slots.get(node, []):
+            mine = s[2] == me
+            text = _shown(s, mine) if admin or mine else _hidden(s)
+            pieces.append((dt.datetime.fromisoformat(s[0].replace("Z", "+00:00")), text))
+        for b in remote:
+            text = f'{{"start":"{iso(b.start)}","end":"{iso(b.end)}","reason":{_quoted(b.reason)}}}'
+            pieces.append((b.start.astimezone(dt.UTC), text))
+        pieces.sort(key=lambda p: p[0])
+        key = self.keys.get(node) or _quoted(node)
+        return f"{key}:[{','.join(t for _, t in pieces)}]"
+
+    def nodes_json(self, user: str, admin: bool, remote: Iterable[BusyInterval]) -> str:
+        """The answer's "nodes" object as `user` sees it, with the driver's remote jobs merged."""
+        by_node: dict[str, list[BusyInterval]] = {}
+        for b in remote:
+            if b.node in self.present and holds.overlaps(b.start, b.end, self.start, self.end):
+                by_node.setdefault(b.node, []).append(b)
+        if admin and not self.admin:
+            self.admin = {n: self._node(n, None, True, ()) for n in self.slots}
+        base = self.admin if admin else self.hidden
+        redo = set(by_node) | self.held_by.get(user, set())
+        names = sorted(set(self.slots) | set(by_node)) if by_node else list(self.slots)
+        parts = [self._node(n, user, admin, by_node.get(n, ())) if n in redo else base[n] for n in names]
+        return "{" + ",".join(parts) + "}"
+
+
+class CalendarCache:
+    """The last WINDOWS windows asked, each valid while the generation it was read at is current."""
+
+    def __init__(self) -> None:
+        self._windows: OrderedDict[tuple[dt.datetime, dt.datetime], Window] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def window(self, session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta) -> Window:
+        # The counter first: rows read after it are at least as new, never staler than their tag.
+        generation = calendar_generation.current(session)
+        key = (start, end)
+        with self._lock:
+            hit = self._windows.get(key)
+            if hit is not None and generation is not None and hit.generation == generation:
+                self._windows.move_to_end(key)
+                return hit
+        window = Window.read(
+            -1 if generation is None else generation,
+            key,
+            holds.present_nodes(session),
+            holds.slots_iso(session, start, end, bound),
+        )
+        if generation is not None:
+            with self._lock:
+                self._windows[key] = window
+                self._windows.move_to_end(key)
+                while len(self._windows) > WINDOWS:
+                    self._windows.popitem(last=False)
+        return window
