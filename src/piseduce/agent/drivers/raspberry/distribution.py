@@ -59,6 +59,14 @@ MAX_HOPS = 1000
 # Re-feeds the budget allows for (each waits for a stall to be seen).
 REFEEDS = 2
 READY_SECONDS = 60.0
+# The gathering window never closes sooner: boards booted together reach write_image seconds
+# apart on a loaded host, and a group of one (nothing else expected) starts at once anyway.
+MIN_GATHER_SECONDS = 30.0
+
+
+def gather_seconds(boot_wait: float) -> float:
+    """How long a group waits for the members it expects: a boot's time."""
+    return max(MIN_GATHER_SECONDS, boot_wait)
 
 Key = tuple[str, str, str, str]
 
@@ -215,7 +223,7 @@ class Distributor:
         return group, member
 
     async def _form(self, ctx: StepContext, group: Group, environment: str) -> None:
-        deadline = time.monotonic() + max(1.0, self.ops.boot_wait)
+        deadline = time.monotonic() + gather_seconds(self.ops.boot_wait)
         try:
             while time.monotonic() < deadline:
                 try:
@@ -390,4 +398,4 @@ def chain_budget(stall: float, gather: float) -> float:
     """What a chain adds to one board's write: the gathering, the pipeline's fill, re-feeds. The
     chain moves at its slowest card, never slower than the worst case one board's budget assumes,
     so the whole stays one board's time plus this, whatever the number of boards."""
-    return gather + HOP_SECONDS * MAX_HOPS + REFEEDS * stall
+    return gather_seconds(gather) + HOP_SECONDS * MAX_HOPS + REFEEDS * stall
