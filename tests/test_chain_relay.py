@@ -224,7 +224,8 @@ async def test_a_wiped_card_takes_only_the_image_data(tmp_path: Path) -> None:
         sys.executable, "-m", "piseduce.node.cli", "--device", str(h.card), "verify", "--size",
         str(len(image)), "--sha256", sha, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
-    assert json.loads(out.splitlines()[-1]) == {"ok": True, "verified": True, "size": len(image), "sha256": sha}
+    assert json.loads(out.splitlines()[-1]) == {"ok": True, "verified": True, "size": len(image),
+                                                "sha256": sha}
 
 
 async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path) -> None:
@@ -234,7 +235,8 @@ async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path
     _card(card)
     # The destroy's wipe zeroes the whole file card (a hole) and says so.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "piseduce.node.cli", "--device", str(card), "wipe", stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "piseduce.node.cli", "--device", str(card), "wipe",
+        stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     wiped = json.loads(out.splitlines()[-1])
     assert wiped["ok"] is True and wiped["card_zeroed"] is True and card.read_bytes() == bytes(CARD)

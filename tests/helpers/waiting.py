@@ -1,7 +1,7 @@
 """The one way tests wait for something: `wait_until` (in a coroutine; `wait_until_async` when the
-condition awaits) and `wait_until_sync` (elsewhere) call `predicate` every `interval` seconds until it returns something true, and return
-that; past `timeout` they fail with `WaitTimeout` naming the condition (`what`, or the predicate's
-source line)."""
+condition awaits) and `wait_until_sync` (elsewhere) call `predicate` every `interval` seconds until
+it returns something true, and return that; past `timeout` they fail with `WaitTimeout` naming
+the condition (`what`, or the predicate's source line)."""
 
 from __future__ import annotations
 
