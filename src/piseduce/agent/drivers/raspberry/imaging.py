@@ -81,8 +81,12 @@ class Imaging:
         return card.card_bytes_of(path, env.size)
 
     def write_budget(self, ctx: StepContext) -> float:
-        one = card.write_seconds(self.card_bytes(ctx), self.ops.scale)
-        return max(self.min_seconds, one + chain_budget(card.stall_seconds(), self.ops.boot_wait))
+        """One board's write; a board that will be in a chain gets the chain's allowance too."""
+        env, path = _image(self.ops, ctx)
+        one = card.write_seconds(card.card_bytes_of(path, env.size), self.ops.scale)
+        if card.is_raw(path) and self.distributor.expected(ctx, env.name) > 1:
+            one += chain_budget(card.stall_seconds(), self.ops.boot_wait)
+        return max(self.min_seconds, one)
 
     def verify_budget(self, ctx: StepContext) -> float:
         res = ctx.state.get("write_result")
