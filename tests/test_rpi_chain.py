@@ -1,7 +1,8 @@
 """Pipelined distribution on the simulated cluster (real mode: boards are Linux hosts on the board
 network, each running the real `piseduce-node` over its sshd): four boards of one booking deployed
-together form a chain; the agent sends the image once; a board powered off mid-transfer fails with
-the reason while the others are re-fed and finish."""
+together form a chain; the agent sends the image once; a board of another booking deployed at the
+same time keeps the direct path; a board powered off mid-transfer fails with the reason while the
+others are re-fed and finish."""
 
 from __future__ import annotations
 
@@ -50,8 +51,18 @@ async def test_four_boards_form_a_chain_and_the_agent_sends_the_image_once(
         tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
     require_real_mode()
     size = (raw_image[0] / raw_image[1]["image"]).stat().st_size
-    async with make_site(tmp_path, raw_image, boards=4) as site:
+    async with make_site(tmp_path, raw_image, boards=5) as site:
+        # pi-5 is booked apart (another bin) and deployed at the same time: a group of its own,
+        # so the direct path.
+        body = {"filters": [{"nodes": ["pi-5"]}], "start": "now", "duration_hours": 1, "bin": "solo"}
+        r = await site.client.post("/api/reservations", json=body, headers=USER)
+        assert r.status_code == 201, r.text
+        solo = r.json()["reservations"][0]["id"]
         ids = await deploy_all(site)
+        await deploy(site, solo)
+        alone = await wait_for(site, solo, ("deployed", "failed"), timeout=240)
+        assert alone["status"] == "deployed", (alone["error"], messages(alone)[-8:])
+        assert not [m for m in messages(alone) if m.startswith("distribution:")], messages(alone)
         done = [await wait_for(site, rid, ("deployed", "failed"), timeout=240) for rid in ids]
         for res in done:
             assert res["status"] == "deployed", (res["node"], res["error"], messages(res)[-8:])

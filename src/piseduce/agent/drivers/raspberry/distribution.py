@@ -179,8 +179,6 @@ class Distributor:
         self.ops = ops
         self.stall_seconds = stall_seconds
         self.open: dict[Key, Group] = {}
-        # The agent's bytes sent, by group, for the operator's event and the tests.
-        self.last_sent: dict[Key, int] = {}
 
     # -- forming
 
@@ -348,12 +346,14 @@ class Distributor:
                                            f"{group.size} bytes){why}")
                         break  # its successors were re-fed: look again from the start
             sent = group.source.sent
-            self.last_sent[group.key] = sent
             head = next((m for m in group.members if m.wrote), None)
             if head is not None:
                 ok = sum(1 for m in group.members if m.wrote)
                 await head.ctx.log(f"distribution: the agent sent {sent} bytes for {ok} of "
                                    f"{len(group.members)} boards ({sent / max(1, group.size):.2f} images)")
+        except Exception:
+            # The members' steps fail with "the distribution ended without this board" (release).
+            log.exception("distribution %s failed", group.key[1:3])
         finally:
             await self._release(group)
 
