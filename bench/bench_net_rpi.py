@@ -47,9 +47,9 @@ from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
 from piseduce.sim.rpi.mode import real_mode_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import chain_run  # noqa: E402
 from results import emit  # noqa: E402
 
+from helpers import chain_harness  # noqa: E402
 from helpers.rpi_fixtures import make_agent_key  # noqa: E402
 
 LINK_MBIT = 1000.0
@@ -161,7 +161,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
             agent_key = sshc.load_or_create_agent_key(key)
             for n in chains:
                 names = [b.name for b in cluster.boards[:n]]
-                run = await chain_run.run_chain(cluster, names, agent_key, image, sha)
+                run = await chain_harness.run_chain(cluster, names, agent_key, image, sha)
                 failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
                 if failed:
                     raise RuntimeError(f"chain of {n}: {failed}")
@@ -176,7 +176,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
             if n >= 3:
                 names = [b.name for b in cluster.boards[:n]]
                 victim = names[len(names) // 3]
-                run = await chain_run.run_chain(cluster, names, agent_key, image, sha, kill=victim,
+                run = await chain_harness.run_chain(cluster, names, agent_key, image, sha, kill=victim,
                                                 kill_after=size // 3)
                 failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
                 print(f"{n} boards, chain, {victim} powered off at 1/3: {run.took:6.1f} s; "
@@ -197,7 +197,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 wiped = await asyncio.gather(*(wipe(cluster, name, key) for name in names))
                 if not all(wiped):
                     raise RuntimeError("a wipe did not zero its card")
-                run = await chain_run.run_chain(cluster, names, agent_key, zimage, zsha, sparse=True)
+                run = await chain_harness.run_chain(cluster, names, agent_key, zimage, zsha, sparse=True)
                 results = [v for v in run.results.values() if isinstance(v, dict)]
                 if len(results) != n:
                     raise RuntimeError(f"sparse chain: {run.results}")

@@ -6,16 +6,19 @@ others are re-fed and finish."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import chain_harness
 from helpers.raspberry_helpers import USER
-from helpers.rpi_fixtures import power, require_real_mode
+from helpers.rpi_fixtures import nfs_boot_folder, power, require_real_mode, running_cluster
 from helpers.rpi_site import Site, deploy, make_site, reserve, wait_for
-from helpers.waiting import wait_until_async
+from helpers.waiting import wait_until, wait_until_async
+from piseduce.agent.drivers.raspberry import ssh as sshc
 from piseduce.sim.images import build_environment
 
 pytestmark = pytest.mark.slow
@@ -114,3 +117,28 @@ async def _get(site: Site, rid: int) -> dict[str, Any]:
     r = await site.client.get(f"/api/reservations/{rid}", headers=USER)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+async def test_a_board_whose_cable_is_out_is_cut_out_as_stalled(
+        tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    """No error anywhere, the bytes just stop (a loose cable): the board is cut once its bytes stop
+    growing while its source has more (a short stall window here), and the next board is re-fed."""
+    require_real_mode()
+    image = raw_image[0] / raw_image[1]["image"]
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    names = ["pi-1", "pi-2", "pi-3"]
+    # The window must exceed a card's longest silence: a flush (32 MiB) at 12 MB/s, under 3 s.
+    async with running_cluster(tmp_path, boards=3, card_write_mbps=(12.0, 12.0)) as (cluster, key):
+        for name in names:
+            nfs_boot_folder(cluster, name)
+            cluster.set_port_enabled(cluster.board(name).identity.port, True)
+        await wait_until(lambda: all(cluster.board(n).system == "nfs" for n in names), 120, 0.05)
+        run = await chain_harness.run_chain(cluster, names, sshc.load_or_create_agent_key(key), image, sha,
+                                            unplug="pi-2", kill_after=image.stat().st_size // 4, stall=8.0)
+    cut = run.results["pi-2"]
+    assert isinstance(cut, str) and "pi-2 stalled in the image distribution: no byte written for 8 s" in cut
+    for name in ("pi-1", "pi-3"):
+        res = run.results[name]
+        assert isinstance(res, dict) and res["sha256"] == sha, (name, res, run.events)
+    assert any("pi-3 resumes from byte" in m for m in run.events["pi-3"]), run.events["pi-3"]
+    assert run.sent == image.stat().st_size

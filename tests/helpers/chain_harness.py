@@ -1,7 +1,7 @@
-"""The pipelined distribution of bench_net_rpi.py: the driver's own `Distributor` (raspberry
-driver, distribution.py) runs a chain on the real-mode simulated cluster, without the engine and
-database around it: each board's part is what its `write_image` step does (join, then write), with a
-minimal step context; the group is every board of the run."""
+"""A pipelined distribution without the engine: the driver's own `Distributor` (raspberry driver,
+distribution.py) runs a chain on the simulated cluster, each board's part being what its
+`write_image` step does (join, then write) with a minimal step context; the group is every board
+of the run. Used by bench/bench_net_rpi.py and tests/test_rpi_chain.py (a short stall window)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from piseduce.sim.rpi.cluster import RpiCluster
 NOW = dt.datetime.now(dt.UTC)
 
 
-class BenchContext(StepContext):
+class ChainContext(StepContext):
     """A write_image step's view of its reservation: events kept in memory."""
 
     def __init__(self, name: str, attrs: dict[str, Any]) -> None:
         self.reservation = ReservationView(0, NodeView(name, attrs=attrs), "bench", "bench", NOW, NOW,
-                                           "deploying", params={"environment": "bench"})
+                                         "deploying", params={"environment": "bench"})
         self.events: list[str] = []
 
     async def progress(self, percent: int, message: str | None = None) -> None:
@@ -44,7 +44,7 @@ class BenchContext(StepContext):
 
 
 @dataclass
-class BenchOps:
+class ChainOps:
     """What the distribution asks of `RpiOps`: the boards as the simulator describes them."""
 
     cluster: RpiCluster
@@ -70,11 +70,11 @@ class BenchOps:
         return not self.cluster.port_enabled(self.board(ctx).port)
 
 
-class BenchDistributor(Distributor):
+class ChainDistributor(Distributor):
     """The group is every board of the run (no database of reservations to count them in)."""
 
     def expected(self, ctx: StepContext, environment: str) -> int:
-        return cast(BenchOps, self.ops).expected_members
+        return cast(ChainOps, self.ops).expected_members
 
 
 @dataclass
@@ -86,13 +86,15 @@ class ChainRun:
 
 
 async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey, image: Path, sha: str, *,
-                    sparse: bool = False, kill: str | None = None, kill_after: int = 0) -> ChainRun:
+                    sparse: bool = False, kill: str | None = None, kill_after: int = 0,
+                    unplug: str | None = None, stall: float | None = None) -> ChainRun:
     """One distribution to `names`; `kill`: that board's PoE port goes off once it has
-    `kill_after` bytes."""
-    ops = BenchOps(cluster, key, len(names),
+    `kill_after` bytes; `unplug`: instead its cable is out (for a minute). `stall`: the stall
+    window (the agent's, `card.stall_seconds()`, by default)."""
+    ops = ChainOps(cluster, key, len(names),
                    nfs_keys={n: str(cluster.board(n).describe()["nfs_host_key"]) for n in names})
-    dist = BenchDistributor(cast(Any, ops), stall_seconds)
-    contexts = {n: BenchContext(n, {"card_zeroed": sparse}) for n in names}
+    dist = ChainDistributor(cast(Any, ops), (lambda: stall) if stall else stall_seconds)
+    contexts = {n: ChainContext(n, {"card_zeroed": sparse}) for n in names}
     members: dict[str, Any] = {}
     groups: list[Any] = []
 
@@ -108,10 +110,14 @@ async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey,
             return str(exc)
 
     async def killer() -> None:
-        while kill is not None:
-            m = members.get(kill)
+        victim = kill or unplug
+        while victim is not None:
+            m = members.get(victim)
             if m is not None and m.done >= kill_after:
-                cluster.set_port_enabled(cluster.board(kill).identity.port, False)
+                if kill:
+                    cluster.set_port_enabled(cluster.board(kill).identity.port, False)
+                else:
+                    await cluster.link_down(victim, 60.0)
                 return
             await asyncio.sleep(0.05)
 
@@ -119,7 +125,8 @@ async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey,
     watcher = asyncio.create_task(killer())
     results = await asyncio.gather(*(one(n) for n in names))
     took = time.perf_counter() - started
-    watcher.cancel()
+    if not watcher.done():
+        watcher.cancel()
     for g in groups:  # the boards are released before the next run
         await g.released.wait()
     sent = sum(g.source.sent for g in groups)
