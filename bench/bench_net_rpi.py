@@ -24,6 +24,16 @@ Everything may be scaled down together (`--scale`): links, uplink and cards slow
 factor keep every ratio. `--scale 8 --size-mb 128` (links 125 Mbit/s, cards 5 MB/s) runs the
 48-board chain in minutes on a 2-core machine.
 
+Measured with the chain (`--size-mb 128 --boards 16 --chain 16,48 --scale 8`: links and uplink
+125 Mbit/s, cards 5 MB/s; 2 CPUs shared with other test suites, load average 10-18; two runs):
+one board 27.6 s (1.03x its card bound); star of 16 145.9 s (5.3x one board, 1.06x the uplink
+bound); chain of 16 31.3 / 34.6 s (1.13x / 1.25x one board; target 1.3x); chain of 48 44.5 /
+54.1 s (1.61x / 1.96x; target 1.5x, over: the chain is CPU-bound here, 48 helpers hashing and
+writing 128 MiB each plus 48 hops of shaped veths on two loaded cores); the agent sent 1.00 image
+every time; 16 boards with one powered off at a third 33.4 / 37.9 s (1.21x / 1.37x), the others
+finished; a 70 %-zeros image on 16 wiped cards 19.0 / 21.4 s (0.69x / 0.77x one board's full
+image; its data alone would take 7.9 s, its size over a link 8.6 s).
+
     sudo python bench/bench_net_rpi.py [--size-mb 1024] [--boards 8] [--chain 16,48] [--scale 1]
 """
 
