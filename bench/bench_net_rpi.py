@@ -34,7 +34,10 @@ every time; 16 boards with one powered off at a third 33.4 / 37.9 s (1.21x / 1.3
 finished; a 70 %-zeros image on 16 wiped cards 19.0 / 21.4 s (0.69x / 0.77x one board's full
 image; its data alone would take 7.9 s, its size over a link 8.6 s).
 
-    sudo python bench/bench_net_rpi.py [--size-mb 1024] [--boards 8] [--chain 16,48] [--scale 1]
+The defaults are that run's (about 7 minutes here); the first baseline was
+`--size-mb 1024 --boards 8 --chain '' --scale 1`.
+
+    sudo python bench/bench_net_rpi.py [--size-mb 128] [--boards 16] [--chain 16,48] [--scale 8]
 """
 
 from __future__ import annotations
@@ -157,6 +160,8 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
             what = "card-bound" if card_s >= link_s else "link-bound"
             report("1 board ", one, size, max(link_s, card_s), what)
             sized = f"{size >> 20} MiB, cards {card_mbps:g} MB/s, links {link:.0f} Mbit/s"
+            emit("net rpi: one board, direct", sized, one, "s", None)
+            emit("net rpi: physical bound of one board (card or link)", sized, max(link_s, card_s), "s", None)
             emit("net rpi: one board, direct / card bound", sized, one / max(link_s, card_s), "x", None)
             if boards > 1:
                 started = time.perf_counter()
@@ -167,6 +172,8 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 bound = max(uplink_s, link_s, card_s)
                 report(f"{boards} boards, star", many, boards * size, bound,
                        "uplink-bound: a star, every byte crosses it" if bound == uplink_s else "card-bound")
+                emit(f"net rpi: star of {boards} boards", sized, many, "s", None)
+                emit(f"net rpi: physical bound of a star of {boards} (uplink)", sized, bound, "s", None)
                 emit(f"net rpi: star of {boards} boards / one board", sized, many / one, "x", None)
             agent_key = sshc.load_or_create_agent_key(key)
             for n in chains:
@@ -179,6 +186,8 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 report(f"{n} boards, chain", run.took, n * size, max(link_s, card_s),
                        f"one card's time; a star would need {star_s:.0f} s through the uplink")
                 print(f"  the agent sent {run.sent / size:.2f} images for {n} boards")
+                emit(f"net rpi: chain of {n} boards", sized, run.took, "s", None)
+                emit(f"net rpi: physical bound of a star of {n} (uplink)", sized, star_s, "s", None)
                 emit(f"net rpi: chain of {n} boards / one board", sized, run.took / one, "x", chain_target(n))
                 emit(f"net rpi: chain of {n} boards, images the agent sent", sized, run.sent / size, "images",
                      1.0)
@@ -232,12 +241,12 @@ async def wait_nfs(cluster: RpiCluster, name: str) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=int, default=int(os.environ.get("BENCH_NET_SIZE_MB", 1024)))
-    ap.add_argument("--boards", type=int, default=int(os.environ.get("BENCH_NET_BOARDS", 8)),
+    ap.add_argument("--size-mb", type=int, default=int(os.environ.get("BENCH_NET_SIZE_MB", 128)))
+    ap.add_argument("--boards", type=int, default=int(os.environ.get("BENCH_NET_BOARDS", 16)),
                     help="boards of the star (0: skip it)")
     ap.add_argument("--chain", default=os.environ.get("BENCH_NET_CHAIN", "16,48"),
                     help="chain sizes, comma-separated ('' to skip)")
-    ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_NET_SCALE", 1)),
+    ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_NET_SCALE", 8)),
                     help="links, uplink and cards this many times slower (ratios kept)")
     args = ap.parse_args()
     chains = [int(x) for x in args.chain.split(",") if x.strip()]
