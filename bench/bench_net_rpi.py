@@ -12,7 +12,32 @@ Each is printed with its physical bound (the slowest of link, uplink and card) a
 First baseline (2 shared CPUs, other test suites running): one board 28.5 s (1.06x the card
 bound), eight boards 86.6 s, 99 MB/s in all (1.26x the uplink bound).
 
-    sudo python bench/bench_net_rpi.py [--size-mb 1024] [--boards 8]
+3. pipelined (issue 15): the boards form a chain through the driver's own `Distributor` (each
+   board's real `piseduce-node chain-write` writes its card and serves the next board at once; the
+   agent sends the image once), for each size of `--chain` (default 16 and 48 boards): its time
+   against one board's (targets: 16 boards <= 1.3x, 48 boards <= 1.5x) and the bytes the agent sent;
+4. the same chain with one board powered off mid-transfer: the others finish (re-fed from the
+   nearest healthy board), the killed one fails with the reason;
+5. a 70 %-zeros image on wiped cards (sparse write): the time follows the image's data.
+
+Everything may be scaled down together (`--scale`): links, uplink and cards slower by the same
+factor keep every ratio. `--scale 8 --size-mb 128` (links 125 Mbit/s, cards 5 MB/s) runs the
+48-board chain in minutes on a 2-core machine.
+
+Measured with the chain (`--size-mb 128 --boards 16 --chain 16,48 --scale 8`: links and uplink
+125 Mbit/s, cards 5 MB/s; 2 CPUs shared with other test suites, load average 10-18; two runs):
+one board 27.6 s (1.03x its card bound); star of 16 145.9 s (5.3x one board, 1.06x the uplink
+bound); chain of 16 31.3 / 34.6 s (1.13x / 1.25x one board; target 1.3x); chain of 48 44.5 /
+54.1 s (1.61x / 1.96x; target 1.5x, over: the chain is CPU-bound here, 48 helpers hashing and
+writing 128 MiB each plus 48 hops of shaped veths on two loaded cores); the agent sent 1.00 image
+every time; 16 boards with one powered off at a third 33.4 / 37.9 s (1.21x / 1.37x), the others
+finished; a 70 %-zeros image on 16 wiped cards 19.0 / 21.4 s (0.69x / 0.77x one board's full
+image; its data alone would take 7.9 s, its size over a link 8.6 s).
+
+The defaults are that run's (about 7 minutes here); the first baseline was
+`--size-mb 1024 --boards 8 --chain '' --scale 1`.
+
+    sudo python bench/bench_net_rpi.py [--size-mb 128] [--boards 16] [--chain 16,48] [--scale 8]
 """
 
 from __future__ import annotations
@@ -35,10 +60,10 @@ from piseduce.sim.rpi.cluster import ClusterOptions, RpiCluster
 from piseduce.sim.rpi.mode import real_mode_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers.rpi_fixtures import make_agent_key  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import emit  # noqa: E402
+
+from helpers import chain_harness  # noqa: E402
+from helpers.rpi_fixtures import make_agent_key  # noqa: E402
 
 LINK_MBIT = 1000.0
 UPLINK_MBIT = 1000.0
@@ -86,59 +111,143 @@ def report(label: str, took: float, total: int, bound_s: float, what: str) -> No
           f"ratio {took / bound_s:.2f}x")
 
 
-# A write within this factor of its physical bound meets its target.
-BOUND_ALLOWANCE = 1.3
+async def wipe(cluster: RpiCluster, name: str, key: Path) -> bool:
+    """The destroy's wipe on one board; True when its card now reads as zeros."""
+    board = cluster.board(name)
+    host, port = board.address
+    target = sshc.Target(host, port, "root", sshc.load_or_create_agent_key(key),
+                         pinned=board.describe()["nfs_host_key"], timeout=30)
+    conn, _ = await sshc.connect(target)
+    async with conn:
+        res = await sshc.run_helper(conn, ["piseduce-node", "wipe"], timeout=300)
+    return res.get("card_zeroed") is True
 
 
-def record(label: str, took: float, total: int, bound_s: float) -> None:
-    """The figure for the closing table: seconds, against the physical bound plus the allowance."""
-    emit(f"net rpi: raw image to {label.strip()} (star)", f"{total / 2**30:.2f} GiB in all", took, "s",
-         round(bound_s * BOUND_ALLOWANCE, 1))
+def chain_target(boards: int) -> float:
+    """Issue 15's targets: 16 boards within 1.3x one board's time, 48 within 1.5x."""
+    return 1.3 if boards <= 16 else 1.5
 
 
-async def main(size_mb: int, boards: int) -> None:
+async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> None:
     problem = real_mode_problem()
     if problem:
         print(f"bench_net_rpi: skipped, the real mode cannot run here: {problem}")
         return
+    link, uplink, card_mbps = LINK_MBIT / scale, UPLINK_MBIT / scale, CARD_MBPS / scale
     tmp = Path(tempfile.mkdtemp(prefix="bench-net-rpi-"))
     try:
         key = make_agent_key(tmp)
         prepare_pimaster(tmp / "tftp", tmp / "nfs", Path(f"{key}.pub").read_text())
-        env = build_environment(tmp / "img", "raspios", size_mb=size_mb, compress=None)
+        env = build_environment(tmp / "img", "raspios", size_mb=size_mb, compress=None,
+                                random_mb=max(0, min(size_mb // 2, (size_mb - 60) * 10 // 11)))
         image = tmp / "img" / env["image"]
         size = image.stat().st_size
         sha = sha256_file(image)
-        opts = ClusterOptions(boards=boards, state_dir=tmp / "state", tftp_root=tmp / "tftp",
+        count = max([boards, *chains, 1])
+        opts = ClusterOptions(boards=count, state_dir=tmp / "state", tftp_root=tmp / "tftp",
                               nfs_root=tmp / "nfs", time_scale=40.0, boot_delay=20.0, mode="real",
-                              card_write_mbps=(CARD_MBPS, CARD_MBPS), card_read_mbps=44.0,
-                              link_mbit=LINK_MBIT, uplink_mbit=UPLINK_MBIT)
+                              card_write_mbps=(card_mbps, card_mbps), card_read_mbps=44.0 / scale,
+                              link_mbit=link, uplink_mbit=uplink)
+        scale_words = f"scale 1/{scale:g}: " if scale != 1 else ""
         async with RpiCluster(opts) as cluster:
-            print(f"{cluster.mode_line()}; links {LINK_MBIT:.0f} Mbit/s, uplink {UPLINK_MBIT:.0f} Mbit/s, "
-                  f"cards {CARD_MBPS:.0f} MB/s; image {size / 2**30:.2f} GiB raw; {os.cpu_count()} CPUs")
+            print(f"{cluster.mode_line()}; {scale_words}links {link:.0f} Mbit/s, uplink {uplink:.0f} Mbit/s, "
+                  f"cards {card_mbps:g} MB/s; image {size / 2**20:.0f} MiB raw; {os.cpu_count()} CPUs")
             for b in cluster.boards:
                 shutil.copytree(tmp / "tftp" / TEMPLATE, tmp / "tftp" / b.identity.serial)
                 cluster.set_port_enabled(b.identity.port, True)
-            link_s, card_s = size * 8 / (LINK_MBIT * 1e6), size / (CARD_MBPS * 1e6)
+            link_s, card_s = size * 8 / (link * 1e6), size / (card_mbps * 1e6)
             one = await write_one(cluster, "pi-1", key, image, sha)
             what = "card-bound" if card_s >= link_s else "link-bound"
             report("1 board ", one, size, max(link_s, card_s), what)
-            record("1 board", one, size, max(link_s, card_s))
-            started = time.perf_counter()
-            await asyncio.gather(*(write_one(cluster, b.name, key, image, sha) for b in cluster.boards))
-            many = time.perf_counter() - started
-            uplink_s = boards * size * 8 / (UPLINK_MBIT * 1e6)
-            bound = max(uplink_s, link_s, card_s)
-            report(f"{boards} boards", many, boards * size, bound,
-                   "uplink-bound: a star, every byte crosses it" if bound == uplink_s else "card-bound")
-            record(f"{boards} boards", many, boards * size, bound)
+            sized = f"{size >> 20} MiB, cards {card_mbps:g} MB/s, links {link:.0f} Mbit/s"
+            emit("net rpi: one board, direct", sized, one, "s", None)
+            emit("net rpi: physical bound of one board (card or link)", sized, max(link_s, card_s), "s", None)
+            emit("net rpi: one board, direct / card bound", sized, one / max(link_s, card_s), "x", None)
+            if boards > 1:
+                started = time.perf_counter()
+                await asyncio.gather(*(write_one(cluster, b.name, key, image, sha)
+                                       for b in cluster.boards[:boards]))
+                many = time.perf_counter() - started
+                uplink_s = boards * size * 8 / (uplink * 1e6)
+                bound = max(uplink_s, link_s, card_s)
+                report(f"{boards} boards, star", many, boards * size, bound,
+                       "uplink-bound: a star, every byte crosses it" if bound == uplink_s else "card-bound")
+                emit(f"net rpi: star of {boards} boards", sized, many, "s", round(bound * 1.3, 1))
+                emit(f"net rpi: physical bound of a star of {boards} (uplink)", sized, bound, "s", None)
+                emit(f"net rpi: star of {boards} boards / one board", sized, many / one, "x", None)
+            agent_key = sshc.load_or_create_agent_key(key)
+            for n in chains:
+                names = [b.name for b in cluster.boards[:n]]
+                run = await chain_harness.run_chain(cluster, names, agent_key, image, sha)
+                failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
+                if failed:
+                    raise RuntimeError(f"chain of {n}: {failed}")
+                star_s = n * size * 8 / (uplink * 1e6)
+                report(f"{n} boards, chain", run.took, n * size, max(link_s, card_s),
+                       f"one card's time; a star would need {star_s:.0f} s through the uplink")
+                print(f"  the agent sent {run.sent / size:.2f} images for {n} boards")
+                emit(f"net rpi: chain of {n} boards", sized, run.took, "s", None)
+                emit(f"net rpi: physical bound of a star of {n} (uplink)", sized, star_s, "s", None)
+                emit(f"net rpi: chain of {n} boards / one board", sized, run.took / one, "x", chain_target(n))
+                emit(f"net rpi: chain of {n} boards, images the agent sent", sized, run.sent / size, "images",
+                     1.0)
+            n = min(chains) if chains else 0
+            if n >= 3:
+                names = [b.name for b in cluster.boards[:n]]
+                victim = names[len(names) // 3]
+                run = await chain_harness.run_chain(cluster, names, agent_key, image, sha, kill=victim,
+                                                kill_after=size // 3)
+                failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
+                print(f"{n} boards, chain, {victim} powered off at 1/3: {run.took:6.1f} s; "
+                      f"{n - len(failed)} finished; {victim}: {failed.get(victim, 'did not fail!')}")
+                if set(failed) != {victim}:
+                    raise RuntimeError(f"chain with {victim} killed: {failed}")
+                emit(f"net rpi: chain of {n}, one board killed / one board", sized, run.took / one, "x",
+                     chain_target(n))
+                cluster.set_port_enabled(cluster.board(victim).identity.port, True)
+                await wait_nfs(cluster, victim)
+            if n >= 2:
+                zimg = tmp / "img-zeros"
+                zenv = build_environment(zimg, "raspios", size_mb=size_mb, compress=None,
+                                         random_mb=max(1, size_mb * 3 // 10))
+                zimage = zimg / zenv["image"]
+                zsha = sha256_file(zimage)
+                names = [b.name for b in cluster.boards[:n]]
+                wiped = await asyncio.gather(*(wipe(cluster, name, key) for name in names))
+                if not all(wiped):
+                    raise RuntimeError("a wipe did not zero its card")
+                run = await chain_harness.run_chain(cluster, names, agent_key, zimage, zsha, sparse=True)
+                results = [v for v in run.results.values() if isinstance(v, dict)]
+                if len(results) != n:
+                    raise RuntimeError(f"sparse chain: {run.results}")
+                data = max(int(r.get("card_bytes") or 0) for r in results)
+                # The zeros still cross the links (only the cards skip them).
+                data_s = max(data / (card_mbps * 1e6), link_s)
+                zeros = 100 - data * 100 // size
+                report(f"{n} boards, chain, wiped cards, {zeros} % zeros", run.took, n * size, data_s,
+                       f"the image's {data >> 20} MiB of data at the card's speed, or its size over a link")
+                emit(f"net rpi: chain of {n}, 70 % zeros on wiped cards / one board (full image)", sized,
+                     run.took / one, "x", 0.5)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def wait_nfs(cluster: RpiCluster, name: str) -> None:
+    board = cluster.board(name)
+    deadline = time.monotonic() + 120
+    while board.system != "nfs" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=int, default=int(os.environ.get("BENCH_NET_SIZE_MB", 1024)))
-    ap.add_argument("--boards", type=int, default=int(os.environ.get("BENCH_NET_BOARDS", 8)))
+    ap.add_argument("--size-mb", type=int, default=int(os.environ.get("BENCH_NET_SIZE_MB", 128)))
+    ap.add_argument("--boards", type=int, default=int(os.environ.get("BENCH_NET_BOARDS", 16)),
+                    help="boards of the star (0: skip it)")
+    ap.add_argument("--chain", default=os.environ.get("BENCH_NET_CHAIN", "16,48"),
+                    help="chain sizes, comma-separated ('' to skip)")
+    ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_NET_SCALE", 8)),
+                    help="links, uplink and cards this many times slower (ratios kept)")
     args = ap.parse_args()
-    asyncio.run(main(args.size_mb, args.boards))
+    chains = [int(x) for x in args.chain.split(",") if x.strip()]
+    asyncio.run(main(args.size_mb, args.boards, chains, args.scale))

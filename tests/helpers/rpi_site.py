@@ -62,8 +62,9 @@ async def make_site(
     tmp_path: Path, image_dir: tuple[Path, dict[str, Any]], **faults: Any
 ) -> AsyncIterator[Site]:
     boot_delay = faults.pop("boot_delay", 20.0)
+    boards = faults.pop("boards", 2)
     async with running_cluster(
-        tmp_path, boards=2, time_scale=SIM_TIME_SCALE, boot_delay=boot_delay, seed=1, **faults
+        tmp_path, boards=boards, time_scale=SIM_TIME_SCALE, boot_delay=boot_delay, seed=1, **faults
     ) as (cluster, agent_key):
         # The agent uses the key the simulated pimaster authorised on its NFS root.
         config = agent_config(

@@ -23,6 +23,7 @@ from typing import Any
 
 from piseduce.node import cardio, disk
 from piseduce.node.board import board_info, temperature_celsius
+from piseduce.node.chain import chain_write
 from piseduce.node.disk import DiskError
 from piseduce.node.fs import Ext4, Fat
 from piseduce.node.image import FORMATS, verify_card, write_image
@@ -84,7 +85,12 @@ def cmd_write_image(args: argparse.Namespace) -> dict[str, Any]:
         device_size=disk.device_size(args.device),
         meter=meter(),
         verify=args.verify,
+        sparse=args.sparse,
     )
+
+
+def cmd_chain_write(args: argparse.Namespace) -> dict[str, Any]:
+    return chain_write(sys.stdin.buffer, args.device, device_size=disk.device_size(args.device), emit=emit)
 
 
 def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,6 +171,13 @@ def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
     progress_of.start("wipe", total)
     done = 0
     with cardio.open_card(args.device, write=True) as card:
+        # A card that zeroes itself cheaply is zeroed whole: the next deployment may then skip
+        # the image's zero blocks (chain-write's sparse mode).
+        zeroed = card.erase()
+        if zeroed:
+            regions = []
+            done = total
+            progress_of.advance(done)
         for offset, length in regions:
             # in steps, so that a full wipe reports its progress as it goes
             for at in range(offset, offset + length, WIPE_STEP):
@@ -175,7 +188,7 @@ def cmd_wipe(args: argparse.Namespace) -> dict[str, Any]:
         card.flush()
     progress_of.finish()
     disk.reread_partitions(args.device)
-    return {"zeroed": total}
+    return {"zeroed": size if zeroed else total, "card_zeroed": zeroed or args.full}
 
 
 def cmd_temperature(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of the decompressed image, for progress (when known)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not read the card back (the agent runs `verify` as a step of its own)")
+    p.add_argument("--sparse", action="store_true",
+                   help="the card reads as zeros (wiped whole): skip the image's all-zero blocks")
     p.set_defaults(func=cmd_write_image)
+    p = sub.add_parser("chain-write", help="write a raw image pulled from another board or the agent, and "
+                       "serve it to the next boards (instructions and token as JSON lines on stdin)")
+    p.set_defaults(func=cmd_chain_write)
     p = sub.add_parser("verify", help="read the card back and compare its sha256")
     p.add_argument("--size", type=int, required=True, help="bytes to read from the start of the card")
     p.add_argument("--sha256", required=True, help="sha256 of those bytes (write-image's image_sha256)")

@@ -166,10 +166,12 @@ def write_image(
     device_size: int,
     meter: Meter,
     verify: bool = True,
+    sparse: bool = False,
 ) -> dict[str, object]:
     """Writes the decompressed stream at the start of the device, then (`verify`) re-reads it.
     Progress counts the bytes written of `image_size` (the decompressed size) when it is known,
-    else the bytes received of `size_hint` (what the agent sends)."""
+    else the bytes received of `size_hint` (what the agent sends). `sparse`: the card is known to
+    read as zeros (wiped whole), so the image's all-zero blocks are skipped."""
     if fmt not in FORMATS:
         raise DiskError(f"unknown image format {fmt!r}")
     head = stream.read(4096)
@@ -179,7 +181,7 @@ def write_image(
         fmt = detect_format(head)
     reader = _HashingReader(stream, head)
     out_sha = hashlib.sha256()
-    written = 0
+    written = skipped = 0
     meter.start("write", image_size or size_hint or 0)
     with cardio.open_card(device, write=True) as card:
         for data in decompressed(reader, fmt):
@@ -188,7 +190,10 @@ def write_image(
             if written + len(data) > device_size:
                 raise DiskError(f"the image is larger than the card ({device_size} bytes)")
             out_sha.update(data)
-            card.pwrite(data, written)
+            if sparse:
+                skipped += card.pwrite_nonzero(data, written)
+            else:
+                card.pwrite(data, written)
             written += len(data)
             meter.advance(written if image_size else reader.count, received=reader.count)
         card.flush()
@@ -199,7 +204,8 @@ def write_image(
     if written == 0:
         raise DiskError("the image is empty")
     result: dict[str, object] = {"written": written, "sha256": got, "image_sha256": out_sha.hexdigest(),
-                                 "verified": False, "format": fmt}
+                                 "verified": False, "format": fmt,
+                                 "skipped_zero": skipped}
     if verify:
         verify_card(device, written, out_sha.hexdigest(), meter=meter)
         result["verified"] = True

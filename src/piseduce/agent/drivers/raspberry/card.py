@@ -65,5 +65,14 @@ def card_bytes_of(image: Path, declared: int) -> int:
     return size if detect_format(head) == "raw" else MAX_CARD_BYTES
 
 
+def is_raw(image: Path) -> bool:
+    """A raw image (the only kind a board can serve from its card to the next one)."""
+    try:
+        with image.open("rb") as fh:
+            return detect_format(fh.read(4096)) == "raw"
+    except OSError:
+        return False
+
+
 def size_words(nbytes: int) -> str:
     return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes >> 20} MiB"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from piseduce.agent.drivers.base import StepContext, StepError
 from piseduce.agent.drivers.raspberry import card, recovery
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry.distribution import Distributor, chain_budget
 from piseduce.agent.drivers.raspberry.progress import PhaseProgress
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Imaging:
     def __init__(self, ops: RpiOps, min_seconds: float) -> None:
         self.ops = ops
         self.min_seconds = min_seconds
+        self.distributor = Distributor(ops, card.stall_seconds)
 
     # -- budgets (the engine calls them as the step begins)
 
@@ -79,7 +81,12 @@ class Imaging:
         return card.card_bytes_of(path, env.size)
 
     def write_budget(self, ctx: StepContext) -> float:
-        return max(self.min_seconds, card.write_seconds(self.card_bytes(ctx), self.ops.scale))
+        """One board's write; a board that will be in a chain gets the chain's allowance too."""
+        env, path = _image(self.ops, ctx)
+        one = card.write_seconds(card.card_bytes_of(path, env.size), self.ops.scale)
+        if card.is_raw(path) and self.distributor.expected(ctx, env.name) > 1:
+            one += chain_budget(card.stall_seconds(), self.ops.boot_wait)
+        return max(self.min_seconds, one)
 
     def verify_budget(self, ctx: StepContext) -> float:
         res = ctx.state.get("write_result")
@@ -94,20 +101,25 @@ class Imaging:
         ctx.state.pop("host_key", None)
         ctx.state.pop("write_result", None)
         checksum = env.checksum or await asyncio.to_thread(sha256_file, path)
-        size = path.stat().st_size
-        argv = ["piseduce-node", "write-image", "--sha256", checksum, "--size", str(size), "--no-verify"]
-        if env.size > 0:
-            argv += ["--image-size", str(env.size)]
+        # Known wiped: the image's zero blocks need not be written. Forgotten before anything
+        # writes the card (committed first: a crash mid-write leaves it forgotten).
+        sparse = ctx.node.attrs.get("card_zeroed") is True
+        await ctx.save_node_attrs(card_zeroed=False)
         budget = self.write_budget(ctx)
         await ctx.progress(0, f"writing {env.name}: {card.size_words(card.card_bytes_of(path, env.size))} "
-                              f"to the card (at most {_minutes(budget)} at the slowest card speed)")
+                              f"to the card (at most {_minutes(budget)} at the slowest card speed)"
+                              f"{'; the card is wiped: zero blocks are skipped' if sparse else ''}")
         progress = PhaseProgress(ctx, env.name)
-
-        async def work(conn: Any) -> dict[str, Any]:
-            return await sshc.stream_file_to_helper(conn, argv, path, on_progress=progress,
-                                                    stall_timeout=card.stall_seconds())
-
-        result = await recovery.on_nfs(self.ops, ctx, f"write {env.name} on {ctx.node.name}", work)
+        result: dict[str, Any] | None = None
+        if await asyncio.to_thread(card.is_raw, path):
+            group, member = await self.distributor.join(ctx, env.name, path, checksum, progress)
+            if len(group.members) > 1:
+                place = group.members.index(member) + 1
+                await ctx.log(f"distribution: {ctx.node.name} is board {place} of a chain of "
+                              f"{len(group.members)} ({', '.join(m.name for m in group.members)})")
+                result = await self.distributor.write(group, member, sparse=sparse)
+        if result is None:
+            result = await self._direct(ctx, env, path, checksum, sparse, progress)
         written = int(result.get("written") or 0)
         ctx.state["write_result"] = {
             "sha256": str(result.get("sha256", "")),
@@ -115,7 +127,25 @@ class Imaging:
             "written": written,
             "expected": checksum,
         }
-        await ctx.progress(100, f"{card.size_words(written)} written")
+        skipped = int(result.get("skipped_zero") or 0)
+        note = f" ({card.size_words(skipped)} of zero blocks skipped)" if skipped else ""
+        await ctx.progress(100, f"{card.size_words(written)} written{note}")
+
+    async def _direct(self, ctx: StepContext, env: EnvInfo, path: Path, checksum: str, sparse: bool,
+                      progress: PhaseProgress) -> dict[str, Any]:
+        """One board: the agent streams the image over the board's SSH session."""
+        argv = ["piseduce-node", "write-image", "--sha256", checksum, "--size", str(path.stat().st_size),
+                "--no-verify"]
+        if env.size > 0:
+            argv += ["--image-size", str(env.size)]
+        if sparse:
+            argv.append("--sparse")
+
+        async def work(conn: Any) -> dict[str, Any]:
+            return await sshc.stream_file_to_helper(conn, argv, path, on_progress=progress,
+                                                    stall_timeout=card.stall_seconds())
+
+        return await recovery.on_nfs(self.ops, ctx, f"write {env.name} on {ctx.node.name}", work)
 
     async def verify(self, ctx: StepContext) -> None:
         res = ctx.state.get("write_result")
@@ -146,10 +176,11 @@ class Imaging:
             return await sshc.stream_file_to_helper(conn, ["piseduce-node", "wipe"], None,
                                                     on_progress=progress, stall_timeout=card.stall_seconds())
 
-        await recovery.on_nfs(self.ops, ctx, f"wipe the card of {ctx.node.name}", work)
+        result = await recovery.on_nfs(self.ops, ctx, f"wipe the card of {ctx.node.name}", work)
         ctx.state.pop("host_key", None)
         ctx.state.pop("write_result", None)
         ctx.connection.clear()
-        await ctx.save_node_attrs(deployed_host_key="")
+        # An all-zero card lets the next deployment skip the image's zero blocks (sparse write).
+        await ctx.save_node_attrs(deployed_host_key="", card_zeroed=result.get("card_zeroed") is True)
         await ctx.log("SD card wiped")
 

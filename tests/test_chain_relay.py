@@ -1,0 +1,252 @@
+"""The board-to-board relay of a pipelined distribution, run as the boards run it: the real
+`piseduce-node chain-write` processes (file cards here), fed by the agent's `ImageSource`.
+The chain on the simulated cluster, with the agent, is in tests/test_rpi_chain.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.waiting import wait_until
+from piseduce.agent.drivers.raspberry.relay_source import ImageSource
+from piseduce.node import relay
+
+CARD = 64 << 20
+
+
+def _image(size: int, zero_share: float = 0.0) -> bytes:
+    """Random data with `zero_share` of it in zero runs of 1 MiB (as a real image's free space)."""
+    block = 1 << 20
+    out = bytearray()
+    rnd = random.Random(7)
+    for i in range(size // block):
+        out += bytes(block) if (i * 37 % 100) < zero_share * 100 else rnd.randbytes(block)
+    return bytes(out)
+
+
+def _card(path: Path, fill: bytes = b"\xa5") -> Path:
+    with path.open("wb") as fh:
+        fh.write(fill * CARD)
+    return path
+
+
+class Helper:
+    """One `piseduce-node chain-write` on a file card."""
+
+    def __init__(self, card: Path) -> None:
+        self.card = card
+        self.lines: list[dict[str, Any]] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def start(self, header: dict[str, Any]) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "piseduce.node.cli", "--device", str(self.card), "chain-write",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        self.send(header)
+        self.reader = asyncio.create_task(self._read())
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def seen(self, key: str) -> dict[str, Any] | None:
+        return next((ln for ln in self.lines if key in ln), None)
+
+    @property
+    def port(self) -> int:
+        got = self.seen("listening")
+        assert got is not None
+        return int(got["listening"])
+
+    async def finish(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None and self.reader is not None
+        self.send({"release": True})
+        self.proc.stdin.close()
+        await asyncio.wait_for(self.proc.wait(), 60)
+        await self.reader
+        return self.lines[-1]
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def _chain(tmp_path: Path, image: bytes, boards: int, *, sparse: bool = False,
+                 token: bytes | None = None) -> tuple[list[Helper], ImageSource, bytes]:
+    path = tmp_path / "image.img"
+    path.write_bytes(image)
+    token = token or os.urandom(32)
+    source = ImageSource(path, token)
+    await source.start("127.0.0.1")
+    header = {"token": token.hex(), "sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+              "sparse": sparse}
+    helpers = []
+    for i in range(boards):
+        card = tmp_path / f"card{i}"
+        if sparse:
+            card.write_bytes(b"")
+            os.truncate(card, CARD)
+        else:
+            _card(card)
+        h = Helper(card)
+        await h.start(header)
+        helpers.append(h)
+    await wait_until(lambda: all(h.seen("listening") for h in helpers), 30, 0.02)
+    return helpers, source, token
+
+
+async def test_a_chain_writes_every_card_and_the_agent_sends_the_image_once(tmp_path: Path) -> None:
+    image = _image(16 << 20)
+    helpers, source, _ = await _chain(tmp_path, image, 3)
+    try:
+        helpers[0].send({"pull": f"127.0.0.1:{source.port}"})
+        for prev, h in zip(helpers, helpers[1:], strict=False):
+            h.send({"pull": f"127.0.0.1:{prev.port}"})
+        await wait_until(lambda: all(h.seen("wrote") for h in helpers), 60, 0.05)
+        results = [await h.finish() for h in helpers]
+    finally:
+        for h in helpers:
+            await h.kill()
+        await source.close()
+    sha = hashlib.sha256(image).hexdigest()
+    for h, res in zip(helpers, results, strict=True):
+        assert res["ok"] is True and res["sha256"] == sha and res["written"] == len(image), res
+        assert h.card.read_bytes()[:len(image)] == image
+    assert source.sent == len(image)  # once, to the head; the others got it from their predecessor
+    assert [r["served"] for r in results] == [len(image), len(image), 0]
+
+
+async def test_a_board_re_fed_from_another_source_resumes_where_it_was(tmp_path: Path) -> None:
+    image = _image(16 << 20)
+    helpers, source, _ = await _chain(tmp_path, image, 3)
+    first, middle, last = helpers
+    try:
+        first.send({"pull": f"127.0.0.1:{source.port}"})
+        middle.send({"pull": f"127.0.0.1:{first.port}"})
+        await wait_until(lambda: middle.seen("wrote") is not None, 60, 0.05)
+        # The middle board dies before the last one pulled anything: the last is re-fed from the head.
+        await middle.kill()
+        last.send({"pull": f"127.0.0.1:{middle.port}"})
+        await wait_until(lambda: last.seen("upstream") is not None, 30, 0.05)
+        last.send({"pull": f"127.0.0.1:{first.port}"})
+        await wait_until(lambda: last.seen("wrote") is not None, 60, 0.05)
+        res = await last.finish()
+        await first.finish()
+    finally:
+        for h in helpers:
+            await h.kill()
+        await source.close()
+    assert res["ok"] is True and res["sha256"] == hashlib.sha256(image).hexdigest()
+    assert "refused" in (last.seen("upstream") or {}).get("error", "")  # what the board saw of the dead one
+    assert source.sent == len(image)
+
+
+def _pull_with(port: int, token: bytes) -> bytes:
+    """A client that pulls from a relay with `token`; what it got before the relay closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = relay.recv_exact(sock, 4 + relay.NONCE)
+        nonce = os.urandom(relay.NONCE)
+        sock.sendall(nonce + relay.proof(token, b"pull", head[4:], nonce) + struct.pack(">Q", 0))
+        got = b""
+        while chunk := sock.recv(1 << 16):
+            got += chunk
+        return got
+
+
+async def test_a_pull_without_the_distribution_credential_is_refused(tmp_path: Path) -> None:
+    image = _image(4 << 20)
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        # A board with another distribution's token (or none) gets nothing from the board...
+        assert await asyncio.to_thread(_pull_with, h.port, os.urandom(32)) == b""
+        await wait_until(lambda: h.seen("refused") is not None, 10, 0.05)
+        assert "wrong distribution credential" in h.seen("refused")["error"]  # type: ignore[index]
+        # ...nor from the agent,
+        assert await asyncio.to_thread(_pull_with, source.port, b"x" * 32) == b""
+        assert source.refused == 1 and source.sent == len(image)
+        # while the right token gets the server's proof, then the image.
+        got = await asyncio.to_thread(_pull_with, h.port, token)
+        assert got[relay.PROOF:] == image
+        # A board does not take an image from a source that cannot prove the token either.
+        def pull_from_the_agent_with_a_wrong_token() -> None:
+            with socket.create_connection(("127.0.0.1", source.port), timeout=10) as sock:
+                relay.pull_handshake(sock, os.urandom(32), 0)
+
+        with pytest.raises(relay.RelayAuthError, match="closed during the handshake"):
+            await asyncio.to_thread(pull_from_the_agent_with_a_wrong_token)
+        await h.finish()
+    finally:
+        for x in helpers:
+            await x.kill()
+        await source.close()
+
+
+async def test_a_wiped_card_takes_only_the_image_data(tmp_path: Path) -> None:
+    """70 % zeros: the sparse write skips them, and the card still holds exactly the image."""
+    image = _image(20 << 20, zero_share=0.7)
+    sha = hashlib.sha256(image).hexdigest()
+    helpers, source, _ = await _chain(tmp_path, image, 1, sparse=True)
+    h = helpers[0]
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        res = await h.finish()
+    finally:
+        await h.kill()
+        await source.close()
+    mib = 1 << 20
+    zeros = sum(1 for i in range(0, len(image), mib) if image[i:i + mib] == bytes(mib)) * mib
+    assert zeros >= len(image) * 0.6
+    assert res["skipped_zero"] == zeros and res["card_bytes"] == len(image) - zeros
+    assert res["sha256"] == sha and h.card.read_bytes()[:len(image)] == image
+    # The helper's own read-back of the card verifies it.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "piseduce.node.cli", "--device", str(h.card), "verify", "--size",
+        str(len(image)), "--sha256", sha, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert json.loads(out.splitlines()[-1]) == {"ok": True, "verified": True, "size": len(image),
+                                                "sha256": sha}
+
+
+async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path) -> None:
+    image = _image(8 << 20, zero_share=0.7)
+    sha = hashlib.sha256(image).hexdigest()
+    card = tmp_path / "card"
+    _card(card)
+    # The destroy's wipe zeroes the whole file card (a hole) and says so.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "piseduce.node.cli", "--device", str(card), "wipe",
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    wiped = json.loads(out.splitlines()[-1])
+    assert wiped["ok"] is True and wiped["card_zeroed"] is True and card.read_bytes() == bytes(CARD)
+    for sparse in (False, True):
+        argv = ["write-image", "--sha256", sha, "--no-verify", *(["--sparse"] if sparse else [])]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "piseduce.node.cli", "--device", str(card), *argv,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(image)
+        res = json.loads(out.splitlines()[-1])
+        assert res["ok"] is True and res["image_sha256"] == sha
+        assert (res["skipped_zero"] > len(image) // 2) is sparse
+        assert card.read_bytes()[:len(image)] == image

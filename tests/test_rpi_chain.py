@@ -1,0 +1,144 @@
+"""Pipelined distribution on the simulated cluster (real mode: boards are Linux hosts on the board
+network, each running the real `piseduce-node` over its sshd): four boards of one booking deployed
+together form a chain; the agent sends the image once; a board of another booking deployed at the
+same time keeps the direct path; a board powered off mid-transfer fails with the reason while the
+others are re-fed and finish."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import chain_harness
+from helpers.raspberry_helpers import USER
+from helpers.rpi_fixtures import nfs_boot_folder, power, require_real_mode, running_cluster
+from helpers.rpi_site import Site, deploy, make_site, reserve, wait_for
+from helpers.waiting import wait_until, wait_until_async
+from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.sim.images import build_environment
+
+pytestmark = pytest.mark.slow
+BOARDS = ["pi-1", "pi-2", "pi-3", "pi-4"]
+WRITTEN = re.compile(r": write: (\d+) MiB of ")
+SENT = re.compile(r"distribution: the agent sent (\d+) bytes for (\d+) of (\d+) boards")
+
+
+@pytest.fixture(scope="module")
+def raw_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    folder = tmp_path_factory.mktemp("images")
+    return folder, build_environment(folder, "raspios", size_mb=64, compress=None, random_mb=4)
+
+
+def messages(res: dict[str, Any]) -> list[str]:
+    return [e["message"] for e in res["events"]]
+
+
+def agent_sent(results: list[dict[str, Any]]) -> tuple[int, int, int]:
+    found = [SENT.search(m) for r in results for m in messages(r)]
+    (match,) = [m for m in found if m]
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+async def deploy_all(site: Site) -> list[int]:
+    ids = await reserve(site, BOARDS)  # one booking: one bin
+    for rid in ids:
+        await deploy(site, rid)
+    return ids
+
+
+async def test_four_boards_form_a_chain_and_the_agent_sends_the_image_once(
+        tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    require_real_mode()
+    size = (raw_image[0] / raw_image[1]["image"]).stat().st_size
+    async with make_site(tmp_path, raw_image, boards=5) as site:
+        # pi-5 is booked apart (another bin) and deployed at the same time: a group of its own,
+        # so the direct path.
+        body = {"filters": [{"nodes": ["pi-5"]}], "start": "now", "duration_hours": 1, "bin": "solo"}
+        r = await site.client.post("/api/reservations", json=body, headers=USER)
+        assert r.status_code == 201, r.text
+        solo = r.json()["reservations"][0]["id"]
+        ids = await deploy_all(site)
+        await deploy(site, solo)
+        alone = await wait_for(site, solo, ("deployed", "failed"), timeout=240)
+        assert alone["status"] == "deployed", (alone["error"], messages(alone)[-8:])
+        assert not [m for m in messages(alone) if m.startswith("distribution:")], messages(alone)
+        done = [await wait_for(site, rid, ("deployed", "failed"), timeout=240) for rid in ids]
+        for res in done:
+            assert res["status"] == "deployed", (res["node"], res["error"], messages(res)[-8:])
+            text = messages(res)
+            assert any(f"is board {BOARDS.index(res['node']) + 1} of a chain of 4" in m for m in text), text
+            assert any(m.startswith("image verified: sha256") for m in text), text
+        # Each card holds the image (the verify step read it back); the agent sent it once.
+        assert agent_sent(done) == (size, 4, 4)
+        pulls = [m for r in done for m in messages(r) if "pulls the image from" in m]
+        assert sorted(pulls) == sorted(["distribution: pi-1 pulls the image from the agent",
+                                        "distribution: pi-2 pulls the image from pi-1",
+                                        "distribution: pi-3 pulls the image from pi-2",
+                                        "distribution: pi-4 pulls the image from pi-3"])
+
+
+async def test_a_board_powered_off_mid_transfer_fails_and_the_others_finish(
+        tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    require_real_mode()
+    size = (raw_image[0] / raw_image[1]["image"]).stat().st_size
+    # Slow cards (the 64 MiB image takes about 11 s), so that the power cut comes mid-transfer.
+    async with make_site(tmp_path, raw_image, boards=4, card_write_mbps=(6.0, 6.0)) as site:
+        ids = await deploy_all(site)
+        victim = ids[1]
+
+        async def pi2_mid_write() -> bool:
+            # The write's quarter events: "<env>: write: 16 MiB of 64 MiB, 6.0 MB/s".
+            written = [int(m[1]) for m in map(WRITTEN.search, messages(await _get(site, victim))) if m]
+            return bool(written) and max(written) > 0
+
+        await wait_until_async(pi2_mid_write, 180, 0.05)
+        await power(site.inventory, site.board("pi-2")["port"], on=False)
+        done = [await wait_for(site, rid, ("deployed", "failed"), timeout=240) for rid in ids]
+        by_node = {r["node"]: r for r in done}
+        failed = by_node.pop("pi-2")
+        assert failed["status"] == "failed"
+        assert "pi-2 left the image distribution: its PoE port is off" in failed["error"], failed["error"]
+        for name, res in by_node.items():
+            assert res["status"] == "deployed", (name, res["error"], messages(res)[-8:])
+        refed = [m for m in messages(by_node["pi-3"]) if "was cut out of the chain" in m]
+        assert refed and "pi-3 resumes from byte" in refed[0], messages(by_node["pi-3"])
+        assert any(m.startswith("distribution: pi-3 pulls the image from pi-1 from byte")
+                   for m in messages(by_node["pi-3"])), messages(by_node["pi-3"])
+        # pi-1 still had it all: the agent did not send the image again.
+        sent, ok, members = agent_sent(done)
+        assert (sent, ok, members) == (size, 3, 4)
+
+
+async def _get(site: Site, rid: int) -> dict[str, Any]:
+    r = await site.client.get(f"/api/reservations/{rid}", headers=USER)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_a_board_whose_cable_is_out_is_cut_out_as_stalled(
+        tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    """No error anywhere, the bytes just stop (a loose cable): the board is cut once its bytes stop
+    growing while its source has more (a short stall window here), and the next board is re-fed."""
+    require_real_mode()
+    image = raw_image[0] / raw_image[1]["image"]
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    names = ["pi-1", "pi-2", "pi-3"]
+    # The window must exceed a card's longest silence: a flush (32 MiB) at 12 MB/s, under 3 s.
+    async with running_cluster(tmp_path, boards=3, card_write_mbps=(12.0, 12.0)) as (cluster, key):
+        for name in names:
+            nfs_boot_folder(cluster, name)
+            cluster.set_port_enabled(cluster.board(name).identity.port, True)
+        await wait_until(lambda: all(cluster.board(n).system == "nfs" for n in names), 120, 0.05)
+        run = await chain_harness.run_chain(cluster, names, sshc.load_or_create_agent_key(key), image, sha,
+                                            unplug="pi-2", kill_after=image.stat().st_size // 4, stall=8.0)
+    cut = run.results["pi-2"]
+    assert isinstance(cut, str) and "pi-2 stalled in the image distribution: no byte written for 8 s" in cut
+    for name in ("pi-1", "pi-3"):
+        res = run.results[name]
+        assert isinstance(res, dict) and res["sha256"] == sha, (name, res, run.events)
+    assert any("pi-3 resumes from byte" in m for m in run.events["pi-3"]), run.events["pi-3"]
+    assert run.sent == image.stat().st_size
