@@ -309,15 +309,17 @@ class SilentPort:
 
 
 class WebuiProcess:
-    def __init__(self, config: Path) -> None:
+    """`piseduce webui serve CONFIG` in its own process (`args`: more options, `env`: more variables)."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         from piseduce.config import load_webui_config
 
         self.cfg = load_webui_config(config)
         self.url = f"http://127.0.0.1:{self.cfg.port_number}"
         log = open(config.parent / "webui.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            piseduce_cmd("webui", "serve", str(config), "--log-level", "warning"),
-            env=subprocess_env(),
+            piseduce_cmd("webui", "serve", str(config), "--log-level", "warning", *args),
+            env=subprocess_env(**(env or {})),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

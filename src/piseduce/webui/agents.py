@@ -34,6 +34,7 @@ from piseduce import crypto
 from piseduce.config import WebuiConfig
 from piseduce.protocol import AgentInfo, Feature
 from piseduce.webui import agent_answers
+from piseduce.webui.agent_pools import AgentPools
 from piseduce.webui.database import Database
 from piseduce.webui.models import Agent, User
 
@@ -181,11 +182,7 @@ class AgentHub:
         self.timeout = cfg.agent_timeout_seconds
         self.max_answer = cfg.agent_answer_max_bytes
         self.breakers: dict[int, Breaker] = {}
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
-            follow_redirects=False,
-        )
+        self.pools = AgentPools(self.timeout)
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ registry
@@ -269,11 +266,12 @@ class AgentHub:
         cap = max_bytes or self.max_answer
         try:
             async with asyncio.timeout(deadline):
-                request = self.client.build_request(
+                client = self.pools.for_agent(ref.id, ref.base_url)
+                request = client.build_request(
                     method, ref.base_url + path, headers=self._headers(ref, who, token), json=json,
                     params=params, timeout=deadline,
                 )
-                resp = await self.client.send(request, stream=True)
+                resp = await client.send(request, stream=True)
                 try:
                     body = await agent_answers.read_capped(resp, cap)
                 finally:
@@ -343,7 +341,7 @@ class AgentHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.client.aclose()
+        await self.pools.close()
 
 
 def transport_category(error: str) -> str:
