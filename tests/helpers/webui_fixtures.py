@@ -10,12 +10,14 @@ import json
 import re
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from helpers.agent_helpers import free_port, node_body, piseduce_cmd, subprocess_env, wait_http
 from helpers.constants import TOKEN
@@ -429,3 +431,26 @@ def fast_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
     from piseduce import crypto
 
     monkeypatch.setattr(crypto, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+class _QuietServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns the signals
+        pass
+
+
+@contextlib.contextmanager
+def threaded_app(app: Any) -> Iterator[int]:
+    """Serve an ASGI app (a fake agent) on a loopback port from a thread; yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until_sync(lambda: server.started, timeout=30, what="the fake agent started")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
