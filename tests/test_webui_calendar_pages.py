@@ -35,7 +35,8 @@ def site(tmp_path: Path, agents: int, nodes: int) -> Iterator[Browser]:
     add_user(cfg, USER, PASSWORD)
     with contextlib.ExitStack() as stack:
         for i in range(agents):
-            port = stack.enter_context(threaded_app(fake_agent_app(f"site{i}", nodes=nodes, delay=0, token=TOKEN)))
+            agent = fake_agent_app(f"site{i}", nodes=nodes, delay=0, token=TOKEN)
+            port = stack.enter_context(threaded_app(agent))
             register_agent(cfg, f"site{i}", port, "raspberry")
         b = stack.enter_context(webui_client(cfg))
         assert b.login(USER, PASSWORD).status_code == 303

@@ -78,7 +78,8 @@ async def _limit_in_total(url: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as c:
             token = csrf_of((await c.get("/login", headers=CLOSE)).text)
             form = {"email": email, "password": "wrong-password", "csrf_token": token}
-            answers = await asyncio.gather(*(c.post("/login", data=form, headers=CLOSE) for _ in range(3 * FREE)))
+            tries = (c.post("/login", data=form, headers=CLOSE) for _ in range(3 * FREE))
+            answers = await asyncio.gather(*tries)
         codes = Counter(a.status_code for a in answers)
         assert set(codes) <= {401, 429}, codes
         assert codes[401] == FREE, codes
