@@ -62,7 +62,15 @@ class ChoresLeader:
 async def lead(leader: ChoresLeader, start: Callable[[], Awaitable[None]], retry_seconds: float) -> None:
     """Wait to hold the lock, then `start` the chores (once) and hold it until cancelled."""
     try:
-        while not await asyncio.to_thread(leader.try_take):
+        while True:
+            try:
+                if await asyncio.to_thread(leader.try_take):
+                    break
+            except OSError as exc:
+                # No lock to be had (a read-only folder): chores run twice rather than never.
+                log.warning("cannot lock %s (%s): this worker runs the background chores too",
+                            leader.path, exc)
+                break
             await asyncio.sleep(retry_seconds)
         log.info("web UI worker %d runs the background chores (health checks, housekeeping)", os.getpid())
         await start()

@@ -135,9 +135,14 @@
       e.detail.parameters.filters = filtersText();
     }
   });
+  var askedFilters = null;  // the filters of the calendar being fetched (asked once at a time)
   function reloadCalendar(cal) {
+    if (askedFilters === filtersText()) { return; }
+    askedFilters = filtersText();
+    var done = function () { askedFilters = null; };
     htmx.ajax("GET", "/reserve/calendar?day=" + encodeURIComponent(cal.dataset.day || "") + "&days=" +
-      encodeURIComponent(cal.dataset.days || 2) + "&page=1", { target: "#calendar", swap: "outerHTML" });
+      encodeURIComponent(cal.dataset.days || 2) + "&page=1", { target: "#calendar", swap: "outerHTML" })
+      .then(done, done);
   }
   function applyFilters() {
     var cal = document.getElementById("calendar");
