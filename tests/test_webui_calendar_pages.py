@@ -31,7 +31,8 @@ ROW = re.compile(r'class="cal-row[^"]*" data-key="([^"]+)"')
 @contextlib.contextmanager
 def site(tmp_path: Path, agents: int, nodes: int) -> Iterator[Browser]:
     """A web UI with `agents` fake agents of `nodes` nodes each, logged in as a user."""
-    cfg = write_webui_config(tmp_path, health_check_seconds=3600)
+    # A generous agent deadline: the fake agents share this process (and its GIL) with the web UI.
+    cfg = write_webui_config(tmp_path, health_check_seconds=3600, agent_timeout_seconds=15)
     add_user(cfg, USER, PASSWORD)
     with contextlib.ExitStack() as stack:
         for i in range(agents):

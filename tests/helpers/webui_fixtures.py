@@ -342,7 +342,7 @@ class WebuiProcess:
 
 def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: str = TOKEN) -> Any:
     """A minimal agent speaking the §5.1 contract, answering every call after `delay` seconds."""
-    from fastapi import FastAPI, Header, HTTPException
+    from fastapi import FastAPI, Header, HTTPException, Response
 
     app = FastAPI()
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
@@ -385,6 +385,11 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
         for i in range(5)
     ]
 
+    # Serialised once: the bench measures the web UI, not how fast this fake encodes its answers.
+    nodes_body = json.dumps(node_list).encode()
+    reservations_body = json.dumps(reservations).encode()
+    busy_body = json.dumps(busy).encode()
+
     def check(authorization: str | None) -> None:
         if authorization != f"Bearer {token}":
             raise HTTPException(401, "wrong token")
@@ -401,24 +406,25 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
         return {"name": name, "node_type": "raspberry", "site": name, "version": "bench"}
 
     @app.get("/api/nodes")
-    async def list_nodes(authorization: str | None = Header(default=None)) -> list[dict[str, Any]]:
+    async def list_nodes(authorization: str | None = Header(default=None)) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return node_list
+        return Response(nodes_body, media_type="application/json")
 
     @app.get("/api/schedule")
     async def schedule(
         start: str, end: str, authorization: str | None = Header(default=None)
-    ) -> dict[str, Any]:
+    ) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return {"start": start, "end": end, "nodes": busy}
+        window = json.dumps({"start": start, "end": end}).encode()
+        return Response(window[:-1] + b', "nodes": ' + busy_body + b"}", media_type="application/json")
 
     @app.get("/api/reservations")
-    async def list_reservations(authorization: str | None = Header(default=None)) -> list[dict[str, Any]]:
+    async def list_reservations(authorization: str | None = Header(default=None)) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return reservations
+        return Response(reservations_body, media_type="application/json")
 
     return app
 

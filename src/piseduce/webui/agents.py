@@ -35,6 +35,7 @@ from piseduce.config import WebuiConfig
 from piseduce.protocol import AgentInfo, Feature
 from piseduce.webui import agent_answers
 from piseduce.webui.agent_pools import AgentPools
+from piseduce.webui.answer_memo import AnswerMemo, Memo
 from piseduce.webui.database import Database
 from piseduce.webui.models import Agent, User
 
@@ -110,6 +111,7 @@ class Reply:
     # status); "" for a success.
     failure: str = ""
     size: int = 0  # bytes of the answer (a large one is checked in a thread)
+    memo: Memo | None = None  # the same answer as last time: its checked models are there
 
     @property
     def words(self) -> str:
@@ -183,6 +185,7 @@ class AgentHub:
         self.max_answer = cfg.agent_answer_max_bytes
         self.breakers: dict[int, Breaker] = {}
         self.pools = AgentPools(self.timeout)
+        self.memo = AnswerMemo()
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ registry
@@ -292,12 +295,18 @@ class AgentHub:
             brk.failure(time.monotonic(), error)
             return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         brk.success()
+        memo_key = (ref.id, ref.base_url, ref.token, path, tuple(sorted((params or {}).items())),
+                    self._headers(ref, who, token).get("X-Piseduce-User"), who.role if who else "")
+        memo = self.memo.get(memo_key, body) if method == "GET" and resp.is_success else None
+        if memo is not None:
+            return Reply(ref, True, resp.status_code, memo.data, size=len(body), memo=memo)
         data, problem = await agent_answers.parse(body, resp.is_success)
         if problem:
             return Reply(ref, False, resp.status_code, failure="unexpected", error="answered something "
                          f"unexpected to {method} {path} ({bounded(problem, 200)})")
         if resp.is_success:
-            return Reply(ref, True, resp.status_code, data, size=len(body))
+            kept = self.memo.put(memo_key, body, data) if method == "GET" else None
+            return Reply(ref, True, resp.status_code, data, size=len(body), memo=kept)
         return Reply(ref, False, resp.status_code, data, failure="http",
                      error=self._error_words(resp.status_code, data))
 

@@ -24,7 +24,7 @@ from piseduce.webui.booking import BookingRequest, start_problem
 from piseduce.webui.booking_outcome import Outcome
 from piseduce.webui.form_values import form_decimal, form_int, form_text
 from piseduce.webui.models import User
-from piseduce.webui.node_filters import Filter, matches, parse_chips
+from piseduce.webui.node_filters import PSEUDO, Filter, matches, parse_chips
 from piseduce.webui.web import (
     browser_zone,
     current_user,
@@ -203,12 +203,14 @@ def _draw_busy(row: Row, start: dt.datetime, end: dt.datetime, zone: ZoneInfo) -
 
 def _prop_values(rows: list[Row]) -> dict[str, list[str]]:
     """What the filter fields suggest: every property of every node (not only the page's)."""
-    props: dict[str, set[str]] = {}
-    for row in rows:
-        for k, v in row.filter_props.items():
-            if isinstance(v, str | int | float | bool):
+    props: dict[str, set[str]] = {"agent": set(), "type": set()}
+    for row in rows:  # the pseudo-properties (filter_props) without a dict per row
+        props["agent"].add(row.agent)
+        props["type"].add(row.node_type)
+        for k, v in row.props.items():
+            if k not in PSEUDO and isinstance(v, str | int | float | bool):
                 props.setdefault(k, set()).add(str(v))
-    return {k: sorted(v)[:200] for k, v in sorted(props.items())}
+    return {k: sorted(v)[:200] for k, v in sorted(props.items()) if v}
 
 
 def _lay_out(
