@@ -89,7 +89,7 @@ def run_site(agents: int, nodes: int, args: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     ports, procs = start_agents(agents, nodes)
-    cfg_path = write_webui_config(tmp, agent_timeout_seconds=1.0, health_check_seconds=30,
+    cfg_path = write_webui_config(tmp, agent_timeout_seconds=1.5, health_check_seconds=30,
                                   event_loop_db_check="warn")
     add_user(cfg_path, USER, "bench-password")
     token = make_token(cfg_path, USER, "read")

@@ -136,6 +136,8 @@ async def timed(c: httpx.AsyncClient, path: str) -> tuple[float, int]:
     assert r.status_code == 200, r.text[:300]
     if 'class="flash error"' in r.text:
         PARTIAL[path] = PARTIAL.get(path, 0) + 1
+        if PARTIAL[path] == 1:
+            print("  first partial answer:", re.findall(r'role="alert">([^<]*)<', r.text)[:2], flush=True)
     return took, len(r.content)
 
 
@@ -207,7 +209,7 @@ def run_site(agents: int, nodes: int, args: argparse.Namespace, dead: bool) -> N
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webui-"))
     ports, procs = start_agents(agents, nodes)
-    cfg_path = write_webui_config(tmp, agent_timeout_seconds=1.0, health_check_seconds=30,
+    cfg_path = write_webui_config(tmp, agent_timeout_seconds=1.5, health_check_seconds=30,
                                   event_loop_db_check="warn")
     for i in range(args.users):
         add_user(cfg_path, f"user{i}@example.org", "bench-password")
