@@ -223,3 +223,23 @@ def test_deep_values_inside_free_form_fields_are_refused(config: Path, agent: Ho
         r = admin.post("/admin/agents/1/check", {}, page="/admin/agents")
         assert r.status_code in (200, 303), r.status_code
         assert admin.get("/admin/agents").status_code == 200
+
+
+def test_a_big_answer_is_reused_only_while_it_is_byte_for_byte_the_same(
+    config: Path, agent: HostileAgent
+) -> None:
+    """The web UI keeps the last big answers decoded (webui/answer_memo.py): a node list that
+    changed is read again, and a malformed one after a good one is refused like any other."""
+    agent.answer("GET /api/nodes", json.dumps(nodes(400)).encode())
+    with webui_client(config) as b:
+        assert b.login(OWNER, "victim-password").status_code == 303
+        for _ in range(2):  # the second is the remembered one: the same page
+            page = b.get("/reserve").text
+            assert 'data-total="400"' in page and 'data-key="1/n-0"' in page
+        agent.answer("GET /api/nodes", json.dumps(nodes(401)[1:]).encode())  # n-0 is gone
+        page = b.get("/reserve").text
+        assert 'data-total="400"' in page and 'data-key="1/n-0"' not in page and 'data-key="1/n-1"' in page
+        bad = json.dumps(nodes(400)).replace('"status": "available"', '"status": 7', 1).encode()
+        agent.answer("GET /api/nodes", bad)
+        page = b.get("/reserve").text
+        assert "answered something unexpected to GET /api/nodes" in page and 'data-total="0"' in page

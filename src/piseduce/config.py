@@ -209,6 +209,8 @@ class WebuiConfig(_Base):
     first_admin_file: str = "first-admin-password"
     # A database call on the event loop (a bug: it stops every request) is logged, or raised.
     event_loop_db_check: Literal["off", "warn", "raise"] = "warn"
+    # Web UI processes serving host:port_number together (`piseduce webui serve --workers`).
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("public_url")
     @classmethod

@@ -10,12 +10,14 @@ import json
 import re
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from helpers.agent_helpers import free_port, node_body, piseduce_cmd, subprocess_env, wait_http
 from helpers.constants import TOKEN
@@ -309,15 +311,17 @@ class SilentPort:
 
 
 class WebuiProcess:
-    def __init__(self, config: Path) -> None:
+    """`piseduce webui serve CONFIG` in its own process (`args`: more options, `env`: more variables)."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         from piseduce.config import load_webui_config
 
         self.cfg = load_webui_config(config)
         self.url = f"http://127.0.0.1:{self.cfg.port_number}"
         log = open(config.parent / "webui.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            piseduce_cmd("webui", "serve", str(config), "--log-level", "warning"),
-            env=subprocess_env(),
+            piseduce_cmd("webui", "serve", str(config), "--log-level", "warning", *args),
+            env=subprocess_env(**(env or {})),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -338,7 +342,7 @@ class WebuiProcess:
 
 def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: str = TOKEN) -> Any:
     """A minimal agent speaking the §5.1 contract, answering every call after `delay` seconds."""
-    from fastapi import FastAPI, Header, HTTPException
+    from fastapi import FastAPI, Header, HTTPException, Response
 
     app = FastAPI()
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
@@ -381,6 +385,11 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
         for i in range(5)
     ]
 
+    # Serialised once: the bench measures the web UI, not how fast this fake encodes its answers.
+    nodes_body = json.dumps(node_list).encode()
+    reservations_body = json.dumps(reservations).encode()
+    busy_body = json.dumps(busy).encode()
+
     def check(authorization: str | None) -> None:
         if authorization != f"Bearer {token}":
             raise HTTPException(401, "wrong token")
@@ -397,24 +406,25 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
         return {"name": name, "node_type": "raspberry", "site": name, "version": "bench"}
 
     @app.get("/api/nodes")
-    async def list_nodes(authorization: str | None = Header(default=None)) -> list[dict[str, Any]]:
+    async def list_nodes(authorization: str | None = Header(default=None)) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return node_list
+        return Response(nodes_body, media_type="application/json")
 
     @app.get("/api/schedule")
     async def schedule(
         start: str, end: str, authorization: str | None = Header(default=None)
-    ) -> dict[str, Any]:
+    ) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return {"start": start, "end": end, "nodes": busy}
+        window = json.dumps({"start": start, "end": end}).encode()
+        return Response(window[:-1] + b', "nodes": ' + busy_body + b"}", media_type="application/json")
 
     @app.get("/api/reservations")
-    async def list_reservations(authorization: str | None = Header(default=None)) -> list[dict[str, Any]]:
+    async def list_reservations(authorization: str | None = Header(default=None)) -> Response:
         check(authorization)
         await asyncio.sleep(delay)
-        return reservations
+        return Response(reservations_body, media_type="application/json")
 
     return app
 
@@ -427,3 +437,26 @@ def fast_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
     from piseduce import crypto
 
     monkeypatch.setattr(crypto, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+class _QuietServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns the signals
+        pass
+
+
+@contextlib.contextmanager
+def threaded_app(app: Any) -> Iterator[int]:
+    """Serve an ASGI app (a fake agent) on a loopback port from a thread; yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = _QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until_sync(lambda: server.started, timeout=30, what="the fake agent started")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

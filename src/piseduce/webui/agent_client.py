@@ -163,10 +163,17 @@ class AgentClient(AgentHub):
             ref, method, path, who=who, json=json, params=params, timeout=timeout, use_breaker=use_breaker,
             token=token, max_bytes=max_bytes,
         )
+        memo = reply.memo
+        if memo is not None and model in memo.checked:
+            return Result(reply.agent, reply.status, memo.checked[model])
         if reply.size >= agent_answers.THREAD_FROM_BYTES:
             # A big answer (a site's schedule) is checked off the event loop, as it was decoded.
-            return await asyncio.to_thread(read, reply, model, f"{method} {path}")
-        return read(reply, model, f"{method} {path}")
+            result = await asyncio.to_thread(read, reply, model, f"{method} {path}")
+        else:
+            result = read(reply, model, f"{method} {path}")
+        if memo is not None and result.value is not None:
+            memo.checked[model] = result.value
+        return result
 
     # ------------------------------------------------------------ identity and health
 

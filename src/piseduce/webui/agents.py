@@ -34,6 +34,8 @@ from piseduce import crypto
 from piseduce.config import WebuiConfig
 from piseduce.protocol import AgentInfo, Feature
 from piseduce.webui import agent_answers
+from piseduce.webui.agent_pools import AgentPools
+from piseduce.webui.answer_memo import AnswerMemo, Memo
 from piseduce.webui.database import Database
 from piseduce.webui.models import Agent, User
 
@@ -109,6 +111,7 @@ class Reply:
     # status); "" for a success.
     failure: str = ""
     size: int = 0  # bytes of the answer (a large one is checked in a thread)
+    memo: Memo | None = None  # the same answer as last time: its checked models are there
 
     @property
     def words(self) -> str:
@@ -181,11 +184,8 @@ class AgentHub:
         self.timeout = cfg.agent_timeout_seconds
         self.max_answer = cfg.agent_answer_max_bytes
         self.breakers: dict[int, Breaker] = {}
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
-            follow_redirects=False,
-        )
+        self.pools = AgentPools(self.timeout)
+        self.memo = AnswerMemo()
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ registry
@@ -269,11 +269,12 @@ class AgentHub:
         cap = max_bytes or self.max_answer
         try:
             async with asyncio.timeout(deadline):
-                request = self.client.build_request(
+                client = self.pools.for_agent(ref.id, ref.base_url)
+                request = client.build_request(
                     method, ref.base_url + path, headers=self._headers(ref, who, token), json=json,
                     params=params, timeout=deadline,
                 )
-                resp = await self.client.send(request, stream=True)
+                resp = await client.send(request, stream=True)
                 try:
                     body = await agent_answers.read_capped(resp, cap)
                 finally:
@@ -294,12 +295,18 @@ class AgentHub:
             brk.failure(time.monotonic(), error)
             return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         brk.success()
+        memo_key = (ref.id, ref.base_url, ref.token, path, tuple(sorted((params or {}).items())),
+                    self._headers(ref, who, token).get("X-Piseduce-User"), who.role if who else "")
+        memo = self.memo.get(memo_key, body) if method == "GET" and resp.is_success else None
+        if memo is not None:
+            return Reply(ref, True, resp.status_code, memo.data, size=len(body), memo=memo)
         data, problem = await agent_answers.parse(body, resp.is_success)
         if problem:
             return Reply(ref, False, resp.status_code, failure="unexpected", error="answered something "
                          f"unexpected to {method} {path} ({bounded(problem, 200)})")
         if resp.is_success:
-            return Reply(ref, True, resp.status_code, data, size=len(body))
+            kept = self.memo.put(memo_key, body, data) if method == "GET" else None
+            return Reply(ref, True, resp.status_code, data, size=len(body), memo=kept)
         return Reply(ref, False, resp.status_code, data, failure="http",
                      error=self._error_words(resp.status_code, data))
 
@@ -343,7 +350,7 @@ class AgentHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.client.aclose()
+        await self.pools.close()
 
 
 def transport_category(error: str) -> str:

@@ -22,6 +22,7 @@ from piseduce.webui import auth, throttle
 from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.api.app import PREFIX as API_PREFIX
 from piseduce.webui.api.app import create_api
+from piseduce.webui.chores import ChoresLeader, lead, lock_path
 from piseduce.webui.client_addr import ClientAddress
 from piseduce.webui.database import Database, LoopGuard, install_loop_guard
 from piseduce.webui.routes import (
@@ -165,17 +166,27 @@ def create_app(
     database = Database(session_factory(engine))
     hub = AgentClient(cfg, database, fernet)
 
+    leader = ChoresLeader(lock_path(cfg.secret_path.parent, cfg.database_url))
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if health_checks:
-            hub.start()
-        chores = asyncio.get_running_loop().create_task(_housekeeping_loop(database))
+        loop = asyncio.get_running_loop()
+        chores: list[asyncio.Task[None]] = []
+
+        async def start_chores() -> None:
+            # Once per web UI, not once per worker (chores.py).
+            if health_checks:
+                hub.start()
+            chores.append(loop.create_task(_housekeeping_loop(database)))
+
+        leading = loop.create_task(lead(leader, start_chores, cfg.health_check_seconds))
         try:
             yield
         finally:
-            chores.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await chores
+            for task in (*chores, leading):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await hub.close()
             await asyncio.to_thread(database.close)
             await asyncio.to_thread(engine.dispose)

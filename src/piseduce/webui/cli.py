@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -71,11 +71,15 @@ def serve(
     config: Path = ConfigArg,
     log_level: str = typer.Option("info", help="uvicorn log level"),
     log_format: str = typer.Option("text", help="Log lines as text or json"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, max=64, help="Worker processes (default: the config's workers, 1)"
+    ),
 ) -> None:
     """Run the web UI on host:port_number (migrates the database first)."""
     import uvicorn
 
     from piseduce.logs import configure
+    from piseduce.webui import worker
     from piseduce.webui.app import create_app
 
     if log_format not in ("text", "json"):
@@ -83,23 +87,45 @@ def serve(
         raise typer.Exit(2)
     configure(level=log_level, fmt=log_format)
     cfg = load_webui_config(config)
+    count = cfg.workers if workers is None else workers
     _migrate(cfg)
     _first_admin(cfg)
-    web = create_app(cfg)
-    # A page of thousands of rows is laid out and rendered in a worker thread, and the event loop
-    # must keep answering meanwhile. Two things would still stall it: a full garbage collection,
-    # which holds the GIL while it walks every object (160-200 ms once a big calendar's rows
-    # exist, most of it the modules and app loaded once), so what is loaded now is frozen out of
-    # it; and CPython's 5 ms switch interval, which the loop waits at each GIL hand-over (1 ms).
-    gc.freeze()
-    sys.setswitchinterval(0.001)
-    typer.echo(f"PiSeduce web UI on http://{cfg.host}:{cfg.port_number}/", err=False)
-    sys.stdout.flush()
     # uvicorn's own proxy_headers stays off: the web UI reads X-Forwarded-For itself, only from
     # the trusted_proxies of its config (webui/client_addr.py).
-    uvicorn.run(
-        web, host=cfg.host, port=cfg.port_number, log_level=log_level, proxy_headers=False, log_config=None
-    )
+    options = {"host": cfg.host, "port": cfg.port_number, "log_level": log_level, "proxy_headers": False,
+               "log_config": None}
+    if count == 1:
+        web = create_app(cfg)
+        worker.tune_process()
+        _announce(cfg, count)
+        uvicorn.run(web, **options)  # type: ignore[arg-type]
+        return
+    # Checked here, once, so that a bad key file is one line, not one traceback per worker; the
+    # session secret is created before the workers start (they all read the same one).
+    _check_key(cfg)
+    crypto.generate_secret_file(cfg.secret_path)
+    os.environ[worker.CONFIG_ENV] = str(cfg.path)
+    os.environ[worker.LOG_LEVEL_ENV] = log_level
+    os.environ[worker.LOG_FORMAT_ENV] = log_format
+    _announce(cfg, count)
+    uvicorn.run("piseduce.webui.worker:app", factory=True, workers=count, **options)  # type: ignore[arg-type]
+
+
+def _check_key(cfg: WebuiConfig) -> None:
+    from piseduce.config import ConfigError
+
+    try:
+        crypto.load_fernet(cfg.key_path)
+    except crypto.KeyFileError as exc:
+        raise ConfigError(
+            f"{cfg.path}: key 'key_file': {exc}; create it with 'piseduce webui gen-key {cfg.path}'"
+        ) from None
+
+
+def _announce(cfg: WebuiConfig, count: int) -> None:
+    workers = f" ({count} workers)" if count > 1 else ""
+    typer.echo(f"PiSeduce web UI on http://{cfg.host}:{cfg.port_number}/{workers}", err=False)
+    sys.stdout.flush()
 
 
 @app.command("create-admin")

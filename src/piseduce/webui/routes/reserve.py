@@ -24,7 +24,7 @@ from piseduce.webui.booking import BookingRequest, start_problem
 from piseduce.webui.booking_outcome import Outcome
 from piseduce.webui.form_values import form_decimal, form_int, form_text
 from piseduce.webui.models import User
-from piseduce.webui.node_filters import parse_chips
+from piseduce.webui.node_filters import PSEUDO, Filter, matches, parse_chips
 from piseduce.webui.web import (
     browser_zone,
     current_user,
@@ -39,6 +39,8 @@ from piseduce.webui.web import (
 router = APIRouter()
 
 MAX_DAYS = 7
+PAGE_ROWS = 100
+MAX_FILTERS_TEXT = 16384
 # The days the agents' calendars cover (see _day); the "Go to date" field refuses the others.
 FIRST_DAY, LAST_DAY = dt.date(2000, 1, 1), dt.date(2199, 12, 31)
 
@@ -52,6 +54,7 @@ class Row:
     status: str
     props: dict[str, Any]
     busy: list[dict[str, Any]] = field(default_factory=list)
+    slots: list[BusySlot] = field(default_factory=list)  # its agent's, drawn only if on the page
 
     @property
     def key(self) -> str:
@@ -73,11 +76,40 @@ class Calendar:
     start: dt.datetime
     end: dt.datetime
     zone: ZoneInfo
-    rows: list[Row]
+    rows: list[Row]  # the page's rows only
     errors: list[str]
     hours: list[dict[str, Any]]
     days: list[dict[str, Any]]
     now_left: float | None
+    view: View
+    total: int = 0  # every agent's nodes
+    matching: int = 0  # those matching the filters
+    prop_values: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.matching // self.view.size))
+
+    @property
+    def first(self) -> int:
+        """The 0-based index of the page's first row among the matching ones."""
+        return (self.view.page - 1) * self.view.size
+
+
+@dataclass(frozen=True)
+class View:
+    """Which rows of the calendar a page shows: the filters' matches, one page of them. A site's
+    every node on one page made a page grow with nodes x hours (2 MB at 3000 nodes), most of it
+    never on screen; a page is PAGE_ROWS rows, whatever the site's size."""
+
+    filters: list[Filter]
+    filters_text: str  # as the browser sent it (echoed, so that it knows which filters are applied)
+    page: int = 1
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            object.__setattr__(self, "size", PAGE_ROWS)
 
 
 def _day(text: str | None, zone: ZoneInfo) -> dt.date:
@@ -122,22 +154,17 @@ async def fetch_nodes(
     return list(zip(nodes, schedules, strict=True))
 
 
-async def fetch_calendar(h: AgentClient, who: Identity, day: dt.date, days: int, zone: ZoneInfo) -> Calendar:
+async def fetch_calendar(
+    h: AgentClient, who: Identity, day: dt.date, days: int, zone: ZoneInfo, view: View
+) -> Calendar:
     start, end = _window(day, days, zone)
     answers = await fetch_nodes(h, await h.refs(), who, start, end)
     # Thousands of nodes take a while to lay out: in a thread, off the event loop.
-    return await anyio.to_thread.run_sync(_lay_out, answers, start, end, day, days, zone)
+    return await anyio.to_thread.run_sync(_lay_out, answers, start, end, day, days, zone, view)
 
 
-def _lay_out(
-    answers: list[tuple[Result[list[Node]], Result[Schedule]]],
-    start: dt.datetime,
-    end: dt.datetime,
-    day: dt.date,
-    days: int,
-    zone: ZoneInfo,
-) -> Calendar:
-    span = (end - start).total_seconds()
+def _rows(answers: list[tuple[Result[list[Node]], Result[Schedule]]]) -> tuple[list[Row], list[str]]:
+    """Every agent's nodes as rows (their busy slots not drawn yet), and the failed agents in words."""
     rows: list[Row] = []
     errors: list[str] = []
     for nodes, sched in answers:
@@ -151,23 +178,61 @@ def _lay_out(
         else:
             errors.append(f"{ref.name}: calendar unavailable ({sched.error})")
         for node in nodes.value:
-            row = Row(ref.id, ref.name, ref.node_type, node.name, node.status, node.properties)
-            for slot in busy_by_node.get(row.name, []):
-                s, e = to_utc(slot.start), to_utc(slot.end)
-                if e <= start or s >= end:
-                    continue
-                s, e = max(s, start), min(e, end)
-                who_text = "yours" if slot.mine else (slot.owner or slot.reason or "busy")
-                row.busy.append(
-                    {
-                        "left": round((s - start).total_seconds() / span * 100, 3),
-                        "width": max(0.3, round((e - s).total_seconds() / span * 100, 3)),
-                        "mine": slot.mine,
-                        "title": f"{who_text}: {_fmt(s, zone)} – {_fmt(e, zone)}",
-                    }
-                )
-            rows.append(row)
-    rows.sort(key=lambda r: (r.agent, _natural(r.name)))
+            rows.append(Row(ref.id, ref.name, ref.node_type, node.name, node.status, node.properties,
+                            slots=busy_by_node.get(node.name, [])))
+    return rows, errors
+
+
+def _draw_busy(row: Row, start: dt.datetime, end: dt.datetime, zone: ZoneInfo) -> None:
+    span = (end - start).total_seconds()
+    for slot in row.slots:
+        s, e = to_utc(slot.start), to_utc(slot.end)
+        if e <= start or s >= end:
+            continue
+        s, e = max(s, start), min(e, end)
+        who_text = "yours" if slot.mine else (slot.owner or slot.reason or "busy")
+        row.busy.append(
+            {
+                "left": round((s - start).total_seconds() / span * 100, 3),
+                "width": max(0.3, round((e - s).total_seconds() / span * 100, 3)),
+                "mine": slot.mine,
+                "title": f"{who_text}: {_fmt(s, zone)} – {_fmt(e, zone)}",
+            }
+        )
+
+
+def _prop_values(rows: list[Row]) -> dict[str, list[str]]:
+    """What the filter fields suggest: every property of every node (not only the page's)."""
+    props: dict[str, set[str]] = {"agent": set(), "type": set()}
+    for row in rows:  # the pseudo-properties (filter_props) without a dict per row
+        props["agent"].add(row.agent)
+        props["type"].add(row.node_type)
+        for k, v in row.props.items():
+            if k not in PSEUDO and isinstance(v, str | int | float | bool):
+                props.setdefault(k, set()).add(str(v))
+    return {k: sorted(v)[:200] for k, v in sorted(props.items()) if v}
+
+
+def _lay_out(
+    answers: list[tuple[Result[list[Node]], Result[Schedule]]],
+    start: dt.datetime,
+    end: dt.datetime,
+    day: dt.date,
+    days: int,
+    zone: ZoneInfo,
+    view: View,
+) -> Calendar:
+    span = (end - start).total_seconds()
+    every, errors = _rows(answers)
+    shown = [r for r in every if matches(r.filter_props, view.filters)] if view.filters else every
+    shown.sort(key=lambda r: (r.agent, _natural(r.name)))
+    pages = max(1, -(-len(shown) // view.size))
+    if view.page > pages:  # the site shrank, or the filters narrowed it: its last page
+        view = View(view.filters, view.filters_text, pages, view.size)
+    first = (view.page - 1) * view.size
+    rows = shown[first:first + view.size]
+    for row in rows:
+        _draw_busy(row, start, end, zone)
     hours = []
     t = start
     while t < end:
@@ -192,7 +257,8 @@ def _lay_out(
         )
     now = dt.datetime.now(dt.UTC)
     now_left = (now - start).total_seconds() / span * 100 if start <= now < end else None
-    return Calendar(start, end, zone, rows, errors, hours, day_heads, now_left)
+    return Calendar(start, end, zone, rows, errors, hours, day_heads, now_left, view, total=len(every),
+                    matching=len(shown), prop_values=_prop_values(every))
 
 
 def _natural(name: str) -> list[Any]:
@@ -201,11 +267,7 @@ def _natural(name: str) -> list[Any]:
 
 
 def _calendar_context(cal: Calendar, day: dt.date, days: int) -> dict[str, Any]:
-    props: dict[str, set[str]] = {}
-    for row in cal.rows:
-        for k, v in row.filter_props.items():
-            if isinstance(v, str | int | float | bool):
-                props.setdefault(k, set()).add(str(v))
+    view = cal.view
     return {
         "cal": cal,
         "day": day.isoformat(),
@@ -215,18 +277,36 @@ def _calendar_context(cal: Calendar, day: dt.date, days: int) -> dict[str, Any]:
         "today": dt.datetime.now(cal.zone).date().isoformat(),
         "min_day": FIRST_DAY.isoformat(),
         "max_day": LAST_DAY.isoformat(),
-        "prop_values": {k: sorted(v)[:200] for k, v in sorted(props.items())},
+        "prop_values": cal.prop_values,
+        "cal_page": view.page,
+        "pages": cal.pages,
+        "first_row": cal.first + 1 if cal.rows else 0,
+        "last_row": cal.first + len(cal.rows),
     }
 
 
+def _view(filters: str, page: int) -> tuple[View, str | None]:
+    """The rows asked for, and what was wrong with the filters (then none apply) in words."""
+    text = filters[:MAX_FILTERS_TEXT]
+    try:
+        parsed = parse_chips(text) if text.strip() else []
+    except ValueError as exc:
+        return View([], text, max(page, 1)), f"Filters: {exc}."
+    return View(parsed, text, max(page, 1)), None
+
+
 async def _calendar_for(
-    request: Request, user: User, h: AgentClient, day: str | None, days: int
+    request: Request, user: User, h: AgentClient, day: str | None, days: int, filters: str, page: int
 ) -> dict[str, Any]:
-    """The calendar of `days` days from `day` (today by default) in the browser's time zone."""
+    """The calendar of `days` days from `day` (today by default) in the browser's time zone: the
+    nodes matching `filters` (the Reserve page's chips, JSON), `page` of them."""
     zone = browser_zone(request)
     d = _day(day, zone)
     days = min(max(days, 1), MAX_DAYS)
-    cal = await fetch_calendar(h, identity(request, user), d, days, zone)
+    view, problem = _view(filters, page)
+    cal = await fetch_calendar(h, identity(request, user), d, days, zone, view)
+    if problem:
+        cal.errors.insert(0, problem)
     return await anyio.to_thread.run_sync(_calendar_context, cal, d, days)
 
 
@@ -235,10 +315,12 @@ async def reserve_page(
     request: Request,
     day: str | None = None,
     days: StrictInt = 2,
+    filters: str = "",
+    page: StrictInt = 1,
     user: User = Depends(current_user),
     h: AgentClient = Depends(agents),
 ) -> Response:
-    context = await _calendar_for(request, user, h, day, days)
+    context = await _calendar_for(request, user, h, day, days, filters, page)
     return render(request, "reserve.html", {"page": "reserve", **context})
 
 
@@ -247,10 +329,12 @@ async def calendar_fragment(
     request: Request,
     day: str | None = None,
     days: StrictInt = 2,
+    filters: str = "",
+    page: StrictInt = 1,
     user: User = Depends(current_user),
     h: AgentClient = Depends(agents),
 ) -> Response:
-    return render(request, "_calendar.html", await _calendar_for(request, user, h, day, days))
+    return render(request, "_calendar.html", await _calendar_for(request, user, h, day, days, filters, page))
 
 
 # ---------------------------------------------------------------- booking

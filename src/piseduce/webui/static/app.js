@@ -124,7 +124,29 @@
   function describeFilters() {
     return filters.map(function (f) { return f.prop + " " + OPS[f.op] + " " + f.value; }).join(" AND ");
   }
+  /* The calendar shows one page of the nodes matching the filters (the server filters with the
+     same rules, webui/routes/reserve.py): every calendar request carries the filters, and a
+     change of filters asks for the first page of the new matches. Meanwhile the rows on screen
+     are filtered here, so the page answers at once. */
+  function filtersText() { return filters.length ? JSON.stringify(filters) : ""; }
+  function calendarInSync(cal) { return !!cal && (cal.getAttribute("data-filters") || "") === filtersText(); }
+  document.addEventListener("htmx:configRequest", function (e) {
+    if (e.detail.path.indexOf("/reserve/calendar") === 0 && filters.length) {
+      e.detail.parameters.filters = filtersText();
+    }
+  });
+  var askedFilters = null;  // the filters of the calendar being fetched (asked once at a time)
+  function reloadCalendar(cal) {
+    if (askedFilters === filtersText()) { return; }
+    askedFilters = filtersText();
+    var done = function () { askedFilters = null; };
+    htmx.ajax("GET", "/reserve/calendar?day=" + encodeURIComponent(cal.dataset.day || "") + "&days=" +
+      encodeURIComponent(cal.dataset.days || 2) + "&page=1", { target: "#calendar", swap: "outerHTML" })
+      .then(done, done);
+  }
   function applyFilters() {
+    var cal = document.getElementById("calendar");
+    if (cal && !calendarInSync(cal)) { reloadCalendar(cal); }
     var rows = document.querySelectorAll(".cal-row[data-key]");
     var shown = 0;
     rows.forEach(function (row) {
@@ -138,7 +160,10 @@
       if (ok) { shown += 1; }
     });
     var mc = document.getElementById("match-count");
-    if (mc) { mc.textContent = shown + " of " + rows.length + " nodes match"; }
+    if (mc) {
+      mc.textContent = calendarInSync(cal) ? cal.dataset.matching + " of " + cal.dataset.total + " nodes match"
+        : shown + " of " + rows.length + " nodes match";
+    }
     var bf = document.getElementById("b-filters");
     if (bf) { bf.value = JSON.stringify(filters); }
     var chips = document.getElementById("filter-chips");
@@ -196,8 +221,10 @@
     var keys = Object.keys(selected), text;
     if (mode() === "count") {
       var count = parseInt((document.getElementById("b-count") || {}).value, 10) || 0;
-      var shown = document.querySelectorAll(".cal-row[data-key]:not(.hidden)").length;
-      var matching = (filters.length ? describeFilters() : "any node") + " (" + shown + " shown in the calendar)";
+      var cal = document.getElementById("calendar");
+      var shown = calendarInSync(cal) ? cal.dataset.matching
+        : document.querySelectorAll(".cal-row[data-key]:not(.hidden)").length;
+      var matching = (filters.length ? describeFilters() : "any node") + " (" + shown + " in the calendar)";
       text = count > 0 ? "Reserve will book " + count + " node(s) matching " + matching + ", " + whenText() + "."
         : "How many nodes? Type the number of nodes matching " + matching + " that Reserve should book.";
       if (keys.length) { text += " The " + keys.length + " clicked node(s) are not part of this request."; }
@@ -261,6 +288,11 @@
   function setupReserve() {
     var add = document.getElementById("f-add");
     if (!add) { return; }
+    var cal = document.getElementById("calendar");
+    if (cal && cal.getAttribute("data-filters")) {  // an address that asked for filters: its chips
+      try { filters = JSON.parse(cal.getAttribute("data-filters")); } catch (err) { filters = []; }
+      if (!Array.isArray(filters)) { filters = []; }
+    }
     var prop = document.getElementById("f-prop"), op = document.getElementById("f-op"), val = document.getElementById("f-value");
     prop.addEventListener("change", function () { valuesFor(prop.value.trim()); });
     function addFilter() {
