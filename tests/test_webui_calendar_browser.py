@@ -82,3 +82,43 @@ def test_paging_and_filtering_a_big_calendar(web: str) -> None:
         page.wait_for_load_state("networkidle")
         assert page.get_attribute("#calendar", "data-page") == "2" and len(names(page)) == 25
         browser.close()
+
+
+def test_a_filter_drops_a_clicked_node_of_another_page_and_paging_keeps_the_focus(web: str) -> None:
+    """A node clicked on page 3 that a filter added on page 1 hides leaves the selection, and the
+    panel says so (the rule of the booking panel: it books what it shows). Paging by keyboard to
+    the last page keeps the focus on the calendar's paging buttons."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_context(viewport={"width": 390, "height": 900}).new_page()
+        page.set_default_timeout(20_000)
+        page.goto(f"{web}/login")
+        page.fill("#email", USER)
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{web}/reserve")
+        page.wait_for_load_state("networkidle")
+        for n in (2, 3):
+            page.focus("#cal-page-next")
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"() => document.getElementById('calendar').dataset.page === '{n}'")
+            page.wait_for_load_state("networkidle")
+        # Page 3 is the last: Next is disabled, the focus is on Previous, not lost to the page.
+        assert page.get_attribute("#cal-page-next", "disabled") is not None
+        assert page.evaluate("document.activeElement.id") == "cal-page-prev"
+        page.click('.cal-row[data-key$="/n-200"] .cal-name .node')  # even: not an RPI4B
+        page.click('.cal-row[data-key$="/n-201"] .cal-name .node')  # odd: an RPI4B
+        assert page.inner_text("#sel-count") == "2"
+        for n in (2, 1):
+            page.click("#cal-page-prev")
+            page.wait_for_function(f"() => document.getElementById('calendar').dataset.page === '{n}'")
+        add_filter(page, "model", "=", "RPI4B")
+        page.wait_for_function("() => document.getElementById('calendar').dataset.matching === '125'")
+        page.wait_for_load_state("networkidle")
+        assert page.inner_text("#sel-count") == "1"
+        asked = page.eval_on_selector_all("#sel-inputs input[name=node]", "els => els.map(e => e.value)")
+        assert [a.rsplit("/", 1)[-1] for a in asked] == ["n-201"], asked
+        summary = page.inner_text("#b-summary")
+        assert "Unselected because the filters hide them: n-200" in summary, summary
+        assert "n-201" in summary and "n-200 (" not in summary.split("Unselected")[0], summary
+        browser.close()

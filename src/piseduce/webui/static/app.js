@@ -66,6 +66,9 @@
      filters leaves the selection, and the selection is emptied once it is booked. */
   var filters = [];
   var selected = {};
+  /* The properties of each selected node, kept from its row: the calendar shows one page of nodes,
+     and a filter must drop a selected node that is on another page too. */
+  var selectedProps = {};
   var dropped = [];  // names unselected because a filter hid them (said once in the summary)
   var OPS = {"=": "is", "!=": "is not", ">=": "≥", "<=": "≤"};
   /* The same rules as the server's (webui/node_filters.py): sizes such as 4G are binary multiples
@@ -159,6 +162,13 @@
       if (pick) { pick.setAttribute("aria-pressed", on ? "true" : "false"); }
       if (ok) { shown += 1; }
     });
+    var onPage = {};
+    rows.forEach(function (row) { onPage[row.getAttribute("data-key")] = true; });
+    Object.keys(selected).forEach(function (key) {
+      if (!onPage[key] && selectedProps[key] && !matches(selectedProps[key])) {
+        dropped.push(selected[key]); delete selected[key];
+      }
+    });
     var mc = document.getElementById("match-count");
     if (mc) {
       mc.textContent = calendarInSync(cal) ? cal.dataset.matching + " of " + cal.dataset.total + " nodes match"
@@ -227,7 +237,7 @@
       var matching = (filters.length ? describeFilters() : "any node") + " (" + shown + " in the calendar)";
       text = count > 0 ? "Reserve will book " + count + " node(s) matching " + matching + ", " + whenText() + "."
         : "How many nodes? Type the number of nodes matching " + matching + " that Reserve should book.";
-      if (keys.length) { text += " The " + keys.length + " clicked node(s) are not part of this request."; }
+      if (keys.length) { text += " The " + keys.length + " clicked node(s) are not what it books (the count may still pick them)."; }
     } else if (keys.length) {
       text = "Reserve will book the " + keys.length + " node(s) you clicked: " +
         keys.map(function (k) { return selected[k]; }).join(", ") + ", " + whenText() + ".";
@@ -267,7 +277,10 @@
     if (name) {
       var row = name.closest(".cal-row"), key = row.getAttribute("data-key");
       if (selected[key]) { delete selected[key]; }
-      else { selected[key] = row.querySelector(".node").textContent + " (" + row.querySelector(".agent").textContent + ")"; }
+      else {
+        selected[key] = row.querySelector(".node").textContent + " (" + row.querySelector(".agent").textContent + ")";
+        selectedProps[key] = rowProps(row);
+      }
       dropped = [];
       var radio = document.querySelector("input[name=mode][value=selected]");
       if (radio) { radio.checked = true; }
@@ -341,7 +354,7 @@
     /* Booked (all of it): those nodes now show as "yours" in the calendar; the next booking starts
        afresh: no selection, no count, no bin of this one. */
     document.body.addEventListener("calendar-refresh", function () {
-      selected = {}; dropped = [];
+      selected = {}; selectedProps = {}; dropped = [];
       count.value = "";
       document.getElementById("b-bin").value = "";
       var radio = document.getElementById("b-mode-selected");
@@ -552,7 +565,25 @@
   document.body.addEventListener("manage-refresh", function () {
     document.querySelectorAll("details[data-events-url][open]").forEach(loadEvents);
   });
+  /* Paging swaps the calendar, and the button pressed may come back disabled (first or last page):
+     the keyboard's focus then goes to the other paging button instead of the top of the page. */
+  var pagingFocus = null;
+  document.addEventListener("click", function (e) {
+    var b = e.target.closest && e.target.closest("#cal-page-prev, #cal-page-next");
+    if (b) { pagingFocus = b.id; }
+  }, true);
+  function restorePagingFocus() {
+    if (!pagingFocus) { return; }
+    var other = pagingFocus === "cal-page-next" ? "cal-page-prev" : "cal-page-next";
+    var el = [pagingFocus, other].map(function (id) { return document.getElementById(id); })
+      .filter(function (x) { return x && !x.disabled; })[0];
+    pagingFocus = null;
+    if (el) { el.focus(); }
+  }
   document.addEventListener("htmx:afterSettle", function (e) {
+    if (document.getElementById("cal-page-words") && e.target.contains && e.target.contains(document.getElementById("cal-page-words"))) {
+      restorePagingFocus();
+    }
     formatTimes(e.target);
     if (e.target.id === "calendar" || (e.target.querySelector && e.target.querySelector("#calendar"))) { applyFilters(); }
   });
