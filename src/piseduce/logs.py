@@ -69,3 +69,5 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     # Never let HTTP client libraries log request headers (they may carry credentials).
     for noisy in ("httpx", "httpcore", "asyncssh", "pysnmp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Alembic names each of its plugins at every start; its migrations' lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
