@@ -187,7 +187,8 @@ def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
 async def test_admin_route_shows_what_the_nodes_registered(
     api: tuple[httpx.AsyncClient, Ports, SwitchInfo, Path],  # noqa: F811
 ) -> None:
-    client, _, sw, _ = api
+    client, _, sw, env_dir = api
+    tftp = env_dir.parent / "tftpboot"
     body = {"name": "sw1", "ip": "127.0.0.1", "snmp_port": sw.snmp_port, "community": "s3cret",
             "port_count": 5, "master_port": 5}
     assert (await client.post("/api/admin/switches", json=body, headers=ADMIN)).status_code == 201
@@ -197,10 +198,11 @@ async def test_admin_route_shows_what_the_nodes_registered(
             "serial": "9ffefdef", "mac": "DC-A6-32-01-36-C2"}
     assert (await client.post("/api/admin/nodes", json=node, headers=ADMIN)).status_code == 201
     r = await client.get("/api/admin/network-config", headers=ADMIN)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    assert "dhcp-host=dc:a6:32:01:36:c2,48.48.0.1,pi-1" in r.text.splitlines()
+    assert r.status_code == 200, r.text
+    assert "dhcp-host=dc:a6:32:01:36:c2,48.48.0.1,pi-1" in r.json()["dnsmasq"].splitlines()
+    assert r.json()["exports"].startswith(f"{tftp.parent / 'nfs'} 48.48.0.0/24(")
     r = await client.patch("/api/admin/nodes/pi-1", json={"mac": "dc:a6:32:01:36:c3"}, headers=ADMIN)
     assert r.status_code == 200, r.text
     r = await client.get("/api/admin/network-config", headers=ADMIN)
-    assert "dhcp-host=dc:a6:32:01:36:c3,48.48.0.1,pi-1" in r.text.splitlines()
+    assert "dhcp-host=dc:a6:32:01:36:c3,48.48.0.1,pi-1" in r.json()["dnsmasq"].splitlines()
     assert (await client.get("/api/admin/network-config", headers=USER)).status_code == 403
