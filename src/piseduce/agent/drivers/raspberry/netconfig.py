@@ -201,7 +201,7 @@ def render(net: BoardNetwork, nodes: Iterable[Node]) -> NetworkFiles:
     who = f" of agent {net.agent}" if net.agent else ""
     lines = [
         f"# dnsmasq configuration of the boards' network{who}, written by `piseduce agent network-config`.",
-        "# Written again after nodes change; edits here are lost.",
+        "# Run it again after nodes change rather than editing this file.",
         f"interface={net.interface}",
         f"listen-address={net.server}",
         "bind-interfaces",
