@@ -3,10 +3,13 @@ hostile node rows and bad config values; the admin route the web UI shows."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +209,91 @@ async def test_admin_route_shows_what_the_nodes_registered(
     r = await client.get("/api/admin/network-config", headers=ADMIN)
     assert "dhcp-host=dc:a6:32:01:36:c3,48.48.0.1,pi-1" in r.json()["dnsmasq"].splitlines()
     assert (await client.get("/api/admin/network-config", headers=USER)).status_code == 403
+
+
+CLIENT = Path(__file__).parent / "helpers" / "dhcp_client.py"
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def _namespaces_usable() -> str:
+    """Why a namespace pair cannot be made here ('' when it can)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 is not installed"
+    probe = f"pisnc-probe-{os.getpid()}"
+    made = _ip("netns", "add", probe)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    _ip("netns", "del", probe)
+    return ""
+
+
+@needs_dnsmasq
+@pytest.mark.slow
+def test_a_board_gets_its_static_lease_from_dnsmasq(tmp_path: Path) -> None:
+    why = _namespaces_usable()
+    if why:
+        pytest.skip(why)
+    assert DNSMASQ is not None
+    tag = f"{os.getpid() % 100000}"
+    server_ns, client_ns = f"pisnc-s{tag}", f"pisnc-c{tag}"
+    server_if, client_if = f"ncs{tag}", f"ncc{tag}"
+    config = agent_config(tmp_path, board_address="10.77.0.254/24", board_interface=server_if)
+    add_nodes(config, [("pi-1", "10.77.0.11", "dc:a6:32:00:00:11"),
+                       ("pi-2", "10.77.0.12", "dc:a6:32:00:00:12")])
+    conf = tmp_path / "dnsmasq.conf"
+    p = run("agent", "network-config", str(config.path), "--output", str(conf))
+    assert p.returncode == 0, p.stderr
+    dnsmasq: subprocess.Popen[str] | None = None
+    try:
+        for ns in (server_ns, client_ns):
+            assert _ip("netns", "add", ns).returncode == 0
+        steps = [
+            ("link", "add", server_if, "netns", server_ns, "type", "veth", "peer", "name", client_if,
+             "netns", client_ns),
+            ("-n", server_ns, "addr", "add", "10.77.0.254/24", "dev", server_if),
+            ("-n", server_ns, "link", "set", server_if, "up"),
+            ("-n", server_ns, "link", "set", "lo", "up"),
+            ("-n", client_ns, "link", "set", client_if, "up"),
+            ("-n", client_ns, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            done = _ip(*step)
+            assert done.returncode == 0, f"ip {' '.join(step)}: {done.stderr}"
+        log = (tmp_path / "dnsmasq.log").open("w")
+        dnsmasq = subprocess.Popen(
+            ["ip", "netns", "exec", server_ns, DNSMASQ, "--no-daemon", f"--conf-file={conf}", "--port=0",
+             f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+             "--user=root", "--log-facility=-"],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        client = subprocess.run(
+            ["ip", "netns", "exec", client_ns, sys.executable, str(CLIENT), client_if,
+             "dc:a6:32:00:00:12", "60"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr + (tmp_path / "dnsmasq.log").read_text()
+        got = json.loads(client.stdout)
+        assert got == {"offered": "10.77.0.12", "acked": "10.77.0.12", "server": "10.77.0.254"}
+        assert "dc:a6:32:00:00:12" in (tmp_path / "leases").read_text()
+        # A board nobody registered gets nothing (static leases only): no answer at all.
+        stranger = subprocess.run(
+            ["ip", "netns", "exec", client_ns, sys.executable, str(CLIENT), client_if,
+             "dc:a6:32:00:00:99", "5"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert stranger.returncode != 0 and "no DHCP answer" in stranger.stderr
+    finally:
+        if dnsmasq is not None:
+            dnsmasq.terminate()
+            try:
+                dnsmasq.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                dnsmasq.kill()
+                dnsmasq.wait()
+        for ns in (server_ns, client_ns):
+            _ip("netns", "del", ns)  # takes its end of the veth pair with it
