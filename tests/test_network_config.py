@@ -121,6 +121,7 @@ HOSTILE = [
     ("pi-10", "10.9.9.9", "dc:a6:32:00:00:0a"),
     ("pi-11", "48.48.0.1", "dc:a6:32:00:00:0b"),  # pi-1's address
     ("pi-12", "48.48.0.12", ["dc:a6:32:00:00:0c"]),
+    ("pi-13", "48.48.0.13", "DC:A6:32:00:00:0D"),  # written by an older version: kept, in lower case
 ]
 
 
@@ -137,7 +138,8 @@ def test_hostile_node_rows_inject_nothing(tmp_path: Path) -> None:
     hosts = [line for line in text.splitlines() if line.startswith("dhcp-host=")]
     # A name dnsmasq would refuse as a host name keeps its lease, without the name.
     assert hosts == ["dhcp-host=dc:a6:32:00:00:06,48.48.0.6", "dhcp-host=dc:a6:32:00:00:05,48.48.0.5",
-                     "dhcp-host=dc:a6:32:00:00:01,48.48.0.1,pi-1"]
+                     "dhcp-host=dc:a6:32:00:00:01,48.48.0.1,pi-1",
+                     "dhcp-host=dc:a6:32:00:00:0d,48.48.0.13,pi-13"]
     assert len(re.findall(r"^#   ", text, re.M)) == 6  # pi-7 to pi-12, each named with its reason
     checked = dnsmasq_test(out)
     assert checked.returncode == 0, checked.stdout + checked.stderr

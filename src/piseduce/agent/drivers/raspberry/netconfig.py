@@ -166,6 +166,7 @@ def _lease(net: BoardNetwork, node: Node, seen_mac: set[str], seen_ip: set[IPv4A
     mac = attrs.get("mac")
     if not mac:
         return f"{label}: no MAC registered"
+    mac = mac.lower() if isinstance(mac, str) else mac  # rows from before the API normalised it
     if not isinstance(mac, str) or not _MAC.fullmatch(mac):
         return f"{label}: its MAC is not of the form dc:a6:32:01:36:c2"
     try:
