@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from markupsafe import escape
 
 from helpers.admin_infra_fixtures import RaspberryAgent, connect, flashes, follow, node_form
 from helpers.agent_helpers import free_port
@@ -305,6 +306,26 @@ class BusyRelay:
         self.thread.join(5)
         self.front.close()
         self.up.close()
+
+
+def test_switches_page_shows_the_boot_network_config(config: Path, rpi: RaspberryAgent) -> None:
+    board = rpi.board(0)
+    node = {"name": "pi-netcfg", "ip": board["ip"], "switch": rpi.switch["name"], "port": board["port"],
+            "model": board["model"], "serial": board["serial"], "mac": board["mac"]}
+    r = rpi.api("POST", "/api/admin/nodes", json=node)
+    assert r.status_code == 201, r.text
+    try:
+        answer = rpi.api("GET", "/api/admin/network-config")
+        assert answer.status_code == 200, answer.text
+        with webui_client(config) as b:
+            connect(b, ("rpi-lab", rpi.port))
+            page = b.get("/admin/switches").text
+        block = page.split("<details class=\"add-form netconfig\" data-netconfig>")[1].split("</details>")[0]
+        assert f"dhcp-host={board['mac']},{board['ip']},pi-netcfg" in block
+        assert str(escape(answer.json()["dnsmasq"])) in block  # the agent's text, as Jinja escapes it
+        assert 'class="small secondary copy"' in block
+    finally:
+        assert rpi.api("DELETE", "/api/admin/nodes/pi-netcfg").status_code == 200
 
 
 def test_a_switch_that_answers_late_is_waited_for_not_blamed(config: Path, rpi: RaspberryAgent) -> None:

@@ -5,6 +5,7 @@ and the path (`piseduce.cli.main` prints it), never a traceback."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -53,3 +54,22 @@ def usable_folder(path: Path, option: str) -> None:
         raise FileOptionError(f"{option} {path}: not a folder (a file of that name exists)") from None
     except OSError as exc:
         raise FileOptionError(f"{option} {path}: cannot make this folder: {_why(exc)}") from None
+
+
+def replace_text(path: Path, text: str, option: str) -> None:
+    """Write `text` to `path` (given as `option`), mode 0644, replacing any older file atomically:
+    a reader (or a crash) sees the old file or the new one, never a part."""
+    writable_file(path, option)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise FileOptionError(f"{option} {path}: cannot write it: {_why(exc)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

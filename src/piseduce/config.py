@@ -105,6 +105,13 @@ class AgentConfig(_Base):
     tftp_root: str = "tftpboot"
     nfs_root: str = "nfs"
     ssh_key_file: str = "agent_ssh_key"
+    # The boards' network, for `piseduce agent network-config` (raspberry): the pimaster's address
+    # with its prefix ("" = the /24 of the registered nodes, the pimaster at .254), its interface,
+    # a dynamic DHCP range "START-END" ("" = static leases only) and a router ("" = none).
+    board_address: str = ""
+    board_interface: str = "eth0"
+    dhcp_range: str = ""
+    dhcp_router: str = ""
     firmware_path: str = "firmwares/"
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"

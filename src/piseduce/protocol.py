@@ -395,6 +395,14 @@ class PortOut(Wire):
     power_w: float | None = None
 
 
+class NetworkConfigOut(Wire):
+    """A raspberry agent's boards' network configuration (`GET /api/admin/network-config`)."""
+
+    dnsmasq: str  # the dnsmasq file, the NFS export line in its last comment
+    exports: str  # that /etc/exports line
+    skipped: list[str] = Field(default_factory=list)  # the nodes left without a lease, and why
+
+
 class EnvironmentOut(Wire):
     name: NodeName
     image: ShortText

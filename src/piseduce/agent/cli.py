@@ -172,3 +172,43 @@ def monitor(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_monitor(cfg))
+
+
+@app.command("network-config")
+def network_config(
+    config: ConfigArg,
+    output: Annotated[Path | None, typer.Option(help="Write the dnsmasq file here (default: print it)")] = (
+        None
+    ),
+    exports: Annotated[Path | None, typer.Option(help="Write the NFS export line here too")] = None,
+) -> None:
+    """The dnsmasq configuration of the boards' network (one static lease per node) and its NFS export."""
+    from piseduce.agent.drivers.raspberry.netconfig import NetworkConfigError, network_files
+    from piseduce.cli_files import replace_text, writable_file
+    from piseduce.db import make_engine, session_factory
+
+    cfg = _setup(config)
+    if cfg.node_type != "raspberry":
+        raise ConfigError(f"{cfg.path}: key 'node_type': network-config is for a raspberry agent")
+    _check_database(cfg)
+    # Both files can be written, checked before either is.
+    for path, option in ((output, "--output"), (exports, "--exports")):
+        if path is not None:
+            writable_file(path, option)
+    engine = make_engine(cfg.database_url)
+    try:
+        with session_factory(engine)() as s:
+            files = network_files(cfg, s)
+    except NetworkConfigError as exc:
+        raise ConfigError(f"{cfg.path}: {exc}") from None
+    finally:
+        engine.dispose()
+    for why in files.skipped:
+        typer.echo(f"warning: no lease for {why}", err=True)
+    if exports is not None:
+        replace_text(exports, files.exports, "--exports")
+    if output is None:
+        typer.echo(files.dnsmasq, nl=False)
+    else:
+        replace_text(output, files.dnsmasq, "--output")
+        typer.echo(f"{output}: {len(files.leases)} static lease(s)", err=True)

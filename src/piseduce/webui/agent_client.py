@@ -37,6 +37,7 @@ from piseduce.protocol import (
     FormField,
     Health,
     MonitoringOut,
+    NetworkConfigOut,
     Node,
     PortOut,
     ReservationOut,
@@ -380,6 +381,10 @@ class AgentClient(AgentHub):
     async def switch_ports(self, ref: AgentRef, who: Identity, name: str) -> Result[list[PortOut]]:
         return await self._ask(ref, "GET", f"/api/admin/switches/{_p(name)}/ports", list[PortOut], who=who,
                                timeout=self.snmp_deadline)
+
+    async def network_config(self, ref: AgentRef, who: Identity) -> Result[NetworkConfigOut]:
+        """The dnsmasq file and NFS export of a raspberry agent's boards' network."""
+        return await self._ask(ref, "GET", "/api/admin/network-config", NetworkConfigOut, who=who)
 
     async def power(self, ref: AgentRef, who: Identity, name: str, port: int, on: bool) -> Result[PortOut]:
         path = f"/api/admin/switches/{_p(name)}/ports/{int(port)}/{'on' if on else 'off'}"

@@ -82,8 +82,10 @@ async def _switches_page(
     editing: str = "",
 ) -> Response:
     who = identity(request, me)
-    blocks = await asyncio.gather(
-        *(list_block(h.switches(r, who), "switches") for r in await agents_with(h, Feature.POWER))
+    refs = await agents_with(h, Feature.POWER)
+    blocks, netconfigs = await asyncio.gather(
+        asyncio.gather(*(list_block(h.switches(r, who), "switches") for r in refs)),
+        asyncio.gather(*(h.network_config(r, who) for r in refs)),
     )
     defaults = {
         "snmp_port": "161",
@@ -102,6 +104,8 @@ async def _switches_page(
         {
             "page": "admin_switches",
             "blocks": blocks,
+            # Each agent's boards' network configuration (read-only, to copy onto the pimaster).
+            "netconfigs": {n.agent.id: n for n in netconfigs},
             "form_agent": form_agent,
             "form": form or defaults,
             "defaults": defaults,
