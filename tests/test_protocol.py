@@ -80,7 +80,7 @@ def make_client(tmp_path: Path) -> Iterator[Any]:
         engine = make_engine(cfg.database_url)
         client = AgentClient(cfg, Database(session_factory(engine)), crypto.load_fernet(key_path))
         recorder = Recorder(app)
-        client.client = recorder.client
+        client.pools.route_all(recorder.client)
         token = "test-token-0123456789"
         ref = AgentRef(1, "lab", "agent", 80, "http://agent", token, node_type, "", "connected", "", False)
         made.append(engine)
@@ -215,7 +215,8 @@ async def rpi_site(tmp_path: Path, image_dir: tuple[Path, dict[str, Any]]) -> As
 @pytest.mark.slow
 async def test_raspberry_agent_answers_validate(rpi_site: Any, make_client: Any) -> None:
     client, ref, rec = make_client(None, rpi_site.config.key_path, "raspberry")
-    rec.client = client.client = rpi_site.client
+    rec.client = rpi_site.client
+    client.pools.route_all(rpi_site.client)
     rpi_site.client.event_hooks["response"].append(rec._keep)
     ref = await _probe(client, ref, rec)
     for feature in (Feature.EXTEND, Feature.POWER, Feature.ENVIRONMENTS, Feature.MONITORING,

@@ -25,6 +25,7 @@ class AgentPools:
         self._timeout = timeout
         self._pools: dict[str, httpx.AsyncClient] = {}
         self._probe = self._new(max_connections=16, keepalive=4)
+        self._only: httpx.AsyncClient | None = None
 
     def _new(
         self, *, max_connections: int = MAX_CONNECTIONS, keepalive: int = MAX_KEEPALIVE
@@ -37,12 +38,19 @@ class AgentPools:
 
     def for_agent(self, agent_id: int, base_url: str) -> httpx.AsyncClient:
         """The pool of the stored agent at `base_url` (id 0: a host being probed)."""
+        if self._only is not None:
+            return self._only
         if agent_id <= 0:
             return self._probe
         pool = self._pools.get(base_url)
         if pool is None:
             pool = self._pools[base_url] = self._new()
         return pool
+
+    def route_all(self, client: httpx.AsyncClient) -> None:
+        """Send every agent's calls through `client`: the seam of tests that talk to an agent app
+        in-process (an ASGI transport). The caller owns and closes that client."""
+        self._only = client
 
     @property
     def count(self) -> int:

@@ -219,7 +219,11 @@ def create_app(
     app.add_exception_handler(auth.CsrfError, _csrf_failed)
 
     _routes(app)
+    _favicon_and_health(app)
+    return app
 
+
+def _favicon_and_health(app: FastAPI) -> None:
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
         # Browsers ask for it on every page, whatever the page links to.
@@ -230,5 +234,3 @@ def create_app(
     async def healthz() -> dict[str, str]:
         # On the event loop, touching nothing: it answers whatever the database or the threads do.
         return {"status": "ok"}
-
-    return app

@@ -20,10 +20,11 @@ from piseduce.agent.actions import CLOCK, add_event
 from piseduce.agent.clock import SYSTEM, Clock
 from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import Driver, Process, ReservationView
+from piseduce.agent.engine.claimed import Loaded, load_claimed
 from piseduce.agent.engine.db import DbPool
 from piseduce.agent.engine.group import GroupCommit
 from piseduce.agent.engine.journal import fmt_seconds
-from piseduce.agent.engine.runner import ActionRunner, EngineError, Loaded, load_claimed
+from piseduce.agent.engine.runner import ActionRunner, EngineError
 from piseduce.agent.engine.schedule import Cancelled, schedule
 from piseduce.agent.models import Reservation
 from piseduce.config import AgentConfig

@@ -14,28 +14,25 @@ import copy
 import datetime as dt
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from piseduce.agent import lease, lifecycle
 from piseduce.agent.actions import add_event
 from piseduce.agent.drivers.base import DriverError, NodeView, Process, ReservationView, Step
 from piseduce.agent.engine import journal, outcome
 from piseduce.agent.engine.bound import StepBound
+from piseduce.agent.engine.claimed import Loaded, load_claimed
 from piseduce.agent.engine.journal import Mutation, fmt_seconds
 from piseduce.agent.models import (
-    ACTION_OPEN,
     ACTION_PENDING,
     ACTION_RUNNING,
     Action,
     Node,
     Reservation,
 )
-from piseduce.agent.snapshots import reservation_view
 from piseduce.agent.step_context import EngineStepContext
 
 if TYPE_CHECKING:
@@ -63,53 +60,6 @@ class StepFailed(Exception):
 class EngineError(Exception):
     """The engine's own bookkeeping failed under a driver step (database down...): not the
     node's fault, so the action is not failed but resumed later."""
-
-
-@dataclass
-class Loaded:
-    process: str
-    status: str
-    step_index: int
-    step_name: str
-    step_ran: bool
-    step_rebooted: bool
-    step_started_at: dt.datetime
-    progress: int
-    args: dict[str, Any]
-    reservation: ReservationView | None
-    credentials: str | None
-
-
-def load_claimed(s: Session, action_ids: list[int], owner: str) -> dict[int, Loaded]:
-    """What the runners of the actions `owner` just claimed start from, in one query (with their
-    reservations and nodes): the scheduling pass loads them in the transaction that claims them."""
-    if not action_ids:
-        return {}
-    query = (
-        select(Action)
-        .where(Action.id.in_(action_ids))
-        .options(selectinload(Action.reservation))
-        .execution_options(populate_existing=True)
-    )
-    out = {}
-    for a in s.scalars(query):
-        if a.status not in ACTION_OPEN or a.locked_by != owner:
-            continue
-        r = a.reservation
-        out[a.id] = Loaded(
-            process=a.process,
-            status=a.status,
-            step_index=a.step_index,
-            step_name=a.step_name,
-            step_ran=a.step_ran,
-            step_rebooted=a.step_rebooted,
-            step_started_at=a.step_started_at,
-            progress=a.progress,
-            args=copy.deepcopy(a.args or {}),
-            reservation=reservation_view(r, sealed_params=True) if r is not None else None,
-            credentials=r.credentials if r is not None else None,
-        )
-    return out
 
 
 class ActionRunner:
