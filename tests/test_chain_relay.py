@@ -5,6 +5,7 @@ The chain on the simulated cluster, with the agent, is in tests/test_rpi_chain.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -12,12 +13,13 @@ import random
 import socket
 import struct
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.waiting import wait_until
+from helpers.waiting import wait_until, wait_until_async
 from piseduce.agent.drivers.raspberry.relay_source import ImageSource
 from piseduce.node import relay
 
@@ -250,3 +252,98 @@ async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path
         assert res["ok"] is True and res["image_sha256"] == sha
         assert (res["skipped_zero"] > len(image) // 2) is sparse
         assert card.read_bytes()[:len(image)] == image
+
+
+# -- hostile peers on the board network (connection floods, slow handshakes, bad offsets)
+
+def test_a_slow_handshake_is_dropped_at_one_deadline_for_the_whole_handshake(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte now and then (slowloris) resets no timer: the whole handshake has one deadline."""
+    monkeypatch.setattr(relay, "HANDSHAKE_TIMEOUT", 1.0)
+    server, client = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:  # 72 bytes at one per 0.2 s: well past the 1 s deadline
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.2):
+                client.send(b"x")
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        with pytest.raises(TimeoutError):
+            relay.serve_handshake(server, os.urandom(32), 1 << 20)
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        client.close()
+
+
+def _hold(port: int, n: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+
+
+async def test_a_connection_flood_on_a_board_is_capped_and_reported_once(tmp_path: Path) -> None:
+    image = _image(4 << 20)
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    held: list[socket.socket] = []
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        held = await asyncio.to_thread(_hold, h.port, relay.MAX_HANDSHAKES)
+        # Every held connection got its challenge: the board is in MAX_HANDSHAKES handshakes.
+        for s in held:
+            assert len(await asyncio.to_thread(relay.recv_exact, s, 4 + relay.NONCE)) == 36
+        # One more is closed at once, before any byte (no thread, no card opened for it).
+        extra = await asyncio.to_thread(_hold, h.port, 5)
+        for s in extra:
+            assert await asyncio.to_thread(s.recv, 64) == b""
+            s.close()
+        for s in held:
+            s.close()
+        held = []
+        # The board still serves a puller with the token once the flood is gone (the held
+        # handshakes end on the board as it sees them closed: pull until it admits one).
+        async def pulled() -> bytes:
+            return (await asyncio.to_thread(_pull_with, h.port, token))[relay.PROOF:]
+        got = await wait_until_async(pulled, 30, 0.1)
+        assert got == image
+        await h.finish()
+    finally:
+        for s in held:
+            s.close()
+        await h.kill()
+        await source.close()
+    refused = [ln for ln in h.lines if "refused" in ln]
+    # 21 refused connections from one peer: one line at once, the rest counted at the end.
+    assert refused and len(refused) <= 2, refused
+    assert sum(ln["count"] for ln in refused) == relay.MAX_HANDSHAKES + 5
+
+
+async def test_the_agent_serves_only_the_members_and_never_past_the_image(tmp_path: Path) -> None:
+    image = _image(2 << 20)
+    path = tmp_path / "image.img"
+    path.write_bytes(image)
+    token = os.urandom(32)
+    source = ImageSource(path, token, allowed={"127.0.0.2"})
+    await source.start("127.0.0.1")
+    try:
+        # From an address that is no member: closed at once, not even a challenge.
+        s = socket.create_connection(("127.0.0.1", source.port), timeout=10)
+        assert await asyncio.to_thread(s.recv, 64) == b""
+        s.close()
+        assert source.refused == 1
+        source.allowed = None
+        # A puller with the token asking beyond the image's end: refused, no server proof.
+        for offset in (len(image) + 1, 1 << 63, (1 << 64) - 1):
+            def ask(offset: int = offset) -> None:
+                with socket.create_connection(("127.0.0.1", source.port), timeout=10) as sock:
+                    relay.pull_handshake(sock, token, offset)
+
+            with pytest.raises(relay.RelayAuthError, match="closed during the handshake"):
+                await asyncio.to_thread(ask)
+        assert source.refused == 4 and source.sent == 0
+    finally:
+        await source.close()
