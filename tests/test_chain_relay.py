@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import socket
 import struct
 import sys
@@ -346,4 +347,38 @@ async def test_the_agent_serves_only_the_members_and_never_past_the_image(tmp_pa
                 await asyncio.to_thread(ask)
         assert source.refused == 4 and source.sent == 0
     finally:
+        await source.close()
+
+
+async def test_a_board_out_of_fds_accepts_again_once_they_are_freed(tmp_path: Path) -> None:
+    """accept() failing with EMFILE (a flood on a board's 1024 fds) must not end the server: the
+    successors still need it once the flood is gone."""
+    image = _image(4 << 20)
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    assert h.proc is not None
+    held: list[socket.socket] = []
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft = len(os.listdir(f"/proc/{h.proc.pid}/fd")) + 2
+        resource.prlimit(h.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        # Two connections take the board's last fds; accepting the others fails (EMFILE).
+        held = await asyncio.to_thread(_hold, h.port, 6)
+        for s in held[:2]:
+            assert len(await asyncio.to_thread(relay.recv_exact, s, 4 + relay.NONCE)) == 36
+        for s in held:
+            s.close()
+        held = []
+        resource.prlimit(h.proc.pid, resource.RLIMIT_NOFILE, (hard, hard))
+
+        async def pulled() -> bytes:
+            return (await asyncio.to_thread(_pull_with, h.port, token))[relay.PROOF:]
+        assert await wait_until_async(pulled, 30, 0.1) == image
+        await h.finish()
+    finally:
+        for s in held:
+            s.close()
+        await h.kill()
         await source.close()
