@@ -323,6 +323,32 @@ async def test_a_connection_flood_on_a_board_is_capped_and_reported_once(tmp_pat
     assert sum(ln["count"] for ln in refused) == relay.MAX_HANDSHAKES + 5
 
 
+async def test_a_board_serves_only_the_chains_boards(tmp_path: Path) -> None:
+    image = _image(2 << 20)
+    path = tmp_path / "image.img"
+    path.write_bytes(image)
+    token = os.urandom(32)
+    source = ImageSource(path, token)
+    await source.start("127.0.0.1")
+    h = Helper(_card(tmp_path / "card"))
+    await h.start({"token": token.hex(), "sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+                   "peers": ["127.0.0.2"]})
+    try:
+        await wait_until(lambda: h.seen("listening") is not None, 30, 0.02)
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        # From 127.0.0.1 (no board of the chain): closed before the challenge.
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+        assert await asyncio.to_thread(s.recv, 64) == b""
+        s.close()
+        await wait_until(lambda: h.seen("refused") is not None, 10, 0.05)
+        assert "not a board of this chain" in h.seen("refused")["error"]  # type: ignore[index]
+        await h.finish()
+    finally:
+        await h.kill()
+        await source.close()
+
+
 async def test_the_agent_serves_only_the_members_and_never_past_the_image(tmp_path: Path) -> None:
     image = _image(2 << 20)
     path = tmp_path / "image.img"

@@ -3,7 +3,8 @@ board) to the card, and serve it at once to the boards downstream.
 
 The agent drives it on the command's stdin, one JSON object a line (so the token is never on a
 command line):
-    1st line   {"token": hex, "sha256": hex, "size": N, "sparse": bool}
+    1st line   {"token": hex, "sha256": hex, "size": N, "sparse": bool, "peers": [ip, ...]}
+               (`peers`, optional: the only addresses that may connect to this board's server)
     then       {"pull": "host:port"}   (where to pull from; sent again to re-feed from another source)
                {"release": true}       (nobody downstream needs this board any more: exit)
 End of stdin also releases (the agent went away). On stdout, JSON lines:
@@ -68,6 +69,11 @@ class Header:
         self.sha256 = sha.lower()
         self.size = size
         self.sparse = raw.get("sparse") is True
+        peers = raw.get("peers")
+        if peers is not None and (not isinstance(peers, list) or not all(isinstance(p, str) for p in peers)):
+            raise DiskError("chain-write: peers must be a list of IP addresses")
+        # Who may connect to this board's server (the chain's boards); None: anyone with the token.
+        self.peers: frozenset[str] | None = None if peers is None else frozenset(peers)
 
 
 class Image:
@@ -150,9 +156,11 @@ class Server:
     MAX_HANDSHAKES handshakes at once (more are closed at once), the card opened only for a
     puller that proved it holds the token."""
 
-    def __init__(self, image: Image, token: bytes, report: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, image: Image, token: bytes, report: Callable[[dict[str, Any]], None],
+                 peers: frozenset[str] | None = None) -> None:
         self.image = image
         self.token = token
+        self.peers = peers
         self.refusals = Refusals(report)
         self.sock = socket.create_server(("", 0), backlog=16)
         self.port = int(self.sock.getsockname()[1])
@@ -169,6 +177,10 @@ class Server:
                 # Out of fds (EMFILE) or an aborted connection: the successors still need this
                 # board, so accept again once the flood's connections are dropped.
                 self.closed.wait(ACCEPT_PAUSE)
+                continue
+            if self.peers is not None and str(peer[0]) not in self.peers:
+                conn.close()
+                self.refusals.add(str(peer[0]), "not a board of this chain")
                 continue
             if not self.handshakes.acquire(blocking=False):
                 conn.close()
@@ -338,7 +350,7 @@ def chain_write(stdin: BinaryIO, device: Path, *, device_size: int,
         with lock:
             emit(obj)
 
-    server = Server(image, header.token, report)
+    server = Server(image, header.token, report, header.peers)
     with cardio.open_card(device, write=True) as card:
         writer = Writer(image, header, card, Meter(report), report)
         threading.Thread(target=server.run, daemon=True).start()

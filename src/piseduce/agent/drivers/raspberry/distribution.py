@@ -257,7 +257,9 @@ class Distributor:
             raise
 
     async def _member(self, group: Group, m: Member, sparse: bool) -> None:
-        header = {"token": group.token.hex(), "sha256": group.sha256, "size": group.size, "sparse": sparse}
+        # `peers`: only the chain's boards may connect to a board (its successors pull from it).
+        header = {"token": group.token.hex(), "sha256": group.sha256, "size": group.size, "sparse": sparse,
+                  "peers": sorted({x.ip for x in group.members})}
         lines: list[bytes] = []
         try:
             m.conn = await self.ops.nfs_connection(m.ctx)
