@@ -5,19 +5,22 @@ The chain on the simulated cluster, with the agent, is in tests/test_rpi_chain.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import random
+import resource
 import socket
 import struct
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.waiting import wait_until
+from helpers.waiting import wait_until, wait_until_async
 from piseduce.agent.drivers.raspberry.relay_source import ImageSource
 from piseduce.node import relay
 
@@ -250,3 +253,158 @@ async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path
         assert res["ok"] is True and res["image_sha256"] == sha
         assert (res["skipped_zero"] > len(image) // 2) is sparse
         assert card.read_bytes()[:len(image)] == image
+
+
+# -- hostile peers on the board network (connection floods, slow handshakes, bad offsets)
+
+def test_a_slow_handshake_is_dropped_at_one_deadline_for_the_whole_handshake(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte now and then (slowloris) resets no timer: the whole handshake has one deadline."""
+    monkeypatch.setattr(relay, "HANDSHAKE_TIMEOUT", 1.0)
+    server, client = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:  # 72 bytes at one per 0.2 s: well past the 1 s deadline
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.2):
+                client.send(b"x")
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        with pytest.raises(TimeoutError):
+            relay.serve_handshake(server, os.urandom(32), 1 << 20)
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        client.close()
+
+
+def _hold(port: int, n: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+
+
+async def test_a_connection_flood_on_a_board_is_capped_and_reported_once(tmp_path: Path) -> None:
+    image = _image(4 << 20)
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    held: list[socket.socket] = []
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        held = await asyncio.to_thread(_hold, h.port, relay.MAX_HANDSHAKES)
+        # Every held connection got its challenge: the board is in MAX_HANDSHAKES handshakes.
+        for s in held:
+            assert len(await asyncio.to_thread(relay.recv_exact, s, 4 + relay.NONCE)) == 36
+        # One more is closed at once, before any byte (no thread, no card opened for it).
+        extra = await asyncio.to_thread(_hold, h.port, 5)
+        for s in extra:
+            assert await asyncio.to_thread(s.recv, 64) == b""
+            s.close()
+        for s in held:
+            s.close()
+        held = []
+        # The board still serves a puller with the token once the flood is gone (the held
+        # handshakes end on the board as it sees them closed: pull until it admits one).
+        async def pulled() -> bytes:
+            return (await asyncio.to_thread(_pull_with, h.port, token))[relay.PROOF:]
+        got = await wait_until_async(pulled, 30, 0.1)
+        assert got == image
+        await h.finish()
+    finally:
+        for s in held:
+            s.close()
+        await h.kill()
+        await source.close()
+    refused = [ln for ln in h.lines if "refused" in ln]
+    # 21 refused connections from one peer: one line at once, the rest counted at the end.
+    assert refused and len(refused) <= 2, refused
+    assert sum(ln["count"] for ln in refused) == relay.MAX_HANDSHAKES + 5
+
+
+async def test_a_board_serves_only_the_chains_boards(tmp_path: Path) -> None:
+    image = _image(2 << 20)
+    path = tmp_path / "image.img"
+    path.write_bytes(image)
+    token = os.urandom(32)
+    source = ImageSource(path, token)
+    await source.start("127.0.0.1")
+    h = Helper(_card(tmp_path / "card"))
+    await h.start({"token": token.hex(), "sha256": hashlib.sha256(image).hexdigest(), "size": len(image),
+                   "peers": ["127.0.0.2"]})
+    try:
+        await wait_until(lambda: h.seen("listening") is not None, 30, 0.02)
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        # From 127.0.0.1 (no board of the chain): closed before the challenge.
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+        assert await asyncio.to_thread(s.recv, 64) == b""
+        s.close()
+        await wait_until(lambda: h.seen("refused") is not None, 10, 0.05)
+        assert "not a board of this chain" in h.seen("refused")["error"]  # type: ignore[index]
+        await h.finish()
+    finally:
+        await h.kill()
+        await source.close()
+
+
+async def test_the_agent_serves_only_the_members_and_never_past_the_image(tmp_path: Path) -> None:
+    image = _image(2 << 20)
+    path = tmp_path / "image.img"
+    path.write_bytes(image)
+    token = os.urandom(32)
+    source = ImageSource(path, token, allowed={"127.0.0.2"})
+    await source.start("127.0.0.1")
+    try:
+        # From an address that is no member: closed at once, not even a challenge.
+        s = socket.create_connection(("127.0.0.1", source.port), timeout=10)
+        assert await asyncio.to_thread(s.recv, 64) == b""
+        s.close()
+        assert source.refused == 1
+        source.allowed = None
+        # A puller with the token asking beyond the image's end: refused, no server proof.
+        for offset in (len(image) + 1, 1 << 63, (1 << 64) - 1):
+            def ask(offset: int = offset) -> None:
+                with socket.create_connection(("127.0.0.1", source.port), timeout=10) as sock:
+                    relay.pull_handshake(sock, token, offset)
+
+            with pytest.raises(relay.RelayAuthError, match="closed during the handshake"):
+                await asyncio.to_thread(ask)
+        assert source.refused == 4 and source.sent == 0
+    finally:
+        await source.close()
+
+
+async def test_a_board_out_of_fds_accepts_again_once_they_are_freed(tmp_path: Path) -> None:
+    """accept() failing with EMFILE (a flood on a board's 1024 fds) must not end the server: the
+    successors still need it once the flood is gone."""
+    image = _image(4 << 20)
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    assert h.proc is not None
+    held: list[socket.socket] = []
+    try:
+        h.send({"pull": f"127.0.0.1:{source.port}"})
+        await wait_until(lambda: h.seen("wrote") is not None, 60, 0.05)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft = len(os.listdir(f"/proc/{h.proc.pid}/fd")) + 2
+        resource.prlimit(h.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        # Two connections take the board's last fds; accepting the others fails (EMFILE).
+        held = await asyncio.to_thread(_hold, h.port, 6)
+        for s in held[:2]:
+            assert len(await asyncio.to_thread(relay.recv_exact, s, 4 + relay.NONCE)) == 36
+        for s in held:
+            s.close()
+        held = []
+        resource.prlimit(h.proc.pid, resource.RLIMIT_NOFILE, (hard, hard))
+
+        async def pulled() -> bytes:
+            return (await asyncio.to_thread(_pull_with, h.port, token))[relay.PROOF:]
+        assert await wait_until_async(pulled, 30, 0.1) == image
+        await h.finish()
+    finally:
+        for s in held:
+            s.close()
+        await h.kill()
+        await source.close()

@@ -3,7 +3,8 @@ board) to the card, and serve it at once to the boards downstream.
 
 The agent drives it on the command's stdin, one JSON object a line (so the token is never on a
 command line):
-    1st line   {"token": hex, "sha256": hex, "size": N, "sparse": bool}
+    1st line   {"token": hex, "sha256": hex, "size": N, "sparse": bool, "peers": [ip, ...]}
+               (`peers`, optional: the only addresses that may connect to this board's server)
     then       {"pull": "host:port"}   (where to pull from; sent again to re-feed from another source)
                {"release": true}       (nobody downstream needs this board any more: exit)
 End of stdin also releases (the agent went away). On stdout, JSON lines:
@@ -26,6 +27,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +37,7 @@ from piseduce.node.disk import DiskError, reread_partitions
 from piseduce.node.meter import Meter
 from piseduce.node.relay import (
     HANDSHAKE_TIMEOUT,
+    MAX_HANDSHAKES,
     RelayAuthError,
     parse_address,
     pull_handshake,
@@ -44,6 +47,8 @@ from piseduce.node.relay import (
 CHUNK = 1 << 20
 WINDOW = 64 << 20
 RETRY_PAUSE = 0.5
+ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds, an aborted connection): pause, accept again
+REFUSED_EVERY = 60.0  # at most one `refused` line per peer in this many seconds (each is an event)
 
 
 class Header:
@@ -64,6 +69,11 @@ class Header:
         self.sha256 = sha.lower()
         self.size = size
         self.sparse = raw.get("sparse") is True
+        peers = raw.get("peers")
+        if peers is not None and (not isinstance(peers, list) or not all(isinstance(p, str) for p in peers)):
+            raise DiskError("chain-write: peers must be a list of IP addresses")
+        # Who may connect to this board's server (the chain's boards); None: anyone with the token.
+        self.peers: frozenset[str] | None = None if peers is None else frozenset(peers)
 
 
 class Image:
@@ -111,49 +121,107 @@ class Image:
         return card.pread(end - offset, offset)
 
 
-class Server:
-    """Serves this board's image to authenticated pullers, each in a thread of its own."""
+class Refusals:
+    """Groups refused connections: one line per peer per REFUSED_EVERY seconds, with a count, so a
+    flood is one event on the reservation rather than hundreds."""
 
-    def __init__(self, image: Image, token: bytes, report: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, report: Callable[[dict[str, Any]], None]) -> None:
+        self.report = report
+        self.lock = threading.Lock()
+        self.last: dict[str, float] = {}
+        self.pending: dict[str, int] = {}
+
+    def add(self, peer: str, error: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            count = self.pending.get(peer, 0) + 1
+            if now - self.last.get(peer, -REFUSED_EVERY) < REFUSED_EVERY:
+                self.pending[peer] = count
+                return
+            self.last[peer] = now
+            self.pending[peer] = 0
+        self.report({"refused": peer, "error": error, "count": count})
+
+    def flush(self) -> None:
+        """The refusals not yet reported (at the server's end)."""
+        with self.lock:
+            pending = {p: n for p, n in self.pending.items() if n}
+            self.pending.clear()
+        for peer, count in pending.items():
+            self.report({"refused": peer, "error": "refused again", "count": count})
+
+
+class Server:
+    """Serves this board's image to authenticated pullers, each in a thread of its own. At most
+    MAX_HANDSHAKES handshakes at once (more are closed at once), the card opened only for a
+    puller that proved it holds the token."""
+
+    def __init__(self, image: Image, token: bytes, report: Callable[[dict[str, Any]], None],
+                 peers: frozenset[str] | None = None) -> None:
         self.image = image
         self.token = token
-        self.report = report
+        self.peers = peers
+        self.refusals = Refusals(report)
         self.sock = socket.create_server(("", 0), backlog=16)
         self.port = int(self.sock.getsockname()[1])
         self.served = 0
         self.lock = threading.Lock()
+        self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self.closed = threading.Event()
 
     def run(self) -> None:
-        while True:
+        while not self.closed.is_set():
             try:
                 conn, peer = self.sock.accept()
             except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn, peer), daemon=True).start()
+                # Out of fds (EMFILE) or an aborted connection: the successors still need this
+                # board, so accept again once the flood's connections are dropped.
+                self.closed.wait(ACCEPT_PAUSE)
+                continue
+            if self.peers is not None and str(peer[0]) not in self.peers:
+                conn.close()
+                self.refusals.add(str(peer[0]), "not a board of this chain")
+                continue
+            if not self.handshakes.acquire(blocking=False):
+                conn.close()
+                self.refusals.add(str(peer[0]), "too many handshakes at once")
+                continue
+            try:
+                threading.Thread(target=self.one, args=(conn, peer), daemon=True).start()
+            except RuntimeError:  # no thread to be had: drop this one
+                self.handshakes.release()
+                conn.close()
 
     def one(self, conn: socket.socket, peer: Any) -> None:
-        with conn, cardio.open_card(self.image.device) as card:
+        with conn:
             try:
-                conn.settimeout(HANDSHAKE_TIMEOUT)
-                offset = serve_handshake(conn, self.token)
+                offset = serve_handshake(conn, self.token, self.image.size)
                 conn.settimeout(None)
             except (RelayAuthError, OSError) as exc:
-                self.report({"refused": str(peer[0]), "error": str(exc)})
+                self.refusals.add(str(peer[0]), str(exc) or type(exc).__name__)
                 return
+            finally:
+                self.handshakes.release()
             try:
-                while offset < self.image.size:
-                    data = self.image.read(offset, card)
-                    if not data:
-                        return
-                    conn.sendall(data)
-                    offset += len(data)
-                    with self.lock:
-                        self.served += len(data)
+                with cardio.open_card(self.image.device) as card:
+                    self._send(conn, card, offset)
             except OSError:
                 return  # the puller went away: it pulls again from wherever the agent says
 
+    def _send(self, conn: socket.socket, card: cardio.CardIO, offset: int) -> None:
+        while offset < self.image.size:
+            data = self.image.read(offset, card)
+            if not data:
+                return
+            conn.sendall(data)
+            offset += len(data)
+            with self.lock:
+                self.served += len(data)
+
     def close(self) -> None:
+        self.closed.set()
         self.sock.close()
+        self.refusals.flush()
 
 
 class Writer:
@@ -282,7 +350,7 @@ def chain_write(stdin: BinaryIO, device: Path, *, device_size: int,
         with lock:
             emit(obj)
 
-    server = Server(image, header.token, report)
+    server = Server(image, header.token, report, header.peers)
     with cardio.open_card(device, write=True) as card:
         writer = Writer(image, header, card, Meter(report), report)
         threading.Thread(target=server.run, daemon=True).start()

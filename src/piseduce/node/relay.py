@@ -21,11 +21,13 @@ import hmac
 import os
 import socket
 import struct
+import time
 
 MAGIC = b"PSD1"
 NONCE = 32
 PROOF = 32
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0  # for the whole handshake, not per read: a byte every few seconds is dropped too
+MAX_HANDSHAKES = 16  # handshakes in progress at once on one server; more are closed at once
 
 
 class RelayAuthError(Exception):
@@ -36,10 +38,16 @@ def proof(token: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(token, role + first + second, hashlib.sha256).digest()
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """`n` bytes; with a `deadline` (time.monotonic()), TimeoutError once it has passed."""
     parts: list[bytes] = []
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the handshake took too long")
+            sock.settimeout(left)
         data = sock.recv(n - got)
         if not data:
             raise RelayAuthError("the connection closed during the handshake")
@@ -48,27 +56,35 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(parts)
 
 
-def serve_handshake(sock: socket.socket, token: bytes) -> int:
-    """The serving end: returns the offset the client asks for; RelayAuthError when its proof is wrong."""
+def serve_handshake(sock: socket.socket, token: bytes, size: int) -> int:
+    """The serving end: returns the offset the client asks for; RelayAuthError when its proof is
+    wrong or it asks for an offset beyond the image's `size`. The whole handshake has one deadline
+    (HANDSHAKE_TIMEOUT); the socket is left with that timeout."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    sock.settimeout(HANDSHAKE_TIMEOUT)
     server_nonce = os.urandom(NONCE)
     sock.sendall(MAGIC + server_nonce)
-    data = recv_exact(sock, NONCE + PROOF + 8)
+    data = recv_exact(sock, NONCE + PROOF + 8, deadline)
     client_nonce, got, raw_offset = data[:NONCE], data[NONCE:NONCE + PROOF], data[NONCE + PROOF:]
     if not hmac.compare_digest(got, proof(token, b"pull", server_nonce, client_nonce)):
         raise RelayAuthError("wrong distribution credential")
+    offset = int(struct.unpack(">Q", raw_offset)[0])
+    if offset > size:
+        raise RelayAuthError(f"asked for byte {offset} of a {size}-byte image")
     sock.sendall(proof(token, b"serve", client_nonce, server_nonce))
-    return int(struct.unpack(">Q", raw_offset)[0])
+    return offset
 
 
 def pull_handshake(sock: socket.socket, token: bytes, offset: int) -> None:
     """The pulling end: proves itself, asks for the bytes from `offset`, checks the server's proof."""
-    head = recv_exact(sock, len(MAGIC) + NONCE)
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    head = recv_exact(sock, len(MAGIC) + NONCE, deadline)
     if head[:len(MAGIC)] != MAGIC:
         raise RelayAuthError("not an image relay")
     server_nonce = head[len(MAGIC):]
     client_nonce = os.urandom(NONCE)
     sock.sendall(client_nonce + proof(token, b"pull", server_nonce, client_nonce) + struct.pack(">Q", offset))
-    got = recv_exact(sock, PROOF)
+    got = recv_exact(sock, PROOF, deadline)
     if not hmac.compare_digest(got, proof(token, b"serve", client_nonce, server_nonce)):
         raise RelayAuthError("the image source does not hold the distribution credential")
 

@@ -105,7 +105,8 @@ class Group:
         self.formed = asyncio.Event()
         self.started = False
         self.token = secrets.token_bytes(32)
-        self.source = ImageSource(image, self.token)
+        # Only the members may pull from the agent (they join below, each adds its address).
+        self.source = ImageSource(image, self.token, allowed=set())
         self.released = asyncio.Event()
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -210,6 +211,8 @@ class Distributor:
         b = self.ops.board(ctx)
         member = Member(ctx, ctx.node.name, b.ip, progress)
         group.members.append(member)
+        assert group.source.allowed is not None
+        group.source.allowed.add(b.ip)
         try:
             await group.formed.wait()
         except asyncio.CancelledError:
@@ -254,7 +257,9 @@ class Distributor:
             raise
 
     async def _member(self, group: Group, m: Member, sparse: bool) -> None:
-        header = {"token": group.token.hex(), "sha256": group.sha256, "size": group.size, "sparse": sparse}
+        # `peers`: only the chain's boards may connect to a board (its successors pull from it).
+        header = {"token": group.token.hex(), "sha256": group.sha256, "size": group.size, "sparse": sparse,
+                  "peers": sorted({x.ip for x in group.members})}
         lines: list[bytes] = []
         try:
             m.conn = await self.ops.nfs_connection(m.ctx)
@@ -314,7 +319,10 @@ class Distributor:
         elif "upstream" in msg:
             m.last_upstream_error = f"{msg.get('upstream')}: {msg.get('error')}"
         elif "refused" in msg:
-            await m.ctx.log(f"distribution: {m.name} refused a connection from {msg['refused']} "
+            # The board groups a flood: one line per peer per minute, with how many it refused.
+            count = msg.get("count")
+            times = f"{count} connections" if isinstance(count, int) and count > 1 else "a connection"
+            await m.ctx.log(f"distribution: {m.name} refused {times} from {msg['refused']} "
                             f"({msg.get('error')})", "warning")
         elif msg.get("ok") is False:
             await group.cut(m, f"'piseduce-node chain-write' failed: {msg.get('error')}")

@@ -1,6 +1,10 @@
 """The agent's end of a pipelined distribution: it serves the image file to the boards that pull
 it from the agent (the chain's head, and any board re-fed after its predecessors failed), with the
-board-to-board handshake of `piseduce.node.relay`, and counts what it sent."""
+board-to-board handshake of `piseduce.node.relay`, and counts what it sent.
+
+It is on the board network, so it takes connections only from the chain's members' addresses
+(`allowed`; others are closed before anything is read or allocated), at most MAX_HANDSHAKES
+handshakes at once, each within one HANDSHAKE_TIMEOUT, and never an offset beyond the image."""
 
 from __future__ import annotations
 
@@ -11,15 +15,18 @@ import os
 import struct
 from pathlib import Path
 
-from piseduce.node.relay import HANDSHAKE_TIMEOUT, MAGIC, NONCE, PROOF, proof
+from piseduce.node.relay import HANDSHAKE_TIMEOUT, MAGIC, MAX_HANDSHAKES, NONCE, PROOF, proof
 
 CHUNK = 1 << 20
 
 
 class ImageSource:
-    def __init__(self, path: Path, token: bytes) -> None:
+    def __init__(self, path: Path, token: bytes, allowed: set[str] | None = None) -> None:
         self.path = path
         self.token = token
+        # The peers' IPs that may connect (the caller adds members as they join); None: anyone.
+        self.allowed = allowed
+        self.handshakes = 0
         self.size = path.stat().st_size
         self.sent = 0
         self.refused = 0
@@ -40,18 +47,34 @@ class ImageSource:
         server_nonce = os.urandom(NONCE)
         writer.write(MAGIC + server_nonce)
         await writer.drain()
-        data = await asyncio.wait_for(reader.readexactly(NONCE + PROOF + 8), HANDSHAKE_TIMEOUT)
+        data = await reader.readexactly(NONCE + PROOF + 8)
         client_nonce, got = data[:NONCE], data[NONCE:NONCE + PROOF]
-        if not hmac.compare_digest(got, proof(self.token, b"pull", server_nonce, client_nonce)):
+        offset = int(struct.unpack(">Q", data[NONCE + PROOF:])[0])
+        if not hmac.compare_digest(got, proof(self.token, b"pull", server_nonce, client_nonce)) \
+                or offset > self.size:
             self.refused += 1
             return None
         writer.write(proof(self.token, b"serve", client_nonce, server_nonce))
-        return int(struct.unpack(">Q", data[NONCE + PROOF:])[0])
+        return offset
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        peer = writer.get_extra_info("peername")
+        if self.allowed is not None and (not peer or str(peer[0]) not in self.allowed):
+            return False
+        return self.handshakes < MAX_HANDSHAKES
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
+        if not self._admit(writer):
+            self.refused += 1
+            writer.transport.abort()
+            return
         try:
-            offset = await self._handshake(reader, writer)
+            self.handshakes += 1
+            try:
+                offset = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
+            finally:
+                self.handshakes -= 1
             if offset is None:
                 return
             with self.path.open("rb") as fh:
