@@ -34,7 +34,14 @@ def _dotted(node: ast.expr) -> tuple[str, str] | None:
 def test_the_clocked_modules_use_no_other_time() -> None:
     found = []
     for path in CLOCKED:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # `asyncio.sleep(0)` only lets other tasks run: it reads and waits on no time.
+        yields = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)
+                  and isinstance(n.func, ast.Attribute) and _dotted(n.func) == ("asyncio", "sleep")
+                  and len(n.args) == 1 and isinstance(n.args[0], ast.Constant) and n.args[0].value == 0}
+        for node in ast.walk(tree):
+            if id(node) in yields:
+                continue
             if isinstance(node, ast.Attribute) and _dotted(node) in REAL_TIME:
                 found.append(f"{path.name}:{node.lineno} {'.'.join(_dotted(node) or ())}")
             if isinstance(node, ast.Name) and node.id == "utcnow":
