@@ -150,24 +150,20 @@
   function applyFilters() {
     var cal = document.getElementById("calendar");
     if (cal && !calendarInSync(cal)) { reloadCalendar(cal); }
+    // Every selected node, on this calendar page or another, by the properties kept from its row.
+    Object.keys(selected).forEach(function (key) {
+      if (!matches(selectedProps[key] || {})) { dropped.push(selected[key]); delete selected[key]; }
+    });
     var rows = document.querySelectorAll(".cal-row[data-key]");
     var shown = 0;
     rows.forEach(function (row) {
       var ok = matches(rowProps(row)), key = row.getAttribute("data-key");
       row.classList.toggle("hidden", !ok);
-      if (!ok && selected[key]) { dropped.push(selected[key]); delete selected[key]; }
       var on = !!selected[key];
       row.classList.toggle("selected", on);
       var pick = row.querySelector(".pick");
       if (pick) { pick.setAttribute("aria-pressed", on ? "true" : "false"); }
       if (ok) { shown += 1; }
-    });
-    var onPage = {};
-    rows.forEach(function (row) { onPage[row.getAttribute("data-key")] = true; });
-    Object.keys(selected).forEach(function (key) {
-      if (!onPage[key] && selectedProps[key] && !matches(selectedProps[key])) {
-        dropped.push(selected[key]); delete selected[key];
-      }
     });
     var mc = document.getElementById("match-count");
     if (mc) {
@@ -581,11 +577,11 @@
     if (el) { el.focus(); }
   }
   document.addEventListener("htmx:afterSettle", function (e) {
-    if (document.getElementById("cal-page-words") && e.target.contains && e.target.contains(document.getElementById("cal-page-words"))) {
-      restorePagingFocus();
-    }
     formatTimes(e.target);
-    if (e.target.id === "calendar" || (e.target.querySelector && e.target.querySelector("#calendar"))) { applyFilters(); }
+    if (e.target.id === "calendar" || (e.target.querySelector && e.target.querySelector("#calendar"))) {
+      restorePagingFocus();
+      applyFilters();
+    }
   });
   document.addEventListener("htmx:afterRequest", function (e) {
     if (e.target.id === "poller") { window.setTimeout(checkSignature, 60); }
