@@ -106,8 +106,11 @@ async def test_a_board_powered_off_mid_transfer_fails_and_the_others_finish(
             assert res["status"] == "deployed", (name, res["error"], messages(res)[-8:])
         refed = [m for m in messages(by_node["pi-3"]) if "was cut out of the chain" in m]
         assert refed and "pi-3 resumes from byte" in refed[0], messages(by_node["pi-3"])
-        assert any(m.startswith("distribution: pi-3 pulls the image from pi-1 from byte")
-                   for m in messages(by_node["pi-3"])), messages(by_node["pi-3"])
+        # Re-fed by the nearest healthy board. " from byte N" follows only when the agent had
+        # already heard of pi-3's progress (it reports in steps): CI once cut it at byte 0.
+        after = messages(by_node["pi-3"])
+        after = after[after.index(refed[0]) + 1:]
+        assert any(m.startswith("distribution: pi-3 pulls the image from pi-1") for m in after), after
         # pi-1 still had it all: the agent did not send the image again.
         sent, ok, members = agent_sent(done)
         assert (sent, ok, members) == (size, 3, 4)
