@@ -40,7 +40,10 @@ def _span(lo: float | None, hi: float | None) -> str:
     return ""
 
 
-EXPONENT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+", re.ASCII)
+# Both patterns below are unambiguous (a run of digits can be split between two parts in one way
+# only): `[0-9]+\.?[0-9]*` backtracked quadratically, and 100,000 digits took 50 s of CPU to refuse.
+EXPONENT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][+-]?[0-9]+", re.ASCII)
+DIGITS_RE = re.compile(r"[+-]?[0-9]*(?:\.[0-9]*)?", re.ASCII)
 
 
 def _refuse_float_words(t: str, what: str, expected: str) -> None:
@@ -71,7 +74,7 @@ def _checked(
     if not pattern.fullmatch(t):
         _refuse_float_words(t, what, expected)
         digits = sum(ch in "0123456789" for ch in t)
-        if digits > 15 and re.fullmatch(r"[+-]?[0-9]*\.?[0-9]*", t, re.ASCII):
+        if digits > 15 and DIGITS_RE.fullmatch(t):
             raise ValueError(f"{expected} is expected, with fewer digits")
         shown = _shown(t)
         form = "digits 0-9 and a dot" if pattern is DECIMAL_RE else "digits 0-9 only"
