@@ -76,7 +76,8 @@ def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None
                 page.set_viewport_size({"width": 390, "height": 900})
                 page.screenshot(path=str(SHOTS / "phone_admin_detect.png"), full_page=True)
                 # the nodes are registered: the table shows them after a reload, and so does the job
-                page.reload()
+                page.click("a.reload-nodes")
+                page.wait_for_selector('tr[data-node="lab-1"]')
                 assert page.locator('tr[data-node="lab-1"]').count() == 1
                 assert page.locator('tr[data-node="lab-2"]').count() == 1
                 assert page.locator('.detection[data-done="yes"]').count() == 1
