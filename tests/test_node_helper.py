@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from piseduce.node import disk
+from piseduce.node.board import ethernet_mac
 from piseduce.node.fs import Ext4
 from piseduce.node.system import verify_password
 from piseduce.sim.images import build_environment
@@ -69,7 +70,8 @@ def test_info_and_temperature(board: dict[str, str]) -> None:
     status, out = helper(board, "info")
     assert status == 0
     assert out[-1] == {"ok": True, "model": "RPI3B+", "model_name": "Raspberry Pi 3 Model B Plus Rev 1.3",
-                       "serial": "deadbeef", "revision": "a020d3", "card_size": 3 * GIB, "partitions": []}
+                       "serial": "deadbeef", "revision": "a020d3", "mac": ethernet_mac(),
+                       "card_size": 3 * GIB, "partitions": []}
     status, out = helper(board, "temperature")
     assert status == 0 and out[-1] == {"ok": True, "celsius": 51.54}
 

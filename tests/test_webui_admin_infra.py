@@ -560,7 +560,7 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
                 row.locator("button:has-text('Maintenance')").click()
                 page.wait_for_selector(f"text={board['name']} (rpi-lab) is now maintenance.")
                 assert asked and "Maintenance" in asked[-1]
-                page.locator('[data-agent="rpi-lab"] summary').click()
+                page.locator('[data-agent="rpi-lab"] summary:has-text("Add a node")').click()
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SHOTS / "admin_nodes.png"), full_page=True)
                 row.locator("button:has-text('Make available')").click()

@@ -403,6 +403,32 @@ class NetworkConfigOut(Wire):
     skipped: list[str] = Field(default_factory=list)  # the nodes left without a lease, and why
 
 
+class DetectPortOut(Wire):
+    """One port of a node detection: its step (waiting, powering, booting, reading, registering,
+    then registered or failed with its reason) and what the board said of itself."""
+
+    port: int
+    name: NodeName
+    step: Label
+    reason: ShortText = ""
+    ip: Label = ""
+    serial: Label = ""
+    model: Label = ""
+    mac: Label = ""
+    card_size: int = 0
+    updated: bool = False  # a known board (same serial): its row was updated
+
+
+class DetectionOut(Wire):
+    """A raspberry agent's node detection job (`/api/admin/detect`)."""
+
+    id: Label
+    switch: NodeName
+    done: bool
+    started: float
+    ports: list[DetectPortOut] = Field(max_length=4096)
+
+
 class EnvironmentOut(Wire):
     name: NodeName
     image: ShortText

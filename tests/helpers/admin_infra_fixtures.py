@@ -33,7 +33,9 @@ FLASH_RE = re.compile(r'<div class="flash (\w+)" role="(?:status|alert)">([^<]*)
 class RaspberryAgent:
     """`piseduce sim rpi` (2 boards) and a raspberry agent's API (no executor) knowing its switch."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, board_network: bool = False) -> None:
+        """board_network: the agent's `board_address` is the simulator's uplink (node detection
+        finds the boards there; real mode only)."""
         import asyncssh
 
         from piseduce import db
@@ -67,9 +69,14 @@ class RaspberryAgent:
         self.inventory = json.loads(inventory_file.read_text())
         self.port = free_port()
         config = folder / "config_agent.json"
+        extra: dict[str, Any] = {}
+        if board_network:
+            prefix = self.inventory["network"].split("/")[1]
+            extra["board_address"] = f"{self.inventory['uplink']['ip']}/{prefix}"
         config.write_text(
             json.dumps(
                 {
+                    **extra,
                     "auth_token": [TOKEN],
                     "port_number": self.port,
                     "host": "127.0.0.1",

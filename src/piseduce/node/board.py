@@ -6,7 +6,10 @@ PISEDUCE_NODE_THERMAL at files it writes, so the helper runs the same code in bo
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import struct
 from pathlib import Path
 
 from piseduce.node.disk import DiskError
@@ -73,6 +76,31 @@ def board_info() -> dict[str, str]:
         "serial": serial[-8:].lower() if serial else "",
         "revision": revision,
     }
+
+
+SIOCGIFHWADDR = 0x8927
+
+
+def _hardware_address(name: str) -> str:
+    """The interface's MAC by ioctl: right in any network namespace, where /sys may show the host's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        raw = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()[:15]))
+    return ":".join(f"{b:02x}" for b in raw[18:24])
+
+
+def ethernet_mac() -> str:
+    """The MAC of the board's wired interface (the first one that is not loopback), "" if none:
+    what the boot network's DHCP server knows the board by."""
+    for _, name in sorted(socket.if_nameindex()):
+        if name == "lo":
+            continue
+        try:
+            mac = _hardware_address(name)
+        except OSError:
+            continue
+        if mac != "00:00:00:00:00:00":
+            return mac
+    return ""
 
 
 def temperature_celsius() -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from piseduce.node import cardio, disk
-from piseduce.node.board import board_info, temperature_celsius
+from piseduce.node.board import board_info, ethernet_mac, temperature_celsius
 from piseduce.node.chain import chain_write
 from piseduce.node.disk import DiskError
 from piseduce.node.fs import Ext4, Fat
@@ -63,6 +63,7 @@ def _partitions(device: Path) -> disk.PartitionTable:
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = dict(board_info())
+    info["mac"] = ethernet_mac()
     info["card_size"] = disk.device_size(args.device)
     table = disk.read_table(args.device)
     info["partitions"] = (
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=Path, default=Path(os.environ.get(DEVICE_ENV, DEFAULT_DEVICE)),
                         help=f"the SD card (default ${DEVICE_ENV} or {DEFAULT_DEVICE})")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="model, serial and card size").set_defaults(func=cmd_info)
+    sub.add_parser("info", help="model, serial, MAC and card size").set_defaults(func=cmd_info)
     p = sub.add_parser("write-image", help="write the image read on stdin, then verify it")
     p.add_argument("--sha256", required=True, help="sha256 of the bytes sent on stdin")
     p.add_argument("--format", choices=FORMATS, default="auto")

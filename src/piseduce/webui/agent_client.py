@@ -33,6 +33,7 @@ from piseduce.protocol import (
     BookingOut,
     CredentialsCheckOut,
     Deleted,
+    DetectionOut,
     EnvironmentOut,
     FormField,
     Health,
@@ -359,6 +360,16 @@ class AgentClient(AgentHub):
         return await self._ask(ref, "GET", "/api/admin/actions", list[ActionOut], who=who)
 
     # ------------------------------------------------------------ admin: switches (Feature.POWER)
+
+    async def detect(self, ref: AgentRef, who: Identity, body: Mapping[str, Any]) -> Result[DetectionOut]:
+        """Start a node detection (raspberry agents): the job, its ports waiting."""
+        return await self._ask(ref, "POST", "/api/admin/detect", DetectionOut, who=who, json=dict(body))
+
+    async def detections(self, ref: AgentRef, who: Identity) -> Result[list[DetectionOut]]:
+        return await self._ask(ref, "GET", "/api/admin/detect", list[DetectionOut], who=who)
+
+    async def detection(self, ref: AgentRef, who: Identity, job_id: str) -> Result[DetectionOut]:
+        return await self._ask(ref, "GET", f"/api/admin/detect/{_p(job_id)}", DetectionOut, who=who)
 
     async def switches(self, ref: AgentRef, who: Identity) -> Result[list[SwitchOut]]:
         return await self._ask(ref, "GET", "/api/admin/switches", list[SwitchOut], who=who)

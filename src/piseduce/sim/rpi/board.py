@@ -24,6 +24,7 @@ import asyncssh
 
 from piseduce.node.board import CPUINFO_ENV, THERMAL_ENV
 from piseduce.private_files import make_private_dir
+from piseduce.sim.rpi import TEMPLATE
 from piseduce.sim.rpi.bounded import StopTimeout, stop_task, wait_process
 from piseduce.sim.rpi.card import CardSpeed
 from piseduce.sim.rpi.mode import IN_PROCESS
@@ -301,6 +302,10 @@ class Board:
             if self.opts.boot_failure_rate and self.rng.random() < self.opts.boot_failure_rate:
                 raise NoSystem("random boot failure")
             folder = self.opts.tftp_root / self.identity.serial
+            if not folder.exists():
+                # A board nobody registered: the TFTP server's fallback, the netboot template
+                # (the agent's detection path, tftp.TEMPLATE).
+                folder = self.opts.tftp_root / TEMPLATE
             system = await asyncio.to_thread(decide, folder, self.card_path, self.opts.nfs_root,
                                              make_host_key=self.runtime.mode == IN_PROCESS)
             async with self._ops:

@@ -155,6 +155,9 @@ class RpiCluster:
             self.master_enabled = enabled
             return
         board = self.boards[port - 1]
+        if enabled and port in self.unplugged:
+            log.info("PoE port %d enabled with nothing plugged in: no power drawn", port)
+            return
         if enabled:
             board.power_on()
         else:

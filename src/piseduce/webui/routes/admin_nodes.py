@@ -1,10 +1,12 @@
 """The admin page of every agent's nodes: the nodes with who holds them now, and, on the agents
 that keep a node registry, Add Node, a node's status and its deletion (forwarded to the agent's
-admin API; its refusal shown in words)."""
+admin API; its refusal shown in words). On the agents whose nodes sit on PoE ports, Detect: the
+agent's node detection, its ports' progress polled by the page (htmx, as the Manage page)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from functools import partial
 from typing import Any
 
@@ -33,6 +35,9 @@ from piseduce.webui.routes.infra_forms import (
 )
 from piseduce.webui.web import admin_user, form_str, identity, render
 
+PORTS_RE = re.compile(r"^\s*\d{1,4}(\s*-\s*\d{1,4})?(\s*,\s*\d{1,4}(\s*-\s*\d{1,4})?)*\s*$")
+JOB_RE = re.compile(r"^[0-9a-f]{12}$")
+
 router = APIRouter(prefix="/admin")
 NODES_PAGE = "/admin/nodes"
 
@@ -60,8 +65,14 @@ async def _node_block(h: AgentClient, ref: AgentRef, who: Identity) -> AgentBloc
         reply = await h.switches(ref, who)
         return [s.name for s in reply.value or []]
 
-    nodes, block.switches, block.usage = await asyncio.gather(
-        h.admin_nodes(ref, who), switches(), node_usage(h, ref, who)
+    async def detections() -> list[Any]:
+        if not block.power:
+            return []
+        reply = await h.detections(ref, who)
+        return list(reply.value or [])
+
+    nodes, block.switches, block.usage, block.detections = await asyncio.gather(
+        h.admin_nodes(ref, who), switches(), node_usage(h, ref, who), detections()
     )
     if nodes.value is None:
         block.error = nodes.error
@@ -181,3 +192,52 @@ async def delete_node(
         return f"Node {name} {reply.value.result if reply.value else 'deleted'}."
 
     return await delete_item(request, me, h, agent_id, name, "node", "nodes", NODES_PAGE, done, NODE_NAME_RE)
+
+
+def parse_ports(text: str) -> list[int]:
+    """ "1-4, 6" → [1, 2, 3, 4, 6]; the agent checks them against its switch."""
+    if not PORTS_RE.match(text):
+        raise FormError("ports: numbers and ranges separated by commas, e.g. 1-4, 6")
+    ports: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        a, b = int(low), int(high or low)
+        if b < a or b - a > 256:
+            raise FormError(f"ports: {part.strip()} is not a range of at most 256 ports")
+        ports.extend(range(a, b + 1))
+    return ports
+
+
+@router.post("/nodes/{agent_id}/detect")
+async def detect_nodes(
+    agent_id: StrictInt, request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
+) -> Response:
+    form = form_dict(await request.form(), ("switch", "ports", "pattern"))
+    ref = await find_agent(h, agent_id, Feature.POWER)
+    if ref is None:
+        return back_to(request, NODES_PAGE, "No such agent with PoE switches.")
+    try:
+        body = {"switch": form.get("switch", "").strip(), "ports": parse_ports(form.get("ports", "")),
+                "pattern": form.get("pattern", "").strip() or "pi-{port}"}
+    except FormError as exc:
+        return back_to(request, NODES_PAGE, f"Detection not started: {exc}")
+    reply, problem = await change(h, ref, h.detect(ref, identity(request, me), body))
+    if problem or reply.value is None:
+        return back_to(request, NODES_PAGE, f"Detection not started: {problem}")
+    ports = form.get("ports", "").strip()
+    return back_to(request, NODES_PAGE, f"Detecting ports {ports} of {body['switch']} on {ref.name}.", "ok")
+
+
+@router.get("/nodes/{agent_id}/detect/{job_id}")
+async def detection_progress(
+    agent_id: StrictInt, job_id: str, request: Request, me: User = Depends(admin_user),
+    h: AgentClient = Depends(agents),
+) -> Response:
+    """One detection's ports, for the page's poller (it stops once the job is done)."""
+    ref = await find_agent(h, agent_id, Feature.POWER)
+    if ref is None or not JOB_RE.match(job_id):
+        return render(request, "_detection.html", {"detect_error": "No such agent or detection."}, status=404)
+    reply = await h.detection(ref, identity(request, me), job_id)
+    if reply.value is None:
+        return render(request, "_detection.html", {"detect_error": reply.error or "no answer"}, status=200)
+    return render(request, "_detection.html", {"job": reply.value, "agent_id": agent_id})

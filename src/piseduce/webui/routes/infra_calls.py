@@ -31,6 +31,7 @@ class AgentBlock:
     error: str = ""
     switches: list[str] = field(default_factory=list)
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> who holds it now
+    detections: list[Any] = field(default_factory=list)  # a raspberry agent's node detections
 
     @property
     def editable(self) -> bool:

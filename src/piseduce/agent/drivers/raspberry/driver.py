@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import string
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from piseduce.agent.drivers.base import (
 )
 from piseduce.agent.drivers.raspberry import ssh as sshc
 from piseduce.agent.drivers.raspberry.defaults import default_environment
+from piseduce.agent.drivers.raspberry.detect import Detection
 from piseduce.agent.drivers.raspberry.monitoring import sample_boards
 from piseduce.agent.drivers.raspberry.ops import PART_SIZES, RpiOps
 from piseduce.agent.drivers.raspberry.power import PoePower
@@ -102,6 +104,9 @@ class RaspberryDriver(Driver):
         warn_duplicates(sessions)
         self.ops = RpiOps(config, sessions, self.snmp, self.keyring)
         self._processes: dict[str, Process] | None = None
+        # Node detection jobs (admin_detect.py), kept for the page while this process runs.
+        self.detections: dict[str, Detection] = {}
+        self.detection_tasks: set[asyncio.Task[None]] = set()
 
     # -- the deploy form
 
@@ -196,4 +201,8 @@ class RaspberryDriver(Driver):
     sample = sample_boards  # power over SNMP, temperature over SSH (monitoring.py)
 
     async def close(self) -> None:
+        for task in list(self.detection_tasks):
+            task.cancel()
+        if self.detection_tasks:
+            await asyncio.wait(self.detection_tasks, timeout=5)
         self.snmp.close()

@@ -1,0 +1,157 @@
+"""Admin routes of a raspberry agent (under `/api/admin`): node detection (detect.py). POST starts
+a job for one switch and a list of ports and answers at once (202) with its id; GET follows its
+ports' progress. Bad input (unknown switch, ports out of range or the uplink, a pattern making an
+invalid name or another node's name) is a 4xx before any port is powered.
+
+Jobs live in the agent process (`driver.detections`): a page reload finds them again, an agent
+restart forgets them (the nodes they registered stay)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi import Path as PathParam
+from pydantic import Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from piseduce.agent.api.admin import _add, _patch
+from piseduce.agent.api.deps import AgentState, StateDep
+from piseduce.agent.auth import AdminDep, Caller, admin
+from piseduce.agent.drivers.raspberry.admin_schemas import ERRORS, NAME_RE, Name, Rpi
+from piseduce.agent.drivers.raspberry.detect import (
+    DetectError,
+    Detection,
+    Detector,
+    Found,
+    PortDetection,
+    name_for,
+)
+from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
+from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork, NetworkConfigError, board_network
+from piseduce.agent.drivers.raspberry.snmp import SwitchInfo
+from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
+from piseduce.agent.models import Node, Switch
+from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
+from piseduce.numbers import StrictInt
+from piseduce.protocol import DetectionOut
+
+router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
+MAX_JOBS = 20
+JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]  # the finished jobs kept for the page
+
+
+class DetectIn(Strict):
+    switch: Name
+    ports: list[StrictInt] = Field(min_length=1, max_length=256)
+    pattern: str = Field(default="pi-{port}", min_length=1, max_length=120)
+
+
+def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
+          ) -> tuple[list[PortDetection], BoardNetwork, SwitchInfo]:
+    """Checks everything before a port is powered: 4xx, nothing changed."""
+    if len(set(body.ports)) != len(body.ports):
+        raise HTTPException(422, "ports: a port is listed twice")
+    with state.sessions() as s:
+        sw = s.get(Switch, body.switch)
+        if sw is None:
+            raise HTTPException(404, f"switch: unknown switch {body.switch!r}; add the switch first")
+        bad = [p for p in body.ports if not 1 <= p <= sw.port_count]
+        if bad:
+            raise HTTPException(422, f"ports: switch {sw.name} has ports 1 to {sw.port_count}; "
+                                     f"{', '.join(map(str, bad))} not")
+        if sw.master_port and sw.master_port in body.ports:
+            raise HTTPException(422, f"ports: port {sw.master_port} is the uplink of {sw.name}: it "
+                                     "powers no board")
+        nodes = list(s.scalars(select(Node).where(Node.present.is_(True))))
+        try:
+            net = board_network(state.config, [n.ip for n in nodes if n.ip])
+        except NetworkConfigError as exc:
+            raise HTTPException(409, f"the board network: {exc}") from None
+        try:
+            info = driver.keyring.info(sw)
+        except SecretsUnavailable as exc:
+            raise HTTPException(409, str(exc)) from None
+        ports = []
+        for port in body.ports:
+            try:
+                name = name_for(body.pattern, port)
+            except DetectError as exc:
+                raise HTTPException(422, f"pattern: {exc}") from None
+            if not re.match(NAME_RE, name):
+                raise HTTPException(422, f"pattern: {name!r} is not a valid node name")
+            owner = next((n for n in nodes if n.name == name), None)
+            if owner is not None and ((owner.attrs or {}).get("switch") != sw.name
+                                      or str((owner.attrs or {}).get("port")) != str(port)):
+                raise HTTPException(409, f"pattern: {name} is the name of another node (on "
+                                         f"{(owner.attrs or {}).get('switch')} port "
+                                         f"{(owner.attrs or {}).get('port')}); choose another pattern")
+            ports.append(PortDetection(port, name))
+    return ports, net, info
+
+
+def register(state: AgentState, switch: str, p: PortDetection, found: Found) -> bool:
+    """Registers the board through the admin "add node" code (its checks), or updates the row of
+    the board with this serial (re-detection): True when a row was updated."""
+    caller = Caller(user="detection", admin=True)
+    with state.sessions() as s:
+        known = next((n for n in s.scalars(select(Node).where(Node.present.is_(True)))
+                      if (n.attrs or {}).get("serial") == found.serial), None)
+        same_ip = select(Node).where(Node.present.is_(True), Node.ip == found.ip)
+        taken = next((n.name for n in s.scalars(same_ip) if known is None or n.name != known.name), None)
+    if taken is not None:
+        raise DetectError(f"address {found.ip} is {taken}'s already")
+    desc: dict[str, Any] = {"ip": found.ip, "switch": switch, "port": p.port, "ssh_port": found.ssh_port,
+                            "model": found.model, "serial": found.serial, "mac": found.mac,
+                            "host_key": found.host_key}
+    try:
+        if known is not None:
+            p.name = known.name
+            _patch(state, caller, known.name, NodePatchIn(**desc))
+            return True
+        _add(state, caller, NodeIn(name=p.name, **desc))
+        return False
+    except HTTPException as exc:
+        raise DetectError(f"not registered: {exc.detail}") from None
+
+
+@router.post("/detect", status_code=202, response_model=DetectionOut)
+async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: AdminDep) -> dict[str, Any]:
+    """Detect the boards on these ports of the switch, concurrently: the answer is the job (its id,
+    every port `waiting`); follow it with GET /api/admin/detect/{id}."""
+    ports, net, info = await run_in_threadpool(_plan, state, driver, body)
+    jobs = driver.detections
+    busy = {p.port for j in jobs.values() if not j.done and j.switch == body.switch for p in j.ports}
+    if busy & set(body.ports):
+        raise HTTPException(409, f"ports {', '.join(map(str, sorted(busy & set(body.ports))))} are being "
+                                 "detected already")
+    job = Detection(uuid.uuid4().hex[:12], body.switch, ports)
+    for old in [k for k, j in jobs.items() if j.done][: max(0, len(jobs) - MAX_JOBS + 1)]:
+        del jobs[old]
+    jobs[job.id] = job
+    detector = Detector(driver.ops)
+    task = asyncio.create_task(
+        detector.run(job, info, net, lambda p, f: register(state, body.switch, p, f)),
+        name=f"detect-{job.id}",
+    )
+    driver.detection_tasks.add(task)
+    task.add_done_callback(driver.detection_tasks.discard)
+    return job.view()
+
+
+@router.get("/detect", response_model=list[DetectionOut])
+async def list_detections(driver: Rpi) -> list[dict[str, Any]]:
+    """The detection jobs this agent process ran, newest first."""
+    return [j.view() for j in sorted(driver.detections.values(), key=lambda j: j.started, reverse=True)]
+
+
+@router.get("/detect/{job_id}", response_model=DetectionOut)
+async def get_detection(job_id: JobId, driver: Rpi) -> dict[str, Any]:
+    job = driver.detections.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no detection {job_id}")
+    return job.view()

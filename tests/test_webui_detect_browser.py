@@ -1,0 +1,105 @@
+"""The browser test of node detection: an admin opens the Nodes page of a raspberry agent on the
+simulated cluster (real mode: the boards on their own network), chooses ports, presses Detect,
+sees each port's progress and the result, with screenshots at phone and desktop widths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.admin_infra_fixtures import RaspberryAgent
+from helpers.browser_helpers import SHOTS
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD, TOKEN
+from helpers.rpi_fixtures import require_real_mode
+from helpers.webui_fixtures import WebuiProcess, add_user, write_webui_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_argon2")]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[RaspberryAgent]:
+    require_real_mode()
+    folder = tmp_path / "rpi"
+    folder.mkdir()
+    a = RaspberryAgent(folder, board_network=True)
+    yield a
+    a.stop()
+
+
+def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("/usr/bin/chromium is not installed")
+    from test_webui_browser import ARGS, login
+
+    config = write_webui_config(tmp_path / "webui", agent_timeout_seconds=5)
+    add_user(config, ADMIN_EMAIL, ADMIN_PASSWORD, role="admin")
+    web = WebuiProcess(config)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
+            try:
+                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                page.set_default_timeout(20_000)
+                login(page, web.url, ADMIN_EMAIL, ADMIN_PASSWORD)
+                page.goto(f"{web.url}/admin/agents")
+                page.fill("#a-name", "rpi-lab")
+                page.fill("#a-host", "127.0.0.1")
+                page.fill("#a-port", str(lab.port))
+                page.fill("#a-token", TOKEN)
+                page.click("#add-agent button[type=submit]")
+                page.locator('tr[data-agent="rpi-lab"] >> text=connected').wait_for()
+
+                page.goto(f"{web.url}/admin/nodes")
+                panel = page.locator('[data-agent="rpi-lab"]')
+                panel.locator('summary:has-text("Detect nodes")').click()
+                panel.locator('input[name="ports"]').fill("1-2")
+                panel.locator('input[name="pattern"]').fill("lab-{port}")
+                panel.locator('form[id^="detect-form-"] button:has-text("Detect")').click()
+                page.wait_for_selector("text=Detecting ports 1-2")
+                job = panel.locator(".detection").first
+                steps = "rows => rows.map(r => r.dataset.step)"
+                first_steps = job.locator("tr[data-port]").evaluate_all(steps)
+                # the page shows the ports while they are being detected (a board boots in seconds)
+                assert len(first_steps) == 2 and set(first_steps) - {"registered", "failed"}, first_steps
+                page.locator('.detection[data-done="yes"]').wait_for()
+                rows = page.locator('.detection[data-done="yes"] tr[data-port]')
+                assert rows.evaluate_all(steps) == ["registered", "registered"]
+                text = page.locator('.detection[data-done="yes"]').inner_text()
+                for i in (0, 1):
+                    assert lab.board(i)["serial"] in text and lab.board(i)["mac"] in text
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SHOTS / "admin_detect.png"), full_page=True)
+                page.set_viewport_size({"width": 390, "height": 900})
+                page.screenshot(path=str(SHOTS / "phone_admin_detect.png"), full_page=True)
+                # the nodes are registered: the table shows them after a reload, and so does the job
+                page.click("a.reload-nodes")
+                page.wait_for_selector('tr[data-node="lab-1"]')
+                assert page.locator('tr[data-node="lab-1"]').count() == 1
+                assert page.locator('tr[data-node="lab-2"]').count() == 1
+                assert page.locator('.detection[data-done="yes"]').count() == 1
+                print(f"first steps seen: {first_steps}")
+            finally:
+                browser.close()
+    finally:
+        web.stop()
+
+
+@pytest.mark.parametrize(("text", "ports"),
+                         [("1-4, 6", [1, 2, 3, 4, 6]), ("3", [3]), (" 2 ,5-6 ", [2, 5, 6])])
+def test_ports_field(text: str, ports: list[int]) -> None:
+    from piseduce.webui.routes.admin_nodes import parse_ports
+
+    assert parse_ports(text) == ports
+
+
+@pytest.mark.parametrize("text", ["", "a", "1;2", "4-2", "1-9999", "-3", "1,,2"])
+def test_ports_field_refuses(text: str) -> None:
+    from piseduce.webui.routes.admin_nodes import parse_ports
+    from piseduce.webui.routes.infra_forms import FormError
+
+    with pytest.raises(FormError):
+        parse_ports(text)
