@@ -23,7 +23,7 @@ DOCUMENTS = [*GUIDES, README]
 ACTIONS = {"run", "skip", "install", "file", "none", "demo"}
 UNIT_RE = re.compile(r"\b([a-z][a-z_]*(?:@[\w<>.-]*)?)\.service\b")
 EXEC_RE = re.compile(
-    r"^ExecStart=/opt/piseduce/\.venv/bin/piseduce (agent (?:api|exec|monitor)|webui serve) "
+    r"^ExecStart=/opt/piseduce/\.venv/bin/piseduce (agent (?:api|exec|monitor|gateway)|webui serve) "
     r"/etc/piseduce/(%i/)?config_(agent|webui)\.json$",
     re.M,
 )

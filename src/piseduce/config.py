@@ -129,6 +129,14 @@ class AgentConfig(_Base):
     inventory_refresh_seconds: float = Field(default=300, ge=1)
     monitor_period_seconds: float = Field(default=30, ge=1)
     monitor_retention_days: float = Field(default=7, gt=0)
+    # `piseduce agent gateway`: the SSH jump host to the boards (docs/admin-guide.md).
+    gateway_port: int = Field(default=2222, ge=1, le=65535)
+    gateway_host_key_file: str = "gateway_host_key"
+    gateway_user: str = "jump"
+    gateway_board_port: int = Field(default=22, ge=1, le=65535)
+    gateway_max_unauthenticated: int = Field(default=32, ge=1, le=10_000)
+    gateway_login_grace_seconds: float = Field(default=20, gt=0, le=600)
+    gateway_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # "module:Class" of a driver to use instead of the one of node_type (tests, third-party types).
     driver: str = ""
     # Grid'5000: an agent account to read the inventory when no user login comes with a request

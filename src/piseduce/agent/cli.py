@@ -174,6 +174,20 @@ def monitor(
         asyncio.run(run_monitor(cfg))
 
 
+@app.command("gateway")
+def gateway(
+    config: ConfigArg,
+    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+) -> None:
+    """Run the SSH gateway: users jump to the boards they hold (ssh -J), on gateway_port."""
+    cfg = _setup(config, log_format)
+    _check_database(cfg)
+    from piseduce.agent.gateway import run_gateway
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_gateway(cfg))
+
+
 @app.command("network-config")
 def network_config(
     config: ConfigArg,

@@ -1,0 +1,223 @@
+"""`piseduce agent gateway`: an SSH jump host that lets a user reach only the boards they hold.
+
+Authorization is by key, not by user name: a client key is accepted when it is one of the
+`ssh_keys` a DEPLOYED, unexpired reservation deployed, and it may then open direct-tcpip channels
+only to those reservations' boards (by name or address) on `gateway_board_port`. Everything else
+(sessions: shells, exec, sftp, scp; remote forwarding; agent and X11 forwarding) is refused and
+logged. The user name is one fixed name (`gateway_user`): OpenSSH's `-J user@host:port` then needs
+no quoting (a PiSeduce identity is an e-mail address, whose '@' -J would split on).
+
+A thread reads the reservations every `gateway_poll_seconds`; a connection whose key no longer
+grants one of the boards it forwards to is closed at once, its open channels with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from piseduce.agent.lifecycle import DEPLOYED
+from piseduce.agent.models import Reservation
+from piseduce.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Board:
+    reservation_id: int
+    owner: str
+    name: str
+    ip: str
+
+
+# public key blob -> the boards that key may reach
+Grants = dict[bytes, tuple[Board, ...]]
+
+
+def key_blob(line: str) -> bytes | None:
+    try:
+        return bytes(asyncssh.import_public_key(line.strip()).public_data)
+    except (asyncssh.KeyImportError, ValueError, TypeError):
+        return None
+
+
+def read_grants(sessions: sessionmaker[Session], now: dt.datetime | None = None) -> Grants:
+    """Runs in a thread: the deployed reservations' keys and boards."""
+    now = now or dt.datetime.now(dt.UTC)
+    grants: dict[bytes, list[Board]] = {}
+    with sessions() as s:
+        rows = s.scalars(select(Reservation).where(Reservation.status == DEPLOYED, Reservation.end > now))
+        for r in rows:
+            board = Board(r.id, r.owner, r.node_name, r.node.ip if r.node else "")
+            keys = (r.params or {}).get("ssh_keys") or []
+            for line in keys if isinstance(keys, list) else []:
+                blob = key_blob(str(line))
+                if blob is not None:
+                    grants.setdefault(blob, []).append(board)
+    return {k: tuple(v) for k, v in grants.items()}
+
+
+def host_key(path: Path) -> asyncssh.SSHKey:
+    """The gateway's own key, made on first start (0600)."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    return key
+
+
+def known_hosts_line(key: asyncssh.SSHKey, host: str, port: int) -> str:
+    name = host if port == 22 else f"[{host}]:{port}"
+    return f"{name} {key.export_public_key().decode().strip()}"
+
+
+@dataclass
+class Gateway:
+    config: AgentConfig
+    grants: Grants = field(default_factory=dict)
+    unauthenticated: int = 0
+    connections: set[GatewayServer] = field(default_factory=set)
+
+    def allowed(self, blob: bytes | None, dest: str) -> Board | None:
+        for board in self.grants.get(blob or b"", ()):
+            if dest in (board.name, board.ip) and board.ip:
+                return board
+        return None
+
+    def update(self, grants: Grants) -> None:
+        self.grants = grants
+        for conn in list(self.connections):
+            conn.recheck()
+
+
+class GatewayServer(asyncssh.SSHServer):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = "?"
+        self.blob: bytes | None = None
+        self.authed = False
+        self.targets: set[str] = set()
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.peer = str(conn.get_extra_info("peername", ("?",))[0])
+        if self.gw.unauthenticated >= self.gw.config.gateway_max_unauthenticated:
+            log.warning("gateway: refused %s: too many unauthenticated connections", self.peer)
+            conn.abort()
+            return
+        self.gw.unauthenticated += 1
+        self.gw.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.authed and self in self.gw.connections:
+            self.gw.unauthenticated -= 1
+        self.gw.connections.discard(self)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        blob = bytes(key.public_data)
+        if username != self.gw.config.gateway_user or blob not in self.gw.grants:
+            log.warning("gateway: refused key %s for %r from %s", key.get_fingerprint(), username, self.peer)
+            return False
+        self.blob = blob
+        return True
+
+    def auth_completed(self) -> None:
+        self.authed = True
+        self.gw.unauthenticated -= 1
+        owners = sorted({b.owner for b in self.gw.grants.get(self.blob or b"", ())})
+        log.info("gateway: %s logged in for %s", self.peer, ", ".join(owners))
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        board = self.gw.allowed(self.blob, dest_host)
+        if board is None or dest_port != self.gw.config.gateway_board_port:
+            log.warning("gateway: refused forwarding to %s:%s from %s", dest_host, dest_port, self.peer)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not one of your boards"
+            )
+        log.info("gateway: %s forwards to %s (%s) for %s", self.peer, board.name, board.ip, board.owner)
+        self.targets.add(dest_host)
+        assert self.conn is not None
+        return self.conn.forward_connection(board.ip, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        log.warning("gateway: refused remote forwarding %s:%s from %s", listen_host, listen_port, self.peer)
+        return False
+
+    def session_requested(self) -> bool:
+        log.warning("gateway: refused a session (shell, command, sftp) from %s", self.peer)
+        return False
+
+    def recheck(self) -> None:
+        """Close the connection when its key no longer grants a board it forwards to."""
+        if not self.authed or self.conn is None:
+            return
+        lost = [t for t in self.targets if self.gw.allowed(self.blob, t) is None]
+        if lost or self.blob not in self.gw.grants:
+            log.info("gateway: reservation over, closing %s (%s)", self.peer, ", ".join(sorted(lost)))
+            self.conn.close()
+
+
+async def serve(
+    config: AgentConfig, sessions: sessionmaker[Session], stop: asyncio.Event, host: str | None = None
+) -> None:
+    gw = Gateway(config)
+    gw.grants = await asyncio.to_thread(read_grants, sessions)
+    key = host_key(config.resolve(config.gateway_host_key_file))
+    server = await asyncssh.create_server(
+        lambda: GatewayServer(gw),
+        host if host is not None else config.host,
+        config.gateway_port,
+        server_host_keys=[key],
+        login_timeout=config.gateway_login_grace_seconds,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_scp=False,
+        sftp_factory=None,
+    )
+    log.info("gateway: listening on port %s, host key %s", config.gateway_port, key.get_fingerprint())
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), config.gateway_poll_seconds)
+            try:
+                gw.update(await asyncio.to_thread(read_grants, sessions))
+            except Exception:  # a database hiccup: keep the last grants, try next round
+                log.exception("gateway: cannot read the reservations")
+    finally:
+        server.close()
+        for conn in list(gw.connections):
+            if conn.conn is not None:
+                conn.conn.close()
+        await server.wait_closed()
+
+
+async def run_gateway(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    from piseduce.agent.daemon import run_daemon
+
+    async def body(sessions: sessionmaker[Session], driver: object, stop: asyncio.Event) -> None:
+        await serve(config, sessions, stop)
+
+    await run_daemon(config, body, tables=("nodes", "reservations"), stop=stop)
