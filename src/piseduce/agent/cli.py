@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -146,18 +147,28 @@ def api(
         uvicorn.run(create_app(cfg), **common)  # type: ignore[arg-type]
 
 
+def _run_loop(config: Path, log_format: LogFormat, run: Callable[[AgentConfig], Awaitable[None]]) -> None:
+    """The executor, the monitor and the gateway: the config, the database's revision, then their
+    loop until Ctrl-C (each module imported by its command only: the others need none of it)."""
+    cfg = _setup(config, log_format)
+    _check_database(cfg)
+
+    async def main() -> None:
+        await run(cfg)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
 @app.command("exec")
 def exec_(
     config: ConfigArg,
     log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
 ) -> None:
     """Run the executor: deployments, actions and expiries (the durable state machine)."""
-    cfg = _setup(config, log_format)
-    _check_database(cfg)
     from piseduce.agent.engine.executor import run_executor
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_executor(cfg))
+    _run_loop(config, log_format, run_executor)
 
 
 @app.command("monitor")
@@ -166,12 +177,9 @@ def monitor(
     log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
 ) -> None:
     """Sample the nodes' power and temperature every monitor_period_seconds (kept monitor_retention_days)."""
-    cfg = _setup(config, log_format)
-    _check_database(cfg)
     from piseduce.agent.monitor import run_monitor
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_monitor(cfg))
+    _run_loop(config, log_format, run_monitor)
 
 
 @app.command("gateway")
@@ -180,12 +188,9 @@ def gateway(
     log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
 ) -> None:
     """Run the SSH gateway: users jump to the boards they hold (ssh -J), on gateway_port."""
-    cfg = _setup(config, log_format)
-    _check_database(cfg)
     from piseduce.agent.gateway import run_gateway
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_gateway(cfg))
+    _run_loop(config, log_format, run_gateway)
 
 
 @app.command("network-config")
