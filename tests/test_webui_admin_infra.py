@@ -522,7 +522,7 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("/usr/bin/chromium is not installed")
-    from test_webui_browser import ARGS, login
+    from test_webui_browser import ARGS, login, submit_agent_form
 
     config = write_webui_config(tmp_path / "webui", agent_timeout_seconds=1.5)
     add_user(config, ADMIN_EMAIL, ADMIN_PASSWORD, role="admin")
@@ -548,12 +548,7 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
                 login(page, web.url, ADMIN_EMAIL, ADMIN_PASSWORD)
                 for name, port in (("rpi-lab", rpi.port), ("g5k-nancy", g5k.port)):
                     page.goto(f"{web.url}/admin/agents")
-                    page.fill("#a-name", name)
-                    page.fill("#a-host", "127.0.0.1")
-                    page.fill("#a-port", str(port))
-                    page.fill("#a-token", TOKEN)
-                    page.click("#add-agent button[type=submit]")
-                    page.locator(f'tr[data-agent="{name}"] >> text=connected').wait_for()
+                    submit_agent_form(page, name, port)
 
                 page.click("text=(admin) Nodes")
                 row = page.locator(f'tr[data-node="{board["name"]}"]')

@@ -104,17 +104,21 @@ def signup_and_approval(browser: Any, url: str, email: str, password: str) -> An
     return page
 
 
+def submit_agent_form(page: Any, name: str, port: int) -> None:
+    """On the (admin) Agents page: adds the agent on loopback `port`, waits until it is connected."""
+    page.fill("#a-name", name)
+    page.fill("#a-host", "127.0.0.1")
+    page.fill("#a-port", str(port))
+    page.fill("#a-token", TOKEN)
+    page.click("#add-agent button[type=submit]")
+    page.locator(f'tr[data-agent="{name}"] >> text=connected').wait_for()
+
+
 def add_agent(browser: Any, url: str, name: str, port: int, screenshot: str | None = None) -> None:
     admin = new_page(browser)
     login(admin, url, ADMIN_EMAIL, ADMIN_PASSWORD)
     admin.click("text=(admin) Agents")
-    admin.fill("#a-name", name)
-    admin.fill("#a-host", "127.0.0.1")
-    admin.fill("#a-port", str(port))
-    admin.fill("#a-token", TOKEN)
-    admin.click("#add-agent button[type=submit]")
-    row = admin.locator(f'tr[data-agent="{name}"]')
-    row.locator("text=connected").wait_for()
+    submit_agent_form(admin, name, port)
     if screenshot:
         shot(admin, screenshot)
     admin.context.close()

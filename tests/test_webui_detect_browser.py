@@ -12,7 +12,7 @@ import pytest
 
 from helpers.admin_infra_fixtures import RaspberryAgent
 from helpers.browser_helpers import SHOTS
-from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD, TOKEN
+from helpers.constants import ADMIN_EMAIL, ADMIN_PASSWORD
 from helpers.rpi_fixtures import require_real_mode
 from helpers.webui_fixtures import WebuiProcess, add_user, write_webui_config
 
@@ -33,7 +33,7 @@ def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("/usr/bin/chromium is not installed")
-    from test_webui_browser import ARGS, login
+    from test_webui_browser import ARGS, login, submit_agent_form
 
     config = write_webui_config(tmp_path / "webui", agent_timeout_seconds=5)
     add_user(config, ADMIN_EMAIL, ADMIN_PASSWORD, role="admin")
@@ -46,12 +46,7 @@ def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None
                 page.set_default_timeout(20_000)
                 login(page, web.url, ADMIN_EMAIL, ADMIN_PASSWORD)
                 page.goto(f"{web.url}/admin/agents")
-                page.fill("#a-name", "rpi-lab")
-                page.fill("#a-host", "127.0.0.1")
-                page.fill("#a-port", str(lab.port))
-                page.fill("#a-token", TOKEN)
-                page.click("#add-agent button[type=submit]")
-                page.locator('tr[data-agent="rpi-lab"] >> text=connected').wait_for()
+                submit_agent_form(page, "rpi-lab", lab.port)
 
                 page.goto(f"{web.url}/admin/nodes")
                 panel = page.locator('[data-agent="rpi-lab"]')
