@@ -91,7 +91,8 @@ def test_ports_field(text: str, ports: list[int]) -> None:
     assert parse_ports(text) == ports
 
 
-@pytest.mark.parametrize("text", ["", "a", "1;2", "4-2", "1-9999", "-3", "1,,2"])
+# "١-٤" and "１": digits int() would read (Arabic-Indic, fullwidth), not ASCII ones (numbers.py).
+@pytest.mark.parametrize("text", ["", "a", "1;2", "4-2", "1-9999", "-3", "1,,2", "١-٤", "１", "2\n"])
 def test_ports_field_refuses(text: str) -> None:
     from piseduce.webui.routes.admin_nodes import parse_ports
     from piseduce.webui.routes.infra_forms import FormError

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from piseduce.numbers import StrictInt
+from piseduce.numbers import StrictInt, parse_int
 from piseduce.protocol import NODE_STATUSES, Deleted, Feature
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
@@ -35,7 +35,8 @@ from piseduce.webui.routes.infra_forms import (
 )
 from piseduce.webui.web import admin_user, form_str, identity, render
 
-PORTS_RE = re.compile(r"^\s*\d{1,4}(\s*-\s*\d{1,4})?(\s*,\s*\d{1,4}(\s*-\s*\d{1,4})?)*\s*$")
+# ASCII digits and spaces only (\d and \s would let "١-٤" or "2\n" through to int(): numbers.py).
+PORTS_RE = re.compile(r" *[0-9]{1,4}( *- *[0-9]{1,4})?( *, *[0-9]{1,4}( *- *[0-9]{1,4})?)* *", re.ASCII)
 JOB_RE = re.compile(r"^[0-9a-f]{12}$")
 
 router = APIRouter(prefix="/admin")
@@ -196,12 +197,13 @@ async def delete_node(
 
 def parse_ports(text: str) -> list[int]:
     """ "1-4, 6" → [1, 2, 3, 4, 6]; the agent checks them against its switch."""
-    if not PORTS_RE.match(text):
+    if not PORTS_RE.fullmatch(text):
         raise FormError("ports: numbers and ranges separated by commas, e.g. 1-4, 6")
     ports: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")
-        a, b = int(low), int(high or low)
+        a = parse_int(low, hand_typed=True)
+        b = parse_int(high, hand_typed=True) if high else a
         if b < a or b - a > 256:
             raise FormError(f"ports: {part.strip()} is not a range of at most 256 ports")
         ports.extend(range(a, b + 1))
