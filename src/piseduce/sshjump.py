@@ -74,8 +74,13 @@ def known_hosts(gw: Gateway, boards: list[Board]) -> str:
     return "\n".join(dict.fromkeys(lines)) + "\n"
 
 
-def ssh_config(gw: Gateway, boards: list[Board], known_hosts_file: str = DEFAULT_KNOWN_HOSTS) -> str:
+def ssh_config(
+    gw: Gateway, boards: list[Board], known_hosts_file: str = DEFAULT_KNOWN_HOSTS, identity: str = ""
+) -> str:
+    """`identity`: a private key file for both hops (the gateway takes the key deployed with)."""
     strict = f"  UserKnownHostsFile {known_hosts_file}\n  StrictHostKeyChecking yes\n"
+    if identity:
+        strict += f"  IdentityFile {identity}\n  IdentitiesOnly yes\n"
     out = [
         f"Host {gw.alias}\n  HostName {gw.host}\n  Port {gw.port}\n  User {gw.user}\n"
         f"  ProxyJump none\n{strict}"
