@@ -51,13 +51,19 @@ def _key(key: str) -> str:
     return " ".join(key.split()[:2])
 
 
+def _one_line_key(key: str) -> bool:
+    """A key as an agent pins it ("type base64 [comment]"), one line: a newline in it means the
+    agent's answer is not what it seems; nothing of it is printed."""
+    return bool(KEY_RE.fullmatch(_key(key))) and all(c.isprintable() for c in key)
+
+
 def usable(gw: Gateway, b: Board) -> bool:
     words = (gw.host, b.host, b.name)
     return (
         all(HOST_RE.fullmatch(w) for w in words)
         and all(USER_RE.fullmatch(u) for u in (gw.user, b.user))
-        and bool(KEY_RE.fullmatch(_key(gw.host_key)))
-        and (not b.host_key or bool(KEY_RE.fullmatch(_key(b.host_key))))
+        and _one_line_key(gw.host_key)
+        and (not b.host_key or _one_line_key(b.host_key))
         and 0 < gw.port < 65536
         and 0 < b.port < 65536
     )
