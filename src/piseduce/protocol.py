@@ -26,6 +26,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
@@ -209,6 +212,16 @@ class AgentInfo(Wire):
             features, kind = LEGACY.get(data["node_type"], (frozenset(), "none"))
             data = {"features": sorted(features), "credentials": kind, **data}
         return data
+
+    @field_validator("gateway", mode="wrap")
+    @classmethod
+    def _usable_gateway(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A gateway the web UI cannot print safely (a newline in its host...) is left out: users
+        are then shown no way in through it, and the agent stays usable."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features
