@@ -26,6 +26,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
@@ -152,6 +155,34 @@ def _known_features(value: Any) -> Any:
 Features = Annotated[frozenset[Feature], BeforeValidator(_known_features), Field(max_length=64)]
 
 
+# A host name or address a client may put in an ssh command or ~/.ssh/config unquoted: no space,
+# no option-looking start, no newline (the web UI and pisctl print it in a block).
+SshHost = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}$")]
+SshUser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")]
+# "type base64": a known_hosts line's key, one line of printable ASCII.
+SshPublicKey = Annotated[
+    str, StringConstraints(pattern=r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@._-]{1,60} [A-Za-z0-9+/]{16,16384}={0,3}$")
+]
+
+
+class GatewayInfo(Wire):
+    """The agent's SSH gateway (`piseduce agent gateway`) as users reach it from outside the lab:
+    `ssh -J user@host:port pi@<board address>`, the gateway's host key pinned."""
+
+    host: SshHost = Field(description="The gateway's public host name or address")
+    port: int = Field(ge=1, le=65535)
+    user: SshUser = Field(description="The one user name every client logs in to the gateway as")
+    host_key: SshPublicKey = Field(description="The gateway's SSH host key (a known_hosts line's key)")
+
+    @property
+    def jump(self) -> str:
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
 class AgentInfo(Wire):
     name: Label
     node_type: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
@@ -170,6 +201,9 @@ class AgentInfo(Wire):
     )
     # Kept for web UIs of before `credentials`: true when credentials is not "none".
     needs_credentials: bool = False
+    gateway: GatewayInfo | None = Field(
+        default=None, description="The SSH gateway to the boards, when the agent runs one"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -178,6 +212,16 @@ class AgentInfo(Wire):
             features, kind = LEGACY.get(data["node_type"], (frozenset(), "none"))
             data = {"features": sorted(features), "credentials": kind, **data}
         return data
+
+    @field_validator("gateway", mode="wrap")
+    @classmethod
+    def _usable_gateway(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A gateway the web UI cannot print safely (a newline in its host...) is left out: users
+        are then shown no way in through it, and the agent stays usable."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features
