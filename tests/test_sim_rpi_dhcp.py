@@ -6,15 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import os
 import shutil
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from helpers.rpi_fixtures import connect, nfs_boot_folder, power, require_real_mode, running_cluster
+from helpers.rpi_fixtures import (
+    connect,
+    make_agent_key,
+    nfs_boot_folder,
+    power,
+    require_real_mode,
+    running_cluster,
+)
+from helpers.sim_leftovers import (
+    alive,
+    descendants,
+    link_exists,
+    namespaces_in_use,
+    net_namespaces,
+    routes_to,
+)
 from helpers.waiting import wait_until
 from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork, render
 from piseduce.agent.models import Node
+from piseduce.sim.rpi import TEMPLATE
 from piseduce.sim.rpi.cluster import RpiCluster
 
 pytestmark = pytest.mark.slow
@@ -27,15 +48,15 @@ def require_dhcp() -> None:
             pytest.skip(f"needs {tool} (apt-get install {package}; ./run setup installs it)")
 
 
-def board_network(cluster: RpiCluster, tftp: Path) -> BoardNetwork:
-    """What an operator's agent config says of the simulator's board network."""
-    inv = cluster.inventory()
+def board_network(inv: dict[str, Any], tftp: Path, nfs: Path) -> BoardNetwork:
+    """What an operator's agent config says of the simulator's board network (a range of 11
+    addresses for boards nobody registered)."""
     net = ipaddress.IPv4Network(inv["network"])
     hosts = list(net.hosts())
     return BoardNetwork(
         agent="sim", interface=inv["uplink"]["host_if"], network=net,
         server=ipaddress.IPv4Address(inv["uplink"]["ip"]), dhcp_range=(hosts[199], hosts[209]),
-        router=None, tftp_root=str(tftp), nfs_root=str(cluster.opts.nfs_root.resolve()),
+        router=None, tftp_root=str(tftp.resolve()), nfs_root=str(nfs.resolve()),
     )
 
 
@@ -66,7 +87,7 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
     conf = tmp_path / "dnsmasq.conf"
     async with running_cluster(tmp_path, boards=3, dhcp_config=conf) as (cluster, key):
         assert cluster.mode == "real"
-        net = board_network(cluster, cluster.opts.tftp_root.resolve())
+        net = board_network(cluster.inventory(), cluster.opts.tftp_root, cluster.opts.nfs_root)
         one, two = cluster.board("pi-1"), cluster.board("pi-2")
         static = net.network.network_address + 77
         files = render(net, [node("pi-1", one.identity.mac, static)])
@@ -101,3 +122,73 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
         conf.write_text("dhcp-range=nonsense\n")
         await asyncio.sleep(1)
         assert cluster.dhcp_served == 2
+
+
+async def _tcp_open(host: str, port: int) -> bool:
+    try:
+        async with asyncio.timeout(1):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig: signal.Signals) -> None:
+    require_dhcp()
+    key = make_agent_key(tmp_path)
+    state, conf, inventory_file = tmp_path / "state", tmp_path / "dnsmasq.conf", tmp_path / "inventory.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "piseduce.cli", "sim", "rpi", "--boards", "2", "--mode", "real",
+        "--state-dir", str(state), "--tftp-root", str(tmp_path / "tftp"), "--nfs-root", str(tmp_path / "nfs"),
+        "--time-scale", "50", "--boot-delay", "5", "--inventory-file", str(inventory_file),
+        "--agent-pubkey", f"{key}.pub", "--dhcp-config", str(conf),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_until(inventory_file.exists, 30, 0.05)
+        inv: dict[str, Any] = json.loads(inventory_file.read_text())
+        board_net = board_network(inv, tmp_path / "tftp", tmp_path / "nfs")
+        net = board_net.network
+        pi1 = inv["boards"][0]
+        static = net.network_address + 60
+        conf.write_text(render(board_net, [node("pi-1", pi1["mac"], static)]).dnsmasq)
+        shutil.copytree(tmp_path / "tftp" / TEMPLATE, tmp_path / "tftp" / pi1["serial"])
+        await wait_until((state / "dhcp" / "dnsmasq.pid").exists, 15, 0.05)
+        await power(inv, 1, on=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not await _tcp_open(str(static), 22):  # SSH answers at the static lease's address
+            assert loop.time() < deadline, "pi-1 never answered at its static address"
+            await asyncio.sleep(0.1)
+        procs = descendants(proc.pid)
+        namespaces = net_namespaces(list(procs))
+        dnsmasq = [p for p in alive(procs) if comm(p) == "dnsmasq"]
+        assert len(dnsmasq) == 1, {p: comm(p) for p in procs}
+        # its pid file: the pid in the supervisor's PID namespace (the last of NSpid)
+        nspid = next(line for line in Path(f"/proc/{dnsmasq[0]}/status").read_text().splitlines()
+                     if line.startswith("NSpid:"))
+        assert int((state / "dhcp" / "dnsmasq.pid").read_text()) == int(nspid.split()[-1]) != dnsmasq[0]
+        host_if = inv["uplink"]["host_if"]
+        proc.send_signal(sig)
+        async with asyncio.timeout(30):
+            status = await proc.wait()
+        assert status == (-9 if sig == signal.SIGKILL else 0)
+
+        def gone() -> bool:
+            return not (alive(procs) or link_exists(host_if) or routes_to(str(net))
+                        or namespaces & namespaces_in_use())
+
+        await wait_until(gone, 15, 0.1)
+        assert not os.path.exists(f"/proc/{dnsmasq[0]}") or comm(dnsmasq[0]) != "dnsmasq"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

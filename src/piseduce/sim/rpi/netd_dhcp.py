@@ -27,7 +27,7 @@ UDHCPC = "udhcpc"
 STOP_TIMEOUT_S = 5.0
 START_CHECK_S = 0.3  # dnsmasq exits at once on a bad file: a start that lived this long is taken
 # udhcpc: tries x seconds between tries; it gives up (the board stays without an address) after.
-CLIENT_TRIES, CLIENT_WAIT_S = 4, 1
+CLIENT_TRIES, CLIENT_WAIT_S = 10, 1  # a loaded host answers late; the firmware keeps asking
 
 # The client's script: busybox udhcpc exports ip, mask (prefix length), subnet and router.
 CLIENT_SCRIPT = """#!/bin/sh
