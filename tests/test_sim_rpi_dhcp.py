@@ -192,3 +192,29 @@ async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_without_a_lease_a_board_does_not_boot(tmp_path: Path) -> None:
+    """No file yet (no dnsmasq), then a file with no range and no lease for pi-1: pi-1 asks and
+    gets no answer, so it boots nothing and says why; pi-2, registered, boots."""
+    require_dhcp()
+    conf = tmp_path / "dnsmasq.conf"
+    async with running_cluster(tmp_path, boards=2, dhcp_config=conf) as (cluster, _key):
+        one, two = cluster.board("pi-1"), cluster.board("pi-2")
+        nfs_boot_folder(cluster, "pi-1")
+        await power(cluster.inventory(), 1, on=True)
+        await wait_until(lambda: one.system == "none", 30)
+        assert "no DHCP" in one.last_boot_error and cluster.dhcp_served == 0
+        await power(cluster.inventory(), 1, on=False)
+
+        net = board_network(cluster.inventory(), cluster.opts.tftp_root, cluster.opts.nfs_root)
+        static_only = BoardNetwork(**{**net.__dict__, "dhcp_range": None})
+        files = render(static_only, [node("pi-2", two.identity.mac, net.network.network_address + 90)])
+        assert "static" in files.dnsmasq
+        conf.write_text(files.dnsmasq)
+        await wait_until(lambda: cluster.dhcp_served == 1, 10)
+        await asyncio.gather(boot(cluster, "pi-2"), power(cluster.inventory(), 1, on=True))
+        assert two.address[0] == str(net.network.network_address + 90)
+        await wait_until(lambda: one.system == "none", 30)
+        assert "no DHCP" in one.last_boot_error
+        assert one.identity.mac not in leases(cluster)
