@@ -66,7 +66,8 @@ def node(name: str, mac: str, ip: ipaddress.IPv4Address) -> Node:
 
 def leases(cluster: RpiCluster) -> dict[str, str]:
     """MAC -> address, from the lease file of the simulator's dnsmasq."""
-    path = cluster.opts.state_dir / "dhcp" / "dnsmasq.leases"
+    path = Path(cluster.inventory()["dhcp"]["lease_file"])
+    assert path.parent == cluster.opts.state_dir / "dhcp"
     out = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         fields = line.split()
@@ -94,6 +95,7 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
         assert f"dhcp-host={one.identity.mac},{static},pi-1" in files.dnsmasq
         conf.write_text(files.dnsmasq)
         await wait_until(lambda: cluster.dhcp_served == 1, 10)
+        assert cluster.inventory()["dhcp"]["served"] == 1
 
         await asyncio.gather(boot(cluster, "pi-1"), boot(cluster, "pi-2"))
         assert one.address == (str(static), 22)

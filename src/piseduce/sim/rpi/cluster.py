@@ -451,6 +451,12 @@ class RpiCluster:
         except KeyError:
             raise KeyError(f"no board named {name!r}") from None
 
+    def _dhcp_inventory(self) -> dict[str, Any] | None:
+        if self.opts.dhcp_config is None or self.fabric is None:
+            return None
+        return {"config": str(self.opts.dhcp_config), "lease_file": str(self.fabric.lease_file),
+                "served": self.dhcp_served}
+
     def inventory(self) -> dict[str, Any]:
         plan = self.fabric.plan if self.fabric is not None else None
         return {
@@ -458,6 +464,8 @@ class RpiCluster:
             # real mode: the board network, and this host's end of the switch's uplink
             "network": str(plan.network) if plan else None,
             "uplink": {"host_if": plan.host_if, "ip": str(plan.gateway)} if plan else None,
+            # real mode with --dhcp-config: the file dnsmasq serves, its leases, how often (re)started
+            "dhcp": self._dhcp_inventory(),
             "switch": {
                 "name": self.opts.switch_name,
                 "ip": self.opts.host,

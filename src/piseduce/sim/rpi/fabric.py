@@ -95,6 +95,10 @@ class Fabric:
     def dhcp_state(self) -> Path:
         return self.state_dir / "dhcp"
 
+    @property
+    def lease_file(self) -> Path:
+        return self.dhcp_state / netd_dhcp.LEASE_FILE
+
     async def serve_dhcp(self, conf: Path) -> None:
         """(Re)starts the board network's dnsmasq with the file `conf` (FabricError: it would not)."""
         self.dhcp_state.mkdir(mode=0o700, exist_ok=True)

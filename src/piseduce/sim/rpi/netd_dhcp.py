@@ -24,6 +24,7 @@ from piseduce.sim.rpi.bounded import wait_process
 
 DNSMASQ = "dnsmasq"
 UDHCPC = "udhcpc"
+LEASE_FILE = "dnsmasq.leases"  # in the simulator's state folder, dhcp/
 STOP_TIMEOUT_S = 5.0
 START_CHECK_S = 0.3  # dnsmasq exits at once on a bad file: a start that lived this long is taken
 # udhcpc: tries x seconds between tries; it gives up (the board stays without an address) after.
@@ -73,7 +74,7 @@ class Dnsmasq:
         self.pid_file = folder / "dnsmasq.pid"
         log_path = folder / "dnsmasq.log"
         cmd = [DNSMASQ, "--keep-in-foreground", f"--conf-file={conf}", "--port=0",
-               f"--pid-file={self.pid_file}", f"--dhcp-leasefile={folder / 'dnsmasq.leases'}",
+               f"--pid-file={self.pid_file}", f"--dhcp-leasefile={folder / LEASE_FILE}",
                f"--log-facility={log_path}", "--user=root", "--group=root"]
         with open(log_path, "ab") as out:
             proc = await asyncio.create_subprocess_exec(
