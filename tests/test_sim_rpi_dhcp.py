@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,15 @@ async def test_without_a_lease_a_board_does_not_boot(tmp_path: Path) -> None:
         await wait_until(lambda: one.system == "none", 30)
         assert "no DHCP" in one.last_boot_error
         assert one.identity.mac not in leases(cluster)
+
+
+def test_a_dhcp_config_in_no_folder_is_one_line(tmp_path: Path) -> None:
+    conf = tmp_path / "no" / "dnsmasq.conf"
+    for bad, why in ((conf, f"the folder {conf.parent} does not exist"), (tmp_path, "it is a folder")):
+        done = subprocess.run(
+            [sys.executable, "-m", "piseduce.cli", "sim", "rpi", "--state-dir", str(tmp_path / "s"),
+             "--dhcp-config", str(bad)], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert lines == [f"error: --dhcp-config {bad}: cannot write it: {why}" + (
+            ", not a file" if bad == tmp_path else "")], done.stderr

@@ -93,6 +93,8 @@ def command(
         usable_folder(folder, option)
     if inventory_file is not None:
         writable_file(inventory_file, "--inventory-file")
+    if dhcp_config is not None:  # written later, by `piseduce agent network-config --output`
+        writable_file(dhcp_config, "--dhcp-config")
     if pubkey is not None:
         prepare_pimaster(tftp_root, nfs_root, pubkey)
     asyncio.run(_serve(opts, inventory_file))
