@@ -191,6 +191,8 @@ async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig:
 
         await wait_until(gone, 15, 0.1)
         assert not os.path.exists(f"/proc/{dnsmasq[0]}") or comm(dnsmasq[0]) != "dnsmasq"
+        if sig == signal.SIGINT:  # stopped in order: its pid file goes with it (kill -9 leaves a stale one)
+            assert not (state / "dhcp" / "dnsmasq.pid").exists()
     finally:
         if proc.returncode is None:
             proc.kill()
