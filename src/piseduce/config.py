@@ -113,6 +113,12 @@ class AgentConfig(_Base):
     board_interface: str = "eth0"
     dhcp_range: str = ""
     dhcp_router: str = ""
+    # DHCP on the boards' network (raspberry): dnsmasq's lease file, where detection finds the
+    # address an unknown board got from the range ("" = no DHCP: the per-port address rule), and
+    # the dnsmasq file detection rewrites after it registers boards ("" = none; restart dnsmasq
+    # when it changes, e.g. with a systemd path unit).
+    dhcp_leases_file: str = ""
+    dnsmasq_config_file: str = ""
     firmware_path: str = "firmwares/"
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"
