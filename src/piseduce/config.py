@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from piseduce import sshjump
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class AgentConfig(_Base):
     @classmethod
     def _ssh_word(cls, v: str) -> str:
         # Printed unquoted in `ssh -J` lines and ~/.ssh/config blocks: one plain word.
-        if v and not re.fullmatch(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}", v):
+        if v and not sshjump.HOST_RE.fullmatch(v):
             raise ValueError("must be a host name, an address or a user name: letters, digits, . _ - : only")
         return v
 

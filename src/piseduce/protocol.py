@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from piseduce import sshjump
 from piseduce.agent.lifecycle import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -155,14 +156,11 @@ def _known_features(value: Any) -> Any:
 Features = Annotated[frozenset[Feature], BeforeValidator(_known_features), Field(max_length=64)]
 
 
-# A host name or address a client may put in an ssh command or ~/.ssh/config unquoted: no space,
-# no option-looking start, no newline (the web UI and pisctl print it in a block).
-SshHost = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}$")]
-SshUser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")]
-# "type base64": a known_hosts line's key, one line of printable ASCII.
-SshPublicKey = Annotated[
-    str, StringConstraints(pattern=r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@._-]{1,60} [A-Za-z0-9+/]{16,16384}={0,3}$")
-]
+# A host name or address, a user name and a host key a client may put in an ssh command or
+# ~/.ssh/config unquoted (sshjump's patterns: the web UI and pisctl print them in a block).
+SshHost = Annotated[str, StringConstraints(pattern=f"^{sshjump.HOST_RE.pattern}$")]
+SshUser = Annotated[str, StringConstraints(pattern=f"^{sshjump.USER_RE.pattern}$")]
+SshPublicKey = Annotated[str, StringConstraints(pattern=f"^{sshjump.KEY_RE.pattern}$")]
 
 
 class GatewayInfo(Wire):

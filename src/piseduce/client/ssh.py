@@ -27,9 +27,8 @@ from piseduce.client.errors import PiseduceError
 from piseduce.client.sync import Client
 
 # Matched whole (fullmatch: `$` would let a trailing newline through).
-HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
-USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
-JUMP_RE = re.compile(r"([A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
+HOST_RE, USER_RE = sshjump.HOST_RE, sshjump.USER_RE
+JUMP_RE = re.compile(f"({USER_RE.pattern}@)?{HOST_RE.pattern}")
 # "type base64 [comment]": printable ASCII only, one line (a newline would add a known_hosts line).
 HOST_KEY_RE = re.compile(
     r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@._-]{1,60} [A-Za-z0-9+/]{16,16384}={0,3}( [ -~]{0,200})?"
