@@ -100,6 +100,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield Lab(webui.url, cfg, agent, gw_port)
 
 
+def ssh_with(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH with the ~/.ssh/config block `cfg`, running `uname -n` on pi-1."""
+    return subprocess.run(
+        ["ssh", "-F", str(cfg), "pi-1", "uname", "-n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_the_block_pisctl_prints_reaches_the_board_through_the_gateway(lab: Lab, tmp_path: Path) -> None:
     alice = User(tmp_path / "alice")
     alice.login(lab.url, make_token(lab.config, ALICE))
@@ -132,26 +143,14 @@ def test_the_block_pisctl_prints_reaches_the_board_through_the_gateway(lab: Lab,
         # OpenSSH with the block as printed (plus the user's own key line, as in their config).
         cfg = tmp_path / "ssh_config"
         cfg.write_text(block + f"\nHost *\n  IdentityFile {identity}\n  BatchMode yes\n  ConnectTimeout 10\n")
-        done = subprocess.run(
-            ["ssh", "-F", str(cfg), "pi-1", "uname", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        done = ssh_with(cfg)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "pi-1 ran: uname -n"
 
         # A gateway key other than the advertised one: refused, never learnt.
         lines = known.read_text().splitlines()
         known.write_text("\n".join([lines[0].rsplit(" ", 1)[0] + " " + "A" * 68, *lines[1:]]) + "\n")
-        done = subprocess.run(
-            ["ssh", "-F", str(cfg), "pi-1", "uname", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        done = ssh_with(cfg)
         assert done.returncode != 0 and "pi-1 ran" not in done.stdout
 
         # pisctl ssh goes through the gateway too (its temporary block, both keys pinned).
@@ -164,13 +163,7 @@ def test_the_block_pisctl_prints_reaches_the_board_through_the_gateway(lab: Lab,
         assert alice.run("release", "--bin", "gw").code == 0
         ok = alice.run("ssh", "-i", str(identity), "pi-1", "--", "uname", "-n")
         assert ok.code != 0
-        done = subprocess.run(
-            ["ssh", "-F", str(cfg), "pi-1", "uname", "-n"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        done = ssh_with(cfg)
         assert done.returncode != 0 and "pi-1 ran" not in done.stdout
     finally:
         alice.run("release", "--bin", "gw")

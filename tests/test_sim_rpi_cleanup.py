@@ -14,14 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.rpi_fixtures import make_agent_key, power, require_real_mode
-from helpers.sim_leftovers import (
-    alive,
-    descendants,
-    link_exists,
-    namespaces_in_use,
-    net_namespaces,
-    routes_to,
-)
+from helpers.sim_leftovers import alive, comm, descendants, link_exists, net_namespaces, remains, routes_to
 from helpers.waiting import wait_until
 from piseduce.sim.images import FLAVORS, build_environment
 from piseduce.sim.rpi import TEMPLATE
@@ -98,14 +91,6 @@ async def _wait_async(check, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def comm(pid: int) -> str:
-    """The process's command name; empty when it has just exited (a board's short-lived child)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 async def test_nothing_remains_after_the_simulator_exits(tmp_path: Path, sig: signal.Signals) -> None:
     require_real_mode()
@@ -129,8 +114,7 @@ async def test_nothing_remains_after_the_simulator_exits(tmp_path: Path, sig: si
         assert status == (-9 if sig == signal.SIGKILL else 0)
 
         def gone() -> bool:
-            return not (alive(procs) or link_exists(host_if) or routes_to(network)
-                        or loop_devices_under(state) or namespaces & namespaces_in_use())
+            return not (remains(procs, host_if, network, namespaces) or loop_devices_under(state))
 
         await wait_until(gone, 15, 0.1)
     finally:

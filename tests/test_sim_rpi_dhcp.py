@@ -25,14 +25,7 @@ from helpers.rpi_fixtures import (
     require_real_mode,
     running_cluster,
 )
-from helpers.sim_leftovers import (
-    alive,
-    descendants,
-    link_exists,
-    namespaces_in_use,
-    net_namespaces,
-    routes_to,
-)
+from helpers.sim_leftovers import alive, comm, descendants, net_namespaces, remains
 from helpers.waiting import wait_until
 from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork, render
 from piseduce.agent.models import Node
@@ -137,13 +130,6 @@ async def _tcp_open(host: str, port: int) -> bool:
     return True
 
 
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig: signal.Signals) -> None:
     require_dhcp()
@@ -186,8 +172,7 @@ async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig:
         assert status == (-9 if sig == signal.SIGKILL else 0)
 
         def gone() -> bool:
-            return not (alive(procs) or link_exists(host_if) or routes_to(str(net))
-                        or namespaces & namespaces_in_use())
+            return not remains(procs, host_if, str(net), namespaces)
 
         await wait_until(gone, 15, 0.1)
         assert not os.path.exists(f"/proc/{dnsmasq[0]}") or comm(dnsmasq[0]) != "dnsmasq"

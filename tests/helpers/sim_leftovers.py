@@ -59,3 +59,17 @@ def routes_to(network: str) -> list[str]:
     routes = json.loads(subprocess.run(["ip", "-j", "route"], capture_output=True, text=True,
                                        check=True).stdout or "[]")
     return [r["dst"] for r in routes if r.get("dst") == network]
+
+
+def comm(pid: int) -> str:
+    """The process's command name; empty when it has just exited (a board's short-lived child)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def remains(procs: dict[int, str], host_if: str, network: str, namespaces: set[str]) -> bool:
+    """Whether anything of a simulator is left: a process, its uplink, its route, a namespace."""
+    return bool(alive(procs) or link_exists(host_if) or routes_to(network)
+                or namespaces & namespaces_in_use())
