@@ -29,7 +29,7 @@ class Ports:
     @property
     def gateway(self) -> int:
         """The raspberry agent's SSH gateway (`ssh -J jump@127.0.0.1:PORT`)."""
-        return self.base + 5
+        return self.base + 4
 
     @property
     def g5k_sim(self) -> int:

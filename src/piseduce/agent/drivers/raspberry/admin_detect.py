@@ -47,7 +47,7 @@ from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
 from piseduce.numbers import StrictInt
-from piseduce.protocol import DetectionOut
+from piseduce.protocol_rpi import DetectionOut
 
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 MAX_JOBS = 20
