@@ -26,9 +26,9 @@ DNSMASQ = "dnsmasq"
 UDHCPC = "udhcpc"
 LEASE_FILE = "dnsmasq.leases"  # in the simulator's state folder, dhcp/
 STOP_TIMEOUT_S = 5.0
-START_CHECK_S = 0.3  # dnsmasq exits at once on a bad file: a start that lived this long is taken
+START_TIMEOUT_S, START_POLL_S = 20.0, 0.05  # until dnsmasq's pid file says it serves
 # udhcpc: tries x seconds between tries; it gives up (the board stays without an address) after.
-CLIENT_TRIES, CLIENT_WAIT_S = 10, 1  # a loaded host answers late; the firmware keeps asking
+CLIENT_TRIES, CLIENT_WAIT_S = 15, 1  # a loaded host answers late; the firmware keeps asking
 
 # The client's script: busybox udhcpc exports ip, mask (prefix length), subnet and router.
 CLIENT_SCRIPT = """#!/bin/sh
@@ -79,12 +79,22 @@ class Dnsmasq:
         with open(log_path, "ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
-        try:
-            async with asyncio.timeout(START_CHECK_S):  # (not wait_for: see `bounded`)
-                await proc.wait()
-        except TimeoutError:
-            self.proc = proc
-            return {"pid": proc.pid}
+        # dnsmasq writes its pid file once its DHCP socket is bound: until then a board that asks
+        # gets no answer (and, on a loaded host, a bind that fails comes later than any fixed pause).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while proc.returncode is None and loop.time() < deadline:
+            if self.pid_file.exists() and self.pid_file.read_text().strip() == str(proc.pid):
+                self.proc = proc
+                return {"pid": proc.pid}
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_POLL_S):  # (not wait_for: see `bounded`)
+                    await proc.wait()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"dnsmasq did not start within {START_TIMEOUT_S:.0f} s")
         tail = log_path.read_text(errors="replace").strip().splitlines()[-2:]
         raise RuntimeError(f"dnsmasq did not start (exit {proc.returncode}): {' / '.join(tail)}")
 
