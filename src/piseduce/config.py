@@ -143,6 +143,7 @@ class AgentConfig(_Base):
     gateway_user: str = "jump"
     gateway_board_port: int = Field(default=22, ge=1, le=65535)
     gateway_max_unauthenticated: int = Field(default=32, ge=1, le=10_000)
+    gateway_max_unauthenticated_per_address: int = Field(default=10, ge=1, le=10_000)
     gateway_login_grace_seconds: float = Field(default=20, gt=0, le=600)
     gateway_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # The name users reach the gateway by from outside the lab ("" = no gateway: /api/info and
