@@ -84,7 +84,7 @@ def table_text(config: Path) -> str:
 
 def run_sequence(config: Path, agent: AgentProcess, nodes: tuple[str, str]) -> dict[str, str]:
     """The sequence of the module docstring on two free `nodes`; the secrets it used."""
-    secrets: dict[str, str] = {"carol": CAROL_PW, "carol2": CAROL_PW2, "admin": ADMIN_PASSWORD, "agent": TOKEN}
+    secrets = {"carol": CAROL_PW, "carol2": CAROL_PW2, "admin": ADMIN_PASSWORD, "agent": TOKEN}
     with webui_client(config, client=CAROL_FROM) as carol, webui_client(config, client=ADMIN_FROM) as admin:
         r = carol.post("/signup", {"email": CAROL, "password": CAROL_PW, "confirm": CAROL_PW}, page="/signup")
         assert r.status_code == 303
@@ -94,23 +94,26 @@ def run_sequence(config: Path, agent: AgentProcess, nodes: tuple[str, str]) -> d
         assert admin.login(ADMIN_EMAIL, ADMIN_PASSWORD).status_code == 303
         carol_id = re.search(r'action="/admin/users/(\d+)/approve"', admin.get("/admin/users").text)
         assert carol_id
-        assert admin.post(f"/admin/users/{carol_id.group(1)}/approve", page="/admin/users").status_code == 303
+        r = admin.post(f"/admin/users/{carol_id.group(1)}/approve", page="/admin/users")
+        assert r.status_code == 303
         r = admin.post("/admin/agents", add_agent_form("rpi-lab", agent.port), page="/admin/agents")
         assert r.status_code == 303, r.text
         assert carol.login(CAROL, CAROL_PW).status_code == 303
         secrets["token"] = token_in_settings(carol, "laptop")
-        token_id = re.search(r'action="/settings/tokens/(\d+)/revoke"', carol.get("/settings?tab=tokens").text)
+        listing = carol.get("/settings?tab=tokens").text
+        token_id = re.search(r'action="/settings/tokens/(\d+)/revoke"', listing)
         assert token_id
         r = carol.post(f"/settings/tokens/{token_id.group(1)}/revoke", page="/settings?tab=tokens")
         assert r.status_code == 303
-        r = carol.post("/settings/password", {"current": CAROL_PW, "password": CAROL_PW2, "confirm": CAROL_PW2},
-                       page="/settings?tab=password")
+        change = {"current": CAROL_PW, "password": CAROL_PW2, "confirm": CAROL_PW2}
+        r = carol.post("/settings/password", change, page="/settings?tab=password")
         assert r.status_code == 303 and "Password changed" in carol.get("/settings?tab=password").text
         # Carol's reservation, destroyed by the admin on Manage.
         rid = book_on(agent, CAROL, [nodes[0]])[0]
         r = admin.post("/manage/action", {"action": "destroy", "sel": f"1:{rid}"}, page="/manage")
         assert r.status_code == 200 and 'class="flash ok"' in r.text, r.text
-        wait_until_sync(lambda: reservation(agent, CAROL, rid)["status"] in ("ended", "cancelled"), timeout=30)
+        ended = ("ended", "cancelled")
+        wait_until_sync(lambda: reservation(agent, CAROL, rid)["status"] in ended, timeout=30)
         # Her own action on her own reservation is not the trail's business.
         own = book_on(agent, CAROL, [nodes[1]])[0]
         r = carol.post("/manage/action", {"action": "destroy", "sel": f"1:{own}"}, page="/manage")
@@ -188,7 +191,8 @@ def test_filters_paging_and_the_api(config: Path, agent: AgentProcess) -> None:
         carol_id = mine[-1]["actor"]["id"]
         assert {e["actor"]["email"] for e in export(admin, f"?actor={carol_id}")} == {CAROL}
         # A time range in the viewer's zone (datetime-local gives no offset).
-        later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).astimezone(dt.timezone(dt.timedelta(hours=1)))
+        lagos = dt.timezone(dt.timedelta(hours=1))
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).astimezone(lagos)
         local = later.strftime("%Y-%m-%dT%H:%M")
         tz = {"X-Timezone": "Africa/Lagos"}  # UTC+1, no daylight saving
         assert admin.get(f"/admin/audit/export?since={local}", headers=tz).text == ""
