@@ -118,7 +118,8 @@ def test_the_audit_page_from_the_keyboard_at_1400_and_390_px(served: str, browse
     utc = newest.locator("time").get_attribute("data-utc")
     assert utc is not None
     shown = newest.locator("time").inner_text()
-    tokyo = dt.datetime.fromisoformat(utc.replace("Z", "+00:00")).astimezone(dt.timezone(dt.timedelta(hours=9)))
+    at = dt.datetime.fromisoformat(utc.replace("Z", "+00:00"))
+    tokyo = at.astimezone(dt.timezone(dt.timedelta(hours=9)))
     assert tokyo.strftime("%I:%M").lstrip("0") in shown.replace(" 0", " "), (utc, shown)
     assert page.locator("a.active[href='/admin/audit']").count() == 1
     SHOTS.mkdir(parents=True, exist_ok=True)
