@@ -310,3 +310,10 @@ def test_admin_actions_through_the_api_are_recorded(config: Path, agent: AgentPr
         rows = export(admin, "?action=reservation.*")
         assert [(e["action"], e["target"]["id"], e["detail"]["owner"]) for e in rows] == [
             ("reservation.destroy", f"rpi-lab/{rid}", CAROL)]
+
+
+def test_the_admin_guide_lists_every_action_recorded() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "admin-guide.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_.]+)` \| ", guide, re.M))
+    assert set(audit.ACTIONS) <= listed, set(audit.ACTIONS) - listed
+    assert "audit_retention_days" in guide

@@ -123,7 +123,7 @@ def test_the_audit_page_from_the_keyboard_at_1400_and_390_px(served: str, browse
     assert tokyo.strftime("%I:%M").lstrip("0") in shown.replace(" 0", " "), (utc, shown)
     assert page.locator("a.active[href='/admin/audit']").count() == 1
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "admin-audit.png"), full_page=False)
+    page.screenshot(path=str(SHOTS / "admin_audit.png"), full_page=False)
 
     # The filters from the keyboard: the actor box, Tab to Action, choose, Enter.
     page.focus("#f-actor")
