@@ -317,3 +317,28 @@ def test_the_admin_guide_lists_every_action_recorded() -> None:
     listed = set(re.findall(r"^\| `([a-z_.]+)` \| ", guide, re.M))
     assert set(audit.ACTIONS) <= listed, set(audit.ACTIONS) - listed
     assert "audit_retention_days" in guide
+
+
+def test_a_change_and_its_event_commit_together_or_not_at_all(config: Path) -> None:
+    from piseduce.webui.models import User
+
+    factory = session_factory(make_engine(load_webui_config(config).database_url))
+    who = audit.Who(None, "eve@example.org", "192.0.2.66")
+
+    def sign_up(s: Any) -> int:
+        row = User(email="eve@example.org", password_hash="x", ssh_keys=[])
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+    # The event cannot be written (here: an action outside the catalogue): the change goes too.
+    with pytest.raises(ValueError), write_session(factory) as s:
+        audit.then(sign_up, who, "no.such", lambda uid: (("user", uid), {}))(s)
+    with factory() as s:
+        assert s.query(User).filter_by(email="eve@example.org").count() == 0
+        assert s.query(AuditEvent).count() == 0
+    with write_session(factory) as s:
+        uid = audit.then(sign_up, who, "signup", lambda uid: (("user", uid), {}))(s)
+    with factory() as s:
+        row = s.query(AuditEvent).one()
+        assert (row.action, row.target_id, row.actor_email) == ("signup", str(uid), "eve@example.org")
