@@ -251,6 +251,9 @@ class WebuiConfig(_Base):
     event_loop_db_check: Literal["off", "warn", "raise"] = "warn"
     # Web UI processes serving host:port_number together (`piseduce webui serve --workers`).
     workers: int = Field(default=1, ge=1, le=64)
+    # Days the audit trail (webui/audit.py) keeps an event; older ones are purged by the
+    # housekeeping chore. 0 keeps every event.
+    audit_retention_days: int = Field(default=400, ge=0, le=36_500)
 
     @field_validator("public_url")
     @classmethod
