@@ -315,6 +315,7 @@ class RawCache:
                 del self._waiters[key]
                 if not fut.done():
                     stop.set()  # every step that wanted it was stopped
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _build(self, image: Path, key: str, progress: BuildProgress, stop: threading.Event) -> RawEntry:
         try:
