@@ -237,3 +237,38 @@ async def test_deleting_or_replacing_an_environment_drops_its_raw_copy(
     assert (await client.delete("/api/admin/environments/two", headers=ADMIN)).status_code == 200
     assert raw_cache.entries(cache.folder) == []
     assert json.loads((await client.get("/api/admin/environments", headers=ADMIN)).text)[0]["name"] == "one"
+
+
+async def test_a_chained_compressed_image_gets_its_decompression_in_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.raspberry_helpers import Ctx, sessions_for
+    from piseduce.agent.drivers.base import NodeView
+    from piseduce.agent.drivers.raspberry import card, distribution
+    from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
+    from piseduce.agent.models import Environment
+    from piseduce.db import write_session
+
+    config = agent_config(tmp_path, timeout_scale=1.0)
+    sessions = sessions_for(config)
+    driver = RaspberryDriver(config, sessions)
+    write = {s.name: s for s in driver.processes()["deploy"].steps}["write_image"].budget
+    assert write is not None
+    image, key = write_image(config.env_dir, seventy_percent_zeros(4), "gz", "saved")
+    gib16 = 16 << 30
+    with write_session(sessions) as s:
+        s.merge(Environment(name="saved", image=image.name, size=gib16, ssh_user="pi", checksum=key))
+    ctx = Ctx(config, NodeView(name="pi-1"), {"environment": "saved"})
+    try:
+        alone = write(ctx)  # one board: the board decompresses as it writes, nothing added
+        assert alone == card.write_seconds(gib16)
+        monkeypatch.setattr(distribution.Distributor, "expected", lambda self, c, e: 3)
+        chained = write(ctx)
+        chain = distribution.chain_budget(card.stall_seconds(), driver.ops.boot_wait)
+        # Not cached yet: 16 GiB decompressed at 20 MB/s (859 s) before the chain starts.
+        assert chained == pytest.approx(alone + chain + gib16 / (20 * 1_000_000))
+        # Cached: the raw copy's size, nothing to decompress.
+        cache = RawCache(config.raw_cache_dir, 10 << 30)
+        entry, _ = await cache.acquire(image, key, no_progress)
+        assert write(ctx) == pytest.approx(card.write_seconds(entry.size) + chain)
+    finally:
+        await driver.close()
