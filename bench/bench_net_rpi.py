@@ -22,7 +22,12 @@ bound), eight boards 86.6 s, 99 MB/s in all (1.26x the uplink bound).
 6. that image gzip-compressed (a saved environment): the agent decompresses it once into its raw
    cache (raw_cache.py, sparse) and the chain carries the raw copy; decompression plus chain
    against one board's time (target: the chain's), the decompression's rate against the
-   worst-case agent speed the budgets assume (20 MB/s), the copy's disk use.
+   worst-case agent speed the budgets assume (20 MB/s), the copy's disk use. The decompression
+   runs at this host's speed, not scaled with the links and cards: at `--scale 8` it weighs an
+   eighth of what it would at full speed (`--size-mb 96 --chain 3 --scale 8`, loaded 2-core host:
+   decompressed once in 2.4 s at 43 MB/s, the copy 33 % of its size on disk, chain 22.3 s, in
+   all 1.19x one board's 20.7 s; at scale 1 the decompression alone would be about one board's
+   card time, since gzip here and a 40 MB/s card go at about the same speed).
 
 Everything may be scaled down together (`--scale`): links, uplink and cards slower by the same
 factor keep every ratio. `--scale 8 --size-mb 128` (links 125 Mbit/s, cards 5 MB/s) runs the
