@@ -110,3 +110,26 @@ async def test_a_corrupt_compressed_image_fails_every_board_and_leaves_no_entry(
         assert len(counted) == 1
         cache = raw_cache.folder_of(site.config.raw_cache_dir)
         assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+async def test_a_raw_cache_that_cannot_be_written_leaves_the_direct_path(
+        tmp_path: Path, counted: list[str]) -> None:
+    """A full or unwritable cache disk is no reason to fail a deployment: each board gets the
+    compressed image straight from the agent (as one board alone does), with a warning."""
+    require_real_mode()
+    folder = tmp_path / "images"
+    env = build_environment(folder, "raspios", size_mb=64, compress="gz", random_mb=4)
+    (tmp_path / "cache").write_text("not a folder")  # where the agent's raw_cache_path points
+    async with make_site(tmp_path, (folder, env), boards=3) as site:
+        assert site.config.raw_cache_dir == tmp_path / "cache"
+        ids = await reserve(site, BOARDS)
+        for rid in ids:
+            await deploy(site, rid)
+        done = [await wait_for(site, rid, ("deployed", "failed"), timeout=300) for rid in ids]
+        for res in done:
+            assert res["status"] == "deployed", (res["node"], res["error"], messages(res)[-8:])
+            text = messages(res)
+            assert any("cannot write the raw cache in" in m and "straight from the agent" in m
+                       for m in text), text
+            assert not any("of a chain of" in m for m in text), text
+            assert any(m.startswith("image verified: sha256") for m in text), text

@@ -272,3 +272,12 @@ async def test_a_chained_compressed_image_gets_its_decompression_in_the_budget(
         assert write(ctx) == pytest.approx(card.write_seconds(entry.size) + chain)
     finally:
         await driver.close()
+
+
+async def test_a_cache_that_cannot_be_written_is_unavailable_not_a_corrupt_image(tmp_path: Path) -> None:
+    image, key = write_image(tmp_path / "env", seventy_percent_zeros(4), "gz")
+    (tmp_path / "cache").write_text("a file where the folder should be")
+    cache = RawCache(tmp_path / "cache", 10 << 30)
+    with pytest.raises(raw_cache.CacheUnavailable, match="cannot write the raw cache in .*cache/raw"):
+        await cache.acquire(image, key, no_progress)
+    assert not cache.in_use and not cache._building

@@ -133,12 +133,13 @@ class Imaging:
             result = await self._chain(ctx, env, path, checksum, sparse, progress)
         elif await asyncio.to_thread(self.distributor.expected, ctx, env.name) > 1:
             entry = await self._raw_copy(ctx, env, path, checksum)
-            try:
-                result = await self._chain(ctx, env, entry.path, entry.sha256, sparse, progress)
-            finally:
-                self.raw_cache.release(checksum)
-            if result is not None:  # the boards verified the raw image's checksum
-                expected, raw_of = entry.sha256, checksum.lower()
+            if entry is not None:
+                try:
+                    result = await self._chain(ctx, env, entry.path, entry.sha256, sparse, progress)
+                finally:
+                    self.raw_cache.release(checksum)
+                if result is not None:  # the boards verified the raw image's checksum
+                    expected, raw_of = entry.sha256, checksum.lower()
         if result is None:
             result = await self._direct(ctx, env, path, checksum, sparse, progress)
         written = int(result.get("written") or 0)
@@ -165,8 +166,9 @@ class Imaging:
         return await self.distributor.write(group, member, sparse=sparse)
 
     async def _raw_copy(self, ctx: StepContext, env: EnvInfo, path: Path,
-                        checksum: str) -> raw_cache.RawEntry:
-        """The raw copy of a compressed image, decompressed once for every board that asks."""
+                        checksum: str) -> raw_cache.RawEntry | None:
+        """The raw copy of a compressed image, decompressed once for every board that asks; None
+        when the cache cannot be written (the direct path then: slower, but the board deploys)."""
 
         async def report(p: raw_cache.BuildProgress) -> None:
             percent = min(99, p.read * 100 // p.total) if p.total else 0
@@ -175,6 +177,10 @@ class Imaging:
 
         try:
             entry, built = await self.raw_cache.acquire(path, checksum, report)
+        except raw_cache.CacheUnavailable as exc:
+            await ctx.log(f"distribution: {exc}; {ctx.node.name} gets the image straight from the agent "
+                          "instead of a chain", "warning")
+            return None
         except raw_cache.CacheError as exc:
             raise StepError(f"environment {env.name}: the image cannot be prepared for the chain: "
                             f"{exc}") from None

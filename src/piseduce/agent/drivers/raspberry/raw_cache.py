@@ -52,6 +52,11 @@ class CacheError(Exception):
     """The image cannot be decompressed (its reason, for the step's error)."""
 
 
+class CacheUnavailable(CacheError):
+    """The cache cannot be written (full disk, folder not writable): the image itself may be
+    fine, so the boards take the direct path instead of failing."""
+
+
 @dataclass(frozen=True)
 class RawEntry:
     path: Path
@@ -175,6 +180,7 @@ def prune(folder: Path, wanted: Iterable[str]) -> list[str]:
 def build(image: Path, folder: Path, key: str, progress: BuildProgress, stop: threading.Event) -> RawEntry:
     """Decompress `image` into the entry `key` (blocking: run it in a thread)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)  # a folder made beforehand: private environments' copies are in it
     lock_fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another process of the agent may be building it
@@ -328,6 +334,7 @@ class RawCache:
             return entry
         except OSError as exc:
             self.builds += progress.decompressed
-            raise CacheError(f"cannot write the raw cache in {self.folder}: {exc.strerror or exc}") from None
+            why = exc.strerror or str(exc)
+            raise CacheUnavailable(f"cannot write the raw cache in {self.folder}: {why}") from None
         finally:
             self._building.pop(key, None)
