@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers.api_helpers import make_token as api_make_token
+
 PISCTL = str(Path(sys.executable).parent / "pisctl")
 
 
@@ -142,23 +144,7 @@ def user_key(folder: Path) -> tuple[Path, str]:
 
 
 def make_token(config: Path, email: str, scope: str = "write", name: str = "pisctl test") -> str:
-    """A personal access token of `email`, as Settings → API tokens creates it (its secret)."""
-    import datetime as dt
-
-    from sqlalchemy import select
-
-    from piseduce.config import load_webui_config
-    from piseduce.db import make_engine, session_factory
-    from piseduce.webui import tokens
-    from piseduce.webui.models import User
-
-    engine = make_engine(load_webui_config(config).database_url)
-    try:
-        with session_factory(engine)() as s, s.begin():
-            uid = s.scalar(select(User.id).where(User.email == email))
-            assert uid is not None, email
-            made = tokens.create(s, uid, name, scope, None, dt.datetime.now(dt.UTC))
-            assert not isinstance(made, str), made
-            return made.secret
-    finally:
-        engine.dispose()
+    """A personal access token of `email`, as Settings → API tokens creates it (its secret). The
+    one of api_helpers: a write transaction from its start (a deferred one that read first failed
+    with SQLITE_BUSY_SNAPSHOT, "database is locked", when the running web UI wrote meanwhile)."""
+    return api_make_token(config, email, scope, None, name)
