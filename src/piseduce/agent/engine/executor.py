@@ -94,6 +94,7 @@ class Executor:
         now = self.clock.now()
         room = max(0, self.max_concurrent - len(self._tasks))
         mine = set(self._tasks)
+        busy = set(self._by_reservation)
         present = self.clock.monotonic() - self._last_presence >= self.lease_seconds / 3
 
         def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded], int]:
@@ -107,8 +108,10 @@ class Executor:
             free = lease.share(s, now, self._peers, len(mine), room, self.lease_seconds / 3)
             ids = lease.claimable(s, now, free, exclude=mine) if free else []
             claimed = lease.claim_many(s, ids, self.name, now, self.lease_seconds)
-            # Loaded with the claim: no transaction per action before its first step.
-            return cancelled, claimed, load_claimed(s, claimed, self.name), free
+            # Loaded (and started) with the claim: no transaction per action before its first step.
+            with bulk_events(s):
+                loaded = load_claimed(s, claimed, self.name, self.processes, busy)
+            return cancelled, claimed, loaded, free
 
         cancelled, claimed, loaded, free = await self.db.write(work)
         if present:
