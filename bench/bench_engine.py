@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -113,7 +113,7 @@ def failures(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
 
 async def deploy(sessions: sessionmaker[Session], prefix: str, count: int, delay: float, limit: float) -> Run:
     ids = await asyncio.to_thread(book, sessions, prefix, count, delay)
-    t0, cpu0 = time.monotonic(), time.process_time()
+    t0, cpu0, booked = time.monotonic(), time.process_time(), utcnow()
     while True:
         seen = await asyncio.to_thread(statuses, sessions, ids)
         took = time.monotonic() - t0
@@ -122,7 +122,20 @@ async def deploy(sessions: sessionmaker[Session], prefix: str, count: int, delay
         await asyncio.sleep(0.05)
     bad = {} if seen.get("deployed", 0) == count else await asyncio.to_thread(failures, sessions, ids)
     cpu = time.process_time() - cpu0
-    return Run(count, took, seen.get("deployed", 0), bad, timed_out=took > limit, cpu=cpu)
+    starts = await asyncio.to_thread(start_latencies, sessions, ids, booked)
+    return Run(count, took, seen.get("deployed", 0), bad, timed_out=took > limit, cpu=cpu, starts=starts)
+
+
+def start_latencies(sessions: sessionmaker[Session], ids: list[int], booked: dt.datetime) -> list[float]:
+    """When each deployment started (its "deploy started" event), in seconds after the booking,
+    sorted: deployments started in waves show as a wide spread."""
+    with sessions() as s:
+        times = s.scalars(
+            select(Event.time).where(
+                Event.reservation_id.between(min(ids), max(ids)), Event.message == "deploy started"
+            )
+        ).all()
+    return sorted((t - booked).total_seconds() for t in times)
 
 
 @dataclass
@@ -137,6 +150,7 @@ class Run:
     reboots: int = 0
     batches: int = 0  # group commits written, and the transitions in them (in-process runs)
     batched: int = 0
+    starts: list[float] = field(default_factory=list)  # start latencies (start_latencies)
 
 
 def count_events(sessions: sessionmaker[Session]) -> tuple[int, int]:
@@ -212,6 +226,12 @@ def report(label: str, one: Run, runs: list[Run]) -> bool:
             f"{r.batched / max(r.batches, 1):.0f} transitions per group commit   "
             f"automatic reboots: {r.reboots}"
         )
+        if r.starts:
+            st = r.starts
+            print(
+                f"[{label}] {r.nodes} nodes: deployments started after {st[0]:.2f} s (first), "
+                f"{st[len(st) // 2]:.2f} s (median), {st[-1]:.2f} s (last)"
+            )
         ratio = r.seconds / one.seconds
         emit(f"engine {label}: N nodes / 1 node", f"{r.nodes} nodes", ratio, "x", TARGET_RATIO)
         per_event = r.cpu * 1000 / max(r.events, 1)
