@@ -22,7 +22,7 @@ stopped with SIGTERM (then killed) whatever happens; their output is shown when 
 The figures are noisy on a shared machine: other jobs on the same cores stretch the wall times
 (the CPU per event is the steadier figure).
 
-    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5] [--timeout 300] [--executors-at N]
+    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5,2] [--timeout 300] [--executors-at N]
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ async def processes_run(
         engine.dispose()
 
 
-def compare_executors(pg: str, count: int, delay: float, limit: float) -> bool:
+def compare_executors(pg: str, count: int, delay: float, limit: float, steps: str = "") -> bool:
     """One executor process, then two, each on a fresh database, `count` deployments."""
     runs: dict[int, Run] = {}
     for executors in (1, 2):
@@ -335,8 +335,12 @@ def compare_executors(pg: str, count: int, delay: float, limit: float) -> bool:
     if not ok:
         return False
     one, two = runs[1], runs[2]
-    print(f"[postgresql] {count} nodes: one executor {one.seconds:.2f} s, two executors {two.seconds:.2f} s")
-    emit("engine postgresql: two executors / one", f"{count} nodes", two.seconds / one.seconds, "x", 1.0)
+    print(
+        f"[postgresql{steps}] {count} nodes: one executor {one.seconds:.2f} s, "
+        f"two executors {two.seconds:.2f} s"
+    )
+    label = f"engine postgresql{steps}: two executors / one"
+    emit(label, f"{count} nodes", two.seconds / one.seconds, "x", 1.0)
     return two.seconds < one.seconds
 
 
@@ -365,27 +369,44 @@ def sizes_arg(text: str) -> list[int]:
     return sizes
 
 
+def delays_arg(text: str) -> list[float]:
+    try:
+        delays = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: step delays in seconds separated by commas") from None
+    if not delays or min(delays) <= 0:
+        raise argparse.ArgumentTypeError("give at least one step delay, each above 0")
+    return delays
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=sizes_arg, default=[100, 500, 1000], help="node counts: 100,500,1000")
-    parser.add_argument("--delay", type=float, default=0.5)
+    parser.add_argument(
+        "--delay", type=delays_arg, default=[0.5, 2.0], help="each step's run() in seconds, one run per delay"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on each size's run (s)")
     parser.add_argument(
         "--executors-at", type=int, default=0, help="one vs two executors at this size (default: the largest)"
     )
     args = parser.parse_args()
     ok = True
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        folder = Path(tmp)
-        url = f"sqlite:///{folder / 'agent.db'}"
-        ok &= report("sqlite", *asyncio.run(run(url, folder, args.nodes, args.delay, args.timeout)))
     pg = os.environ.get("PISEDUCE_PG_URL")
+    for delay in args.delay:
+        # The table's rows of each delay are told apart by it (steps of `delay` s).
+        steps = f", {delay:g} s steps"
+        with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+            folder = Path(tmp)
+            url = f"sqlite:///{folder / 'agent.db'}"
+            ok &= report("sqlite" + steps, *asyncio.run(run(url, folder, args.nodes, delay, args.timeout)))
+        if not pg:
+            continue
+        with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+            runs = asyncio.run(run(url, Path(tmp), args.nodes, delay, args.timeout))
+            ok &= report("postgresql" + steps, *runs)
+        ok &= compare_executors(pg, args.executors_at or max(args.nodes), delay, args.timeout, steps)
     if not pg:
         print("PISEDUCE_PG_URL is not set: PostgreSQL skipped (./run bench starts a throwaway cluster)")
-        return 0 if ok else 1
-    with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        ok &= report("postgresql", *asyncio.run(run(url, Path(tmp), args.nodes, args.delay, args.timeout)))
-    ok &= compare_executors(pg, args.executors_at or max(args.nodes), args.delay, args.timeout)
     return 0 if ok else 1
 
 
