@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from helpers.engine_fixtures import (
     add_reservation,
     load_config,
+    messages,
     migrated,
     postgres_database,
     reservation,
@@ -137,3 +138,24 @@ async def test_actions_left_waiting_by_a_busy_peer_go_to_one_with_room(db: Any) 
     assert len(await ex.tick()) == 3
     assert holders(sessions) == ["spare"] * 6
     await stop(ex)
+
+
+async def test_a_first_claim_commits_the_start_of_the_process_and_of_its_first_step(db: Any) -> None:
+    # What the runner would commit first is committed with the claim: right after the pass, before
+    # the runner ran anything, the action is running in its first step, with both events; an
+    # executor that dies now resumes it at that step.
+    sessions = db[2]
+    (rid,) = book(sessions, 1, step_delay=0.2)
+    ex = executor(db, "first", max_concurrent_actions=10)
+    (action_id,) = await ex.tick()
+    with sessions() as s:
+        a = s.get(Action, action_id)
+        assert a is not None
+        assert (a.status, a.step_index, a.step_name, a.step_ran, a.locked_by) == (
+            "running", 0, "prepare", False, "first"
+        )
+    assert messages(sessions, rid)[-2:] == ["deploy started", "prepare: started"]
+    assert reservation(sessions, rid).status == "deploying"
+    await stop(ex)
+    assert messages(sessions, rid).count("prepare: started") == 1
+    assert reservation(sessions, rid).status == "deployed"
