@@ -22,7 +22,7 @@ stopped with SIGTERM (then killed) whatever happens; their output is shown when 
 The figures are noisy on a shared machine: other jobs on the same cores stretch the wall times
 (the CPU per event is the steadier figure).
 
-    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5] [--timeout 300] [--executors-at N]
+    python bench/bench_engine.py [--nodes 100,500,1000] [--delay 0.5,2] [--timeout 300] [--executors-at N]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -113,7 +113,7 @@ def failures(sessions: sessionmaker[Session], ids: list[int]) -> dict[str, int]:
 
 async def deploy(sessions: sessionmaker[Session], prefix: str, count: int, delay: float, limit: float) -> Run:
     ids = await asyncio.to_thread(book, sessions, prefix, count, delay)
-    t0, cpu0 = time.monotonic(), time.process_time()
+    t0, cpu0, booked = time.monotonic(), time.process_time(), utcnow()
     while True:
         seen = await asyncio.to_thread(statuses, sessions, ids)
         took = time.monotonic() - t0
@@ -122,7 +122,20 @@ async def deploy(sessions: sessionmaker[Session], prefix: str, count: int, delay
         await asyncio.sleep(0.05)
     bad = {} if seen.get("deployed", 0) == count else await asyncio.to_thread(failures, sessions, ids)
     cpu = time.process_time() - cpu0
-    return Run(count, took, seen.get("deployed", 0), bad, timed_out=took > limit, cpu=cpu)
+    starts = await asyncio.to_thread(start_latencies, sessions, ids, booked)
+    return Run(count, took, seen.get("deployed", 0), bad, timed_out=took > limit, cpu=cpu, starts=starts)
+
+
+def start_latencies(sessions: sessionmaker[Session], ids: list[int], booked: dt.datetime) -> list[float]:
+    """When each deployment started (its "deploy started" event), in seconds after the booking,
+    sorted: deployments started in waves show as a wide spread."""
+    with sessions() as s:
+        times = s.scalars(
+            select(Event.time).where(
+                Event.reservation_id.between(min(ids), max(ids)), Event.message == "deploy started"
+            )
+        ).all()
+    return sorted((t - booked).total_seconds() for t in times)
 
 
 @dataclass
@@ -137,6 +150,7 @@ class Run:
     reboots: int = 0
     batches: int = 0  # group commits written, and the transitions in them (in-process runs)
     batched: int = 0
+    starts: list[float] = field(default_factory=list)  # start latencies (start_latencies)
 
 
 def count_events(sessions: sessionmaker[Session]) -> tuple[int, int]:
@@ -212,6 +226,12 @@ def report(label: str, one: Run, runs: list[Run]) -> bool:
             f"{r.batched / max(r.batches, 1):.0f} transitions per group commit   "
             f"automatic reboots: {r.reboots}"
         )
+        if r.starts:
+            st = r.starts
+            print(
+                f"[{label}] {r.nodes} nodes: deployments started after {st[0]:.2f} s (first), "
+                f"{st[len(st) // 2]:.2f} s (median), {st[-1]:.2f} s (last)"
+            )
         ratio = r.seconds / one.seconds
         emit(f"engine {label}: N nodes / 1 node", f"{r.nodes} nodes", ratio, "x", TARGET_RATIO)
         per_event = r.cpu * 1000 / max(r.events, 1)
@@ -298,7 +318,7 @@ async def processes_run(
         engine.dispose()
 
 
-def compare_executors(pg: str, count: int, delay: float, limit: float) -> bool:
+def compare_executors(pg: str, count: int, delay: float, limit: float, steps: str = "") -> bool:
     """One executor process, then two, each on a fresh database, `count` deployments."""
     runs: dict[int, Run] = {}
     for executors in (1, 2):
@@ -315,8 +335,12 @@ def compare_executors(pg: str, count: int, delay: float, limit: float) -> bool:
     if not ok:
         return False
     one, two = runs[1], runs[2]
-    print(f"[postgresql] {count} nodes: one executor {one.seconds:.2f} s, two executors {two.seconds:.2f} s")
-    emit("engine postgresql: two executors / one", f"{count} nodes", two.seconds / one.seconds, "x", 1.0)
+    print(
+        f"[postgresql{steps}] {count} nodes: one executor {one.seconds:.2f} s, "
+        f"two executors {two.seconds:.2f} s"
+    )
+    label = f"engine postgresql{steps}: two executors / one"
+    emit(label, f"{count} nodes", two.seconds / one.seconds, "x", 1.0)
     return two.seconds < one.seconds
 
 
@@ -345,27 +369,44 @@ def sizes_arg(text: str) -> list[int]:
     return sizes
 
 
+def delays_arg(text: str) -> list[float]:
+    try:
+        delays = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: step delays in seconds separated by commas") from None
+    if not delays or min(delays) <= 0:
+        raise argparse.ArgumentTypeError("give at least one step delay, each above 0")
+    return delays
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=sizes_arg, default=[100, 500, 1000], help="node counts: 100,500,1000")
-    parser.add_argument("--delay", type=float, default=0.5)
+    parser.add_argument(
+        "--delay", type=delays_arg, default=[0.5, 2.0], help="each step's run() in seconds, one run per delay"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on each size's run (s)")
     parser.add_argument(
         "--executors-at", type=int, default=0, help="one vs two executors at this size (default: the largest)"
     )
     args = parser.parse_args()
     ok = True
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        folder = Path(tmp)
-        url = f"sqlite:///{folder / 'agent.db'}"
-        ok &= report("sqlite", *asyncio.run(run(url, folder, args.nodes, args.delay, args.timeout)))
     pg = os.environ.get("PISEDUCE_PG_URL")
+    for delay in args.delay:
+        # The table's rows of each delay are told apart by it (steps of `delay` s).
+        steps = f", {delay:g} s steps"
+        with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+            folder = Path(tmp)
+            url = f"sqlite:///{folder / 'agent.db'}"
+            ok &= report("sqlite" + steps, *asyncio.run(run(url, folder, args.nodes, delay, args.timeout)))
+        if not pg:
+            continue
+        with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+            runs = asyncio.run(run(url, Path(tmp), args.nodes, delay, args.timeout))
+            ok &= report("postgresql" + steps, *runs)
+        ok &= compare_executors(pg, args.executors_at or max(args.nodes), delay, args.timeout, steps)
     if not pg:
         print("PISEDUCE_PG_URL is not set: PostgreSQL skipped (./run bench starts a throwaway cluster)")
-        return 0 if ok else 1
-    with fresh_database(pg) as url, tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        ok &= report("postgresql", *asyncio.run(run(url, Path(tmp), args.nodes, args.delay, args.timeout)))
-    ok &= compare_executors(pg, args.executors_at or max(args.nodes), args.delay, args.timeout)
     return 0 if ok else 1
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from piseduce.agent.models import ACTION_OPEN, Action
+from piseduce.agent.models import ACTION_OPEN, Action, ExecutorPresence
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -103,3 +103,44 @@ def release(session: Session, owner: str, ids: Iterable[int] | None = None) -> i
         query.values(locked_by=None, locked_until=None).execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def present(session: Session, owner: str, now: dt.datetime, seconds: float) -> int:
+    """Say that `owner` is alive for `seconds` more; returns how many executors are alive now
+    (itself included), so that each takes its share of a backlog (`share`)."""
+    row = session.get(ExecutorPresence, owner)
+    until = now + dt.timedelta(seconds=seconds)
+    if row is None:
+        session.add(ExecutorPresence(name=owner, seen_until=until))
+        session.flush()
+    else:
+        row.seen_until = until
+    alive = session.scalar(
+        select(func.count()).select_from(ExecutorPresence).where(ExecutorPresence.seen_until > now)
+    )
+    return max(1, int(alive or 0))
+
+
+def absent(session: Session, owner: str) -> None:
+    """`owner` stops: the others no longer leave it a share."""
+    session.execute(delete(ExecutorPresence).where(ExecutorPresence.name == owner))
+
+
+def share(
+    session: Session, now: dt.datetime, executors: int, mine: int, room: int, patience: float
+) -> int:
+    """How many waiting actions one of `executors` executors, running `mine` already, claims in a
+    pass: all it has room for when it is alone; else enough to run its fair share of the open
+    actions (rounded up, so none is left over), and at least every action that has waited longer
+    than `patience` seconds (a peer that is full or stuck leaves them to whoever has room)."""
+    if executors <= 1 or room <= 0:
+        return room
+    is_open = Action.status.in_(ACTION_OPEN)
+    free = and_(is_open, _free(now))
+    stale = and_(free, Action.created_at < now - dt.timedelta(seconds=patience))
+    row = session.execute(
+        select(func.count().filter(is_open), func.count().filter(free), func.count().filter(stale))
+    ).one()
+    total, waiting, old = (int(n or 0) for n in row)
+    fair = -(-total // executors) - mine
+    return max(0, min(room, waiting, max(fair, old)))

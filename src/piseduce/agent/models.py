@@ -150,6 +150,17 @@ class Action(Base):
     reservation: Mapped[Reservation | None] = relationship(back_populates="actions")
 
 
+class ExecutorPresence(Base):
+    """An executor sharing this database, seen alive until `seen_until` (it renews that with its
+    leases and deletes its row when it stops cleanly): executors count each other to take fair
+    shares of a backlog (agent/lease.py)."""
+
+    __tablename__ = "executors"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 class Event(Base):
     __tablename__ = "events"
 

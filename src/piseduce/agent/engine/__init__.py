@@ -2,7 +2,10 @@
 
 One scheduling pass (`Executor.tick`, every `poll_interval` seconds) does, in one short
 transaction: start the deployments of reservations whose slot began, destroy (or cancel) the
-reservations whose slot ended, then claim open actions whose lease is free (`agent/lease.py`).
+reservations whose slot ended, then claim open actions whose lease is free (`agent/lease.py`):
+every one it has room for, so a thousand actions ready at once start together, or its fair share
+when other executors are alive on the database (their rows in `executors`, renewed every third of
+a lease); an action left waiting longer than that goes to any executor with room.
 Each claimed action runs in its own asyncio task (`ActionRunner`), at most
 `max_concurrent_actions` at once, so nodes advance independently: a slow or hung node only
 occupies its own task.
@@ -12,7 +15,9 @@ transaction per batch (a batch is what queued while the previous one was being w
 thousand concurrent actions cost a few transactions a second rather than thousands. An action
 resumes only once the batch holding its transition is committed, so what follows holds for each
 action exactly as with one transaction per transition. The scheduling pass claims actions with
-one UPDATE and loads them in the same transaction.
+one UPDATE and loads them in the same transaction; an action claimed for the first time is also
+started there (process started with its first step's start, both events), unless another action
+of its reservation still runs in this executor.
 
 Durability: every transition (process started or resumed, step started, run() finished, progress
 with a message, automatic reboot, step done, failure, completion) is committed together with its
@@ -24,7 +29,8 @@ Every commit re-checks in the same transaction that this executor still holds th
 (it also extends it), so an action cancelled or superseded by a destroy stops at its next
 transition, and the lease renewal loop stops it within a third of the lease otherwise.
 
-Fewer commits, same guarantees: the process start is committed with its first step's start, a step
+Fewer commits, same guarantees: the process start is committed with its first step's start (in
+the claim's transaction when the action is claimed for the first time), a step
 done at once (done() True right after run()) gets no separate "run finished" commit unless run()
 changed the state or connection (a remote job id is saved before done() is first called), and a
 bare progress percentage is committed at most once a second (it rides along with the next commit

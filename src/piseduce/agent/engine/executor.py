@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce.agent import lease, sealed
-from piseduce.agent.actions import CLOCK, add_event
+from piseduce.agent.actions import CLOCK, add_event, bulk_events
 from piseduce.agent.clock import SYSTEM, Clock
 from piseduce.agent.daemon import run_daemon
 from piseduce.agent.drivers.base import Driver, Process, ReservationView
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0
 # Longest pause between scheduling passes while they fail (database unreachable...).
 MAX_BACKOFF = 30.0
-# Most actions one scheduling pass claims: executors sharing a database take turns at a backlog
-# (a pass that claimed this many is followed by another at once) rather than one taking it all.
-CLAIM_BATCH = 100
 
 
 def default_name(config: AgentConfig) -> str:
@@ -75,7 +72,9 @@ class Executor:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._backlog = False
-        self._more = False
+        # Executors alive on this database (itself included), counted every third of a lease.
+        self._peers = 1
+        self._last_presence = -float("inf")
         self._fernet: Fernet | None = None
         self._last_renewal = self.clock.monotonic()
         self._closed = False
@@ -94,26 +93,35 @@ class Executor:
         """One scheduling pass; returns the ids of the actions claimed (now running here)."""
         now = self.clock.now()
         room = max(0, self.max_concurrent - len(self._tasks))
-        free = min(room, CLAIM_BATCH)
         mine = set(self._tasks)
+        busy = set(self._by_reservation)
+        present = self.clock.monotonic() - self._last_presence >= self.lease_seconds / 3
 
-        def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded]]:
+        def work(s: Session) -> tuple[list[Cancelled], list[int], dict[int, Loaded], int]:
             s.info[CLOCK] = self.clock.now
-            cancelled = schedule(s, now, self.processes)
+            with bulk_events(s):
+                cancelled = schedule(s, now, self.processes)
+            if present:
+                self._peers = lease.present(s, self.name, now, self.lease_seconds)
+            # Every action ready is claimed in this one pass (a thousand start together), or this
+            # executor's fair share of them when others share the database.
+            free = lease.share(s, now, self._peers, len(mine), room, self.lease_seconds / 3)
             ids = lease.claimable(s, now, free, exclude=mine) if free else []
             claimed = lease.claim_many(s, ids, self.name, now, self.lease_seconds)
-            # Loaded with the claim: no transaction per action before its first step.
-            return cancelled, claimed, load_claimed(s, claimed, self.name)
+            # Loaded (and started) with the claim: no transaction per action before its first step.
+            with bulk_events(s):
+                loaded = load_claimed(s, claimed, self.name, self.processes, busy)
+            return cancelled, claimed, loaded, free
 
-        cancelled, claimed, loaded = await self.db.write(work)
+        cancelled, claimed, loaded, free = await self.db.write(work)
+        if present:
+            self._last_presence = self.clock.monotonic()
         for view, token in cancelled:
             self._spawn_side(self._cancel_remote(view, token))
         for action_id in claimed:
             self._start(action_id, loaded.get(action_id))
-        # Every free slot was used: more actions may be waiting, so look again as soon as one ends
-        # (at once when only the claim batch was full).
-        self._backlog = len(claimed) >= free
-        self._more = self._backlog and free < room
+        # Every free slot was used: more actions may be waiting, so look again as soon as one ends.
+        self._backlog = room == 0 or (free == room and len(claimed) >= free)
         return claimed
 
     async def _cancel_remote(self, view: ReservationView, token: str | None) -> None:
@@ -292,7 +300,6 @@ class Executor:
                 except Exception as exc:
                     # Back off while the database is unreachable; the traceback once, then one line.
                     failures += 1
-                    self._more = False
                     wait = min(self.poll_interval * 2**failures, MAX_BACKOFF)
                     if failures == 1:
                         log.exception("scheduling pass failed; retrying in %s s", fmt_seconds(wait))
@@ -300,9 +307,6 @@ class Executor:
                         log.warning(
                             "scheduling pass failed again (%s); retrying in %s s", exc, fmt_seconds(wait)
                         )
-                if self._more and not stop.is_set():
-                    await asyncio.sleep(0)  # let the actions just claimed start first
-                    continue
                 waiters = {
                     asyncio.create_task(stop.wait()),
                     asyncio.create_task(self._wake.wait()),
@@ -335,7 +339,11 @@ class Executor:
                 log.warning("%d actions did not stop within %s s", len(stuck), fmt_seconds(SHUTDOWN_GRACE))
         await self.journal.close()
         try:
-            released = await self.db.write(lambda s: lease.release(s, self.name))
+            def leave(s: Session) -> int:
+                lease.absent(s, self.name)
+                return lease.release(s, self.name)
+
+            released = await self.db.write(leave)
             log.info("executor %s stopped: %d actions released, to be resumed", self.name, released)
         except SQLAlchemyError:
             log.exception("cannot release the leases; they expire in %s s", fmt_seconds(self.lease_seconds))

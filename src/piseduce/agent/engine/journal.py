@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, lazyload
 
 from piseduce.agent import lease
-from piseduce.agent.actions import CLOCK
+from piseduce.agent.actions import CLOCK, bulk_events
 from piseduce.agent.models import ACTION_OPEN, Action, Reservation
 
 # A transition: what it changes in the action row and its reservation (None: no reservation).
@@ -119,13 +119,14 @@ def commit_many(s: Session, entries: Sequence[Entry]) -> list[Committed | lease.
     reservations = lock_reservations(s, (e.reservation_id for e in entries if e.reservation_id is not None))
     actions = lock_actions(s, (e.action_id for e in entries))
     out: list[Committed | lease.LeaseLost] = []
-    for e in entries:
-        a = actions.get(e.action_id)
-        if a is None or a.status not in ACTION_OPEN or a.locked_by != e.owner:
-            out.append(lease.LeaseLost(f"action {e.action_id} is no longer held by {e.owner}"))
-            continue
-        r = reservations.get(e.reservation_id) if e.reservation_id is not None else None
-        out.append(_apply(s, e, a, r))
+    with bulk_events(s):
+        for e in entries:
+            a = actions.get(e.action_id)
+            if a is None or a.status not in ACTION_OPEN or a.locked_by != e.owner:
+                out.append(lease.LeaseLost(f"action {e.action_id} is no longer held by {e.owner}"))
+                continue
+            r = reservations.get(e.reservation_id) if e.reservation_id is not None else None
+            out.append(_apply(s, e, a, r))
     return out
 
 

@@ -118,7 +118,12 @@ class ActionRunner:
             if self.process is None:
                 await self._fail(f"unknown process '{loaded.process}' for {self.ex.driver.node_type} nodes")
                 return
-            await self._begin(loaded)
+            if loaded.started:
+                # Started by the claim's transaction: its first step's clock starts now.
+                self.begun = True
+                self.step_started_at = self.clock.now()
+            else:
+                await self._begin(loaded)
             try:
                 await self._steps(self.process)
             except StepFailed as failure:
