@@ -333,6 +333,16 @@ class BookingOut(Wire):
     reservations: list[ReservationOut] = Field(max_length=MAX_LIST)
 
 
+class NextSlotOut(Wire):
+    """The earliest start where a request could be booked at once (`start` None: none within the
+    agent's max advance), with the nodes a booking at that start would take."""
+
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    nodes: list[Label] = Field(default_factory=list, max_length=MAX_LIST)
+    detail: ShortText = ""
+
+
 class AcceptedOut(Wire):
     """An action accepted (202): the reservation's status now, and what was queued."""
 
