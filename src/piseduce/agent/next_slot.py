@@ -17,7 +17,8 @@ database is read in growing windows: a start `t` is proven free once every hold 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from sqlalchemy.types import String
 from piseduce.agent.booking import BookingError, Limits, check_times, present_nodes
 from piseduce.agent.drivers.base import BusyInterval
 from piseduce.agent.filters import lowered_match
+from piseduce.agent.holds import hold_bound
 from piseduce.agent.lifecycle import ACTIVE_STATUSES
 from piseduce.agent.models import NODE_AVAILABLE, Reservation
 from piseduce.agent.schemas import Filter
@@ -60,101 +62,134 @@ class Answer:
     nodes: tuple[str, ...]  # what the booking would take at that start
 
 
-def _greedy(wants: Sequence[Want], blocked: Mapping[str, int]) -> tuple[str, ...] | None:
-    """The nodes `pick_nodes` would choose with these nodes held, or None when it would refuse."""
-    chosen: list[str] = []
-    taken: set[str] = set()
-    for w in wants:  # named first (the caller's order)
-        if w.named:
-            if any(blocked.get(n, 0) for n in w.nodes):
-                return None
-            chosen.extend(w.nodes)
-            taken.update(w.nodes)
-    for w in wants:
-        if w.named:
-            continue
-        picked = []
-        for n in w.nodes:
-            if not blocked.get(n, 0) and n not in taken:
-                picked.append(n)
-                if len(picked) == w.count:
-                    break
-        if len(picked) < w.count:
-            return None
-        chosen.extend(picked)
-        taken.update(picked)
-    return tuple(chosen)
+_SHIFT = 21
+_BLOCK = 1 << 20
+_NODE = _BLOCK - 1
+_OWN = _NODE  # the node index of the user's own reservations (the per-user limit)
+MAX_NODES = _OWN  # candidate nodes one sweep can follow
 
 
-def earliest(
-    wants: Sequence[Want],
-    holds: Iterable[tuple[str, int, int]],
-    own: Iterable[tuple[int, int]],
-    *,
-    after: int,
-    until: int,
-    length: int,
-    duration: int,
-    room: int,
-) -> Answer | None:
-    """The earliest start in [after, until] where every want is met, or None.
+class Sweep:
+    """The sweep, resumable: holds are added window by window (each window's holds all begin
+    after the starts already swept, so the events still ahead stay in order), and `run` goes on
+    from where the last one stopped.
 
-    `holds`: (node, a, b) intervals during which a node is held; `length`: how long a booking holds
-    its nodes (duration + gap); `own`: the user's reservations (start, end), of which at most
-    `room` may overlap the new `[t, t + duration)`."""
-    order = [w for w in wants if w.named] + [w for w in wants if not w.named]
-    member: dict[str, list[int]] = {}
-    for i, w in enumerate(order):
-        for n in w.nodes:
-            member.setdefault(n, []).append(i)
-    free = [len(w.nodes) for w in order]
-    need = [w.count for w in order]
+    A node's hold `[a, b)` blocks starts from a - L + 1 µs and unblocks them from b. An event is
+    one integer, `time << 21 | block bit << 20 | node index` (sorting integers is several times
+    faster than sorting tuples); node index _OWN is one of the user's own reservations."""
 
-    # Events (time, delta, node): a block counts from a - L + 1 (µs), an unblock from b. A node
-    # index of -1 is one of the user's own reservations (limit counter).
-    events: list[tuple[int, int, str]] = []
-    ends: set[int] = {after}
-    for node, a, b in holds:
-        if b <= after or node not in member or a - length >= until:
-            continue
-        events.append((a - length + 1, 1, node))
-        events.append((b, -1, node))
-        if b <= until:
-            ends.add(b)
-    for s, e in own:
-        if e <= after or s - duration >= until:
-            continue
-        events.append((s - duration + 1, 1, ""))
-        events.append((e, -1, ""))
-        if e <= until:
-            ends.add(e)
-    events.sort()
-    blocked: dict[str, int] = {}
-    held = 0
-    k = 0
-    n_events = len(events)
-    for t in sorted(ends):
-        if t < after:
-            continue
-        while k < n_events and events[k][0] <= t:
-            _, delta, node = events[k]
-            k += 1
-            if not node:
-                held += delta
+    def __init__(self, wants: Sequence[Want], *, after: int, length: int, duration: int, room: int) -> None:
+        # Named filters first, then property filters in order: the order `pick_nodes` serves them.
+        self.order = [w for w in wants if w.named] + [w for w in wants if not w.named]
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.member: list[list[int]] = []
+        for i, w in enumerate(self.order):
+            for n in w.nodes:
+                k = self.index.get(n)
+                if k is None:
+                    k = self.index[n] = len(self.names)
+                    self.names.append(n)
+                    self.member.append([])
+                self.member[k].append(i)
+        if len(self.names) > MAX_NODES:
+            raise BookingError(422, f"at most {MAX_NODES} candidate nodes per request")
+        self.want_idx = [[self.index[n] for n in w.nodes] for w in self.order]
+        self.free = [len(w.nodes) for w in self.order]
+        self.need = [w.count for w in self.order]
+        self.blocked = [0] * len(self.names)
+        self.held = 0
+        self.after, self.length, self.duration, self.room = after, length, duration, room
+        self.events: list[int] = []
+        self.ends: list[int] = [after]
+
+    def add(self, holds: Iterable[tuple[str, int, int]], own: Iterable[tuple[int, int]] = ()) -> None:
+        """`holds`: (node, a, b) during which a node is held; `own`: the user's reservations
+        (start, end), of which at most `room` may overlap a new `[t, t + duration)`."""
+        after, length, index = self.after, self.length, self.index
+        events, ends = self.events, self.ends
+        for node, a, b in holds:
+            k = index.get(node)
+            if k is None or b <= after:
                 continue
-            before = blocked.get(node, 0)
-            blocked[node] = before + delta
-            if before == 0 or before + delta == 0:
-                for i in member[node]:
-                    free[i] -= delta
-        if held > room:
-            continue
-        if any(f < c for f, c in zip(free, need, strict=True)):
-            continue
-        picked = _greedy(order, blocked)
-        if picked is not None:
-            return Answer(t, picked)
-    return None
+            events.append(((a - length + 1) << _SHIFT) | _BLOCK | k)
+            events.append((b << _SHIFT) | k)
+            ends.append(b)
+        for st, e in own:
+            if e <= after:
+                continue
+            events.append(((st - self.duration + 1) << _SHIFT) | _BLOCK | _OWN)
+            events.append((e << _SHIFT) | _OWN)
+            ends.append(e)
+
+    def run(self, until: int) -> Answer | None:
+        """The earliest start in [after, until] where every want is met, or None (then the
+        events and starts after `until` are kept for the next run)."""
+        events = sorted(self.events)
+        ends = sorted(set(self.ends))
+        blocked, member, free, need = self.blocked, self.member, self.free, self.need
+        single = len(need) == 1
+        k, n_events = 0, len(events)
+        found: Answer | None = None
+        j = 0
+        for j, t in enumerate(ends):  # noqa: B007 (j is where the next run resumes)
+            if t > until:
+                break
+            bound = (t + 1) << _SHIFT  # every event of time <= t
+            while k < n_events and events[k] < bound:
+                event = events[k]
+                k += 1
+                node = event & _NODE
+                delta = 1 if event & _BLOCK else -1
+                if node == _OWN:
+                    self.held += delta
+                    continue
+                before = blocked[node]
+                blocked[node] = before + delta
+                if before == 0 or before + delta == 0:
+                    for i in member[node]:
+                        free[i] -= delta
+            if t < self.after or self.held > self.room:
+                continue
+            if single:
+                if free[0] < need[0]:
+                    continue
+            elif any(f < c for f, c in zip(free, need, strict=True)):
+                continue
+            picked = self._greedy()
+            if picked is not None:
+                found = Answer(t, picked)
+                break
+        else:
+            j = len(ends)
+        self.events = events[k:]
+        self.ends = ends[j:]
+        return found
+
+    def _greedy(self) -> tuple[str, ...] | None:
+        """The nodes `pick_nodes` would choose with these nodes held, or None when it refuses.
+        The free counts are only necessary: filters sharing nodes may still not fit together."""
+        chosen: list[int] = []
+        taken: set[int] = set()
+        blocked = self.blocked
+        for w, idx in zip(self.order, self.want_idx, strict=True):
+            if w.named:
+                if any(blocked[k] for k in idx):
+                    return None
+                chosen.extend(idx)
+                taken.update(idx)
+                continue
+            picked = []
+            for k in idx:
+                if not blocked[k] and k not in taken:
+                    picked.append(k)
+                    if len(picked) == w.count:
+                        break
+            if len(picked) < w.count:
+                return None
+            chosen.extend(picked)
+            taken.update(picked)
+        return tuple(self.names[k] for k in chosen)
 
 
 # ---------------------------------------------------------------- reading the calendar
@@ -165,7 +200,12 @@ def _us_column(column: Any, dialect: str) -> ColumnElement[int]:
     if dialect == "sqlite":
         # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): seconds by strftime, microseconds as text.
         text = type_coerce(column, String)
-        return cast(func.strftime("%s", text), Integer) * US + cast(func.substr(text, 21, 6), Integer)
+        seconds = (
+            func.unixepoch(text)
+            if sqlite3.sqlite_version_info >= (3, 38)
+            else cast(func.strftime("%s", text), Integer)
+        )
+        return seconds * US + cast(func.substr(text, 21, 6), Integer)
     return cast(func.extract("epoch", column) * US, BigInteger)
 
 
@@ -204,26 +244,36 @@ def resolve(session: Session, filters: Sequence[Filter]) -> list[Want]:
     return wants
 
 
-def _holds(
-    session: Session, names: set[str], owner: str, lo: int, hi: int
-) -> tuple[list[tuple[str, int, int]], list[tuple[int, int]]]:
-    """Active holds with b > lo and a < hi: (node, a, b) of the candidate nodes, and the owner's
-    (start, end) of any node."""
+def _holds(session: Session, lo: int, hi: int, bound: int | None) -> list[tuple[str, int, int]]:
+    """Active holds (node, a, b) beginning in [lo, hi) (bound None), or, for the first window,
+    beginning before hi and ending after lo (`bound`: no hold is longer), by a range scan of the
+    start index."""
     dialect = session.get_bind().dialect.name
-    a = _us_column(Reservation.start, dialect)
-    b = _us_column(Reservation.busy_until, dialect)
-    e = _us_column(Reservation.end, dialect)
-    q = select(Reservation.node_name, a, b, e, Reservation.owner).where(
-        (Reservation.status + "").in_(ACTIVE_STATUSES),
-        Reservation.busy_until > from_us(lo),
-        Reservation.start < from_us(hi),
-    )
+    q = select(
+        Reservation.node_name,
+        _us_column(Reservation.start, dialect),
+        _us_column(Reservation.busy_until, dialect),
+    ).where((Reservation.status + "").in_(ACTIVE_STATUSES), Reservation.start < from_us(hi))
+    if bound is None:
+        q = q.where(Reservation.start >= from_us(lo))
+    else:
+        q = q.where(Reservation.busy_until > from_us(lo), Reservation.start >= from_us(lo - bound))
     result = session.connection().execute(q)
-    rows = result.cursor.fetchall() if result.cursor is not None else []
+    rows: list[tuple[str, int, int]] = list(result.cursor.fetchall()) if result.cursor is not None else []
     result.close()
-    node_holds = [(n, int(x), int(y)) for n, x, y, _, o in rows if n in names]
-    own = [(int(x), int(z)) for _, x, _, z, o in rows if o == owner]
-    return node_holds, own
+    return rows
+
+
+def _own(session: Session, owner: str, lo: int) -> list[tuple[int, int]]:
+    """The owner's active reservations (start, end) ending after lo (the per-user limit)."""
+    rows = session.execute(
+        select(Reservation.start, Reservation.end).where(
+            Reservation.owner == owner,
+            Reservation.status.in_(ACTIVE_STATUSES),
+            Reservation.end > from_us(lo),
+        )
+    )
+    return [(to_us(a), to_us(b)) for a, b in rows]
 
 
 def next_free(
@@ -246,28 +296,25 @@ def next_free(
         raise BookingError(
             409, f"{count} nodes asked; this agent allows {limits.max_nodes_per_user} per user at once"
         )
-    names = {n for w in wants for n in w.nodes}
     start = to_us(max(after, now))
     latest = to_us(now + limits.max_advance)
     length = to_us(EPOCH + duration + limits.gap)
-    dur = to_us(EPOCH + duration)
-    remote_holds = [(b.node, to_us(b.start), to_us(b.end)) for b in remote if b.node in names]
-    window = max(4 * length, 86400 * US)
+    sweep = Sweep(
+        wants,
+        after=start,
+        length=length,
+        duration=to_us(EPOCH + duration),
+        room=limits.max_nodes_per_user - count,
+    )
+    sweep.add([(b.node, to_us(b.start), to_us(b.end)) for b in remote], _own(session, owner, start))
+    bound: int | None = to_us(EPOCH + hold_bound(session, limits))
+    lo, window = start, max(4 * length, 86400 * US)
     while True:
         hi = min(start + window, latest + length)
-        node_holds, own = _holds(session, names, owner, start, hi)
+        sweep.add(_holds(session, lo, hi, bound))
         # Starts are proven only up to hi - length: holds beginning at hi or later are unread.
         proven = latest if hi >= latest + length else hi - length
-        found = earliest(
-            wants,
-            node_holds + [h for h in remote_holds if h[1] < hi],
-            own,
-            after=start,
-            until=proven,
-            length=length,
-            duration=dur,
-            room=limits.max_nodes_per_user - count,
-        )
+        found = sweep.run(proven)
         if found is not None or proven >= latest:
             return found
-        window *= 4
+        lo, bound, window = hi, None, window * 4
