@@ -27,7 +27,13 @@ from piseduce.protocol import Schedule
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 NODES = ["n-1", "n-2", "n-3", "n-4", 'odd "name" é']
 USERS = ["alice@example.org", "bob@example.org", "carol@example.org"]
-WINDOWS = [(T0, T0 + dt.timedelta(hours=48)), (T0 + dt.timedelta(hours=5), T0 + dt.timedelta(days=7))]
+WINDOWS = [
+    (T0, T0 + dt.timedelta(hours=48)),
+    (T0 + dt.timedelta(hours=5), T0 + dt.timedelta(days=7)),
+    # Not day-aligned, with microseconds: built from the days the others read (the day cache).
+    (T0 + dt.timedelta(hours=13, minutes=7, microseconds=500_000), T0 + dt.timedelta(hours=61, seconds=1)),
+    (T0 - dt.timedelta(hours=30), T0 + dt.timedelta(hours=2, microseconds=1)),
+]
 BOUND = dt.timedelta(hours=80)
 
 

@@ -96,6 +96,22 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
         sensor = page.locator(".node-card[data-node='m3-1'] .conn-info").inner_text()
         assert "nodes: m3-1.strasbourg.iot-lab.info" in sensor and "[" not in sensor, sensor
         command = page.locator(".node-card[data-node='pi-1'] .conn.ssh").inner_text().split()
+        # From outside the lab: the demo's SSH gateway, its line, ~/.ssh/config block and keys.
+        card = page.locator(".node-card[data-node='pi-1']")
+        jump_line = card.locator(".jump-cmd").inner_text().strip()
+        block = card.locator(".ssh-config").inner_text()
+        jump_keys = card.locator(".jump-known-hosts").inner_text()
+        gw_port = demo["gateway"]["port"]
+        assert jump_line.startswith(f"ssh -J jump@127.0.0.1:{gw_port} ") and jump_line.endswith(command[-1])
+        assert "Host pi-1\n" in block and "StrictHostKeyChecking yes" in block, block
+        copy = card.locator(".jump .copy").first
+        copy.focus()  # from the keyboard
+        page.keyboard.press("Enter")
+        page.wait_for_function("b => ['Copied', 'Ctrl+C'].includes(b.textContent)", arg=copy.element_handle())
+        card.locator(".jump").screenshot(path=str(SHOTS / "manage_gateway.png"))
+        page.set_viewport_size({"width": 390, "height": 900})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
         # The demo's monitor samples the Pis' power and temperature: both charts get lines.
         deadline = time.monotonic() + 60
@@ -144,6 +160,18 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "pi-1"
+    # The block as Manage shows it, its keys where it says they are: OpenSSH through the gateway.
+    pinned = Path(demo["data"]) / "piseduce_known_hosts_test"
+    pinned.write_text(jump_keys.strip() + "\n")
+    cfg = Path(demo["data"]) / "ssh_config_test"
+    cfg.write_text(
+        block.replace("~/.ssh/piseduce_known_hosts", str(pinned))
+        + f"\nHost *\n  IdentityFile {demo['user']['ssh_key']}\n  BatchMode yes\n  ConnectTimeout 10\n"
+    )
+    through = subprocess.run(["ssh", "-F", str(cfg), "pi-1", "hostname"], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+    assert through.returncode == 0, through.stderr
+    assert through.stdout.strip() == "pi-1"
     if real_mode_problem() is None:
         # As root the demo's Pis are real hosts: the command names pi-1's own address.
         assert demo["pi_boards"]["mode"] == "real"
@@ -160,6 +188,8 @@ def test_demo_deploys_one_node_of_each_type_and_stops_cleanly(demo: dict[str, An
     creds = Path(demo["data"]) / "credentials.json"
     assert f"Grid'5000  demo   (password: jq -r .g5k_password {creds}" in printed, printed[-2000:]
     assert f"IoT-LAB    demo   (password: jq -r .iot_password {creds}" in printed, printed[-2000:]
+    gw_line = f"gateway    ssh -J jump@127.0.0.1:{demo['gateway']['port']} pi@<board>"
+    assert gw_line in printed, printed[-2000:]
     assert not [k for k, v in sec.items() if "password" in k and v in printed]
     assert (creds.stat().st_mode & 0o777) == 0o600
     assert demo["testbeds"]["g5k"] == {

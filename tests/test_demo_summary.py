@@ -31,3 +31,17 @@ def test_the_demo_prints_every_login_and_where_its_password_is() -> None:
     # What a terminal prints may end up in a log: no password in it.
     for password in ("admin-pw", "demo-pw", "g5k-pw", "iot-pw"):
         assert password not in text
+
+
+def test_the_demo_prints_the_gateways_jump_line() -> None:
+    info = {
+        "url": "u", "admin": {"email": "a", "password": "p"},
+        "user": {"email": "d", "password": "p", "ssh_key": "/d/k"},
+        "testbeds": {"g5k": {"login": "l", "password": "p", "url": "g"},
+                     "iotlab": {"login": "l", "password": "p", "url": "i"}},
+        "agents": [{"name": "rpi-lab"}], "data": "/d",
+        "gateway": {"host": "127.0.0.1", "port": 9105, "user": "jump"},
+    }
+    text = "\n".join(summary(info))
+    assert "gateway    ssh -J jump@127.0.0.1:9105 pi@<board>" in text
+    assert "pisctl ssh-config" in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,53 +14,12 @@ from pathlib import Path
 import pytest
 
 from helpers.rpi_fixtures import make_agent_key, power, require_real_mode
+from helpers.sim_leftovers import alive, comm, descendants, link_exists, net_namespaces, remains, routes_to
 from helpers.waiting import wait_until
 from piseduce.sim.images import FLAVORS, build_environment
 from piseduce.sim.rpi import TEMPLATE
 
 pytestmark = pytest.mark.slow
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-def descendants(root: int) -> dict[int, str]:
-    """Every process below `root`, with its start time (a pid is reused, a (pid, start) is not)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            fields = _stat(child)
-            if fields is not None and child not in found:
-                found[child] = fields[19]
-                todo.append(child)
-    return found
-
-
-def alive(procs: dict[int, str]) -> list[int]:
-    return [pid for pid, start in procs.items() if (f := _stat(pid)) is not None and f[19] == start]
-
-
-def net_namespaces(pids: list[int]) -> set[str]:
-    out = set()
-    for pid in pids:
-        try:
-            out.add(os.readlink(f"/proc/{pid}/ns/net"))
-        except OSError:
-            continue
-    return out - {os.readlink("/proc/self/ns/net")}
-
-
-def namespaces_in_use() -> set[str]:
-    return net_namespaces([int(p) for p in os.listdir("/proc") if p.isdigit()])
 
 
 def loop_devices_under(folder: Path) -> list[str]:
@@ -73,16 +31,6 @@ def loop_devices_under(folder: Path) -> list[str]:
         except OSError:
             continue
     return found
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
-
-
-def routes_to(network: str) -> list[str]:
-    routes = json.loads(subprocess.run(["ip", "-j", "route"], capture_output=True, text=True,
-                                       check=True).stdout or "[]")
-    return [r["dst"] for r in routes if r.get("dst") == network]
 
 
 def mounts_of(pids: list[int], folder: Path) -> int:
@@ -143,14 +91,6 @@ async def _wait_async(check, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def comm(pid: int) -> str:
-    """The process's command name; empty when it has just exited (a board's short-lived child)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 async def test_nothing_remains_after_the_simulator_exits(tmp_path: Path, sig: signal.Signals) -> None:
     require_real_mode()
@@ -174,8 +114,7 @@ async def test_nothing_remains_after_the_simulator_exits(tmp_path: Path, sig: si
         assert status == (-9 if sig == signal.SIGKILL else 0)
 
         def gone() -> bool:
-            return not (alive(procs) or link_exists(host_if) or routes_to(network)
-                        or loop_devices_under(state) or namespaces & namespaces_in_use())
+            return not (remains(procs, host_if, network, namespaces) or loop_devices_under(state))
 
         await wait_until(gone, 15, 0.1)
     finally:

@@ -74,6 +74,19 @@ class NodeScheduleOut(ApiModel):
     slots: list[SlotOut]
 
 
+class GatewayOut(ApiModel):
+    """The way in from outside the lab through the agent's SSH gateway (`pisctl ssh-config`)."""
+
+    host: str
+    port: int
+    user: str
+    host_key: str = Field(description="The gateway's SSH host key (a known_hosts line's key)")
+    command: str = Field(description="ssh -J GATEWAY pi@ADDRESS")
+    ssh_config: str = Field(description="A ~/.ssh/config block: the gateway's Host, then the board's")
+    known_hosts: str = Field(description="The lines the block's UserKnownHostsFile holds")
+    known_hosts_file: str = Field(description="Where the block looks for them")
+
+
 class ConnectionOut(ApiModel):
     host: str
     port: int = 22
@@ -85,6 +98,9 @@ class ConnectionOut(ApiModel):
     jump: str | None = Field(default=None, description="The jump host to go through, if any")
     command: str = Field(default="", description="The ssh command, for people")
     details: dict[str, Any] = Field(default_factory=dict, description="What else the agent says")
+    gateway: GatewayOut | None = Field(
+        default=None, description="Through the agent's SSH gateway, when it runs one (from outside the lab)"
+    )
 
 
 class EventOut(ApiModel):

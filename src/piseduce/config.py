@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from piseduce import sshjump
+
 log = logging.getLogger(__name__)
 
 NodeType = Literal["raspberry", "g5k", "iot-lab"]
@@ -112,6 +114,12 @@ class AgentConfig(_Base):
     board_interface: str = "eth0"
     dhcp_range: str = ""
     dhcp_router: str = ""
+    # DHCP on the boards' network (raspberry): dnsmasq's lease file, where detection finds the
+    # address an unknown board got from the range ("" = no DHCP: the per-port address rule), and
+    # the dnsmasq file detection rewrites after it registers boards ("" = none; restart dnsmasq
+    # when it changes, e.g. with a systemd path unit).
+    dhcp_leases_file: str = ""
+    dnsmasq_config_file: str = ""
     firmware_path: str = "firmwares/"
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"
@@ -137,6 +145,10 @@ class AgentConfig(_Base):
     gateway_max_unauthenticated: int = Field(default=32, ge=1, le=10_000)
     gateway_login_grace_seconds: float = Field(default=20, gt=0, le=600)
     gateway_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # The name users reach the gateway by from outside the lab ("" = no gateway: /api/info and
+    # Manage say nothing of one), and its port there when a firewall maps another (0 = gateway_port).
+    gateway_public_host: str = ""
+    gateway_public_port: int = Field(default=0, ge=0, le=65535)
     # "module:Class" of a driver to use instead of the one of node_type (tests, third-party types).
     driver: str = ""
     # Grid'5000: an agent account to read the inventory when no user login comes with a request
@@ -161,6 +173,18 @@ class AgentConfig(_Base):
             if not isinstance(tok, str) or len(tok) < 10:
                 raise ValueError("every token must be a string of at least 10 characters")
         return v
+
+    @field_validator("gateway_public_host", "gateway_user")
+    @classmethod
+    def _ssh_word(cls, v: str) -> str:
+        # Printed unquoted in `ssh -J` lines and ~/.ssh/config blocks: one plain word.
+        if v and not sshjump.HOST_RE.fullmatch(v):
+            raise ValueError("must be a host name, an address or a user name: letters, digits, . _ - : only")
+        return v
+
+    @property
+    def gateway_advertised_port(self) -> int:
+        return self.gateway_public_port or self.gateway_port
 
     @field_validator("env_path", "firmware_path")
     @classmethod

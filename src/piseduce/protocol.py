@@ -26,9 +26,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
+from piseduce import sshjump
 from piseduce.agent.lifecycle import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -152,6 +156,31 @@ def _known_features(value: Any) -> Any:
 Features = Annotated[frozenset[Feature], BeforeValidator(_known_features), Field(max_length=64)]
 
 
+# A host name or address, a user name and a host key a client may put in an ssh command or
+# ~/.ssh/config unquoted (sshjump's patterns: the web UI and pisctl print them in a block).
+SshHost = Annotated[str, StringConstraints(pattern=f"^{sshjump.HOST_RE.pattern}$")]
+SshUser = Annotated[str, StringConstraints(pattern=f"^{sshjump.USER_RE.pattern}$")]
+SshPublicKey = Annotated[str, StringConstraints(pattern=f"^{sshjump.KEY_RE.pattern}$")]
+
+
+class GatewayInfo(Wire):
+    """The agent's SSH gateway (`piseduce agent gateway`) as users reach it from outside the lab:
+    `ssh -J user@host:port pi@<board address>`, the gateway's host key pinned."""
+
+    host: SshHost = Field(description="The gateway's public host name or address")
+    port: int = Field(ge=1, le=65535)
+    user: SshUser = Field(description="The one user name every client logs in to the gateway as")
+    host_key: SshPublicKey = Field(description="The gateway's SSH host key (a known_hosts line's key)")
+
+    @property
+    def jump(self) -> str:
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
 class AgentInfo(Wire):
     name: Label
     node_type: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
@@ -170,6 +199,9 @@ class AgentInfo(Wire):
     )
     # Kept for web UIs of before `credentials`: true when credentials is not "none".
     needs_credentials: bool = False
+    gateway: GatewayInfo | None = Field(
+        default=None, description="The SSH gateway to the boards, when the agent runs one"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -178,6 +210,16 @@ class AgentInfo(Wire):
             features, kind = LEGACY.get(data["node_type"], (frozenset(), "none"))
             data = {"features": sorted(features), "credentials": kind, **data}
         return data
+
+    @field_validator("gateway", mode="wrap")
+    @classmethod
+    def _usable_gateway(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A gateway the web UI cannot print safely (a newline in its host...) is left out: users
+        are then shown no way in through it, and the agent stays usable."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features
@@ -379,66 +421,6 @@ class CredentialsCheckOut(Wire):
 # ---------------------------------------------------------------- a raspberry agent's admin collections
 
 
-class SwitchOut(Wire):
-    name: NodeName
-    ip: Label
-    snmp_port: int
-    poe_oid: Label
-    oid_offset: int
-    port_count: int
-    power_oid: Label
-    power_oid_offset: int
-    master_port: int
-    community_set: bool
-    snmp_version: Label
-    v3_user: Label
-    v3_auth_protocol: Label
-    v3_priv_protocol: Label
-    v3_keys_set: bool
-
-
-class PortOut(Wire):
-    port: int
-    status: Literal["on", "off", "unknown"]
-    master: bool = False
-    node: NodeName | None = None
-    power_w: float | None = None
-
-
-class NetworkConfigOut(Wire):
-    """A raspberry agent's boards' network configuration (`GET /api/admin/network-config`)."""
-
-    dnsmasq: str  # the dnsmasq file, the NFS export line in its last comment
-    exports: str  # that /etc/exports line
-    skipped: list[str] = Field(default_factory=list)  # the nodes left without a lease, and why
-
-
-class DetectPortOut(Wire):
-    """One port of a node detection: its step (waiting, powering, booting, reading, registering,
-    then registered or failed with its reason) and what the board said of itself."""
-
-    port: int
-    name: NodeName
-    step: Label
-    reason: ShortText = ""
-    ip: Label = ""
-    serial: Label = ""
-    model: Label = ""
-    mac: Label = ""
-    card_size: int = 0
-    updated: bool = False  # a known board (same serial): its row was updated
-
-
-class DetectionOut(Wire):
-    """A raspberry agent's node detection job (`/api/admin/detect`)."""
-
-    id: Label
-    switch: NodeName
-    done: bool
-    started: float
-    ports: list[DetectPortOut] = Field(max_length=4096)
-
-
 class EnvironmentOut(Wire):
     name: NodeName
     image: ShortText
@@ -498,11 +480,9 @@ __all__ = [
     "Health",
     "MonitoringOut",
     "Node",
-    "PortOut",
     "ReservationOut",
     "ScanOut",
     "Schedule",
     "SeriesOut",
-    "SwitchOut",
     "Wire",
 ]

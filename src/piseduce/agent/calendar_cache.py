@@ -29,8 +29,20 @@ WINDOWS = 8  # windows kept per worker (a week of 5,000 busy nodes is a few MB)
 Slot = tuple[str, str, str, int, str]
 
 
+# A slot as a day keeps it: (start key, busy-until key, node, slot, its JSON as others see it).
+Entry = tuple[str, str, str, Slot, str]
+DAY = dt.timedelta(days=1)
+DAYS = 64  # days kept per worker (a day of 5,000 busy nodes is some 5,000 slots)
+
+
 def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _key(text_or_time: str | dt.datetime) -> str:
+    """An ISO-8601 UTC time without its 'Z', which orders as text: '…:00' < '…:00.5' < '…:01'."""
+    text = iso(text_or_time) if isinstance(text_or_time, dt.datetime) else text_or_time
+    return text[:-1]
 
 
 def _quoted(text: str) -> str:
@@ -68,21 +80,33 @@ class Window:
         cls,
         generation: int,
         window: tuple[dt.datetime, dt.datetime],
-        present: Iterable[str],
-        found: Sequence[tuple[str, str, str, str, int, str]],
+        present: frozenset[str],
+        entries: Iterable[Entry],
+        keys: dict[str, str],
     ) -> Window:
-        names = frozenset(present)
+        """The window's slots from day entries in start order (a slot may come in several days:
+        it is taken once); `keys`: the nodes' names as JSON, kept per generation."""
+        lo, hi = _key(window[0]), _key(window[1])
         slots: dict[str, list[Slot]] = {}
+        pieces: dict[str, list[str]] = {}
         held_by: dict[str, set[str]] = {}
-        for node, a, b, owner, rid, status in found:
-            if node not in names:
+        seen: set[int] = set()
+        for a, held, node, slot, piece in entries:
+            if a >= hi or held <= lo or slot[3] in seen:
                 continue
-            slots.setdefault(node, []).append((a, b, owner, rid, status))
-            held_by.setdefault(owner, set()).add(node)
+            seen.add(slot[3])
+            if node not in slots:
+                slots[node], pieces[node] = [slot], [piece]
+            else:
+                slots[node].append(slot)
+                pieces[node].append(piece)
+            held_by.setdefault(slot[2], set()).add(node)
         ordered = dict(sorted(slots.items()))
-        keys = {n: _quoted(n) for n in ordered}
-        hidden = {n: f"{keys[n]}:[{','.join(_hidden(s) for s in items)}]" for n, items in ordered.items()}
-        return cls(generation, *window, names, ordered, held_by, keys, hidden)
+        for n in ordered:
+            if n not in keys:
+                keys[n] = _quoted(n)
+        hidden = {n: f"{keys[n]}:[{','.join(pieces[n])}]" for n in ordered}
+        return cls(generation, *window, present, ordered, held_by, keys, hidden)
 
     def _node(self, node: str, me: str | None, admin: bool, remote: Sequence[BusyInterval]) -> str:
         """`node`'s slots as JSON for `me` (None: nobody's own, the admins' shared pieces)."""
@@ -114,11 +138,56 @@ class Window:
 
 
 class CalendarCache:
-    """The last WINDOWS windows asked, each valid while the generation it was read at is current."""
+    """The last WINDOWS windows asked, each valid while the generation it was read at is current,
+    built from the UTC days they cover: a day's slots are read once per generation, so a window
+    nobody asked yet (the Reserve page's next 48 hours, a week on) costs no query once its days
+    were read by another."""
 
     def __init__(self) -> None:
         self._windows: OrderedDict[tuple[dt.datetime, dt.datetime], Window] = OrderedDict()
+        self._days: OrderedDict[dt.datetime, list[Entry]] = OrderedDict()
+        self._generation: int | None = None
+        self._present: frozenset[str] | None = None
+        self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def _entries(
+        self, session: Session, generation: int, start: dt.datetime, end: dt.datetime, bound: dt.timedelta
+    ) -> tuple[frozenset[str], list[Entry]]:
+        first = start.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        days = [first]
+        while days[-1] + DAY < end:
+            days.append(days[-1] + DAY)
+        with self._lock:
+            if self._generation != generation:
+                self._days.clear()
+                self._present, self._keys, self._generation = None, {}, generation
+            present = self._present
+            have = {d: self._days[d] for d in days if d in self._days}
+        missing = [d for d in days if d not in have]
+        if present is None:
+            present = frozenset(holds.present_nodes(session))
+        if missing:
+            # One query for the missing days' span; each row goes to every day it holds.
+            lo, hi = missing[0], missing[-1] + DAY
+            read: dict[dt.datetime, list[Entry]] = {d: [] for d in days if lo <= d < hi}
+            spans = [(_key(d), _key(d + DAY), d) for d in read]
+            for node, a, b, owner, rid, status, held in holds.slots_iso(session, lo, hi, bound):
+                if node not in present:
+                    continue
+                slot = (a, b, owner, rid, status)
+                entry = (a[:-1], held[:-1], node, slot, _hidden(slot))
+                for d_lo, d_hi, d in spans:
+                    if entry[0] < d_hi and entry[1] > d_lo:
+                        read[d].append(entry)
+            have.update(read)
+            with self._lock:
+                if self._generation == generation:
+                    self._present = present
+                    self._days.update(read)
+                    while len(self._days) > DAYS:
+                        self._days.popitem(last=False)
+        return present, [e for d in days for e in have[d]]
 
     def window(self, session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta) -> Window:
         # The counter first: rows read after it are at least as new, never staler than their tag.
@@ -129,16 +198,17 @@ class CalendarCache:
             if hit is not None and generation is not None and hit.generation == generation:
                 self._windows.move_to_end(key)
                 return hit
-        window = Window.read(
-            -1 if generation is None else generation,
-            key,
-            holds.present_nodes(session),
-            holds.slots_iso(session, start, end, bound),
-        )
-        if generation is not None:
-            with self._lock:
-                self._windows[key] = window
-                self._windows.move_to_end(key)
-                while len(self._windows) > WINDOWS:
-                    self._windows.popitem(last=False)
+        if generation is None:  # nothing may be cached: read the window alone
+            fresh = CalendarCache()
+            present, entries = fresh._entries(session, -1, start, end, bound)
+            return Window.read(-1, key, present, entries, {})
+        present, entries = self._entries(session, generation, start, end, bound)
+        with self._lock:
+            keys = self._keys if self._generation == generation else {}
+        window = Window.read(generation, key, present, entries, keys)
+        with self._lock:
+            self._windows[key] = window
+            self._windows.move_to_end(key)
+            while len(self._windows) > WINDOWS:
+                self._windows.popitem(last=False)
         return window

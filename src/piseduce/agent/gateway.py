@@ -2,7 +2,8 @@
 
 Authorization is by key, not by user name: a client key is accepted when it is one of the
 `ssh_keys` a DEPLOYED, unexpired reservation deployed, and it may then open direct-tcpip channels
-only to those reservations' boards (by name or address) on `gateway_board_port`. Everything else
+only to those reservations' boards (by name or address) on their SSH port (the node's registered
+`ssh_port`, else `gateway_board_port`). Everything else
 (sessions: shells, exec, sftp, scp; remote forwarding; agent and X11 forwarding) is refused and
 logged. The user name is one fixed name (`gateway_user`): OpenSSH's `-J user@host:port` then needs
 no quoting (a PiSeduce identity is an e-mail address, whose '@' -J would split on).
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from piseduce.agent.lifecycle import DEPLOYED
 from piseduce.agent.models import Reservation
 from piseduce.config import AgentConfig
+from piseduce.protocol import GatewayInfo
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Board:
     owner: str
     name: str
     ip: str
+    port: int  # its SSH port: the one port the gateway forwards to
 
 
 # public key blob -> the boards that key may reach
@@ -52,14 +55,20 @@ def key_blob(line: str) -> bytes | None:
         return None
 
 
-def read_grants(sessions: sessionmaker[Session], now: dt.datetime | None = None) -> Grants:
-    """Runs in a thread: the deployed reservations' keys and boards."""
+def read_grants(
+    sessions: sessionmaker[Session], now: dt.datetime | None = None, board_port: int = 22
+) -> Grants:
+    """Runs in a thread: the deployed reservations' keys and boards (a board's SSH port: its
+    registered `ssh_port`, else `board_port`)."""
     now = now or dt.datetime.now(dt.UTC)
     grants: dict[bytes, list[Board]] = {}
     with sessions() as s:
         rows = s.scalars(select(Reservation).where(Reservation.status == DEPLOYED, Reservation.end > now))
         for r in rows:
-            board = Board(r.id, r.owner, r.node_name, r.node.ip if r.node else "")
+            attrs = (r.node.attrs or {}) if r.node else {}
+            port = attrs.get("ssh_port")
+            port = port if isinstance(port, int) and 0 < port < 65536 else board_port
+            board = Board(r.id, r.owner, r.node_name, r.node.ip if r.node else "", port)
             keys = (r.params or {}).get("ssh_keys") or []
             for line in keys if isinstance(keys, list) else []:
                 blob = key_blob(str(line))
@@ -69,14 +78,36 @@ def read_grants(sessions: sessionmaker[Session], now: dt.datetime | None = None)
 
 
 def host_key(path: Path) -> asyncssh.SSHKey:
-    """The gateway's own key, made on first start (0600)."""
+    """The gateway's own key, made on first start (0600). The agent API makes it too when it starts
+    first (it advertises the public half in /api/info): the key is written whole to a temporary
+    file and linked into place, so whichever process comes second reads the first one's key."""
     if path.exists():
         return asyncssh.read_private_key(str(path))
     key = asyncssh.generate_private_key("ssh-ed25519")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
+        os.link(tmp, path)
+    except FileExistsError:
+        return asyncssh.read_private_key(str(path))
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
+
+
+def public_info(config: AgentConfig) -> GatewayInfo | None:
+    """What /api/info says of the gateway: None unless `gateway_public_host` is set."""
+    if not config.gateway_public_host:
+        return None
+    key = host_key(config.resolve(config.gateway_host_key_file))
+    return GatewayInfo(
+        host=config.gateway_public_host,
+        port=config.gateway_advertised_port,
+        user=config.gateway_user,
+        host_key=" ".join(key.export_public_key().decode().split()[:2]),
+    )
 
 
 def known_hosts_line(key: asyncssh.SSHKey, host: str, port: int) -> str:
@@ -91,9 +122,9 @@ class Gateway:
     unauthenticated: int = 0
     connections: set[GatewayServer] = field(default_factory=set)
 
-    def allowed(self, blob: bytes | None, dest: str) -> Board | None:
+    def allowed(self, blob: bytes | None, dest: str, port: int | None = None) -> Board | None:
         for board in self.grants.get(blob or b"", ()):
-            if dest in (board.name, board.ip) and board.ip:
+            if dest in (board.name, board.ip) and board.ip and port in (None, board.port):
                 return board
         return None
 
@@ -151,8 +182,8 @@ class GatewayServer(asyncssh.SSHServer):
         log.info("gateway: %s logged in for %s", self.peer, ", ".join(owners))
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
-        board = self.gw.allowed(self.blob, dest_host)
-        if board is None or dest_port != self.gw.config.gateway_board_port:
+        board = self.gw.allowed(self.blob, dest_host, dest_port)
+        if board is None:
             log.warning("gateway: refused forwarding to %s:%s from %s", dest_host, dest_port, self.peer)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not one of your boards"
@@ -184,7 +215,7 @@ async def serve(
     config: AgentConfig, sessions: sessionmaker[Session], stop: asyncio.Event, host: str | None = None
 ) -> None:
     gw = Gateway(config)
-    gw.grants = await asyncio.to_thread(read_grants, sessions)
+    gw.grants = await asyncio.to_thread(read_grants, sessions, None, config.gateway_board_port)
     key = host_key(config.resolve(config.gateway_host_key_file))
     server = await asyncssh.create_server(
         lambda: GatewayServer(gw),
@@ -203,7 +234,7 @@ async def serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), config.gateway_poll_seconds)
             try:
-                gw.update(await asyncio.to_thread(read_grants, sessions))
+                gw.update(await asyncio.to_thread(read_grants, sessions, None, config.gateway_board_port))
             except Exception:  # a database hiccup: keep the last grants, try next round
                 log.exception("gateway: cannot read the reservations")
     finally:

@@ -158,17 +158,19 @@ def _iso(t: dt.datetime) -> str:
 
 def slots_iso(
     session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta | None = None
-) -> list[tuple[str, str, str, str, int, str]]:
+) -> list[tuple[str, str, str, str, int, str, str]]:
     """Active bookings that hold a node somewhere in [start, end), in one query, by start time, as
-    (node, start, end, owner, id, status) with ISO-8601 UTC strings. On SQLite the stored text is
+    (node, start, end, owner, id, status, busy_until) with ISO-8601 UTC strings. On SQLite the stored text is
     reformatted instead of parsed (the calendar answers thousands of slots); ordered by start, the
     order of ix_reservations_start, so the database does not sort."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     cols: tuple[Any, Any] = (Reservation.start, Reservation.end)
+    held: Any = Reservation.busy_until
     if sqlite:
         cols = (_sqlite_iso(Reservation.start), _sqlite_iso(Reservation.end))
+        held = _sqlite_iso(Reservation.busy_until)
     q = (
-        select(Reservation.node_name, *cols, Reservation.owner, Reservation.id, Reservation.status)
+        select(Reservation.node_name, *cols, Reservation.owner, Reservation.id, Reservation.status, held)
         .where(_active(), Reservation.start < end, Reservation.busy_until > start)
         .order_by(Reservation.start)
     )
@@ -181,4 +183,4 @@ def slots_iso(
     result.close()
     if sqlite:
         return rows
-    return [(n, _iso(a), _iso(b), o, i, st) for n, a, b, o, i, st in rows]
+    return [(n, _iso(a), _iso(b), o, i, st, _iso(h)) for n, a, b, o, i, st, h in rows]

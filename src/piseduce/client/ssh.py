@@ -20,15 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from piseduce import sshjump
 from piseduce.client import models as m
 from piseduce.client.calls import split_key
 from piseduce.client.errors import PiseduceError
 from piseduce.client.sync import Client
 
 # Matched whole (fullmatch: `$` would let a trailing newline through).
-HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
-USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
-JUMP_RE = re.compile(r"([A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
+HOST_RE, USER_RE = sshjump.HOST_RE, sshjump.USER_RE
+JUMP_RE = re.compile(f"({USER_RE.pattern}@)?{HOST_RE.pattern}")
 # "type base64 [comment]": printable ASCII only, one line (a newline would add a known_hosts line).
 HOST_KEY_RE = re.compile(
     r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@._-]{1,60} [A-Za-z0-9+/]{16,16384}={0,3}( [ -~]{0,200})?"
@@ -43,6 +43,11 @@ class Target:
     user: str
     host_key: str  # "" when the agent pins none (Grid'5000, IoT-LAB frontends)
     via: str = ""
+    gateway: sshjump.Gateway | None = None  # the agent's SSH gateway (raspberry), its key pinned
+
+    @property
+    def board(self) -> sshjump.Board:
+        return sshjump.Board(self.node, self.host, self.port, self.user, self.host_key)
 
     @property
     def known_hosts_line(self) -> str:
@@ -81,7 +86,47 @@ def target_of(r: m.Reservation) -> Target:
         raise PiseduceError(
             f"{r.node} ({r.key}): the jump host {via[:80]!r} is malformed; refusing to connect"
         )
-    return Target(r.node, host, port, user, key, via)
+    gw = conn.gateway
+    gateway = sshjump.Gateway(gw.host, gw.port, gw.user, gw.host_key) if gw is not None else None
+    if gateway is not None and not sshjump.usable(gateway, sshjump.Board(r.node, host, port, user, key)):
+        raise PiseduceError(f"{r.node} ({r.key}): the agent's gateway is malformed; refusing to connect")
+    return Target(r.node, host, port, user, key, via, gateway)
+
+
+def write_known_hosts(path: Path, gw: sshjump.Gateway, t: Target) -> None:
+    """The gateway's and the board's keys into `path` (0600): lines for other hosts are kept, a
+    host's old key is replaced (a redeployed board has a new one)."""
+    lines = sshjump.known_hosts(gw, [t.board]).splitlines()
+    names = {line.split()[0] for line in lines}
+    old = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in old if line.strip() and line.split()[0] not in names]
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{line}\n" for line in [*kept, *lines]))
+
+
+@contextlib.contextmanager
+def gateway_files(t: Target, identity: Path | None) -> Iterator[Path]:
+    """A temporary ~/.ssh/config (0600, removed afterwards) for `ssh -F`: OpenSSH applies command-line
+    options to the last hop only, so the gateway's pinned key has to be in a config file."""
+    assert t.gateway is not None
+    folder = Path(tempfile.mkdtemp(prefix="pisctl-ssh-"))  # 0700
+    try:
+        known = folder / "known_hosts"
+        write_known_hosts(known, t.gateway, t)
+        cfg = folder / "config"
+        text = sshjump.ssh_config(t.gateway, [t.board], str(known), str(identity) if identity else "")
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "  GlobalKnownHostsFile /dev/null\n  UpdateHostKeys no\n")
+        yield cfg
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def gateway_argv(t: Target, config: Path, command: list[str]) -> list[str]:
+    return ["ssh", "-F", str(config), "--", t.node, *command]
 
 
 def current_first(found: list[m.Reservation]) -> list[m.Reservation]:

@@ -55,6 +55,7 @@ def announce(run: DemoRun, ready_file: Path | None) -> None:
         "pi_boards": {"mode": run.inventory.get("mode"), "network": run.inventory.get("network"),
                       "line": pi_boards_line(run.inventory)},
         "data": str(data),
+        "gateway": {"host": "127.0.0.1", "port": run.ports.gateway, "user": "jump"},
     }
     write_json(data / "emulators.json", emulators(run, info))  # 0600: it holds the passwords
     for line in summary(info):
@@ -88,6 +89,9 @@ def summary(info: dict[str, Any]) -> list[str]:
         f"  clients    the emulators' addresses and logins are in {data / 'emulators.json'} "
         "(user guide: 'Your own clients against the demo')",
         *([f"  Pi boards  {info['pi_boards']['line']}"] if info.get("pi_boards") else []),
+        *([f"  gateway    ssh -J {info['gateway']['user']}@127.0.0.1:{info['gateway']['port']} pi@<board> "
+           "(Manage shows each board's line and ~/.ssh/config block; pisctl ssh-config prints it)"]
+          if info.get("gateway") else []),
         "[dim]Hint: log in as the demo user, Reserve two Pis, Deploy, then on Manage copy the ssh command "
         f"(add -i {user['ssh_key']}). Ctrl-C stops everything.[/]",
     ]

@@ -158,6 +158,9 @@ def agent_configs(run: DemoRun) -> None:
                 timeout_scale=scale,
                 poll_interval=0.5,
                 monitor_period_seconds=5,
+                # The way in from "outside the lab": Manage shows the ssh -J line and the block.
+                gateway_public_host="127.0.0.1",
+                gateway_port=run.ports.gateway,
             ),
         },
         {
@@ -209,9 +212,12 @@ def agent_processes(run: DemoRun) -> None:
         if a["node_type"] == "raspberry":
             monitor = piseduce_cmd("agent", "monitor", str(a["config"]))
             run.sup.start(f"agent-{a['name']}-monitor", monitor)
+            gateway = piseduce_cmd("agent", "gateway", str(a["config"]))
+            run.sup.start(f"agent-{a['name']}-gateway", gateway)
     for a in run.agents:
         url = f"http://127.0.0.1:{a['port']}/api/health"
         wait_until(lambda url=url: http_ok(url), f"the {a['name']} agent", run.sup)
+    wait_until(lambda: tcp_open(run.ports.gateway), "the SSH gateway", run.sup)
 
 
 def raspberry_inventory(run: DemoRun) -> None:
@@ -246,7 +252,7 @@ PHASES: tuple[tuple[str, Callable[[DemoRun], None]], ...] = (
     ("Building the OS images (Raspberry Pi OS-like and Ubuntu-like)", os_images),
     ("Starting the simulators", simulators),
     ("Configuring the agents", agent_configs),
-    ("Starting the agents (API and executor)", agent_processes),
+    ("Starting the agents (API, executor, monitor, SSH gateway)", agent_processes),
     ("Registering the switch, {boards} boards and the OS images", raspberry_inventory),
     ("Preparing the web UI", webui_config),
     ("Starting the web UI", webui_process),

@@ -27,6 +27,11 @@ class Ports:
         return self.base + 3
 
     @property
+    def gateway(self) -> int:
+        """The raspberry agent's SSH gateway (`ssh -J jump@127.0.0.1:PORT`)."""
+        return self.base + 4
+
+    @property
     def g5k_sim(self) -> int:
         return self.base + 10
 
@@ -44,6 +49,7 @@ class Ports:
             "raspberry agent": self.rpi_agent,
             "g5k agent": self.g5k_agent,
             "iot-lab agent": self.iot_agent,
+            "SSH gateway": self.gateway,
             "Grid'5000 emulator": self.g5k_sim,
             "IoT-LAB emulator": self.iot_sim,
         }

@@ -33,19 +33,16 @@ from piseduce.protocol import (
     BookingOut,
     CredentialsCheckOut,
     Deleted,
-    DetectionOut,
     EnvironmentOut,
     FormField,
     Health,
     MonitoringOut,
-    NetworkConfigOut,
     Node,
-    PortOut,
     ReservationOut,
     ScanOut,
     Schedule,
-    SwitchOut,
 )
+from piseduce.protocol_rpi import DetectionOut, NetworkConfigOut, PortOut, SwitchOut
 from piseduce.snmp_budget import answer_budget_s
 from piseduce.webui import agent_answers
 from piseduce.webui.agents import (

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 import piseduce
 from piseduce.agent.api.deps import AgentState, StateDep
 from piseduce.agent.auth import CallerDep
-from piseduce.protocol import AgentInfo, Health
+from piseduce.config import AgentConfig
+from piseduce.protocol import AgentInfo, GatewayInfo, Health
 
 router = APIRouter(prefix="/api", tags=["info"])
 
@@ -19,11 +22,27 @@ async def health() -> Health:
 
 @router.get("/info", response_model=AgentInfo)
 async def info(state: StateDep, _caller: CallerDep) -> AgentInfo:
-    """Who the agent is and what it supports: the web UI offers what `features` lists."""
-    return agent_info(state)
+    """Who the agent is and what it supports: the web UI offers what `features` lists; `gateway`:
+    how users reach the boards from outside the lab, when the agent runs its SSH gateway."""
+    gateway = await asyncio.to_thread(gateway_of, state.config)
+    return agent_info(state, gateway)
 
 
-def agent_info(state: AgentState) -> AgentInfo:
+_GATEWAYS: dict[tuple[str, int, str, str], GatewayInfo | None] = {}
+
+
+def gateway_of(cfg: AgentConfig) -> GatewayInfo | None:
+    """Read (or made) once: the key file is the gateway's for as long as this process runs."""
+    from piseduce.agent.gateway import public_info
+
+    path = str(cfg.resolve(cfg.gateway_host_key_file))
+    key = (cfg.gateway_public_host, cfg.gateway_advertised_port, cfg.gateway_user, path)
+    if key not in _GATEWAYS:
+        _GATEWAYS[key] = public_info(cfg)
+    return _GATEWAYS[key]
+
+
+def agent_info(state: AgentState, gateway: GatewayInfo | None = None) -> AgentInfo:
     cfg, driver = state.config, state.driver
     return AgentInfo(
         name=cfg.agent_name,
@@ -34,4 +53,5 @@ def agent_info(state: AgentState) -> AgentInfo:
         credentials=driver.credential_kind,
         labels=dict(driver.labels),
         needs_credentials=driver.needs_credentials,
+        gateway=gateway,
     )

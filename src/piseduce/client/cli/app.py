@@ -49,6 +49,7 @@ for command in (
     ssh.ssh,  # its options go before or after NODE; `--` ends them (what follows is the command)
 ):
     app.command()(command)
+app.command("ssh-config")(ssh.ssh_config)
 
 
 def _warn(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -10,10 +10,21 @@ from typing import Annotated
 
 import typer
 
+from piseduce import sshjump
 from piseduce.client.cli import output
-from piseduce.client.cli.common import client
+from piseduce.client.cli.common import JsonOpt, client
 from piseduce.client.errors import ApiError, PiseduceError
-from piseduce.client.ssh import USER_RE, Target, argv, find, pinned_file, target_of
+from piseduce.client.ssh import (
+    USER_RE,
+    Target,
+    argv,
+    find,
+    gateway_argv,
+    gateway_files,
+    pinned_file,
+    target_of,
+    write_known_hosts,
+)
 from piseduce.client.sync import Client
 
 
@@ -66,6 +77,11 @@ def ssh(
     with client() as api:
         t = target_of(find(api, node))
         jump = jump_host(api, t, via)
+    if t.gateway is not None and via:
+        # From outside the lab: through the agent's gateway, both keys pinned.
+        with gateway_files(t, identity) as cfg:
+            code = run(gateway_argv(t, cfg, command))
+        raise typer.Exit(code)
     if not t.host_key:
         output.say(f"note: {t.node}'s agent pins no host key; OpenSSH checks it against your known_hosts")
         raise typer.Exit(run(argv(t, None, identity, jump, command)))
@@ -77,3 +93,37 @@ def ssh(
             "CHANGED, the node is not the one deployed for you: do not log in, tell an admin"
         )
     raise typer.Exit(code)
+
+
+def ssh_config(
+    node: Annotated[
+        str, typer.Argument(metavar="RESERVATION", help="NODE, AGENT/NODE or a reservation key AGENT/ID.")
+    ],
+    known_hosts: Annotated[
+        str,
+        typer.Option(
+            "--known-hosts",
+            metavar="FILE",
+            help="Where the block looks for the keys; pisctl writes the gateway's and the board's there.",
+        ),
+    ] = sshjump.DEFAULT_KNOWN_HOSTS,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a ~/.ssh/config block to reach a board through its agent's SSH gateway (from outside
+    the lab): `pisctl ssh-config pi-3 >> ~/.ssh/config`, then `ssh pi-3`. The keys it pins are
+    written to --known-hosts."""
+    with client() as api:
+        t = target_of(find(api, node))
+    if t.gateway is None:
+        raise PiseduceError(f"{t.node}'s agent runs no SSH gateway: log in from the lab (pisctl ssh {node})")
+    # The path goes into the block unquoted: a space or a newline would add directives.
+    if not known_hosts or known_hosts.startswith("-") or any(c.isspace() or c in "\"'#" for c in known_hosts):
+        raise PiseduceError(f"--known-hosts {known_hosts[:80]!r}: a plain path without spaces, please")
+    write_known_hosts(Path(known_hosts).expanduser(), t.gateway, t)
+    block = sshjump.ssh_config(t.gateway, [t.board], known_hosts)
+    if json_out:
+        lines = sshjump.known_hosts(t.gateway, [t.board])
+        output.print_json({"ssh_config": block, "known_hosts": lines, "known_hosts_file": known_hosts})
+        return
+    output.say(f"the gateway's and {t.node}'s host keys are in {known_hosts}")
+    print(block, end="")

@@ -67,6 +67,9 @@ def command(
         min=0.001, help="The switch's uplink to this host in Mbit/s (real mode; default unshaped).")] = None,
     link_loss: Annotated[float, typer.Option(
         min=0.0, max=100.0, help="Percent of packets each board's link drops, both ways (real mode).")] = 0.0,
+    dhcp_config: Annotated[Path | None, typer.Option(
+        help="The dnsmasq file `piseduce agent network-config` wrote (real mode): the boards get their"
+             " addresses by DHCP from a dnsmasq run with it, restarted when the file changes.")] = None,
     inventory_file: Annotated[Path | None, typer.Option(help="Write the inventory JSON here.")] = None,
     agent_pubkey: Annotated[Path | None, typer.Option(
         help="Public key file of the agent: prepares the TFTP template and the NFS root with it.")] = None,
@@ -83,12 +86,15 @@ def command(
         boot_failure_rate=boot_failure_rate, snmp_loss=snmp_loss, ssh_drop_rate=ssh_drop_rate, seed=seed,
         switch_vendor=switch_vendor.value, card_write_mbps=card_write, card_read_mbps=card_read,
         mode=mode.value, network=network, link_mbit=link_mbit, uplink_mbit=uplink_mbit, link_loss=link_loss,
+        dhcp_config=dhcp_config,
     )
     pubkey = read_text(agent_pubkey, "--agent-pubkey") if agent_pubkey is not None else None
     for folder, option in ((state_dir, "--state-dir"), (tftp_root, "--tftp-root"), (nfs_root, "--nfs-root")):
         usable_folder(folder, option)
     if inventory_file is not None:
         writable_file(inventory_file, "--inventory-file")
+    if dhcp_config is not None:  # written later, by `piseduce agent network-config --output`
+        writable_file(dhcp_config, "--dhcp-config")
     if pubkey is not None:
         prepare_pimaster(tftp_root, nfs_root, pubkey)
     asyncio.run(_serve(opts, inventory_file))

@@ -24,7 +24,7 @@ from piseduce.sim.rpi import firmware, mode
 from piseduce.sim.rpi.board import MODELS, Board, Identity
 from piseduce.sim.rpi.bounded import StopTimeout, stop_task
 from piseduce.sim.rpi.card import spread
-from piseduce.sim.rpi.fabric import Fabric
+from piseduce.sim.rpi.fabric import Fabric, FabricError
 from piseduce.sim.rpi.inproc import InProcessRuntime
 from piseduce.sim.rpi.realsys import RealRuntime
 from piseduce.sim.rpi.switch import POE_ADMIN_OID, VENDORS, SnmpSwitch, SwitchOptions, V3User, oid_str
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ["RPI4B4G", "RPI3B+", "RPI4B8G", "RPI4B2G"]
 MASTER_POWER_MW = 6400  # the pimaster (a Pi 4 with a disk) on the uplink port
+DHCP_POLL_S = 0.2  # how often the dnsmasq file is checked for changes
 ACTIVITY_PERIOD_S = 0.5  # how often real-mode boards' CPU use and sensors are refreshed
 
 
@@ -66,10 +67,16 @@ class ClusterOptions:
     link_mbit: float | None = None  # each board's link rate (real mode; None: unshaped)
     uplink_mbit: float | None = None  # the switch's uplink to the agent host (real mode)
     link_loss: float = 0.0  # percent of packets every board's link drops, both ways (real mode)
+    # The dnsmasq file `piseduce agent network-config` writes (real mode): when set, the boards get
+    # their addresses by DHCP from a dnsmasq the simulator runs with it, restarted whenever the
+    # file changes; until it exists no board gets an address (none boots).
+    dhcp_config: Path | None = None
 
     def __post_init__(self) -> None:
         self.state_dir, self.tftp_root, self.nfs_root = (
             Path(self.state_dir), Path(self.tftp_root), Path(self.nfs_root))
+        if self.dhcp_config is not None:
+            self.dhcp_config = Path(self.dhcp_config)
         if self.boards < 1:
             raise ValueError("boards must be at least 1")
         if self.time_scale <= 0:
@@ -138,6 +145,8 @@ class RpiCluster:
         self.mode_reason = ""
         self.fabric: Fabric | None = None
         self._activity: asyncio.Task[None] | None = None
+        self._dhcp_watch: asyncio.Task[None] | None = None
+        self.dhcp_served = 0  # how many times dnsmasq was (re)started with the dhcp_config file
 
     # -- PortBackend for the switch ----------------------------------------------------------
     @property
@@ -244,7 +253,8 @@ class RpiCluster:
         for d in (opts.tftp_root, opts.nfs_root):
             d.mkdir(parents=True, exist_ok=True)
         self.mode, self.mode_reason = mode.resolve(opts.mode)
-        network_knobs = opts.link_mbit or opts.uplink_mbit or opts.link_loss or opts.network
+        network_knobs = (opts.link_mbit or opts.uplink_mbit or opts.link_loss or opts.network
+                         or opts.dhcp_config)
         if self.mode != mode.REAL and network_knobs:
             raise RuntimeError("link rates, packet loss and the board network need the real mode"
                                f" (here: {self.mode_reason})")
@@ -280,7 +290,8 @@ class RpiCluster:
 
     async def _start_fabric(self) -> None:
         opts = self.opts
-        self.fabric = Fabric(opts.state_dir, len(self.boards), opts.network)
+        self.fabric = Fabric(opts.state_dir, len(self.boards), opts.network,
+                             dhcp=opts.dhcp_config is not None)
         plan = await self.fabric.start([(b.identity.port, b.identity.mac) for b in self.boards], self._event)
         for board in self.boards:
             board.runtime = RealRuntime(board, self.fabric, str(plan.board_ip(board.identity.port)))
@@ -292,6 +303,29 @@ class RpiCluster:
             for b in self.boards:  # one ruleset for the switch: one change at a time
                 await self.set_loss(b.name, opts.link_loss)
         self._activity = asyncio.create_task(self._follow_activity(), name="rpi-activity")
+        if opts.dhcp_config is not None:
+            self._dhcp_watch = asyncio.create_task(self._follow_dhcp_config(opts.dhcp_config),
+                                                   name="rpi-dhcp")
+
+    async def _follow_dhcp_config(self, conf: Path) -> None:
+        """Restarts dnsmasq whenever the file changes, as the pimaster's operator (or its path
+        unit) does after `piseduce agent network-config --output`."""
+        assert self.fabric is not None
+        served: bytes | None = None
+        while True:
+            try:
+                text = await asyncio.to_thread(conf.read_bytes)
+            except OSError:
+                text = None
+            if text is not None and text != served:
+                served = text
+                try:
+                    await self.fabric.serve_dhcp(conf)
+                    self.dhcp_served += 1
+                    log.info("dnsmasq (re)started with %s", conf)
+                except FabricError as exc:
+                    log.warning("dnsmasq with %s: %s", conf, exc)
+            await asyncio.sleep(DHCP_POLL_S)
 
     async def _event(self, message: dict[str, Any]) -> None:
         if message.get("event") == "exit":
@@ -372,6 +406,11 @@ class RpiCluster:
         except StopTimeout as exc:
             failures.append(exc)
         self._activity = None
+        try:
+            await stop_task(self._dhcp_watch, "the dnsmasq file follower")
+        except StopTimeout as exc:
+            failures.append(exc)
+        self._dhcp_watch = None
         await self.switch.stop()
         results = await asyncio.gather(*(b.close() for b in self.boards), return_exceptions=True)
         for board, result in zip(self.boards, results, strict=True):
@@ -412,6 +451,12 @@ class RpiCluster:
         except KeyError:
             raise KeyError(f"no board named {name!r}") from None
 
+    def _dhcp_inventory(self) -> dict[str, Any] | None:
+        if self.opts.dhcp_config is None or self.fabric is None:
+            return None
+        return {"config": str(self.opts.dhcp_config), "lease_file": str(self.fabric.lease_file),
+                "served": self.dhcp_served}
+
     def inventory(self) -> dict[str, Any]:
         plan = self.fabric.plan if self.fabric is not None else None
         return {
@@ -419,6 +464,8 @@ class RpiCluster:
             # real mode: the board network, and this host's end of the switch's uplink
             "network": str(plan.network) if plan else None,
             "uplink": {"host_if": plan.host_if, "ip": str(plan.gateway)} if plan else None,
+            # real mode with --dhcp-config: the file dnsmasq serves, its leases, how often (re)started
+            "dhcp": self._dhcp_inventory(),
             "switch": {
                 "name": self.opts.switch_name,
                 "ip": self.opts.host,

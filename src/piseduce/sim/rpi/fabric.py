@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from piseduce.sim.rpi import netplan
+from piseduce.sim.rpi import netd_dhcp, netplan
 from piseduce.sim.rpi.bounded import stop_task, wait_process
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,10 @@ class FabricError(Exception):
 
 
 class Fabric:
-    def __init__(self, state_dir: Path, boards: int, network: str | None = None) -> None:
+    def __init__(self, state_dir: Path, boards: int, network: str | None = None, dhcp: bool = False) -> None:
         self.state_dir = state_dir
+        self.dhcp = dhcp  # the boards get their addresses from the dnsmasq of `serve_dhcp`
+        self.dhcp_script: Path | None = None
         self.boards = boards
         self.wanted_network = network
         self.plan: netplan.Plan | None = None
@@ -82,10 +84,25 @@ class Fabric:
         tmp = self.network_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"network": str(network)}))
         tmp.replace(self.network_file)
-        ports = [{"index": i, "mac": mac, "cidr": plan.cidr(plan.board_ip(i)), "gateway": str(plan.gateway)}
-                 for i, mac in boards]
+        if self.dhcp:
+            self.dhcp_script = netd_dhcp.write_client_script(self.state_dir)
+        ports = [{"index": i, "mac": mac, "cidr": plan.cidr(plan.board_ip(i)), "gateway": str(plan.gateway),
+                  "dhcp": self.dhcp} for i, mac in boards]
         await self.call("ports", boards=ports)
         return plan
+
+    @property
+    def dhcp_state(self) -> Path:
+        return self.state_dir / "dhcp"
+
+    @property
+    def lease_file(self) -> Path:
+        return self.dhcp_state / netd_dhcp.LEASE_FILE
+
+    async def serve_dhcp(self, conf: Path) -> None:
+        """(Re)starts the board network's dnsmasq with the file `conf` (FabricError: it would not)."""
+        self.dhcp_state.mkdir(mode=0o700, exist_ok=True)
+        await self.call("dhcp", conf=str(conf.resolve()), state=str(self.dhcp_state))
 
     async def _spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(

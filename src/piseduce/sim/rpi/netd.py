@@ -28,6 +28,7 @@ import os
 import sys
 from typing import Any
 
+from piseduce.sim.rpi.netd_dhcp import Dnsmasq, ask_address
 from piseduce.sim.rpi.netd_systems import Systems, run_cmd
 
 log = logging.getLogger("piseduce.sim.rpi.netd")
@@ -70,6 +71,8 @@ class Netd:
         self.host_if = ""
         self.losses: dict[int, float] = {}
         self.systems = Systems(self.emit, self.board_pid)
+        self.dnsmasq = Dnsmasq()
+        self.dhcp_boards: set[int] = set()  # ports whose board gets its address by DHCP
         self.out_lock = asyncio.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -139,13 +142,11 @@ class Netd:
         await self.in_ns(self.switch_pid(), ["ip", "-batch", "-"], "\n".join(lines) + "\n")
 
         async def board_side(b: dict[str, Any]) -> None:
-            script = [
-                "link set lo up",
-                f"link set eth0 address {b['mac']}",
-                f"addr add {b['cidr']} dev eth0",
-                "link set eth0 up",
-                f"route add default via {b['gateway']}",
-            ]
+            script = ["link set lo up", f"link set eth0 address {b['mac']}", "link set eth0 up"]
+            if b.get("dhcp"):
+                self.dhcp_boards.add(int(b["index"]))  # its address: at each boot (op_boot)
+            else:
+                script += [f"addr add {b['cidr']} dev eth0", f"route add default via {b['gateway']}"]
             await self.in_ns(self.board_pid(int(b["index"])), ["ip", "-batch", "-"], "\n".join(script) + "\n")
 
         await asyncio.gather(*(board_side(b) for b in boards))
@@ -181,7 +182,17 @@ class Netd:
         return {}
 
     async def op_boot(self, index: int, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self.systems.boot(index, spec)
+        ip = None
+        if index in self.dhcp_boards:
+            # the board's firmware asks for an address before it fetches anything: no lease, no boot
+            await self.in_ns(self.board_pid(index), ["ip", "-4", "addr", "flush", "dev", "eth0"])
+            ip = await ask_address(self.board_pid(index), str(spec["dhcp_script"]))
+        reply = await self.systems.boot(index, spec)
+        return {**reply, "ip": ip} if ip else reply
+
+    async def op_dhcp(self, conf: str, state: str) -> dict[str, Any]:
+        """(Re)starts the board network's dnsmasq with the file `conf`."""
+        return await self.dnsmasq.start(conf, state)
 
     async def op_halt(self, index: int) -> dict[str, Any]:
         await self.systems.halt(index)
@@ -192,6 +203,7 @@ class Netd:
 
     async def op_shutdown(self) -> dict[str, Any]:
         await self.systems.halt_all()
+        await self.dnsmasq.stop()
         return {}
 
     # -- the request loop ----------------------------------------------------------------------

@@ -55,6 +55,8 @@ class RealRuntime:
             "drop_rate": board.opts.ssh_drop_rate,
             "seed": board.rng.getrandbits(32),
         }
+        if self.fabric.dhcp_script is not None:
+            spec["dhcp_script"] = str(self.fabric.dhcp_script)
         if netboot:
             spec["nfs_root"] = str(board.opts.nfs_root.resolve())
             spec["binds"] = firmware.python_binds()
@@ -67,9 +69,11 @@ class RealRuntime:
         if console.exists() and console.stat().st_size > 1 << 20:
             console.write_bytes(console.read_bytes()[-(1 << 18):])  # the log of the last boots only
         try:
-            await self.fabric.call("boot", index=self.index, spec=self.spec(system))
+            reply = await self.fabric.call("boot", index=self.index, spec=self.spec(system))
         except FabricError as exc:
             raise NoSystem(str(exc)) from None
+        if reply.get("ip"):
+            self.ip = str(reply["ip"])  # the address its DHCP lease gave it
 
     def cut(self) -> None:
         return None  # the halt that follows kills the system: its connections close with it

@@ -8,10 +8,19 @@ from typing import Any
 from fastapi import Response
 from pydantic import BaseModel
 
-from piseduce.api_models import AgentOut, ConnectionOut, EventOut, ReservationDetailOut, ReservationOut
+from piseduce import sshjump
+from piseduce.api_models import (
+    AgentOut,
+    ConnectionOut,
+    EventOut,
+    GatewayOut,
+    ReservationDetailOut,
+    ReservationOut,
+)
 from piseduce.protocol import DEPLOYED, Feature
 from piseduce.protocol import ReservationOut as AgentReservation
 from piseduce.webui.agents import AgentHub, AgentRef
+from piseduce.webui.jumps import jump_of
 from piseduce.webui.models import AGENT_CONNECTED, AGENT_UNREACHABLE
 
 STATES = {AGENT_CONNECTED: "up", AGENT_UNREACHABLE: "down"}
@@ -49,7 +58,17 @@ def agent_out(h: AgentHub, ref: AgentRef) -> AgentOut:
     )
 
 
-def connection_out(conn: dict[str, Any]) -> ConnectionOut | None:
+def gateway_out(ref: AgentRef, r: AgentReservation) -> GatewayOut | None:
+    j, gw = jump_of(ref, r), ref.about.gateway
+    if j is None or gw is None:
+        return None
+    return GatewayOut(
+        host=gw.host, port=gw.port, user=gw.user, host_key=gw.host_key, command=j.command,
+        ssh_config=j.ssh_config, known_hosts=j.known_hosts, known_hosts_file=sshjump.DEFAULT_KNOWN_HOSTS,
+    )
+
+
+def connection_out(conn: dict[str, Any], gateway: GatewayOut | None = None) -> ConnectionOut | None:
     """The agent's connection info for a client: host, port, user and pinned host key; the rest in
     `details`. None while the node cannot be reached by SSH."""
     if not conn.get("host"):
@@ -65,6 +84,7 @@ def connection_out(conn: dict[str, Any]) -> ConnectionOut | None:
         jump=str(conn["via"]) if conn.get("via") else None,
         command=str(conn.get("ssh") or ""),
         details={k: v for k, v in conn.items() if k not in known},
+        gateway=gateway,
     )
 
 
@@ -88,7 +108,7 @@ def reservation_out(ref: AgentRef, r: AgentReservation) -> ReservationOut:
         error=r.error,
         start=r.start,
         end=r.end,
-        connection=connection_out(dict(r.connection)),
+        connection=connection_out(dict(r.connection), gateway_out(ref, r)),
         actions=list(dict.fromkeys(actions)),
     )
 

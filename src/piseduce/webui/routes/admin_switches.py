@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from piseduce.numbers import StrictInt
-from piseduce.protocol import Feature, PortOut
+from piseduce.protocol import Feature
+from piseduce.protocol_rpi import PortOut
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef
 from piseduce.webui.models import User

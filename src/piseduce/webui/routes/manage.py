@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from piseduce import sshjump
 from piseduce.numbers import StrictInt
 from piseduce.protocol import (
     CANCELLED,
@@ -29,6 +30,7 @@ from piseduce.protocol import (
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
 from piseduce.webui.form_values import form_decimal
+from piseduce.webui.jumps import jump_of
 from piseduce.webui.models import ROLE_ADMIN, User
 from piseduce.webui.node_words import name_the_node
 from piseduce.webui.web import (
@@ -125,6 +127,12 @@ class Item:
         if "password_set" in conn:
             shown["password"] = "set" if conn.get("password_set") else "not set"
         return shown
+
+    @property
+    def jump(self) -> sshjump.Jump | None:
+        """Through the agent's SSH gateway (from outside the lab): the command, the ~/.ssh/config
+        block and its known_hosts lines; None unless the agent runs a gateway and the board is up."""
+        return jump_of(self.agent, self.r)
 
     @property
     def known_hosts(self) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import uuid
+from ipaddress import IPv4Address
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -29,16 +31,23 @@ from piseduce.agent.drivers.raspberry.detect import (
     Detector,
     Found,
     PortDetection,
+    free_address,
     name_for,
 )
 from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
-from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork, NetworkConfigError, board_network
+from piseduce.agent.drivers.raspberry.netconfig import (
+    BoardNetwork,
+    NetworkConfigError,
+    board_network,
+    network_files,
+)
 from piseduce.agent.drivers.raspberry.snmp import SwitchInfo
 from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
+from piseduce.cli_files import FileOptionError, replace_text
 from piseduce.numbers import StrictInt
-from piseduce.protocol import DetectionOut
+from piseduce.protocol_rpi import DetectionOut
 
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 MAX_JOBS = 20
@@ -94,18 +103,53 @@ def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
     return ports, net, info
 
 
-def register(state: AgentState, switch: str, p: PortDetection, found: Found) -> bool:
+# Registrations of concurrent ports, one at a time: each picks a free static address knowing the
+# ones picked before it, and rewrites the dnsmasq file with every lease.
+_REGISTERING = threading.Lock()
+
+
+def register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetection, found: Found) -> bool:
     """Registers the board through the admin "add node" code (its checks), or updates the row of
-    the board with this serial (re-detection): True when a row was updated."""
+    the board with this serial (re-detection): True when a row was updated. A board found by its
+    DHCP lease gets a static address (a known board keeps its own), and the dnsmasq file is
+    rewritten so that its next power-on gets it."""
+    with _REGISTERING:
+        updated = _register(state, switch, net, p, found)
+        if found.dhcp:
+            _rewrite_dnsmasq(state, p)
+    return updated
+
+
+def _rewrite_dnsmasq(state: AgentState, p: PortDetection) -> None:
+    if not state.config.dnsmasq_config_file:
+        return
+    path = state.config.resolve(state.config.dnsmasq_config_file)
+    try:
+        with state.sessions() as s:
+            files = network_files(state.config, s)
+        replace_text(path, files.dnsmasq, "dnsmasq_config_file")
+    except (NetworkConfigError, FileOptionError) as exc:
+        raise DetectError(f"registered, but the dnsmasq file was not rewritten: {exc}") from None
+
+
+def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetection, found: Found) -> bool:
     caller = Caller(user="detection", admin=True)
     with state.sessions() as s:
-        known = next((n for n in s.scalars(select(Node).where(Node.present.is_(True)))
-                      if (n.attrs or {}).get("serial") == found.serial), None)
-        same_ip = select(Node).where(Node.present.is_(True), Node.ip == found.ip)
-        taken = next((n.name for n in s.scalars(same_ip) if known is None or n.name != known.name), None)
+        present = list(s.scalars(select(Node).where(Node.present.is_(True))))
+        known = next((n for n in present if (n.attrs or {}).get("serial") == found.serial), None)
+        ip = found.ip
+        if found.dhcp:
+            static = IPv4Address(known.ip) if known is not None and known.ip else free_address(
+                net, p.port, {str(n.ip) for n in present if n.ip})
+            if static is None:
+                raise DetectError(f"no free static address left on the board network {net.network}")
+            ip = str(static)
+        taken = next((n.name for n in present if n.ip == ip and (known is None or n.name != known.name)),
+                     None)
     if taken is not None:
-        raise DetectError(f"address {found.ip} is {taken}'s already")
-    desc: dict[str, Any] = {"ip": found.ip, "switch": switch, "port": p.port, "ssh_port": found.ssh_port,
+        raise DetectError(f"address {ip} is {taken}'s already")
+    p.ip = ip
+    desc: dict[str, Any] = {"ip": ip, "switch": switch, "port": p.port, "ssh_port": found.ssh_port,
                             "model": found.model, "serial": found.serial, "mac": found.mac,
                             "host_key": found.host_key}
     try:
@@ -133,9 +177,10 @@ async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: 
     for old in [k for k, j in jobs.items() if j.done][: max(0, len(jobs) - MAX_JOBS + 1)]:
         del jobs[old]
     jobs[job.id] = job
-    detector = Detector(driver.ops)
+    cfg = state.config
+    detector = Detector(driver.ops, cfg.resolve(cfg.dhcp_leases_file) if cfg.dhcp_leases_file else None)
     task = asyncio.create_task(
-        detector.run(job, info, net, lambda p, f: register(state, body.switch, p, f)),
+        detector.run(job, info, net, lambda p, f: register(state, body.switch, net, p, f)),
         name=f"detect-{job.id}",
     )
     driver.detection_tasks.add(task)

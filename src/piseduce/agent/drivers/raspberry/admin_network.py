@@ -11,7 +11,7 @@ from piseduce.agent.auth import admin
 from piseduce.agent.drivers.raspberry.admin_schemas import ERRORS, Rpi
 from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
 from piseduce.agent.drivers.raspberry.netconfig import NetworkConfigError, network_files
-from piseduce.protocol import NetworkConfigOut
+from piseduce.protocol_rpi import NetworkConfigOut
 
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 

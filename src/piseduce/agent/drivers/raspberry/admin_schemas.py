@@ -24,7 +24,8 @@ from piseduce.agent.models import Environment, Switch
 from piseduce.agent.schemas import Strict
 from piseduce.agent.worded import Words
 from piseduce.numbers import StrictInt
-from piseduce.protocol import EnvironmentOut, SwitchOut
+from piseduce.protocol import EnvironmentOut
+from piseduce.protocol_rpi import SwitchOut
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")

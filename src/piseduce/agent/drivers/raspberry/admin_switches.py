@@ -27,7 +27,8 @@ from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.db import write_session
 from piseduce.numbers import StrictInt
-from piseduce.protocol import Deleted, PortOut, SwitchOut
+from piseduce.protocol import Deleted
+from piseduce.protocol_rpi import PortOut, SwitchOut
 
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 

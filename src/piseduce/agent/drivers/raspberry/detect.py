@@ -3,9 +3,15 @@
 and card size with `piseduce-node info` over SSH, register it under a name from a pattern, power
 the port off. Ports are detected concurrently; each ends `registered` or `failed` with a reason.
 
-Where a board's address comes from: for now the board network's per-port rule (`port_address`),
-the one the simulated cluster's board network uses today; the dnsmasq lease of the port's board
-replaces it once the boards get their addresses by DHCP.
+Where a board is reached: on a DHCP network (`dhcp_leases_file` set), at the address dnsmasq's
+lease file shows for it once it has asked (a board nobody registered gets one of the dynamic
+range); it is then registered with a free static address (`free_address`), which the dnsmasq file
+detection rewrites gives it at its next power-on. Without DHCP, at the board network's per-port
+rule (`port_address`).
+
+A lease says which board (MAC) asked, not on which port: on a DHCP network, ports are powered on
+one at a time until each one's board has its lease (or the port failed); reading the boards'
+`piseduce-node info` and registering them stay concurrent.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, Literal
 
 from piseduce.agent.drivers.raspberry import ssh as sshc
@@ -50,6 +57,41 @@ def port_address(net: BoardNetwork, port: int) -> IPv4Address:
     return net.network.network_address + PORT_ADDRESS_BASE + port
 
 
+def free_address(net: BoardNetwork, port: int, taken: set[str]) -> IPv4Address | None:
+    """A static address for the board of `port`: its per-port address when free, else the first
+    host address that is no node's, not the pimaster's and outside the dynamic range."""
+
+    def free(ip: IPv4Address) -> bool:
+        in_range = net.dhcp_range is not None and net.dhcp_range[0] <= ip <= net.dhcp_range[1]
+        edges = (net.network.network_address, net.network.broadcast_address)
+        return ip in net.network and ip not in edges and ip != net.server and str(ip) not in taken \
+            and not in_range
+
+    preferred = port_address(net, port)
+    if free(preferred):
+        return preferred
+    return next((ip for ip in net.network.hosts() if free(ip)), None)
+
+
+def read_leases(path: Path) -> dict[str, tuple[str, str]]:
+    """dnsmasq's lease file (`expiry mac ip name client-id` per line): MAC -> (address, expiry);
+    a missing or unreadable file is no lease."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            try:
+                IPv4Address(fields[2])
+            except ValueError:
+                continue
+            out[fields[1].lower()] = (fields[2], fields[0])
+    return out
+
+
 @dataclass
 class PortDetection:
     port: int
@@ -68,13 +110,14 @@ class PortDetection:
 class Found:
     """What a board's netboot system said of itself, and the host key it offered (recorded)."""
 
-    ip: str
+    ip: str  # where it answered (on a DHCP network: its lease, maybe of the dynamic range)
     ssh_port: int
     serial: str
     model: str
     mac: str
     card_size: int
     host_key: str
+    dhcp: bool = False  # reached by its DHCP lease: registered with a static address of its own
 
 
 Register = Callable[[PortDetection, Found], bool]  # registers (True: an existing row updated)
@@ -98,8 +141,11 @@ class Detection:
 class Detector:
     """Detects ports with the driver's SNMP power code and the agent's SSH key."""
 
-    def __init__(self, ops: RpiOps) -> None:
+    def __init__(self, ops: RpiOps, leases_file: Path | None = None) -> None:
         self.ops = ops
+        self.leases_file = leases_file  # None: no DHCP on the board network
+        self._power_on_turn = asyncio.Lock()
+        self._claimed: set[str] = set()  # MACs whose lease a port of this run took
 
     @property
     def draw_wait(self) -> float:
@@ -139,7 +185,7 @@ class Detector:
                 if p.step != "failed":
                     p.step, p.reason = "failed", f"registered, but the port stayed on: {exc}"
 
-    async def _find(self, p: PortDetection, sw: SwitchInfo, net: BoardNetwork) -> Found | None:
+    async def _power_on(self, p: PortDetection, sw: SwitchInfo) -> None:
         p.step = "powering"
         try:
             await self.ops.power_port.set(sw, p.port, True, f"port {p.port}")
@@ -148,7 +194,33 @@ class Detector:
         if not await self._draws_power(sw, p.port):
             raise DetectError("nothing plugged: no power drawn on the port after power on")
         p.step = "booting"
-        p.ip = str(port_address(net, p.port))
+
+    async def _leased(self, p: PortDetection, sw: SwitchInfo, leases: Path) -> str:
+        """Powers the port on and waits for the lease its board asks for: the first lease, new or
+        renewed since the power-on, that no other port of this run took."""
+        async with self._power_on_turn:
+            before = await asyncio.to_thread(read_leases, leases)
+            await self._power_on(p, sw)
+            deadline = time.monotonic() + self.boot_timeout
+            while True:
+                now = await asyncio.to_thread(read_leases, leases)
+                fresh = sorted(mac for mac, lease in now.items()
+                               if before.get(mac) != lease and mac not in self._claimed)
+                if fresh:
+                    self._claimed.add(fresh[0])
+                    return now[fresh[0]][0]
+                if time.monotonic() > deadline:
+                    raise DetectError(
+                        f"no boot: the board draws power but asked for no DHCP lease within "
+                        f"{self.boot_timeout:.0f} s (dnsmasq's lease file {leases})")
+                await asyncio.sleep(self.ops.poll)
+
+    async def _find(self, p: PortDetection, sw: SwitchInfo, net: BoardNetwork) -> Found | None:
+        if self.leases_file is not None:
+            p.ip = await self._leased(p, sw, self.leases_file)
+        else:
+            await self._power_on(p, sw)
+            p.ip = str(port_address(net, p.port))
         target = sshc.Target(p.ip, 22, "root", self.ops.agent_key, pinned=None,
                              timeout=min(5.0, self.ops.connect_timeout))
         conn, offered = await self._wait_ssh(target)
@@ -163,7 +235,8 @@ class Detector:
         p.mac, p.card_size = str(info.get("mac") or "").lower(), int(info.get("card_size") or 0)
         if not p.serial:
             raise DetectError("the board reported no serial number")
-        return Found(p.ip, 22, p.serial, p.model, p.mac, p.card_size, offered)
+        return Found(p.ip, 22, p.serial, p.model, p.mac, p.card_size, offered,
+                     dhcp=self.leases_file is not None)
 
     async def _draws_power(self, sw: SwitchInfo, port: int) -> bool:
         deadline = time.monotonic() + self.draw_wait

@@ -1,0 +1,170 @@
+"""A user outside the lab reaches their board through the agent's SSH gateway as the web UI and
+pisctl tell them to: the agent advertises its gateway (/api/info), the user API's reservation
+carries the `ssh -J` line, the ~/.ssh/config block and its known_hosts, `pisctl ssh-config` prints
+the block, and OpenSSH with that block (`ssh -F`, StrictHostKeyChecking yes, both keys pinned)
+reaches the board through a running `piseduce agent gateway`; `pisctl ssh` goes the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers.agent_helpers import free_port
+from helpers.pisctl_helpers import SshNode, User, make_token, user_key
+from helpers.sequences_fixtures import set_node_attrs
+from helpers.webui_fixtures import (
+    AgentProcess,
+    WebuiProcess,
+    add_user,
+    piseduce_cmd,
+    register_agent,
+    subprocess_env,
+    write_webui_config,
+)
+
+pytestmark = pytest.mark.slow
+
+ALICE = "alice@example.org"
+
+
+@dataclass
+class Lab:
+    url: str
+    config: Path
+    agent: AgentProcess
+    gw_port: int
+
+
+def set_account_key(config: Path, email: str, pub: str) -> None:
+    """The key in the user's Settings: the user API deploys with it when the form names none."""
+    from sqlalchemy import select
+
+    from piseduce.config import load_webui_config
+    from piseduce.db import make_engine, session_factory, write_session
+    from piseduce.webui.models import User
+
+    engine = make_engine(load_webui_config(config).database_url)
+    with write_session(session_factory(engine)) as s:
+        user = s.scalar(select(User).where(User.email == email))
+        assert user is not None
+        user.ssh_keys = [pub]
+    engine.dispose()
+
+
+def set_node_ip(agent: AgentProcess, node: str, ip: str) -> None:
+    from piseduce.agent.models import Node
+    from piseduce.config import load_agent_config
+    from piseduce.db import make_engine, session_factory, write_session
+
+    engine = make_engine(load_agent_config(agent.config, check_files=False).database_url)
+    with write_session(session_factory(engine)) as s:
+        row = s.get(Node, node)
+        assert row is not None
+        row.ip = ip
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("gwcli")
+    cfg = write_webui_config(root / "webui", agent_timeout_seconds=3.0, health_check_seconds=1)
+    add_user(cfg, ALICE, "a-user-password")
+    gw_port = free_port()
+    with contextlib.ExitStack() as started:
+        agent = AgentProcess(
+            root / "rpi-lab",
+            nodes=3,
+            gateway_public_host="127.0.0.1",
+            gateway_port=gw_port,
+            gateway_poll_seconds=0.5,
+        )
+        started.callback(agent.stop)
+        log = open(root / "gateway.log", "ab")  # noqa: SIM115 - closed below
+        started.callback(log.close)
+        gw = subprocess.Popen(
+            piseduce_cmd("agent", "gateway", str(agent.config)),
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        agent.procs.append(gw)  # stopped with the agent's processes
+        register_agent(cfg, "rpi-lab", agent.port, "raspberry")
+        webui = WebuiProcess(cfg)
+        started.callback(webui.stop)
+        yield Lab(webui.url, cfg, agent, gw_port)
+
+
+def ssh_with(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH with the ~/.ssh/config block `cfg`, running `uname -n` on pi-1."""
+    return subprocess.run(
+        ["ssh", "-F", str(cfg), "pi-1", "uname", "-n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_the_block_pisctl_prints_reaches_the_board_through_the_gateway(lab: Lab, tmp_path: Path) -> None:
+    alice = User(tmp_path / "alice")
+    alice.login(lab.url, make_token(lab.config, ALICE))
+    identity, pub = user_key(tmp_path)
+    board = SshNode("pi-1", pub)
+    try:
+        set_node_attrs(lab.agent, "pi-1", ssh_port=board.port, ssh_user="pi", host_key=board.key_line)
+        set_node_ip(lab.agent, "pi-1", "127.0.0.1")
+        assert alice.run("reserve", "--nodes", "rpi-lab/pi-1", "--hours", "1", "--bin", "gw").code == 0
+        set_account_key(lab.config, ALICE, pub)
+        ran = alice.run("deploy", "--bin", "gw", "--env", "tiny", "--wait", timeout=180)
+        assert ran.code == 0, ran.err
+        token = make_token(lab.config, ALICE, "read", "gw test")
+        r = httpx.get(
+            f"{lab.url}/api/v1/reservations", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        (res,) = [x for x in r.json() if x["node"] == "pi-1" and x["status"] == "deployed"]
+        gw = res["connection"]["gateway"]
+        assert gw["command"] == f"ssh -J jump@127.0.0.1:{lab.gw_port} -p {board.port} pi@127.0.0.1"
+        assert f"[127.0.0.1]:{board.port} {board.key_line}" in gw["known_hosts"]
+
+        known = tmp_path / "pinned"
+        printed = alice.run("ssh-config", "pi-1", "--known-hosts", str(known))
+        assert printed.code == 0, printed.err
+        block = printed.out
+        assert block == gw["ssh_config"].replace(gw["known_hosts_file"], str(known))
+        assert "StrictHostKeyChecking yes" in block and f"HostName 127.0.0.1\n  Port {lab.gw_port}" in block
+        assert known.read_text() == gw["known_hosts"] and known.stat().st_mode & 0o777 == 0o600
+
+        # OpenSSH with the block as printed (plus the user's own key line, as in their config).
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(block + f"\nHost *\n  IdentityFile {identity}\n  BatchMode yes\n  ConnectTimeout 10\n")
+        done = ssh_with(cfg)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "pi-1 ran: uname -n"
+
+        # A gateway key other than the advertised one: refused, never learnt.
+        lines = known.read_text().splitlines()
+        known.write_text("\n".join([lines[0].rsplit(" ", 1)[0] + " " + "A" * 68, *lines[1:]]) + "\n")
+        done = ssh_with(cfg)
+        assert done.returncode != 0 and "pi-1 ran" not in done.stdout
+
+        # pisctl ssh goes through the gateway too (its temporary block, both keys pinned).
+        ok = alice.run("ssh", "-i", str(identity), "pi-1", "--", "uname", "-n")
+        assert ok.code == 0, ok.err
+        assert ok.out.strip() == "pi-1 ran: uname -n"
+        assert not (alice.home / ".ssh" / "known_hosts").exists()
+
+        # When the reservation ends, the jump stops.
+        assert alice.run("release", "--bin", "gw").code == 0
+        ok = alice.run("ssh", "-i", str(identity), "pi-1", "--", "uname", "-n")
+        assert ok.code != 0
+        done = ssh_with(cfg)
+        assert done.returncode != 0 and "pi-1 ran" not in done.stdout
+    finally:
+        alice.run("release", "--bin", "gw")
+        board.close()
