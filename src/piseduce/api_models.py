@@ -68,6 +68,21 @@ class SlotOut(ApiModel):
     bin: str | None = None
 
 
+class NodeRefOut(ApiModel):
+    agent: str
+    node: str
+
+
+class NextSlotOut(ApiModel):
+    """The earliest start where a request could be booked all at once, and the nodes a booking
+    then would take (a booking by count may still pick others of the same kind)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    hours: float
+    nodes: list[NodeRefOut]
+
+
 class NodeScheduleOut(ApiModel):
     agent: str
     node: str
