@@ -51,12 +51,12 @@ def next_slot(
     if json_out:
         output.print_json(slot)
         return
-    output.say(f"Free from {output.local(slot.start)} to {output.local(slot.end)} ({slot.hours:g} h):")
-    output.say("  " + ", ".join(f"{n.agent}/{n.node}" for n in slot.nodes))
+    output.line(f"Free from {output.local(slot.start)} to {output.local(slot.end)} ({slot.hours:g} h):")
+    output.line("  " + ", ".join(f"{n.agent}/{n.node}" for n in slot.nodes))
     what = (
         ["--count", str(count)] + [a for f in filters or [] for a in ("--filter", f)]
         if count
         else [a for r in refs for a in ("--nodes", r)]
     )
     line = ["pisctl", "reserve", *what, "--start", slot.start.isoformat(), "--hours", f"{slot.hours:g}"]
-    output.say("Book it: " + shlex.join(line))
+    output.line("Book it: " + shlex.join(line))
