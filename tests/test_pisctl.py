@@ -108,9 +108,8 @@ def test_nodes_and_filters(lab: Lab, alice: User) -> None:
 
 
 def test_reserve_deploy_wait_status_release(lab: Lab, alice: User) -> None:
-    booked = alice.run(
-        "reserve", "--count", "2", "--filter", "model=RPI3B+", "--hours", "1", "--bin", "cli-run", "--json"
-    )
+    booked = alice.run("reserve", "--count", "2", "--filter", "model=RPI3B+", "--hours", "1",
+                       "--bin", "cli-run", "--json")
     assert booked.code == 0, booked.err
     validate(lab.spec, "POST", "/api/v1/reservations", booked.json())
     keys = sorted(r["key"] for r in booked.json())
@@ -140,9 +139,8 @@ def test_reserve_deploy_wait_status_release(lab: Lab, alice: User) -> None:
 def test_deploy_wait_exits_1_naming_the_failed_node(lab: Lab, alice: User) -> None:
     set_node_attrs(lab.agent, "pi-11", behavior="raise", behavior_step="install")
     try:
-        booked = alice.run(
-            "reserve", "--nodes", "rpi-lab/pi-9,rpi-lab/pi-11", "--hours", "1", "--bin", "cli-fail", "--json"
-        )
+        booked = alice.run("reserve", "--nodes", "rpi-lab/pi-9,rpi-lab/pi-11", "--hours", "1",
+                           "--bin", "cli-fail", "--json")
         assert booked.code == 0, booked.err
         ran = alice.run("deploy", "--bin", "cli-fail", "--set", "environment=tiny", "--wait", timeout=180)
         assert ran.code == 1, ran.out + ran.err
@@ -211,9 +209,8 @@ def test_ssh_uses_the_pinned_key_and_refuses_a_changed_one(lab: Lab, alice: User
         # pi-3 answers with the key its agent pinned; pi-5's address answers with another key.
         set_node_attrs(lab.agent, "pi-3", ssh_port=real.port, ssh_user="pi", host_key=real.key_line)
         set_node_attrs(lab.agent, "pi-5", ssh_port=impostor.port, ssh_user="pi", host_key=real.key_line)
-        booked = alice.run(
-            "reserve", "--nodes", "rpi-lab/pi-3,rpi-lab/pi-5", "--hours", "1", "--bin", "cli-ssh", "--json"
-        )
+        booked = alice.run("reserve", "--nodes", "rpi-lab/pi-3,rpi-lab/pi-5", "--hours", "1",
+                           "--bin", "cli-ssh", "--json")
         assert booked.code == 0, booked.err
         assert alice.run("deploy", "--bin", "cli-ssh", "--env", "tiny", "--wait", timeout=180).code == 0
 
@@ -337,28 +334,17 @@ def test_the_api_guides_examples_run_as_written(lab: Lab) -> None:
     assert block, "docs/api.md has no Examples block"
     script = "set -eo pipefail\n" + block.group(1).replace("http://127.0.0.1:9000", lab.url)
     token = make_token(lab.config, BOB, name="api guide")
-    done = subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PISEDUCE_TOKEN": token},
-    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PISEDUCE_TOKEN": token})
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert any(line.endswith(" configuring") for line in lines), done.stdout  # the bin listed
     assert "202" not in done.stderr and done.stderr == "", done.stderr
     released = [line for line in lines if line.split()[-1] in ("destroying", "ended", "cancelled")]
     assert len(released) == 2, done.stdout
-    left = httpx.get(
-        f"{lab.url}/api/v1/reservations",
-        params={"bin": "exp1", "status": "active"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    ).json()
+    left = httpx.get(f"{lab.url}/api/v1/reservations", params={"bin": "exp1", "status": "active"},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
     assert all(r["status"] in ("destroying", "ended", "cancelled") for r in left), left
-
-
 # ---------------------------------------------------------------- what a fresh-eyes user found (W20)
 
 SENSORS = "sensor-strasbourg"  # a second agent whose deploy form is IoT-LAB's shape (a firmware file)
@@ -367,24 +353,15 @@ SENSORS = "sensor-strasbourg"  # a second agent whose deploy form is IoT-LAB's s
 @pytest.fixture(scope="module")
 def sensors(lab: Lab) -> Iterator[AgentProcess]:
     """Started for the tests below only (last in this file): `--count` bookings above never see it."""
-    agent = AgentProcess(
-        lab.root / SENSORS,
-        nodes=3,
-        driver="helpers.fake_driver:FirmwareFormDriver",
-        fake_log=str(lab.root / "sensors.log"),
-    )
+    agent = AgentProcess(lab.root / SENSORS, nodes=3, driver="helpers.fake_driver:FirmwareFormDriver",
+                         fake_log=str(lab.root / "sensors.log"))
     try:
         register_agent(lab.config, SENSORS, agent.port, "raspberry")
         probe = User(lab.root / "probe")
         probe.login(lab.url, make_token(lab.config, ALICE))
-        wait_until_sync(
-            lambda: any(
-                a["name"] == SENSORS and a["state"] == "up" for a in probe.run("agents", "--json").json()
-            ),
-            timeout=60,
-            interval=0.5,
-            what="the second agent is up",
-        )
+        wait_until_sync(lambda: any(a["name"] == SENSORS and a["state"] == "up"
+                                    for a in probe.run("agents", "--json").json()),
+                        timeout=60, interval=0.5, what="the second agent is up")
         yield agent
     finally:
         agent.stop()
@@ -460,16 +437,8 @@ def test_ssh_picks_the_current_reservation_takes_options_after_the_node_and_advi
 def test_status_extend_and_nodes_read_as_a_person_reads_them(
     lab: Lab, alice: User, sensors: AgentProcess, tmp_path: Path
 ) -> None:
-    booked = alice.run(
-        "reserve",
-        "--nodes",
-        f"{SENSORS}/pi-1",
-        "--hours",
-        "1",
-        "--bin",
-        "a-rather-long-bin-name-for-this-experiment",
-        "--json",
-    )
+    booked = alice.run("reserve", "--nodes", f"{SENSORS}/pi-1", "--hours", "1", "--bin",
+                       "a-rather-long-bin-name-for-this-experiment", "--json")
     assert booked.code == 0, booked.err
     key = booked.json()[0]["key"]
     bob = User(tmp_path / "bob")
@@ -514,9 +483,8 @@ def test_a_mixed_bin_takes_each_set_where_its_field_is(
 ) -> None:
     firmware = tmp_path / "app.elf"
     firmware.write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
-    booked = alice.run(
-        "reserve", "--nodes", f"rpi-lab/pi-12,{SENSORS}/pi-3", "--hours", "1", "--bin", "mix", "--json"
-    )
+    booked = alice.run("reserve", "--nodes", f"rpi-lab/pi-12,{SENSORS}/pi-3", "--hours", "1",
+                       "--bin", "mix", "--json")
     assert booked.code == 0, booked.err
     try:
         typo = alice.run("deploy", "--bin", "mix", "--set", "environment=tiny", "--set", "firmwre_file=@x")
@@ -524,17 +492,8 @@ def test_a_mixed_bin_takes_each_set_where_its_field_is(
         assert "firmwre_file" in one_error_line(typo) and "firmware_file" in typo.err
         assert {r["status"] for r in alice.run("status", "--bin", "mix", "--json").json()} == {"configuring"}
 
-        ran = alice.run(
-            "deploy",
-            "--bin",
-            "mix",
-            "--set",
-            "environment=tiny",
-            "--set",
-            f"firmware_file=@{firmware}",
-            "--wait",
-            timeout=180,
-        )
+        ran = alice.run("deploy", "--bin", "mix", "--set", "environment=tiny",
+                        "--set", f"firmware_file=@{firmware}", "--wait", timeout=180)
         assert ran.code == 0, ran.err
         digest = hashlib.sha256(firmware.read_bytes()).hexdigest()
         assert f"pi-3 deploy flash sha256={digest} name=app.elf" in (lab.root / "sensors.log").read_text()
