@@ -244,16 +244,24 @@ def resolve(session: Session, filters: Sequence[Filter]) -> list[Want]:
     return wants
 
 
-def _holds(session: Session, lo: int, hi: int, bound: int | None) -> list[tuple[str, int, int]]:
+FEW_NODES = 64  # candidates read by their (node, start) index rather than the calendar's
+
+
+def _holds(
+    session: Session, lo: int, hi: int, bound: int | None, nodes: Sequence[str] = ()
+) -> list[tuple[str, int, int]]:
     """Active holds (node, a, b) beginning in [lo, hi) (bound None), or, for the first window,
     beginning before hi and ending after lo (`bound`: no hold is longer), by a range scan of the
-    start index."""
+    start index; of `nodes` only when given (a few named nodes: their own index, not every
+    node's holds)."""
     dialect = session.get_bind().dialect.name
     q = select(
         Reservation.node_name,
         _us_column(Reservation.start, dialect),
         _us_column(Reservation.busy_until, dialect),
     ).where((Reservation.status + "").in_(ACTIVE_STATUSES), Reservation.start < from_us(hi))
+    if nodes:
+        q = q.where(Reservation.node_name.in_(nodes))
     if bound is None:
         q = q.where(Reservation.start >= from_us(lo))
     else:
@@ -308,10 +316,11 @@ def next_free(
     )
     sweep.add([(b.node, to_us(b.start), to_us(b.end)) for b in remote], _own(session, owner, start))
     bound: int | None = to_us(EPOCH + hold_bound(session, limits))
+    few = sweep.names if len(sweep.names) <= FEW_NODES else []
     lo, window = start, max(4 * length, 86400 * US)
     while True:
         hi = min(start + window, latest + length)
-        sweep.add(_holds(session, lo, hi, bound))
+        sweep.add(_holds(session, lo, hi, bound, few))
         # Starts are proven only up to hi - length: holds beginning at hi or later are unread.
         proven = latest if hi >= latest + length else hi - length
         found = sweep.run(proven)
