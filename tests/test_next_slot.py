@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -84,13 +85,14 @@ filters_st = st.one_of(
 booking_st = st.tuples(st.sampled_from(USERS), st.sampled_from(NODES), st.integers(0, 72), st.integers(1, 12))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     existing=st.lists(booking_st, max_size=24),
     owner=st.sampled_from(USERS),
     filters=filters_st,
     after_steps=st.integers(-2, 48),
     quarters=st.integers(1, 12),
+    by_node=st.booleans(),
 )
 def test_answer_is_the_earliest_start_book_accepts(
     existing: list[tuple[str, str, int, int]],
@@ -98,8 +100,12 @@ def test_answer_is_the_earliest_start_book_accepts(
     filters: list[Filter],
     after_steps: int,
     quarters: int,
+    by_node: bool,
 ) -> None:
     engine, sessions = fresh()
+    # Both ways of reading the holds: by the candidates' own index (few nodes), or the calendar's.
+    few = mock.patch.object(next_slot, "FEW_NODES", 64 if by_node else 0)
+    few.start()
     try:
         for user, node, slot, length in existing:
             # Some of these collide and are refused: what stays is a calendar booking itself made.
@@ -121,6 +127,7 @@ def test_answer_is_the_earliest_start_book_accepts(
                 )
             assert tuple(r.node_name for r in made) == got[1], "the nodes the booking then takes"
     finally:
+        few.stop()
         engine.dispose()
 
 
