@@ -31,6 +31,7 @@ from piseduce.webui.routes import (
     admin_environments,
     admin_nodes,
     admin_switches,
+    calendar_feed,
     configure,
     env_factory,
     manage,
@@ -143,8 +144,8 @@ async def _csrf_failed(request: Request, _exc: Exception) -> Response:
 def _routes(app: FastAPI) -> None:
     """The pages, their static files, and the users' API."""
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    for module in (accounts, reserve, reserve_slot, configure, manage, settings, admin, admin_nodes,
-                   admin_switches, admin_environments, monitoring, env_factory, settings_tokens):
+    for module in (accounts, calendar_feed, reserve, reserve_slot, configure, manage, settings, admin,
+                   admin_nodes, admin_switches, admin_environments, monitoring, env_factory, settings_tokens):
         app.include_router(module.router)
     # The users' API: its own app (spec, docs, JSON errors, token or session+CSRF-header auth).
     app.mount(API_PREFIX, create_api(app.state))
