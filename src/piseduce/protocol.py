@@ -343,6 +343,18 @@ class EventOut(Wire):
     message: Text
 
 
+class EnergyOut(Wire):
+    """What a reservation's node drew (PoE power samples, trapezoid rule): `final` once written at
+    its end, else measured up to now."""
+
+    wh: float = Field(ge=0)
+    mean_w: float = Field(ge=0)
+    peak_w: float = Field(ge=0)
+    samples: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    final: bool = False
+
+
 class ReservationOut(Wire):
     id: int = Field(ge=1)
     node: NodeName
@@ -363,6 +375,7 @@ class ReservationOut(Wire):
     params: JsonDict = Field(default_factory=dict)  # os_password only for its owner
     node_properties: JsonDict = Field(default_factory=dict)
     actions: list[Action] = Field(default_factory=list, max_length=16)  # what can be asked now
+    energy: EnergyOut | None = None  # Raspberry Pi (PoE samples); None when nothing was sampled
 
     @property
     def ssh(self) -> str:
