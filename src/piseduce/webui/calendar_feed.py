@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from piseduce.protocol import ReservationOut
+from piseduce.protocol import CANCELLED, ReservationOut
 from piseduce.webui import ical
 from piseduce.webui.agents import AgentRef
 from piseduce.webui.models import STATE_ACTIVE, CalendarEntry, CalendarFeed, User
@@ -31,7 +31,6 @@ from piseduce.webui.models import STATE_ACTIVE, CalendarEntry, CalendarFeed, Use
 PREFIX = "pcf_"
 SECRET_RE = re.compile(r"^pcf_[A-Za-z0-9_-]{43}$")
 LAST_USED_EVERY = dt.timedelta(seconds=60)
-CANCELLED = ("cancelled",)
 
 
 def digest_of(secret: str) -> str:
@@ -104,7 +103,7 @@ def shown(ref: AgentRef, r: ReservationOut) -> Shown:
         end=r.end,
         summary=summary,
         description="\n".join(lines),
-        cancelled=r.status in CANCELLED,
+        cancelled=r.status == CANCELLED,
     )
 
 
