@@ -5,6 +5,14 @@
   document.cookie = "tz=" + encodeURIComponent(TZ) + "; path=/; SameSite=Lax; max-age=31536000";
 
   document.addEventListener("htmx:configRequest", function (e) { e.detail.headers["X-Timezone"] = TZ; });
+  /* A page answering a POST that must not be sent again on reload (a new calendar URL: sent
+     again, it would revoke the one just copied) puts the page's GET address in the history. */
+  document.addEventListener("DOMContentLoaded", function () {
+    var el = document.querySelector("[data-replace-url]");
+    if (el && window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", el.getAttribute("data-replace-url"));
+    }
+  });
 
   /* One way of writing times on every page and in every message (web.py's local_text writes the
      same in the server's messages): "Tue, Dec 01, 05:56 PM", in the viewer's zone. The pages are
