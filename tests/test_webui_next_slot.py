@@ -201,3 +201,22 @@ def test_the_reserve_form_asks_the_same(lab: Lab) -> None:
         assert r.status_code in (400, 403), r.text
         r = b.post("/reserve/next-slot", {**form, "duration": "-1"}, page="/reserve")
         assert r.status_code == 400 and "duration" in r.json()["detail"]
+
+
+def test_an_agent_that_does_not_answer_is_named_not_hidden(lab: Lab) -> None:
+    # Last in this module: a third agent, registered but not running.
+    from helpers.agent_helpers import free_port
+
+    register_agent(lab.config, "rpi-gone", free_port(), "raspberry")
+    with webui_client(lab.config) as b:
+        body = {"count": 1, "filters": ["type=raspberry"], "hours": 1, "after": iso(lab.base)}
+        r = b.c.post(f"{API}/next-slot", json=body, headers=lab.token)
+        assert at(r) == lab.base and r.json()["nodes"][0]["agent"] == "rpi-lab"
+        assert "rpi-gone" in r.headers.get("X-Piseduce-Unavailable", ""), dict(r.headers)
+        # Its named nodes cannot be searched: 503, try again.
+        r = b.c.post(
+            f"{API}/next-slot",
+            json={"nodes": [{"agent": "rpi-gone", "node": "pi-1"}], "hours": 1},
+            headers=lab.token,
+        )
+        assert r.status_code == 503 and "Try again" in r.json()["detail"], r.text

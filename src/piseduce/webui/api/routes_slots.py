@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from piseduce.api_models import NextSlotOut, NodeRefOut
 from piseduce.webui import next_slot
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.api.auth import Caller, caller, identity_of
-from piseduce.webui.api.routes_reservations import booking_request
+from piseduce.webui.api.routes_reservations import booking_request, partial
 from piseduce.webui.api.schemas import BookingIn, NextSlotIn
 
 router = APIRouter(tags=["reservations"])
@@ -20,11 +20,17 @@ router = APIRouter(tags=["reservations"])
     responses={409: {"description": "No start fits within the agents' booking horizon"}},
 )
 async def find_next_slot(
-    body: NextSlotIn, request: Request, who: Caller = Depends(caller), h: AgentClient = Depends(agents)
+    body: NextSlotIn,
+    request: Request,
+    response: Response,
+    who: Caller = Depends(caller),
+    h: AgentClient = Depends(agents),
 ) -> NextSlotOut:
     """The earliest start at or after `after` where named `nodes`, or `count` nodes matching
     `filters`, could be booked all at once for `hours` (turnaround gaps and per-user limits
-    respected; nodes of several agents overlap). A read: book it with POST /reservations."""
+    respected; nodes of several agents overlap). A read: book it with POST /reservations.
+    Agents that did not answer (their nodes left out of the search) are named in
+    X-Piseduce-Unavailable."""
     asked = BookingIn(
         nodes=body.nodes, count=body.count, filters=body.filters, start=body.after, hours=body.hours
     )
@@ -36,5 +42,6 @@ async def find_next_slot(
         if slot.unreachable:
             raise HTTPException(503, f"{words}. Try again shortly.", headers={"Retry-After": "5"})
         raise HTTPException(409, f"No free slot: {words}.")
+    partial(response, slot.notes)
     nodes = [NodeRefOut(agent=ref.name, node=n) for ref, names in slot.parts for n in names]
     return NextSlotOut(start=slot.start, end=slot.end, hours=slot.hours, nodes=nodes)

@@ -46,6 +46,7 @@ async def find_next_slot(
             "hours": slot.hours,
             "nodes": nodes,
             "detail": f"Free {when} for {slot.hours:g} h ({shown}). "
-            "The start is filled in: press Reserve to book it.",
+            "The start is filled in: press Reserve to book it."
+            + (f" Not asked: {'; '.join(slot.notes)}." if slot.notes else ""),
         }
     )
