@@ -128,7 +128,8 @@ async def schedules(c: httpx.AsyncClient, now: dt.datetime) -> None:
         cached: list[tuple[float, float]] = []
         size = 0
         for i in range(12):
-            # A window never asked before: read from the database.
+            # A window never asked before: built from per-day slot lists; the first reads its days
+            # from the database, the next ones (shifted by an hour) mostly find them cached.
             start = day + dt.timedelta(hours=i + 1)
             params = {"start": start.isoformat(), "end": (start + dt.timedelta(hours=hours)).isoformat()}
             with Timer(fresh):
@@ -144,7 +145,7 @@ async def schedules(c: httpx.AsyncClient, now: dt.datetime) -> None:
             with Timer(cached):
                 r = await c.get("/api/schedule", params=params, headers=user(i + 1))
             assert r.status_code == 200 and r.json()["nodes"].keys() == first.json()["nodes"].keys()
-        report(f"schedule, {span} window, first ask (GET /api/schedule)", fresh, target)
+        report(f"schedule, {span} window, new window (GET /api/schedule)", fresh, target)
         report(f"schedule, {span} window, asked again", cached, target)
         emit(f"agent: schedule answer, {span} window", f"{NODES} nodes", size / 1e6, "MB", None)
 

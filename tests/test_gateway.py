@@ -43,6 +43,7 @@ class Lab:
     ssh_config: Path
     gw_port: int
     api_port: int
+    board_port: int
 
 
 def write_key(path: Path) -> asyncssh.SSHKey:
@@ -61,6 +62,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         gateway_board_port=board_port,
         gateway_poll_seconds=0.5,
         gateway_max_unauthenticated=8,
+        gateway_max_unauthenticated_per_address=4,
         gateway_login_grace_seconds=3,
     )
     sessions = sessions_for(config)
@@ -120,7 +122,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     task = asyncio.create_task(serve(config, sessions, stop, host="127.0.0.1"))
     await asyncio.sleep(0.5)
     try:
-        yield Lab(tmp_path, sessions, cfg, gw_port, api_port)
+        yield Lab(tmp_path, sessions, cfg, gw_port, api_port, board_port)
     finally:
         stop.set()
         await task
@@ -162,12 +164,13 @@ async def test_a_user_reaches_only_their_board(tmp_path: Path, caplog: pytest.Lo
         for dest in ("pi-2", "127.0.0.2"):
             rc, out = await ssh(lb, "alice", dest, "hostname")
             assert rc != 0 and "hello" not in out, out
-        assert "refused forwarding to pi-2" in caplog.text
+        assert "refused forwarding to 'pi-2'" in caplog.text
         # Another port of the agent host, the board's port 80: refused.
         rc, out = await ssh(lb, "alice", "-p", str(lb.api_port), "127.0.0.1", "x")
-        assert rc != 0 and f"refused forwarding to 127.0.0.1:{lb.api_port}" in caplog.text
+        assert rc != 0 and f"refused forwarding to '127.0.0.1':{lb.api_port}" in caplog.text
         rc, out = await ssh(lb, "alice", "-p", "80", "pi-1", "x")
-        assert rc != 0 and "refused forwarding to pi-1:80" in caplog.text
+        assert rc != 0 and "refused forwarding to 'pi-1':80" in caplog.text
+        assert f"only port {lb.board_port} of your boards" in out, out
         # A shell or a command on the gateway itself: refused.
         rc, out = await ssh(lb, "alice", "gw", "id")
         assert rc != 0 and "refused a session" in caplog.text
@@ -206,4 +209,29 @@ async def test_unauthenticated_connections_are_bounded(tmp_path: Path) -> None:
         for _, w in conns:
             w.close()
     assert os.path.exists(tmp_path / "gateway_host_key")
+
+
+async def test_one_address_cannot_hold_every_login_slot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle connections from one address (a port scan, a slowloris) take at most
+    gateway_max_unauthenticated_per_address of the waiting slots: a user elsewhere gets in at once,
+    not after the login grace time; the flood's refusals are one log line, not one per connection."""
+    caplog.set_level(logging.INFO, "piseduce.agent.gateway")
+    async with lab(tmp_path) as lb:
+        flood = [await asyncio.open_connection("127.0.0.1", lb.gw_port, local_addr=("127.0.0.9", 0))
+                 for _ in range(40)]
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        rc, out = await ssh(lb, "alice", "pi-1", "hostname")
+        assert rc == 0, out
+        assert time.monotonic() - t0 < 2.5  # well within the lab's 3 s grace
+        closed = 0
+        for r, w in flood:
+            with contextlib.suppress(TimeoutError):
+                closed += await asyncio.wait_for(r.read(4096), 0.05) == b""
+            w.close()
+        assert closed >= 40 - 4, closed
+    refusals = [r for r in caplog.records if "refused 127.0.0.9" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
     assert (tmp_path / "gateway_host_key").stat().st_mode & 0o777 == 0o600

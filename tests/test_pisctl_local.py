@@ -266,3 +266,27 @@ def test_the_async_client_raises_its_own_error_for_a_bad_number() -> None:
                 await api.extend("rpi/1", float("inf"))
 
     asyncio.run(run())
+
+
+def test_set_ssh_keys_takes_keys_or_a_key_file(tmp_path: Path) -> None:
+    """`--set ssh_keys=…` is a list of keys to the agent: one key, keys one per line, or @a .pub
+    file (as `ssh-copy-id -i` takes one); a line that is not a key is refused before any call."""
+    from piseduce.client import forms
+    from piseduce.client.errors import BadValues
+
+    fields = [
+        m.FormField(name="environment", label="OS", kind="select", choices=[], required=True, help=""),
+        m.FormField(name="ssh_keys", label="Keys", kind="ssh_keys", choices=[], required=False, help=""),
+    ]
+    one = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne me@a"
+    two = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQTwo b@c"
+    got = forms.fill(fields, {"ssh_keys": one}, "raspios", "r-1")
+    assert got == {"environment": "raspios", "ssh_keys": [one]}
+    assert forms.fill(fields, {"ssh_keys": f"{one}\n\n{two}\n"}, "raspios", "r-1")["ssh_keys"] == [one, two]
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text(f"# mine\n{one}\n")
+    assert forms.fill(fields, {"ssh_keys": f"@{pub}"}, "raspios", "r-1")["ssh_keys"] == [one]
+    with pytest.raises(BadValues, match="ssh_keys: .*not an SSH public key"):
+        forms.fill(fields, {"ssh_keys": "hello"}, "raspios", "r-1")
+    with pytest.raises(BadValues, match="ssh_keys=@"):
+        forms.fill(fields, {"ssh_keys": f"@{tmp_path / 'none.pub'}"}, "raspios", "r-1")

@@ -37,7 +37,7 @@ def iso(t: dt.datetime) -> str:
 
 class Lab:
     def __init__(self, root: Path) -> None:
-        self.config = write_webui_config(root / "webui")
+        self.config = write_webui_config(root / "webui", agent_timeout_seconds=10.0)  # a loaded CI host
         add_user(self.config, USER, "alice-password")
         add_user(self.config, OTHER, "bob-password")
         self.rpi = AgentProcess(root / "rpi-lab", nodes=4, executor=False, turnaround_minutes=10)

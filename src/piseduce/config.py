@@ -143,6 +143,7 @@ class AgentConfig(_Base):
     gateway_user: str = "jump"
     gateway_board_port: int = Field(default=22, ge=1, le=65535)
     gateway_max_unauthenticated: int = Field(default=32, ge=1, le=10_000)
+    gateway_max_unauthenticated_per_address: int = Field(default=10, ge=1, le=10_000)
     gateway_login_grace_seconds: float = Field(default=20, gt=0, le=600)
     gateway_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # The name users reach the gateway by from outside the lab ("" = no gateway: /api/info and
@@ -250,6 +251,9 @@ class WebuiConfig(_Base):
     event_loop_db_check: Literal["off", "warn", "raise"] = "warn"
     # Web UI processes serving host:port_number together (`piseduce webui serve --workers`).
     workers: int = Field(default=1, ge=1, le=64)
+    # Days the audit trail (webui/audit.py) keeps an event; older ones are purged by the
+    # housekeeping chore. 0 keeps every event.
+    audit_retention_days: int = Field(default=400, ge=0, le=36_500)
 
     @field_validator("public_url")
     @classmethod

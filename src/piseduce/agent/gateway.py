@@ -33,6 +33,8 @@ from piseduce.config import AgentConfig
 from piseduce.protocol import GatewayInfo
 
 log = logging.getLogger(__name__)
+# A flood's refusals: one log line per address per period, with how many were refused meanwhile.
+REFUSAL_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,41 @@ class Gateway:
     config: AgentConfig
     grants: Grants = field(default_factory=dict)
     unauthenticated: int = 0
+    waiting: dict[str, int] = field(default_factory=dict)  # unauthenticated connections per address
     connections: set[GatewayServer] = field(default_factory=set)
+    quiet: dict[str, tuple[float, int]] = field(default_factory=dict)  # address: (logged at, since)
+
+    def admit(self, peer: str) -> str | None:
+        """Why a new connection from `peer` is refused (None: it may try to log in). The waiting
+        slots are shared, so one address holds at most its share (OpenSSH's PerSourceMaxStartups):
+        idle connections from one place cannot lock every user out for the login grace time."""
+        if self.unauthenticated >= self.config.gateway_max_unauthenticated:
+            return "too many unauthenticated connections"
+        if self.waiting.get(peer, 0) >= self.config.gateway_max_unauthenticated_per_address:
+            return "too many unauthenticated connections from this address"
+        self.unauthenticated += 1
+        self.waiting[peer] = self.waiting.get(peer, 0) + 1
+        return None
+
+    def done_waiting(self, peer: str) -> None:
+        self.unauthenticated -= 1
+        left = self.waiting.get(peer, 0) - 1
+        if left > 0:
+            self.waiting[peer] = left
+        else:
+            self.waiting.pop(peer, None)
+
+    def refused(self, peer: str, why: str, now: float) -> None:
+        logged, since = self.quiet.get(peer, (0.0, 0))
+        if now - logged < REFUSAL_LOG_EVERY_S:
+            self.quiet[peer] = (logged, since + 1)
+            return
+        more = f" ({since} more since the last line)" if since else ""
+        log.warning("gateway: refused %s: %s%s", peer, why, more)
+        self.quiet[peer] = (now, 0)
+        if len(self.quiet) > 10_000:  # many addresses: forget the oldest
+            for old in sorted(self.quiet, key=lambda a: self.quiet[a][0])[:5_000]:
+                del self.quiet[old]
 
     def allowed(self, blob: bytes | None, dest: str, port: int | None = None) -> Board | None:
         for board in self.grants.get(blob or b"", ()):
@@ -141,21 +177,24 @@ class GatewayServer(asyncssh.SSHServer):
         self.peer = "?"
         self.blob: bytes | None = None
         self.authed = False
+        self.waiting = False
         self.targets: set[str] = set()
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.peer = str(conn.get_extra_info("peername", ("?",))[0])
-        if self.gw.unauthenticated >= self.gw.config.gateway_max_unauthenticated:
-            log.warning("gateway: refused %s: too many unauthenticated connections", self.peer)
+        why = self.gw.admit(self.peer)
+        if why is not None:
+            self.gw.refused(self.peer, why, asyncio.get_running_loop().time())
             conn.abort()
             return
-        self.gw.unauthenticated += 1
+        self.waiting = True
         self.gw.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.authed and self in self.gw.connections:
-            self.gw.unauthenticated -= 1
+        if self.waiting:
+            self.waiting = False
+            self.gw.done_waiting(self.peer)
         self.gw.connections.discard(self)
 
     def begin_auth(self, username: str) -> bool:
@@ -177,24 +216,27 @@ class GatewayServer(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self.authed = True
-        self.gw.unauthenticated -= 1
+        if self.waiting:
+            self.waiting = False
+            self.gw.done_waiting(self.peer)
         owners = sorted({b.owner for b in self.gw.grants.get(self.blob or b"", ())})
         log.info("gateway: %s logged in for %s", self.peer, ", ".join(owners))
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
         board = self.gw.allowed(self.blob, dest_host, dest_port)
         if board is None:
-            log.warning("gateway: refused forwarding to %s:%s from %s", dest_host, dest_port, self.peer)
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not one of your boards"
-            )
+            # %r: a destination is the client's text (a newline in it would forge a log line).
+            log.warning("gateway: refused forwarding to %r:%s from %s", dest_host, dest_port, self.peer)
+            mine = self.gw.allowed(self.blob, dest_host)
+            why = f"only port {mine.port} of your boards" if mine is not None else "not one of your boards"
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, why)
         log.info("gateway: %s forwards to %s (%s) for %s", self.peer, board.name, board.ip, board.owner)
         self.targets.add(dest_host)
         assert self.conn is not None
         return self.conn.forward_connection(board.ip, dest_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        log.warning("gateway: refused remote forwarding %s:%s from %s", listen_host, listen_port, self.peer)
+        log.warning("gateway: refused remote forwarding %r:%s from %s", listen_host, listen_port, self.peer)
         return False
 
     def session_requested(self) -> bool:

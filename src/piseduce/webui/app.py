@@ -18,7 +18,7 @@ from piseduce.body_limit import BodyLimit
 from piseduce.config import ConfigError, WebuiConfig
 from piseduce.db import make_engine, session_factory
 from piseduce.dbtypes import utcnow
-from piseduce.webui import auth, throttle
+from piseduce.webui import audit, auth, throttle
 from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.api.app import PREFIX as API_PREFIX
 from piseduce.webui.api.app import create_api
@@ -28,6 +28,7 @@ from piseduce.webui.database import Database, LoopGuard, install_loop_guard
 from piseduce.webui.routes import (
     accounts,
     admin,
+    admin_audit,
     admin_environments,
     admin_nodes,
     admin_switches,
@@ -95,17 +96,18 @@ async def _csrf_guard(request: Request) -> None:
         await auth.check_csrf(request)
 
 
-def _housekeeping(s: Session) -> None:
+def _housekeeping(s: Session, audit_days: int) -> None:
     now = utcnow()
     purge_expired(s, now)
     throttle.purge(s, now)
+    audit.purge(s, now, audit_days)
 
 
-async def _housekeeping_loop(database: Database) -> None:
-    """Forget expired sessions and idle limiter counters, now and then."""
+async def _housekeeping_loop(database: Database, audit_days: int) -> None:
+    """Forget expired sessions, idle limiter counters and audit events past their retention."""
     while True:
         try:
-            await database.write(_housekeeping)
+            await database.write(lambda s: _housekeeping(s, audit_days))
         except Exception:  # a locked or unreachable database: next time
             log.exception("web UI housekeeping failed")
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
@@ -145,7 +147,8 @@ def _routes(app: FastAPI) -> None:
     """The pages, their static files, and the users' API."""
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for module in (accounts, calendar_feed, reserve, reserve_slot, configure, manage, settings, admin,
-                   admin_nodes, admin_switches, admin_environments, monitoring, env_factory, settings_tokens):
+                   admin_nodes, admin_switches, admin_environments, monitoring, env_factory, settings_tokens,
+                   admin_audit):
         app.include_router(module.router)
     # The users' API: its own app (spec, docs, JSON errors, token or session+CSRF-header auth).
     app.mount(API_PREFIX, create_api(app.state))
@@ -179,7 +182,7 @@ def create_app(
             # Once per web UI, not once per worker (chores.py).
             if health_checks:
                 hub.start()
-            chores.append(loop.create_task(_housekeeping_loop(database)))
+            chores.append(loop.create_task(_housekeeping_loop(database, cfg.audit_retention_days)))
 
         leading = loop.create_task(lead(leader, start_chores, cfg.health_check_seconds))
         try:

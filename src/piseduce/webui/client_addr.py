@@ -56,6 +56,14 @@ class ClientAddress:
 
     def of(self, conn: HTTPConnection) -> str:
         """The client's address (an IPv6 client's /64), or "unknown"."""
+        return _bucket(self._peer(conn))
+
+    def address(self, conn: HTTPConnection) -> str:
+        """The client's whole address (the audit trail's "from where"), or "unknown"."""
+        peer = self._peer(conn)
+        return "unknown" if peer is None else str(peer)
+
+    def _peer(self, conn: HTTPConnection) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         peer = _address(conn.client.host) if conn.client else None
         if self.proxy_headers and self._trusted(peer):
             hops = [h for v in conn.headers.getlist("x-forwarded-for") for h in v.split(",")]
@@ -66,7 +74,7 @@ class ClientAddress:
                 peer = addr
                 if not self._trusted(addr):
                     break
-        return _bucket(peer)
+        return peer
 
 
 def _bucket(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str:

@@ -162,3 +162,22 @@ class CalendarEntry(Base):
     digest: Mapped[str] = mapped_column(String(64))
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     modified: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """One row of the operators' audit trail (webui/audit.py): who did what, when, from where.
+    Append-only: no route updates or deletes a row; only the retention chore purges old ones. The
+    actor is kept by id *and* email, without a foreign key, so that a removed account's past
+    actions stay readable."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    actor_email: Mapped[str] = mapped_column(String(254), default="")
+    source: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    target_kind: Mapped[str] = mapped_column(String(32), default="")
+    target_id: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -27,8 +27,9 @@ UDHCPC = "udhcpc"
 LEASE_FILE = "dnsmasq.leases"  # in the simulator's state folder, dhcp/
 STOP_TIMEOUT_S = 5.0
 START_TIMEOUT_S, START_POLL_S = 20.0, 0.05  # until dnsmasq's pid file says it serves
-# udhcpc: tries x seconds between tries; it gives up (the board stays without an address) after.
-CLIENT_TRIES, CLIENT_WAIT_S = 15, 1  # a loaded host answers late; the firmware keeps asking
+# udhcpc: a round of tries x seconds between tries; rounds until a lease or the budget.
+CLIENT_TRIES, CLIENT_WAIT_S = 5, 1
+CLIENT_BUDGET_S = 15.0  # rounds of udhcpc until a lease or this long: the firmware keeps asking
 
 # The client's script: busybox udhcpc exports ip, mask (prefix length), subnet and router.
 CLIENT_SCRIPT = """#!/bin/sh
@@ -110,8 +111,32 @@ class Dnsmasq:
 
 
 async def ask_address(netns_pid: int, script: str) -> str:
-    """The board's DHCP exchange (DISCOVER ... ACK) on its eth0; its address, or RuntimeError."""
+    """The board's DHCP exchange (DISCOVER ... ACK) on its eth0; its address, or RuntimeError.
+
+    udhcpc -n gives up on the first round whose three REQUESTs go unanswered, and dnsmasq answers
+    nobody while it pings an address it is about to offer another board (up to 3 s): the board asks
+    again, round after round, until CLIENT_BUDGET_S, as a Raspberry Pi's firmware keeps asking."""
     ns = ["nsenter", f"--net=/proc/{netns_pid}/ns/net", "--"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLIENT_BUDGET_S
+    while True:
+        out, code = await _udhcpc_round(ns, script)
+        if code == 0:
+            break
+        if loop.time() >= deadline:
+            raise RuntimeError("no DHCP lease: no DHCP server answered the board")
+        await asyncio.sleep(CLIENT_WAIT_S)
+    show = await asyncio.create_subprocess_exec(
+        *ns, "ip", "-j", "-4", "addr", "show", "dev", "eth0", stdout=asyncio.subprocess.PIPE)
+    text, _ = await show.communicate()
+    for link in json.loads(text or b"[]"):
+        for addr in link.get("addr_info", []):
+            return str(addr["local"])
+    raise RuntimeError(f"DHCP: no address on eth0 after the lease ({out.decode(errors='replace')[-200:]})")
+
+
+async def _udhcpc_round(ns: list[str], script: str) -> tuple[bytes, int]:
+    """One udhcpc run (CLIENT_TRIES discovers, one lease at most); its output and exit code."""
     proc = await asyncio.create_subprocess_exec(
         *ns, UDHCPC, "-i", "eth0", "-f", "-q", "-n", "-t", str(CLIENT_TRIES), "-T", str(CLIENT_WAIT_S),
         "-A", str(CLIENT_WAIT_S), "-s", script,
@@ -125,15 +150,7 @@ async def ask_address(netns_pid: int, script: str) -> str:
             proc.kill()
         await proc.wait()
         raise RuntimeError(f"no DHCP answer within {timeout} s") from None
-    if proc.returncode != 0:
-        raise RuntimeError("no DHCP lease: no DHCP server answered the board")
-    show = await asyncio.create_subprocess_exec(
-        *ns, "ip", "-j", "-4", "addr", "show", "dev", "eth0", stdout=asyncio.subprocess.PIPE)
-    text, _ = await show.communicate()
-    for link in json.loads(text or b"[]"):
-        for addr in link.get("addr_info", []):
-            return str(addr["local"])
-    raise RuntimeError(f"DHCP: no address on eth0 after the lease ({out.decode(errors='replace')[-200:]})")
+    return out, proc.returncode if proc.returncode is not None else -1
 
 
 def dnsmasq_running(pid_file: Path) -> bool:

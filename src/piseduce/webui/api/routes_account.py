@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from piseduce import crypto
 from piseduce.api_models import CredentialsOut, MeOut, SshKeyOut
 from piseduce.sshkeys import parse_keys
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.api.auth import Caller, caller, writer
 from piseduce.webui.api.schemas import CredentialsIn, SshKeysIn
@@ -64,7 +65,9 @@ async def add_ssh_keys(body: SshKeysIn, request: Request, who: Caller = Depends(
         raise HTTPException(422, f"keys: {exc}") from None
     uid = who.user.id
     db = database(request)
-    added = await db.write(lambda s: merge_keys(s, uid, keys))
+    actor = audit.who(request, who.user)
+    added = await db.write(audit.then(lambda s: merge_keys(s, uid, keys), actor, "ssh_key.add",
+                                      audit.keys_added(uid)))
     if isinstance(added, str):
         raise HTTPException(422, added)
     user = await db.read(lambda s: s.get(type(who.user), uid))
@@ -79,7 +82,9 @@ async def delete_ssh_key(
 ) -> Response:
     """Delete the key of this fingerprint (SHA256:…, as listed)."""
     uid = who.user.id
-    if not await database(request).write(lambda s: drop_key(s, uid, fingerprint)):
+    removal = audit.then(lambda s: drop_key(s, uid, fingerprint), audit.who(request, who.user),
+                         "ssh_key.remove", audit.key_removed(uid, fingerprint))
+    if not await database(request).write(removal):
         raise HTTPException(404, f"No key of fingerprint {fingerprint[:80]!r} in this account.")
     return Response(status_code=204)
 
@@ -119,7 +124,10 @@ async def set_credentials(
         )
     sealed = crypto.encrypt_str(request.app.state.fernet, body.password)
     uid = who.user.id
-    if not await database(request).write(lambda s: save_credentials(s, uid, kind, body.login, sealed)):
+    saving = audit.then(lambda s: save_credentials(s, uid, kind, body.login, sealed),
+                        audit.who(request, who.user), "credentials.set",
+                        audit.credentials_of(uid, kind, body.login))
+    if not await database(request).write(saving):
         raise HTTPException(401, "The account no longer exists.")
     return CredentialsOut(kind=kind, set=True, login=body.login)
 
@@ -127,5 +135,7 @@ async def set_credentials(
 @router.delete("/credentials/{kind}", status_code=204)
 async def delete_credentials(kind: Kind, request: Request, who: Caller = Depends(writer)) -> Response:
     uid = who.user.id
-    await database(request).write(lambda s: save_credentials(s, uid, kind, "", None))
+    await database(request).write(audit.then(lambda s: save_credentials(s, uid, kind, "", None),
+                                             audit.who(request, who.user), "credentials.delete",
+                                             audit.credentials_of(uid, kind, "")))
     return Response(status_code=204)

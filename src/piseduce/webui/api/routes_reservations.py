@@ -17,7 +17,7 @@ from piseduce.api_models import EventOut, FormFieldOut, ReservationDetailOut, Re
 from piseduce.numbers import StrictInt
 from piseduce.protocol import ReservationOut as AgentReservation
 from piseduce.sshkeys import parse_key
-from piseduce.webui import booking
+from piseduce.webui import audit, booking
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.agents import AgentRef
 from piseduce.webui.api import calls, views
@@ -217,6 +217,7 @@ async def deploy(
         values["ssh_keys"] = _account_keys(who)
     values.setdefault("bin", r.bin)
     await calls.deploy(h, identity_of(request, who), ref, rid, values)
+    await audit.on_reservations(request, who.user, "deploy", [(ref.name, rid, r.owner, r.node)])
     return await _answer(request, who, h, ref, rid)
 
 
@@ -230,8 +231,9 @@ async def extend(
     h: AgentClient = Depends(agents),
 ) -> ReservationOut:
     """Move the end later by `hours` (0: by the reservation's own length), never into the next booking."""
-    ref, _r = await _target(request, who, h, agent, rid)
+    ref, r = await _target(request, who, h, agent, rid)
     await calls.extend(h, identity_of(request, who), ref, rid, body.hours)
+    await audit.on_reservations(request, who.user, "extend", [(ref.name, rid, r.owner, r.node)])
     return await _answer(request, who, h, ref, rid)
 
 
@@ -260,8 +262,9 @@ def _action_route(action: str) -> Any:
         who: Caller = Depends(writer),
         h: AgentClient = Depends(agents),
     ) -> ReservationOut:
-        ref, _r = await _target(request, who, h, agent, rid)
+        ref, r = await _target(request, who, h, agent, rid)
         await calls.act(h, identity_of(request, who), ref, rid, views.ACTIONS[action])
+        await audit.on_reservations(request, who.user, action, [(ref.name, rid, r.owner, r.node)])
         return await _answer(request, who, h, ref, rid)
 
     run.__name__ = action

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from piseduce import crypto
-from piseduce.webui import auth, throttle
+from piseduce.webui import audit, auth, throttle
 from piseduce.webui.models import ROLE_USER, STATE_PENDING, User, utcnow
 from piseduce.webui.throttle import Key, Limiter
 from piseduce.webui.web import database, flash, form_str, optional_user, redirect, render
@@ -88,12 +88,15 @@ async def login(request: Request) -> Response:
     user = await db.read(lambda s: auth.find_user(s, email))
     ok = await auth.check_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
+        tried = "" if auth.check_email(email) else email  # never a password typed in the wrong box
+        await audit.record_now(db, audit.who(request, email=tried), "login.failed")
         return render(request, "login.html", {"email": email, "error": LOGIN_FAILED}, status=401)
     rehashed = await auth.new_hash(password) if crypto.needs_rehash(user.password_hash) else None
-    uid = user.id
+    uid, actor = user.id, audit.who(request, user)
 
     def logged_in(s: Session) -> None:
         limiter.succeeded(s, forget, forgive)
+        audit.record(s, actor, "login", ("user", uid))
         row = s.get(User, uid)
         if row is not None:
             row.last_login = utcnow()
@@ -137,14 +140,18 @@ async def signup(request: Request) -> Response:
         return render(request, "signup.html", {"email": email, "error": error}, status=400)
     # Hashed whether or not the account exists, so that both answers take as long.
     password_hash = await auth.new_hash(password)
+    actor = audit.who(request, email=email)
 
     def create(s: Session) -> None:
-        if s.scalar(select(User.id).where(User.email == email)) is None:
-            s.add(
-                User(
-                    email=email, password_hash=password_hash, role=ROLE_USER, state=STATE_PENDING, ssh_keys=[]
-                )
+        uid, action = s.scalar(select(User.id).where(User.email == email)), "signup.existing"
+        if uid is None:
+            row = User(
+                email=email, password_hash=password_hash, role=ROLE_USER, state=STATE_PENDING, ssh_keys=[]
             )
+            s.add(row)
+            s.flush()  # its id, for the audit trail
+            uid, action = row.id, "signup"
+        audit.record(s, actor, action, ("user", uid))
 
     with contextlib.suppress(IntegrityError):  # the same address signed up at the same moment
         await db.write(create)

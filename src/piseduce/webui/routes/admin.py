@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from piseduce import crypto
 from piseduce.numbers import StrictInt, parse_int
-from piseduce.webui import auth, tokens
+from piseduce.webui import audit, auth, tokens
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.models import (
     AGENT_CONNECTED,
@@ -103,7 +103,9 @@ def apply_user_action(db: Session, user_id: int, action: str) -> Done:
 async def user_action(
     user_id: StrictInt, action: str, request: Request, me: User = Depends(admin_user)
 ) -> Response:
-    done = await database(request).write(lambda s: apply_user_action(s, user_id, action))
+    done = await database(request).write(
+        audit.user_action(lambda s: apply_user_action(s, user_id, action), audit.who(request, me), user_id,
+                          action))
     flash(request, done.message, done.kind)
     if done.kind == "ok" and user_id == me.id and action in ENDS_SESSIONS:
         return redirect(request, "/login")  # the admin's own session ended with the others
@@ -197,6 +199,7 @@ async def add_agent(
             status=400,
         )
     sealed = crypto.encrypt_str(request.app.state.fernet, token)
+    actor = audit.who(request, me)
 
     def store(s: Session) -> int | None:
         if _agent_named(s, name):
@@ -204,6 +207,7 @@ async def add_agent(
         agent = Agent(name=name, host=host, port=port, token=sealed, status=status)
         s.add(agent)
         s.flush()
+        audit.record(s, actor, "agent.add", ("agent", agent.id), {"name": name, "host": host, "port": port})
         return agent.id
 
     agent_id = await db.write(store)
@@ -240,11 +244,14 @@ async def check_agent(
 async def delete_agent(
     agent_id: StrictInt, request: Request, me: User = Depends(admin_user), h: AgentClient = Depends(agents)
 ) -> Response:
+    actor = audit.who(request, me)
+
     def drop(s: Session) -> str | None:
         agent = s.get(Agent, agent_id)
         if agent is None:
             return None
         s.delete(agent)
+        audit.record(s, actor, "agent.remove", ("agent", agent_id), {"name": agent.name, "host": agent.host})
         return agent.name
 
     name = await database(request).write(drop)

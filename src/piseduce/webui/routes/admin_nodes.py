@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from piseduce.numbers import StrictInt, parse_int
 from piseduce.protocol import NODE_STATUSES, Deleted, Feature
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
 from piseduce.webui.models import User
@@ -159,6 +160,7 @@ async def add_node(
     _reply, problem = await change(h, ref, h.add_node(ref, identity(request, me), body))
     if problem:
         return await form_again(error=f"Node not added: {problem}")
+    await audit.note(request, me, "node.add", ("node", f"{ref.name}/{body['name']}"))
     return back_to(request, NODES_PAGE, f"Node {body['name']} added to {ref.name}.", "ok")
 
 
@@ -177,6 +179,7 @@ async def node_status(
     _reply, problem = await change(h, ref, h.node_status(ref, identity(request, me), name, status))
     if problem:
         return back_to(request, NODES_PAGE, f"Status of {name} not changed: {problem}")
+    await audit.note(request, me, "node.status", ("node", f"{ref.name}/{name}"), {"status": status})
     return back_to(request, NODES_PAGE, f"{name} ({ref.name}) is now {status}.", "ok")
 
 
@@ -227,6 +230,7 @@ async def detect_nodes(
     if problem or reply.value is None:
         return back_to(request, NODES_PAGE, f"Detection not started: {problem}")
     ports = form.get("ports", "").strip()
+    await audit.note(request, me, "node.detect", ("switch", f"{ref.name}/{body['switch']}"), {"ports": ports})
     return back_to(request, NODES_PAGE, f"Detecting ports {ports} of {body['switch']} on {ref.name}.", "ok")
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from piseduce.numbers import StrictInt
 from piseduce.protocol import Feature
 from piseduce.protocol_rpi import PortOut
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef
 from piseduce.webui.models import User
@@ -228,6 +229,8 @@ async def _save_switch(
     _reply, problem = await change(h, ref, h.save_switch(ref, identity(request, me), body, editing))
     if problem:
         return await refused(f"{failed}: {problem}")
+    target = ("switch", f"{ref.name}/{body['name']}")
+    await audit.note(request, me, "switch.edit" if editing else "switch.add", target)
     return back_to(request, SWITCHES_PAGE, done, "ok")
 
 
@@ -305,6 +308,8 @@ async def power_port(
     reply = await h.power(ref, identity(request, me), name, port, state == "on")
     if reply.value is not None:
         node, now = reply.value.node, reply.value.status
+        port_id = ("port", f"{ref.name}/{name}/{port}")
+        await audit.note(request, me, "port.power", port_id, {"state": state, "node": node})
         flash(
             request, f"Switch {name} port {port}" + (f" ({node})" if node else "") + f": power {now}.", "ok"
         )

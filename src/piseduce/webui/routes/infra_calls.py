@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from piseduce.protocol import Deleted, Feature
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, Result
 from piseduce.webui.agents import AgentRef
 from piseduce.webui.models import User
@@ -109,6 +110,7 @@ async def delete_item(
     reply, problem = await change(h, ref, h.delete(ref, identity(request, me), collection, name))
     if problem:
         return back_to(request, page, f"{what.capitalize()} {name} not deleted: {problem}")
+    await audit.note(request, me, f"{what}.delete", (what, f"{ref.name}/{name}"))
     return back_to(request, page, done(ref, reply), "ok")
 
 

@@ -27,6 +27,7 @@ from piseduce.protocol import (
     Feature,
     ReservationOut,
 )
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
 from piseduce.webui.form_values import form_decimal
@@ -296,6 +297,10 @@ async def action(
             mine(h, who), asyncio.gather(*(_ask(h, who, ref, rid, name, hours) for ref, rid in targets))
         )
         names = {it.ref: it.r.node for it in listing[0]}
+        owners = {it.ref: it.r.owner for it in listing[0]}
+        await audit.on_reservations(request, user, name, [
+            (ref.name, rid, owners.get(f"{ref.id}:{rid}", ""), names.get(f"{ref.id}:{rid}", ""))
+            for (ref, rid), reply in zip(targets, replies, strict=True) if reply.ok])
         for (ref, rid), reply in zip(targets, replies, strict=True):
             node = names.get(f"{ref.id}:{rid}") or f"reservation {rid}"
             verb = ACTIONS[name].split(" (")[0]

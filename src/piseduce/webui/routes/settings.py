@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from piseduce import crypto
 from piseduce.sshkeys import PublicKey, parse_key, parse_keys
-from piseduce.webui import auth
+from piseduce.webui import audit, auth
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.credentials_check import check_credentials
 from piseduce.webui.models import User, utcnow
@@ -93,7 +93,7 @@ async def change_password(request: Request, user: User = Depends(current_user)) 
         return redirect(request, "/settings?tab=password")
     error = auth.check_new_password(new, form_str(form, "confirm", auth.MAX_PASSWORD + 1))
     new_hash = None if error else await auth.new_hash(new)
-    uid = user.id
+    uid, actor = user.id, audit.who(request, user)
 
     def change(s: Session) -> None:
         limiter.succeeded(s, [key])
@@ -101,6 +101,7 @@ async def change_password(request: Request, user: User = Depends(current_user)) 
         if new_hash is not None and row is not None:
             row.password_hash = new_hash
             end_user_sessions(s, uid)
+            audit.record(s, actor, "password.change", ("user", uid))
 
     await db.write(change)
     if error:
@@ -144,7 +145,9 @@ async def add_keys(request: Request, user: User = Depends(current_user)) -> Resp
     except ValueError as exc:
         return _page(request, user, "ssh", status=400, error=f"SSH key refused: {exc}", keys_text=text)
     uid = user.id
-    added = await database(request).write(lambda s: merge_keys(s, uid, keys))
+    adding = audit.then(lambda s: merge_keys(s, uid, keys), audit.who(request, user), "ssh_key.add",
+                        audit.keys_added(uid))
+    added = await database(request).write(adding)
     if isinstance(added, str):
         return _page(request, user, "ssh", status=400, error=added, keys_text=text)
     flash(request, f"{added} key(s) added." if added else "These keys were already there.", "ok")
@@ -176,7 +179,9 @@ async def delete_key(request: Request, user: User = Depends(current_user)) -> Re
     form = await request.form()
     fingerprint = form_str(form, "fingerprint", 100)
     uid = user.id
-    if await database(request).write(lambda s: drop_key(s, uid, fingerprint)):
+    removal = audit.then(lambda s: drop_key(s, uid, fingerprint), audit.who(request, user), "ssh_key.remove",
+                         audit.key_removed(uid, fingerprint))
+    if await database(request).write(removal):
         flash(request, f"Key {fingerprint} deleted.", "ok")
     else:
         flash(request, "No such key.", "error")
@@ -229,7 +234,9 @@ async def set_credentials(
         )
     sealed = crypto.encrypt_str(request.app.state.fernet, password)
     uid = user.id
-    if not await database(request).write(lambda s: save_credentials(s, uid, kind, login, sealed)):
+    saving = audit.then(lambda s: save_credentials(s, uid, kind, login, sealed), audit.who(request, user),
+                        "credentials.set", audit.credentials_of(uid, kind, login))
+    if not await database(request).write(saving):
         return redirect(request, "/login")
     if verdict.outcome == "valid":
         flash(request, f"{label} credentials saved and checked: {verdict.message}.", "ok")
@@ -271,13 +278,14 @@ async def delete_credentials(kind: str, request: Request, user: User = Depends(c
     if kind not in CRED_TYPES:
         return Response("unknown credential type", status_code=404)
     label, user_attr, pwd_attr = CRED_TYPES[kind]
-    uid = user.id
+    uid, actor = user.id, audit.who(request, user)
 
     def forget(s: Session) -> None:
         row = s.get(User, uid)
         if row is not None:
             setattr(row, user_attr, "")
             setattr(row, pwd_attr, None)
+            audit.record(s, actor, "credentials.delete", ("user", uid), {"kind": kind})
 
     await database(request).write(forget)
     flash(request, f"{label} credentials deleted.", "ok")

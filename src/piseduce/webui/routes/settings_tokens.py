@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from piseduce.numbers import StrictInt, parse_int
-from piseduce.webui import tokens
+from piseduce.webui import audit, tokens
 from piseduce.webui.models import User, utcnow
 from piseduce.webui.web import current_user, database, flash, form_str, redirect, render
 
@@ -50,7 +50,10 @@ async def create(request: Request, user: User = Depends(current_user)) -> Respon
     if problem:
         return await page(request, user, error=problem, entered=entered, status=400)
     uid = user.id
-    made = await database(request).write(lambda s: tokens.create(s, uid, name, scope, days, utcnow()))
+    made = await database(request).write(audit.then(
+        lambda s: tokens.create(s, uid, name, scope, days, utcnow()), audit.who(request, user),
+        "token.create",
+        lambda m: None if isinstance(m, str) else (("token", m.id), {"name": m.name, "scope": m.scope})))
     if isinstance(made, str):
         return await page(request, user, error=made, entered=entered, status=400)
     return await page(request, user, new=made)
@@ -59,7 +62,9 @@ async def create(request: Request, user: User = Depends(current_user)) -> Respon
 @router.post("/{token_id}/revoke")
 async def revoke(token_id: StrictInt, request: Request, user: User = Depends(current_user)) -> Response:
     uid = user.id
-    row = await database(request).write(lambda s: tokens.revoke(s, uid, token_id, utcnow()))
+    row = await database(request).write(audit.then(
+        lambda s: tokens.revoke(s, uid, token_id, utcnow()), audit.who(request, user), "token.revoke",
+        lambda r: None if r is None else (("token", r.id), {"name": r.name})))
     if row is None:
         flash(request, "No such token (revoked already?).", "error")
     else:

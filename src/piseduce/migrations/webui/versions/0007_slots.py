@@ -1,7 +1,7 @@
 """private calendar feeds
 
 Revision ID: 0007_slots
-Revises: 0004
+Revises: 0006_audit
 Create Date: 2026-12-03 12:30:00.000000
 
 Each user may have one private iCalendar feed URL (Settings): the row keeps the SHA-256 of its
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_slots"
-down_revision: str | None = "0004"  # coordinator: rechain at merge
+down_revision: str | None = "0006_audit"  # coordinator: rechain at merge
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
