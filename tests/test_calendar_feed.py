@@ -157,7 +157,21 @@ def test_the_feed_shows_the_owners_reservations_and_follows_their_changes(lab: L
         # Without the page's CSRF token, nothing is made.
         r = b.post("/settings/calendar", {}, csrf=False, page="/settings?tab=calendar")
         assert r.status_code in (400, 403), r.status_code
-    # Only hashes at rest: no secret of either URL in the database file.
+    # Made twice and revoked once: in the audit trail, without the secret.
+    from sqlalchemy import select
+
+    from piseduce.config import load_webui_config
+    from piseduce.db import make_engine
+    from piseduce.webui.models import AuditEvent
+
+    engine = make_engine(load_webui_config(lab.config).database_url)
+    try:
+        with engine.connect() as c:
+            actions = [a for (a,) in c.execute(select(AuditEvent.action)) if a.startswith("calendar.")]
+    finally:
+        engine.dispose()
+    assert actions == ["calendar.create", "calendar.create", "calendar.revoke"], actions
+    # Only hashes at rest: no secret of either URL in the database file (audit trail included).
     db = b"".join(p.read_bytes() for p in (lab.root / "webui").glob("*.db*"))
     for p in (path, new_path):
         assert p.split("/")[-1].removesuffix(".ics").encode() not in db

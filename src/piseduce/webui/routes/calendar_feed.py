@@ -9,7 +9,7 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from piseduce.webui import calendar_feed, ical
+from piseduce.webui import audit, calendar_feed, ical
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.agents import Identity, user_identity
 from piseduce.webui.models import User, utcnow
@@ -74,14 +74,18 @@ async def page(request: Request, user: User, *, secret: str = "") -> Response:
 @router.post("/settings/calendar")
 async def regenerate(request: Request, user: User = Depends(current_user)) -> Response:
     uid, now = user.id, utcnow()
-    secret = await database(request).write(lambda s: calendar_feed.regenerate(s, uid, now))
+    secret = await database(request).write(audit.then(
+        lambda s: calendar_feed.regenerate(s, uid, now), audit.who(request, user), "calendar.create",
+        lambda _secret: (("user", uid), {})))  # never the secret itself
     return await page(request, user, secret=secret)
 
 
 @router.post("/settings/calendar/revoke")
 async def revoke(request: Request, user: User = Depends(current_user)) -> Response:
     uid = user.id
-    done = await database(request).write(lambda s: calendar_feed.revoke(s, uid))
+    done = await database(request).write(audit.then(
+        lambda s: calendar_feed.revoke(s, uid), audit.who(request, user), "calendar.revoke",
+        lambda revoked: (("user", uid), {}) if revoked else None))
     flash(
         request,
         "Calendar URL revoked: calendar apps get nothing from it any more."
