@@ -98,16 +98,22 @@ def populate(url: str, now: dt.datetime) -> None:
 
 
 def report(name: str, samples: list[tuple[float, float]], target_ms: float) -> None:
+    report_to(name, f"{NODES} nodes / {RESERVATIONS} bookings", samples, target_ms)
+
+
+def report_to(name: str, size: str, samples: list[tuple[float, float]], target_ms: float | None) -> None:
     """`samples`: (wall, CPU) seconds. The CPU time of this process tells what the wall time
     would be on an idle machine, when other jobs share its cores."""
     med = statistics.median(w for w, _ in samples) * 1000
-    p95 = sorted(w for w, _ in samples)[int(len(samples) * 0.95) - 1] * 1000
+    p95 = sorted(w for w, _ in samples)[max(int(len(samples) * 0.95) - 1, 0)] * 1000
     cpu = statistics.median(c for _, c in samples) * 1000
-    print(
-        f"{name:<52} median {med:7.2f} ms (CPU {cpu:6.2f} ms)  p95 {p95:7.2f} ms  "
+    against = (
         f"target {target_ms:3.0f} ms  ratio {med / target_ms:5.2f} (CPU {cpu / target_ms:4.2f})"
+        if target_ms
+        else "no target"
     )
-    emit(f"agent: {name} median", f"{NODES} nodes / {RESERVATIONS} bookings", med, "ms", target_ms)
+    print(f"{name:<52} median {med:7.2f} ms (CPU {cpu:6.2f} ms)  p95 {p95:7.2f} ms  {against}")
+    emit(f"agent: {name} median", size, med, "ms", target_ms)
 
 
 def user(k: int) -> dict[str, str]:

@@ -9,12 +9,13 @@ from fastapi.routing import APIRoute
 
 from piseduce import api_models
 from piseduce.client import models as m
-from piseduce.webui.api import routes_account, routes_catalog, routes_reservations
+from piseduce.webui.api import routes_account, routes_catalog, routes_reservations, routes_slots
 
 
 def _answered_classes() -> set[type]:
     found: set[type] = set()
-    routes = [r for mod in (routes_account, routes_catalog, routes_reservations) for r in mod.router.routes]
+    routes = [r for mod in (routes_account, routes_catalog, routes_reservations, routes_slots)
+              for r in mod.router.routes]
     for route in routes:
         if isinstance(route, APIRoute) and route.response_model is not None:
             model = route.response_model

@@ -499,3 +499,55 @@ def test_a_mixed_bin_takes_each_set_where_its_field_is(
         assert f"pi-3 deploy flash sha256={digest} name=app.elf" in (lab.root / "sensors.log").read_text()
     finally:
         alice.run("release", "--bin", "mix")
+
+
+def test_next_slot_from_pisctl_and_the_python_client_is_what_reserve_then_books(
+    lab: Lab, alice: User
+) -> None:
+    """`pisctl next-slot` answers the earliest start the nodes are free together, prints the
+    `pisctl reserve` line that books it, and that line books exactly then; the sync and async
+    clients answer the same; a request that never fits is one error line."""
+    import asyncio
+    import shlex
+
+    from piseduce.client import AsyncClient, Client
+
+    t = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(days=2)
+    # Bob holds pi-6 and pi-8 for 3 h from t (this agent has no turnaround).
+    with Client(lab.url, make_token(lab.config, BOB)) as bob:
+        held = bob.reserve(nodes=["rpi-lab/pi-6", "rpi-lab/pi-8"], start=t, hours=3)
+    after = (t + dt.timedelta(hours=1)).isoformat()
+    args = ("next-slot", "--nodes", "rpi-lab/pi-6,rpi-lab/pi-8", "--after", after, "--hours", "2")
+    ran = alice.run(*args, "--json")
+    assert ran.code == 0, ran.err
+    validate(lab.spec, "POST", "/api/v1/next-slot", ran.json())
+    free = t + dt.timedelta(hours=3)
+    assert dt.datetime.fromisoformat(ran.json()["start"]) == free, ran.out
+    shown = alice.run(*args)
+    assert shown.code == 0, shown.err
+    assert "rpi-lab/pi-6, rpi-lab/pi-8" in shown.out and "bob" not in shown.out, shown.out
+    line = next(x for x in shown.out.splitlines() if x.startswith("Book it: "))
+    booked = alice.run(*shlex.split(line.removeprefix("Book it: "))[1:], "--json")
+    assert booked.code == 0, booked.err
+    assert {dt.datetime.fromisoformat(r["start"]) for r in booked.json()} == {free}
+    token = make_token(lab.config, ALICE)
+    with Client(lab.url, token) as api:
+        # Now Alice's own booking is in the way too: after it.
+        slot = api.next_slot(nodes=["rpi-lab/pi-6", "rpi-lab/pi-8"], after=after, hours=2)
+        assert slot.start == free + dt.timedelta(hours=2) and slot.end == slot.start + dt.timedelta(hours=2)
+        by_count = api.next_slot(count=2, filters=["model=RPI3B+"], after=t, hours=1)
+        assert by_count.start == t and len(by_count.nodes) == 2
+
+    async def ask() -> dt.datetime:
+        async with AsyncClient(lab.url, token) as api:
+            return (await api.next_slot(nodes=["rpi-lab/pi-6"], after=t, hours=1)).start
+
+    assert asyncio.run(ask()) == free + dt.timedelta(hours=2)  # after Bob's and Alice's bookings
+    never = alice.run("next-slot", "--count", "99", "--hours", "1")
+    assert never.code != 0 and "can never be booked at once" in one_error_line(never)
+    with Client(lab.url, token) as api:
+        for r in booked.json():
+            api.release(f"{r['agent']}/{r['id']}")
+    with Client(lab.url, make_token(lab.config, BOB)) as bob:
+        for r in held:
+            bob.release(r.key)

@@ -68,6 +68,21 @@ class SlotOut(ApiModel):
     bin: str | None = None
 
 
+class NodeRefOut(ApiModel):
+    agent: str
+    node: str
+
+
+class NextSlotOut(ApiModel):
+    """The earliest start where a request could be booked all at once, and the nodes a booking
+    then would take (a booking by count may still pick others of the same kind)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    hours: float
+    nodes: list[NodeRefOut]
+
+
 class NodeScheduleOut(ApiModel):
     agent: str
     node: str
@@ -111,6 +126,17 @@ class EventOut(ApiModel):
     message: str
 
 
+class EnergyOut(ApiModel):
+    """What the node drew during the reservation (PoE power samples, Raspberry Pi)."""
+
+    wh: float = Field(description="Watt-hours (trapezoid rule over the samples)")
+    mean_w: float = Field(description="Time-weighted mean power, W")
+    peak_w: float = Field(description="Highest sample, W")
+    samples: int
+    seconds: float = Field(description="From the first sample to the last")
+    final: bool = Field(description="True once stored at the reservation's end; else measured up to now")
+
+
 class ReservationOut(ApiModel):
     key: str = Field(description="'<agent>/<id>': how the API names this reservation")
     agent: str
@@ -128,6 +154,9 @@ class ReservationOut(ApiModel):
     end: dt.datetime
     connection: ConnectionOut | None
     actions: list[str]
+    energy: EnergyOut | None = Field(
+        default=None, description="Raspberry Pi: what the node drew; null when not sampled"
+    )
 
     @property
     def step_words(self) -> str:

@@ -343,6 +343,18 @@ class EventOut(Wire):
     message: Text
 
 
+class EnergyOut(Wire):
+    """What a reservation's node drew (PoE power samples, trapezoid rule): `final` once written at
+    its end, else measured up to now."""
+
+    wh: float = Field(ge=0)
+    mean_w: float = Field(ge=0)
+    peak_w: float = Field(ge=0)
+    samples: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    final: bool = False
+
+
 class ReservationOut(Wire):
     id: int = Field(ge=1)
     node: NodeName
@@ -363,6 +375,7 @@ class ReservationOut(Wire):
     params: JsonDict = Field(default_factory=dict)  # os_password only for its owner
     node_properties: JsonDict = Field(default_factory=dict)
     actions: list[Action] = Field(default_factory=list, max_length=16)  # what can be asked now
+    energy: EnergyOut | None = None  # Raspberry Pi (PoE samples); None when nothing was sampled
 
     @property
     def ssh(self) -> str:
@@ -373,6 +386,16 @@ class ReservationOut(Wire):
 
 class BookingOut(Wire):
     reservations: list[ReservationOut] = Field(max_length=MAX_LIST)
+
+
+class NextSlotOut(Wire):
+    """The earliest start where a request could be booked at once (`start` None: none within the
+    agent's max advance), with the nodes a booking at that start would take."""
+
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    nodes: list[Label] = Field(default_factory=list, max_length=MAX_LIST)
+    detail: ShortText = ""
 
 
 class AcceptedOut(Wire):

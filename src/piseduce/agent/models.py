@@ -246,3 +246,8 @@ class CalendarGeneration(Base):
 
 
 event.listen(Base.metadata, "after_create", calendar_generation.after_create)
+
+
+# Registers the end-of-reservation hook that writes a reservation's energy into it (energy.py);
+# imported here, last, so that every process opening the agent's database has it.
+from piseduce.agent import energy as _energy  # noqa: E402, F401

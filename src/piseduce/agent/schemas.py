@@ -79,6 +79,21 @@ class ReservationRequest(Strict):
         return to_utc(v) if isinstance(v, dt.datetime) else v
 
 
+class NextSlotRequest(Strict):
+    """When could these filters be booked all at once for this long, at or after `after`?"""
+
+    filters: list[Filter] = Field(min_length=1, max_length=32)
+    after: dt.datetime | Literal["now"] = "now"
+    duration_hours: StrictFloat = Field(gt=0, le=24 * 366)
+
+    @field_validator("after")
+    @classmethod
+    def _aware(cls, v: dt.datetime | str) -> dt.datetime | str:
+        if isinstance(v, dt.datetime) and v.tzinfo is None:
+            raise ValueError("after must carry a time zone (ISO-8601 with Z or an offset)")
+        return to_utc(v) if isinstance(v, dt.datetime) else v
+
+
 # 4 MiB once decoded: the largest file a deploy form may carry (an IoT-LAB firmware).
 MAX_UPLOAD_B64 = 4 * 1024 * 1024 * 4 // 3 + 4
 

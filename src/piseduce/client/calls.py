@@ -164,6 +164,31 @@ def reserve(
     return Call("POST", "/reservations", reader(list[m.Reservation]), body=body, idempotent=False)
 
 
+def next_slot(
+    *,
+    nodes: Sequence[tuple[str, str] | Mapping[str, str] | str] = (),
+    count: int | None = None,
+    filters: Iterable[str] = (),
+    after: dt.datetime | str = "now",
+    hours: float = 1.0,
+) -> Call[m.NextSlot]:
+    """When `nodes`, or `count` nodes matching `filters`, could next be booked all at once for
+    `hours`, at or after `after` (nothing is booked: `reserve(start=slot.start, ...)` books it)."""
+    body: dict[str, Any] = {"after": iso(after), "hours": hours_value(hours)}
+    if nodes:
+        body["nodes"] = [node_ref(n) for n in nodes]
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise BadValues(f"count must be a whole number from 1 (got {count!r})")
+        body["count"] = count
+        body["filters"] = list(filters)
+    elif filters and not nodes:
+        raise PiseduceError("filters choose among nodes: give a count too (--count N)")
+    if not nodes and count is None:
+        raise PiseduceError("say what to look for: nodes (--nodes AGENT/NODE) or a count (--count N)")
+    return Call("POST", "/next-slot", reader(m.NextSlot), body=body)
+
+
 def node_ref(n: tuple[str, str] | Mapping[str, str] | str) -> dict[str, str]:
     if isinstance(n, str):
         agent, sep, node = n.partition("/")

@@ -27,6 +27,7 @@ from piseduce.api_models import (
     EventOut,
     FormFieldOut,
     MeOut,
+    NextSlotOut,
     NodeOut,
     NodeScheduleOut,
     ReservationDetailOut,
@@ -38,7 +39,7 @@ from piseduce.api_models import (
 __all__ = [
     "CANCELLED", "CONFIGURING", "DEPLOYED", "DEPLOYING", "DESTROYING", "ENDED", "FAILED", "GONE",
     "SCHEDULED", "WAIT_OVER", "Agent", "ApiModel", "Connection", "CredentialsState", "Environment",
-    "Event", "FormField", "Me", "Node", "Reservation", "ReservationDetail", "ScheduleRow", "Slot",
+    "Event", "FormField", "Me", "NextSlot", "Node", "Reservation", "ReservationDetail", "ScheduleRow", "Slot",
     "SshKey",
 ]
 
@@ -49,6 +50,7 @@ GONE = (DESTROYING, ENDED, CANCELLED)
 Me = MeOut
 Agent = AgentOut
 Node = NodeOut
+NextSlot = NextSlotOut  # when a request could next be booked (nothing booked)
 Slot = SlotOut
 ScheduleRow = NodeScheduleOut
 Connection = ConnectionOut

@@ -86,6 +86,18 @@ class Client:
             c.reserve(nodes=nodes, count=count, filters=filters, start=start, hours=hours, bin=bin)
         )
 
+    def next_slot(
+        self,
+        *,
+        nodes: Sequence[tuple[str, str] | Mapping[str, str] | str] = (),
+        count: int | None = None,
+        filters: Iterable[str] = (),
+        after: dt.datetime | str = "now",
+        hours: float = 1.0,
+    ) -> m.NextSlot:
+        """The earliest start at or after `after` where this could be booked all at once."""
+        return self.send(c.next_slot(nodes=nodes, count=count, filters=filters, after=after, hours=hours))
+
     def reservations(
         self, *, bin: str | None = None, status: str | None = None, all: bool = False
     ) -> list[m.Reservation]:

@@ -37,6 +37,7 @@ from piseduce.protocol import (
     FormField,
     Health,
     MonitoringOut,
+    NextSlotOut,
     Node,
     ReservationOut,
     ScanOut,
@@ -304,6 +305,10 @@ class AgentClient(AgentHub):
     async def book(self, ref: AgentRef, who: Identity, body: Mapping[str, Any]) -> Result[BookingOut]:
         """POST /api/reservations (the agent's ReservationRequest: filters, start, duration, bin)."""
         return await self._ask(ref, "POST", "/api/reservations", BookingOut, who=who, json=dict(body))
+
+    async def next_slot(self, ref: AgentRef, who: Identity, body: Mapping[str, Any]) -> Result[NextSlotOut]:
+        """POST /api/next-slot (filters, after, duration_hours): a read, nothing booked."""
+        return await self._ask(ref, "POST", "/api/next-slot", NextSlotOut, who=who, json=dict(body))
 
     async def form(self, ref: AgentRef, who: Identity, rid: int) -> Result[list[FormField]]:
         return await self._ask(ref, "GET", f"/api/reservations/{rid}/form", list[FormField], who=who)

@@ -32,11 +32,13 @@ from piseduce.webui.routes import (
     admin_environments,
     admin_nodes,
     admin_switches,
+    calendar_feed,
     configure,
     env_factory,
     manage,
     monitoring,
     reserve,
+    reserve_slot,
     settings,
     settings_tokens,
 )
@@ -144,8 +146,9 @@ async def _csrf_failed(request: Request, _exc: Exception) -> Response:
 def _routes(app: FastAPI) -> None:
     """The pages, their static files, and the users' API."""
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    for module in (accounts, reserve, configure, manage, settings, admin, admin_nodes, admin_switches,
-                   admin_environments, monitoring, env_factory, settings_tokens, admin_audit):
+    for module in (accounts, calendar_feed, reserve, reserve_slot, configure, manage, settings, admin,
+                   admin_nodes, admin_switches, admin_environments, monitoring, env_factory, settings_tokens,
+                   admin_audit):
         app.include_router(module.router)
     # The users' API: its own app (spec, docs, JSON errors, token or session+CSRF-header auth).
     app.mount(API_PREFIX, create_api(app.state))

@@ -48,6 +48,8 @@ ACTIONS: dict[str, str] = {
     "password.change": "changed their password",
     "token.create": "created a personal access token",
     "token.revoke": "revoked a personal access token",
+    "calendar.create": "made (or regenerated) their calendar feed URL",
+    "calendar.revoke": "revoked their calendar feed URL",
     "ssh_key.add": "added SSH public keys",
     "ssh_key.remove": "removed an SSH public key",
     "credentials.set": "saved testbed credentials",
@@ -78,9 +80,11 @@ DETAIL_DEPTH = 3
 REDACTED = "[redacted]"
 # Keys whose values are secrets by their name: never stored, whatever the value.
 SECRET_KEY_RE = re.compile(r"pass|secret|token|private|credential|cookie|authori|^key$|_key$|csrf", re.I)
-# Values that look like secrets whatever their key: a personal access token, a Fernet token, a
-# PEM or OpenSSH private key, a bearer header.
-SECRET_VALUE_RE = re.compile(r"pst_[A-Za-z0-9_-]{8,}|gAAAAA[A-Za-z0-9_=-]{20,}|-----BEGIN|Bearer\s", re.I)
+# Values that look like secrets whatever their key: a personal access token, a calendar feed's
+# secret, a Fernet token, a PEM or OpenSSH private key, a bearer header.
+SECRET_VALUE_RE = re.compile(
+    r"pst_[A-Za-z0-9_-]{8,}|pcf_[A-Za-z0-9_-]{8,}|gAAAAA[A-Za-z0-9_=-]{20,}|-----BEGIN|Bearer\s", re.I
+)
 
 
 @dataclass(frozen=True)

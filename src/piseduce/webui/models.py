@@ -137,6 +137,33 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class CalendarFeed(Base):
+    """A user's private iCalendar feed (webui/calendar_feed.py): only the SHA-256 of the URL's
+    secret is kept (256 random bits: a plain hash is enough, and it is the lookup key), so a copy
+    of the database reads nobody's calendar. One per user; regenerating replaces (revokes) it."""
+
+    __tablename__ = "calendar_feeds"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CalendarEntry(Base):
+    """What a feed last said of one reservation: a digest of its fields, and the SEQUENCE and
+    LAST-MODIFIED it was given, bumped when the digest changes (RFC 5545 3.8.7.4: calendar apps
+    take a higher SEQUENCE as the newer version of the same UID)."""
+
+    __tablename__ = "calendar_entries"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(160), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    modified: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEvent(Base):
     """One row of the operators' audit trail (webui/audit.py): who did what, when, from where.
     Append-only: no route updates or deletes a row; only the retention chore purges old ones. The

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from piseduce.agent import booking, env_factory, lifecycle, sealed
+from piseduce.agent import booking, energy, env_factory, lifecycle, sealed
 from piseduce.agent.actions import add_event, start_action
 from piseduce.agent.api.deps import AgentState, StateDep, booking_http, db, driver_errors, driver_http
 from piseduce.agent.api.nodes import refresh_inventory
@@ -70,7 +70,10 @@ def _load(state: AgentState, caller: Caller, rid: int) -> tuple[ReservationView,
 def _out(state: AgentState, caller: Caller, rid: int, events: bool = False) -> ReservationOut:
     with state.sessions() as s:
         r = _get(s, caller, rid)
-        return reservation_out(r, caller, state, current_action(s, r), last_events(s, r.id) if events else ())
+        used = energy.of(s, r, utcnow()) if events else None
+        return reservation_out(
+            r, caller, state, current_action(s, r), last_events(s, r.id) if events else (), used
+        )
 
 
 def _move(r: Reservation, trigger: Trigger) -> None:
@@ -174,7 +177,8 @@ def _list(
             q = q.where(Reservation.status == status)
         rows = list(s.scalars(q.order_by(Reservation.start.desc(), Reservation.id.desc()).limit(limit)))
         acts = open_actions(s, [r.id for r in rows])
-        return [reservation_out(r, caller, state, acts.get(r.id)) for r in rows]
+        used = energy.live(s, rows, utcnow())
+        return [reservation_out(r, caller, state, acts.get(r.id), (), used.get(r.id)) for r in rows]
 
 
 @router.get("", response_model=list[ReservationOut])

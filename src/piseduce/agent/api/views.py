@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from piseduce.agent import lifecycle, sealed
+from piseduce.agent import energy, lifecycle, sealed
 from piseduce.agent.actions import open_action
 from piseduce.agent.api.deps import AgentState
 from piseduce.agent.auth import Caller
@@ -17,7 +17,7 @@ from piseduce.agent.lifecycle import DEPLOYED, Trigger
 from piseduce.agent.models import ACTION_OPEN, Action, Event, Reservation
 from piseduce.agent.sealed import is_secret
 from piseduce.agent.snapshots import reservation_view
-from piseduce.protocol import EventOut, Feature, ReservationOut
+from piseduce.protocol import EnergyOut, EventOut, Feature, ReservationOut
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,10 @@ def reservation_out(
     state: AgentState,
     current: Action | None = None,
     events: Iterable[Event] = (),
+    used: energy.Energy | None = None,
 ) -> ReservationOut:
+    """`used`: the energy measured now (one reservation's GET); else what its end stored."""
+    used = used if used is not None else energy.stored(r)
     out = ReservationOut(
         id=r.id,
         node=r.node_name,
@@ -103,6 +106,7 @@ def reservation_out(
         params=visible_params(r, caller, state),
         node_properties=dict(r.node.properties or {}) if r.node is not None else {},
         actions=available_actions(r, current, state),
+        energy=EnergyOut(**used.as_dict()) if used is not None else None,
     )
     if current is not None:
         out.process = current.process

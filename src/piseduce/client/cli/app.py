@@ -18,7 +18,7 @@ try:  # Typer >= 0.2x carries its own copy of Click and raises its exceptions
 except ImportError:  # pragma: no cover - older Typer on the system Click
     from click import exceptions as cx  # type: ignore[no-redef]
 
-from piseduce.client.cli import account, booking, catalog, deploy, output, ssh
+from piseduce.client.cli import account, booking, catalog, deploy, output, slots, ssh
 from piseduce.client.cli.common import UsageError
 from piseduce.client.errors import AgentsUnavailable, ApiError, BadValues, PiseduceError
 
@@ -50,6 +50,7 @@ for command in (
 ):
     app.command()(command)
 app.command("ssh-config")(ssh.ssh_config)
+app.command("next-slot")(slots.next_slot)
 
 
 def _warn(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

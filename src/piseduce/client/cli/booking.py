@@ -189,6 +189,10 @@ def details(r: m.Reservation) -> list[tuple[str, str]]:
         lines += [(k.replace("_", " "), v) for k, v in sorted(conn.details.items())]
     if r.actions:
         lines.append(("actions", r.actions))
+    if r.energy is not None:
+        e = r.energy
+        so_far = "" if e.final else " so far"
+        lines.append(("energy", f"{e.wh:.2f} Wh{so_far} (mean {e.mean_w:.1f} W, peak {e.peak_w:.1f} W)"))
     shown = [(label, readable(value)) for label, value in lines]
     return [(label, value) for label, value in shown if value]
 

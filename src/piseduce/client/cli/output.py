@@ -69,5 +69,10 @@ def say(text: str) -> None:
     err.print(text, markup=False)
 
 
+def line(text: str) -> None:
+    """An answer's line, on standard output (what `say` writes is advice, on standard error)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def percent(progress: float | None) -> str:
     return "" if progress is None else f"{round(progress * 100)}%"

@@ -26,7 +26,13 @@ from piseduce.agent import errors
 from piseduce.agent.errors import SafeJSONResponse
 from piseduce.api_models import ErrorOut
 from piseduce.webui.agents import detail_words
-from piseduce.webui.api import routes_account, routes_audit, routes_catalog, routes_reservations
+from piseduce.webui.api import (
+    routes_account,
+    routes_audit,
+    routes_catalog,
+    routes_reservations,
+    routes_slots,
+)
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
@@ -116,7 +122,7 @@ def create_api(state: State) -> FastAPI:
     errors.install(api)
     api.add_exception_handler(RequestValidationError, _invalid)
     api.add_exception_handler(OperationalError, _db_busy)
-    for module in (routes_account, routes_catalog, routes_reservations, routes_audit):
+    for module in (routes_account, routes_catalog, routes_reservations, routes_slots, routes_audit):
         api.include_router(module.router)
 
     @api.get("/openapi.json", include_in_schema=False)

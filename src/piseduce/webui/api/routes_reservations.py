@@ -65,7 +65,7 @@ async def list_reservations(
     return views.listed(out, response)
 
 
-def _request(body: BookingIn, refs: dict[str, AgentRef]) -> BookingRequest:
+def booking_request(body: BookingIn, refs: dict[str, AgentRef]) -> BookingRequest:
     """The booking asked for, checked; 422 in words otherwise."""
     if (body.nodes is None) == (body.count is None):
         raise HTTPException(
@@ -114,7 +114,7 @@ async def book(
     """Book named nodes, or `count` nodes matching `filters`, from `start` ('now' or ISO-8601)
     for `hours`: every node or none, across agents (the Reserve page's booking service)."""
     refs = await h.refs()
-    req = _request(body, {r.name: r for r in refs})
+    req = booking_request(body, {r.name: r for r in refs})
     outcome = await booking.book(h, identity_of(request, who), req)
     if outcome.refused:
         words = " ".join(outcome.refused)

@@ -38,6 +38,17 @@ class BookingIn(Strict):
     bin: BinName = ""
 
 
+class NextSlotIn(Strict):
+    """When could this be booked all at once? Named nodes (`nodes`) or `count` nodes matching
+    `filters`, for `hours`, starting at or after `after` ('now' or ISO-8601 with a time zone)."""
+
+    nodes: list[NodeRef] | None = Field(default=None, min_length=1, max_length=1000)
+    count: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    filters: list[FilterText] = Field(default_factory=list, max_length=32)
+    after: str = Field(default="now", max_length=64, description="ISO-8601 with a time zone, or 'now'")
+    hours: Annotated[UnsignedFloat, Field(gt=0, le=24 * 366)]
+
+
 class DeployIn(Strict):
     values: dict[Annotated[str, StringConstraints(max_length=64)], Any] = Field(
         default_factory=dict,

@@ -12,6 +12,7 @@ from piseduce import sshjump
 from piseduce.api_models import (
     AgentOut,
     ConnectionOut,
+    EnergyOut,
     EventOut,
     GatewayOut,
     ReservationDetailOut,
@@ -110,6 +111,7 @@ def reservation_out(ref: AgentRef, r: AgentReservation) -> ReservationOut:
         end=r.end,
         connection=connection_out(dict(r.connection), gateway_out(ref, r)),
         actions=list(dict.fromkeys(actions)),
+        energy=EnergyOut(**r.energy.model_dump()) if r.energy is not None else None,
     )
 
 

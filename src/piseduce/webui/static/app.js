@@ -5,6 +5,14 @@
   document.cookie = "tz=" + encodeURIComponent(TZ) + "; path=/; SameSite=Lax; max-age=31536000";
 
   document.addEventListener("htmx:configRequest", function (e) { e.detail.headers["X-Timezone"] = TZ; });
+  /* A page answering a POST that must not be sent again on reload (a new calendar URL: sent
+     again, it would revoke the one just copied) puts the page's GET address in the history. */
+  document.addEventListener("DOMContentLoaded", function () {
+    var el = document.querySelector("[data-replace-url]");
+    if (el && window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", el.getAttribute("data-replace-url"));
+    }
+  });
 
   /* One way of writing times on every page and in every message (web.py's local_text writes the
      same in the server's messages): "Tue, Dec 01, 05:56 PM", in the viewer's zone. The pages are
@@ -347,6 +355,43 @@
       }
       if (mode() === "count") { document.getElementById("sel-inputs").textContent = ""; }
     });
+    /* "Find next free slot": the form as Reserve would send it, answered with the earliest start
+       it could be booked at (all at once, across agents); the start and duration are filled in. */
+    var find = document.getElementById("b-find");
+    if (find) {
+      find.addEventListener("click", function () {
+        var data = new FormData(form), when = document.querySelector("input[name=when]:checked");
+        var out = document.getElementById("b-slot");
+        data.set("start", (when && when.value === "later" && local.value) ? new Date(local.value).toISOString() : "");
+        data.set("filters", JSON.stringify(filters));
+        if (mode() === "count") { data.delete("node"); }
+        out.textContent = "Searching the agents' calendars\u2026";
+        out.className = "small";
+        find.disabled = true;
+        fetch("/reserve/next-slot", { method: "POST", body: data, headers: { "X-Timezone": TZ }, credentials: "same-origin" })
+          .then(function (r) { return r.json().then(function (j) { return [r.ok, j]; }); })
+          .then(function (res) {
+            var ok = res[0], j = res[1];
+            out.textContent = j.detail || "The search failed: reload the page and try again.";
+            out.className = ok ? "small" : "small flash error";
+            if (!ok) { return; }
+            if (j.now) {
+              document.querySelector("input[name=when][value=now]").checked = true;
+            } else {
+              var t = new Date(j.start);  // UTC -> the browser's zone, as datetime-local reads it
+              t.setMinutes(t.getMinutes() - t.getTimezoneOffset());
+              local.value = t.toISOString().slice(0, 16);
+              document.querySelector("input[name=when][value=later]").checked = true;
+            }
+            document.getElementById("b-duration").value = j.hours;
+            renderSummary();
+          }, function () {
+            out.textContent = "The web UI did not answer: check the connection and try again.";
+            out.className = "small flash error";
+          })
+          .then(function () { find.disabled = false; });
+      });
+    }
     /* Booked (all of it): those nodes now show as "yours" in the calendar; the next booking starts
        afresh: no selection, no count, no bin of this one. */
     document.body.addEventListener("calendar-refresh", function () {
