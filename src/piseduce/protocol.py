@@ -389,8 +389,7 @@ class BookingOut(Wire):
 
 
 class NextSlotOut(Wire):
-    """The earliest start where a request could be booked at once (`start` None: none within the
-    agent's max advance), with the nodes a booking at that start would take."""
+    """The earliest start a request could be booked at, with the nodes it would take (None: none)."""
 
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None

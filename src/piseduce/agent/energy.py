@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import event, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from piseduce.agent.lifecycle import FINAL_STATUSES
@@ -97,8 +97,9 @@ def live(s: Session, rows: Sequence[Reservation], now: dt.datetime) -> dict[int,
     return out
 
 
-def _settle(session: Session, _context: Any, _instances: Any) -> None:
-    """Before a flush: every reservation moving to a final status gets its total written in."""
+def settle(session: Session) -> None:
+    """Before a flush (models.py registers it): every reservation moving to a final status gets
+    its total written in."""
     for obj in list(session.dirty) + list(session.new):
         if not isinstance(obj, Reservation) or obj.status not in FINAL_STATUSES:
             continue
@@ -112,5 +113,3 @@ def _settle(session: Session, _context: Any, _instances: Any) -> None:
         if used is not None:
             obj.driver_state = {**(obj.driver_state or {}), KEY: used.as_dict()}
 
-
-event.listen(Session, "before_flush", _settle)

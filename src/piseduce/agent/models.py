@@ -23,7 +23,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy import false as sa_false
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from piseduce.agent import calendar_generation
 from piseduce.agent.lifecycle import CONFIGURING, FINAL_STATUSES
@@ -248,6 +248,14 @@ class CalendarGeneration(Base):
 event.listen(Base.metadata, "after_create", calendar_generation.after_create)
 
 
-# Registers the end-of-reservation hook that writes a reservation's energy into it (energy.py);
-# imported here, last, so that every process opening the agent's database has it.
-from piseduce.agent import energy as _energy  # noqa: E402, F401
+def _settle_energy(session: Session, _context: object, _instances: object) -> None:
+    """The end-of-reservation hook that writes a reservation's energy into it, registered here so
+    that every process opening the agent's database has it; energy.py is imported when a flush
+    holds a reservation (lazily: it reads its samples through these models)."""
+    if any(isinstance(o, Reservation) for o in (*session.dirty, *session.new)):
+        from piseduce.agent import energy
+
+        energy.settle(session)
+
+
+event.listen(Session, "before_flush", _settle_energy)
