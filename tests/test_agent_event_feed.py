@@ -36,8 +36,12 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
 
 
 def feed(agent: AgentProcess, after: int = 0, **params: Any) -> EventFeed:
-    r = httpx.get(f"{agent.url}/api/admin/events", params={"after": after, **params},
-                  headers=agent_headers(ROOT, admin=True), timeout=10)
+    r = httpx.get(
+        f"{agent.url}/api/admin/events",
+        params={"after": after, **params},
+        headers=agent_headers(ROOT, admin=True),
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     return EventFeed.model_validate(r.json())
 
@@ -47,11 +51,16 @@ def test_the_feed_says_what_happened_and_to_whom(agent: AgentProcess) -> None:
     rid = deployed_on(agent, ALICE, "pi-1")
     bob_rid = book_on(agent, BOB, ["pi-2"])[0]
     # An administrator cancels Bob's booking; Alice destroys nothing of anybody else.
-    r = httpx.post(f"{agent.url}/api/reservations/{bob_rid}/destroy",
-                   headers=agent_headers(ROOT, admin=True), timeout=10)
+    r = httpx.post(
+        f"{agent.url}/api/reservations/{bob_rid}/destroy", headers=agent_headers(ROOT, admin=True), timeout=10
+    )
     assert r.status_code == 202, r.text
-    r = httpx.post(f"{agent.url}/api/admin/nodes/pi-1/status", json={"status": "broken"},
-                   headers=agent_headers(ROOT, admin=True), timeout=10)
+    r = httpx.post(
+        f"{agent.url}/api/admin/nodes/pi-1/status",
+        json={"status": "broken"},
+        headers=agent_headers(ROOT, admin=True),
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
 
     got = feed(agent, start).events
@@ -76,11 +85,19 @@ def test_the_feed_says_what_happened_and_to_whom(agent: AgentProcess) -> None:
 def test_the_feed_is_for_administrators_only(agent: AgentProcess) -> None:
     r = httpx.get(f"{agent.url}/api/admin/events", headers=agent_headers(ALICE), timeout=10)
     assert r.status_code == 403
-    r = httpx.get(f"{agent.url}/api/admin/events", params={"after": -1},
-                  headers=agent_headers(ROOT, admin=True), timeout=10)
+    r = httpx.get(
+        f"{agent.url}/api/admin/events",
+        params={"after": -1},
+        headers=agent_headers(ROOT, admin=True),
+        timeout=10,
+    )
     assert r.status_code == 422
-    r = httpx.get(f"{agent.url}/api/admin/events", params={"limit": "x"},
-                  headers=agent_headers(ROOT, admin=True), timeout=10)
+    r = httpx.get(
+        f"{agent.url}/api/admin/events",
+        params={"limit": "x"},
+        headers=agent_headers(ROOT, admin=True),
+        timeout=10,
+    )
     assert r.status_code == 422
 
 
@@ -99,17 +116,25 @@ async def test_a_failed_deployment_and_an_ended_slot_are_classified(tmp_path: Pa
         await ex.shutdown()
         with sessions() as s:
             rows = s.execute(
-                select(Event, Action.process).outerjoin(Action, Action.id == Event.action_id).order_by(Event.id)
+                select(Event, Action.process)
+                .outerjoin(Action, Action.id == Event.action_id)
+                .order_by(Event.id)
             ).all()
-            kinds = {(e.reservation_id, classify(e.message, e.level, p or "", "alice@example.org").kind)
-                     for e, p in rows}
-            reasons = [e.message for e, p in rows
-                       if classify(e.message, e.level, p or "", "x").kind == EventKind.DEPLOY_FAILED]
+            kinds = {
+                (e.reservation_id, classify(e.message, e.level, p or "", "alice@example.org").kind)
+                for e, p in rows
+            }
+            reasons = [
+                e.message
+                for e, p in rows
+                if classify(e.message, e.level, p or "", "x").kind == EventKind.DEPLOY_FAILED
+            ]
         assert (failing, EventKind.DEPLOY_FAILED) in kinds
         assert reasons and all("install broke on bad" in m for m in reasons)
         assert (ending, EventKind.SLOT_ENDED) in kinds
-        assert (failing, EventKind.DEPLOY_DONE) not in kinds and (ending, EventKind.DEPLOY_FAILED) not in kinds
+        assert (failing, EventKind.DEPLOY_DONE) not in kinds and (
+            ending,
+            EventKind.DEPLOY_FAILED,
+        ) not in kinds
     finally:
         engine.dispose()
-
-

@@ -33,6 +33,7 @@ class FeedEvent(Wire):
     message: Text = ""
     node: Label = ""
     reservation_id: int | None = None
+    action_id: int | None = None
     process: Label = ""  # the action that wrote it, if any
     # The users it concerns: the reservation's owner, or every holder of a node gone broken.
     users: list[Label] = Field(default_factory=list, max_length=1000)

@@ -25,6 +25,7 @@ from piseduce.webui.api.app import create_api
 from piseduce.webui.chores import ChoresLeader, lead, lock_path
 from piseduce.webui.client_addr import ClientAddress
 from piseduce.webui.database import Database, LoopGuard, install_loop_guard
+from piseduce.webui.notify.notifier import Notifier
 from piseduce.webui.routes import (
     accounts,
     admin,
@@ -150,7 +151,8 @@ def _routes(app: FastAPI) -> None:
 
 
 def create_app(
-    cfg: WebuiConfig, *, health_checks: bool = True, loop_guard: LoopGuard | None = None
+    cfg: WebuiConfig, *, health_checks: bool = True, loop_guard: LoopGuard | None = None,
+    notifications: bool = True,
 ) -> FastAPI:
     """The web UI for this configuration. The database must be migrated (`piseduce webui init-db`).
     `loop_guard` overrides the config's `event_loop_db_check` (the tests raise)."""
@@ -178,6 +180,8 @@ def create_app(
             if health_checks:
                 hub.start()
             chores.append(loop.create_task(_housekeeping_loop(database)))
+            if notifications:
+                chores.append(loop.create_task(Notifier(cfg, database, hub, fernet).run_forever()))
 
         leading = loop.create_task(lead(leader, start_chores, cfg.health_check_seconds))
         try:

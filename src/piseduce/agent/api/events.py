@@ -57,8 +57,17 @@ def _feed(state: AgentState, after: int, limit: int) -> EventFeed:
             r = reservations.get(e.reservation_id) if e.reservation_id is not None else None
             kind = classify(e.message, e.level, process or "", r.owner if r is not None else None)
             item = FeedEvent(
-                id=e.id, time=e.time, kind=kind.kind, level=e.level, step=e.step, message=e.message,
-                node=e.node_name, reservation_id=e.reservation_id, process=process or "", actor=kind.actor,
+                id=e.id,
+                time=e.time,
+                kind=kind.kind,
+                level=e.level,
+                step=e.step,
+                message=e.message,
+                node=e.node_name,
+                reservation_id=e.reservation_id,
+                action_id=e.action_id,
+                process=process or "",
+                actor=kind.actor,
             )
             if r is not None:
                 item.users = [r.owner]
