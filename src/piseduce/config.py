@@ -261,6 +261,8 @@ class WebuiConfig(_Base):
     smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
     smtp_ca_file: str = ""  # a CA bundle for a server with a private certificate ("" = the system's)
     notify_poll_seconds: float = Field(default=10, ge=0.05, le=3600)
+    # The first retry of an undelivered notification; each next one waits twice as long (to 2 h).
+    notify_retry_seconds: float = Field(default=30, ge=0.1, le=3600)
 
     @model_validator(mode="before")
     @classmethod

@@ -38,6 +38,7 @@ from piseduce.webui.routes import (
     monitoring,
     reserve,
     settings,
+    settings_notify,
     settings_tokens,
 )
 from piseduce.webui.sessions import ServerSessions, purge_expired
@@ -144,7 +145,7 @@ def _routes(app: FastAPI) -> None:
     """The pages, their static files, and the users' API."""
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for module in (accounts, reserve, configure, manage, settings, admin, admin_nodes, admin_switches,
-                   admin_environments, monitoring, env_factory, settings_tokens):
+                   admin_environments, monitoring, env_factory, settings_tokens, settings_notify):
         app.include_router(module.router)
     # The users' API: its own app (spec, docs, JSON errors, token or session+CSRF-header auth).
     app.mount(API_PREFIX, create_api(app.state))

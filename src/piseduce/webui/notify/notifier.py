@@ -6,6 +6,7 @@ an old version without the feed) never stops the others; its cursor just waits."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 from cryptography.fernet import Fernet
@@ -31,7 +32,7 @@ class Notifier:
         self.hub = hub
         self.mail = bool(cfg.smtp_host)
         self.reader = FeedReader(hub, mail=self.mail)
-        self.sender = Sender(cfg, database, fernet)
+        self.sender = Sender(cfg, database, fernet, base=dt.timedelta(seconds=cfg.notify_retry_seconds))
         self._errors: dict[int, str] = {}
 
     async def _agent(self, ref: AgentRef) -> None:
