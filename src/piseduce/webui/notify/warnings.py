@@ -48,7 +48,7 @@ def due_warnings(
         due = [
             n
             for n in minutes.get(owner, ())
-            if left <= dt.timedelta(minutes=n) and end - start > dt.timedelta(minutes=n)
+            if left <= dt.timedelta(minutes=n) and end - start >= dt.timedelta(minutes=n)
         ]
         if due:
             out.append(compose.slot_ending(agent_id, agent, owner, bin_name, members, min(due), now))
