@@ -141,7 +141,7 @@ class ApiToken(Base):
 
 OUTBOX_PENDING = "pending"
 OUTBOX_SENT = "sent"
-OUTBOX_FAILED = "failed"  # given up after its last attempt
+OUTBOX_FAILED = "given_up"  # after its last attempt
 
 
 class NotifyCursor(Base):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from piseduce.protocol import ReservationOut
+from piseduce.protocol import DEPLOYED, FAILED, ReservationOut
 from piseduce.protocol_events import FeedEvent
 from piseduce.webui.notify.kinds import Notice
 
@@ -50,8 +50,8 @@ def deploy_done(
 ) -> Draft:
     """The deployment of a whole bin ended (every node deployed or failed)."""
     ids = sorted(r.id for r in members)
-    ok = [r for r in members if r.status == "deployed"]
-    bad = [r for r in members if r.status == "failed"]
+    ok = [r for r in members if r.status == DEPLOYED]
+    bad = [r for r in members if r.status == FAILED]
     rows = [f"  {r.node}: {lines.get(r.id) or '(no connection line yet: see Manage)'}" for r in ok]
     rows += [f"  {r.node}: FAILED - {r.error or 'see Manage'}" for r in bad]
     body = (

@@ -18,7 +18,15 @@ from functools import partial
 
 from sqlalchemy.orm import Session
 
-from piseduce.protocol import DEPLOYED, ReservationOut
+from piseduce.protocol import (
+    ACTIVE_STATUSES,
+    CONFIGURING,
+    DEPLOYED,
+    DEPLOYING,
+    FAILED,
+    SCHEDULED,
+    ReservationOut,
+)
 from piseduce.protocol_events import EventFeed, EventKind, FeedEvent
 from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.agents import AgentRef, Identity
@@ -34,8 +42,8 @@ log = logging.getLogger(__name__)
 NOTIFIER = Identity(email="piseduce-notifier", role="admin")
 OVERLAP = 200
 PAGE = 500
-UNDERWAY = ("configuring", "scheduled", "deploying")  # a bin's deployment is not over
-NOT_OVER = ("configuring", "scheduled", "deploying", "deployed", "failed", "destroying")
+UNDERWAY = (CONFIGURING, SCHEDULED, DEPLOYING)  # a bin's deployment is not over
+NOT_OVER = ACTIVE_STATUSES
 
 
 @dataclass
@@ -101,7 +109,7 @@ class FeedReader:
             if not same or any(r.status in NOT_OVER for r in same):
                 return []
             return [compose.slot_ended(ref.id, ref.name, user, ev.bin, same)]
-        live = [r for r in members if r.status in (*UNDERWAY, DEPLOYED, "failed")]
+        live = [r for r in members if r.status in (*UNDERWAY, DEPLOYED, FAILED)]
         if not live or any(r.status in UNDERWAY for r in live):
             return []
         lines = {r.id: line_of(ref, r) for r in live if r.status == DEPLOYED}

@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from piseduce.protocol import ReservationOut
+from piseduce.protocol import CONFIGURING, DEPLOYED, DEPLOYING, FAILED, SCHEDULED, ReservationOut
 from piseduce.webui.models import User
 from piseduce.webui.notify import compose
 from piseduce.webui.notify.compose import Draft
 from piseduce.webui.notify.store import load_prefs
 
-WARNED = ("configuring", "scheduled", "deploying", "deployed", "failed")
+WARNED = (CONFIGURING, SCHEDULED, DEPLOYING, DEPLOYED, FAILED)
 
 
 def warn_minutes(s: Session, emails: Iterable[str]) -> dict[str, tuple[int, ...]]:
