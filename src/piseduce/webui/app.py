@@ -153,7 +153,7 @@ def _routes(app: FastAPI) -> None:
 
 def create_app(
     cfg: WebuiConfig, *, health_checks: bool = True, loop_guard: LoopGuard | None = None,
-    notifications: bool = True,
+    notifications: bool | None = None,
 ) -> FastAPI:
     """The web UI for this configuration. The database must be migrated (`piseduce webui init-db`).
     `loop_guard` overrides the config's `event_loop_db_check` (the tests raise)."""
@@ -181,7 +181,8 @@ def create_app(
             if health_checks:
                 hub.start()
             chores.append(loop.create_task(_housekeeping_loop(database)))
-            if notifications:
+            # The notifier asks the agents too: off with the health checks unless asked for.
+            if health_checks if notifications is None else notifications:
                 chores.append(loop.create_task(Notifier(cfg, database, hub, fernet).run_forever()))
 
         leading = loop.create_task(lead(leader, start_chores, cfg.health_check_seconds))
