@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from piseduce import sshjump
 
@@ -263,6 +263,29 @@ class WebuiConfig(_Base):
     # Days the audit trail (webui/audit.py) keeps an event; older ones are purged by the
     # housekeeping chore. 0 keeps every event.
     audit_retention_days: int = Field(default=400, ge=0, le=36_500)
+    # Notifications (webui/notify/): the mail server (its password is set with `piseduce webui
+    # smtp-password`, kept encrypted with the key file, never here), and how often the agents'
+    # event feeds are read and the outbox is sent.
+    smtp_host: str = ""  # "" = no mail is sent (webhooks still are)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str = ""
+    smtp_from: str = "piseduce@localhost"
+    smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    smtp_ca_file: str = ""  # a CA bundle for a server with a private certificate ("" = the system's)
+    notify_poll_seconds: float = Field(default=10, ge=0.05, le=3600)
+    # The first retry of an undelivered notification; each next one waits twice as long (to 2 h).
+    notify_retry_seconds: float = Field(default=30, ge=0.1, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_clear_passwords(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "smtp_password" in data:
+            raise ValueError(
+                "smtp_password must not be in the config file (it would be in clear): remove it and "
+                "set it with 'piseduce webui smtp-password CONFIG' (it reads the password on stdin)"
+            )
+        return data
 
     @field_validator("public_url")
     @classmethod
@@ -296,6 +319,10 @@ class WebuiConfig(_Base):
     @property
     def key_path(self) -> Path:
         return self.resolve(self.key_file)
+
+    @property
+    def smtp_ca_path(self) -> Path | None:
+        return self.resolve(self.smtp_ca_file) if self.smtp_ca_file else None
 
     @property
     def secret_path(self) -> Path:

@@ -55,11 +55,14 @@ def add_event(
     step: str = "",
     level: str = "info",
     action: Action | None = None,
+    node: str = "",
 ) -> None:
+    """Record an event; `node` names the node of an event with no reservation (an admin changed
+    its status...), so that the event feed (api/events.py) can say whose node it was."""
     row = {
         "reservation_id": reservation.id if reservation is not None else None,
         "action_id": action.id if action is not None else None,
-        "node_name": reservation.node_name if reservation is not None else "",
+        "node_name": reservation.node_name if reservation is not None else node,
         "time": session.info.get(CLOCK, utcnow)(),
         "level": level,
         "step": step,

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
 from piseduce.agent import errors
-from piseduce.agent.api import admin, credentials, health, monitoring, nodes, reservations, slots
+from piseduce.agent.api import admin, credentials, events, health, monitoring, nodes, reservations, slots
 from piseduce.agent.api.deps import ERRORS, AgentState
 from piseduce.agent.auth import admin as require_admin
 from piseduce.agent.booking import Limits
@@ -177,7 +177,7 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     registry.register(monitoring.MonitoringCollector(state))
     app.state.registry = registry
 
-    routers = (health, nodes, reservations, slots, admin, monitoring, credentials)
+    routers = (health, nodes, reservations, slots, admin, events, monitoring, credentials)
     for router in (m.router for m in routers):
         app.include_router(router, responses=ERRORS)
     extra = driver.admin_router()

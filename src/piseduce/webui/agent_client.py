@@ -43,6 +43,7 @@ from piseduce.protocol import (
     ScanOut,
     Schedule,
 )
+from piseduce.protocol_events import EventFeed
 from piseduce.protocol_rpi import DetectionOut, NetworkConfigOut, PortOut, SwitchOut
 from piseduce.snmp_budget import answer_budget_s
 from piseduce.webui import agent_answers
@@ -430,6 +431,13 @@ class AgentClient(AgentHub):
     async def scan_environments(self, ref: AgentRef, who: Identity) -> Result[ScanOut]:
         return await self._ask(ref, "POST", "/api/admin/environments/scan", ScanOut, who=who)
 
+    # ------------------------------------------------------------ notifications
+
+    async def events(self, ref: AgentRef, who: Identity, after: int, limit: int) -> Result[EventFeed]:
+        """The agent's event log after `after` (admins only; webui/notify/feed.py)."""
+        params = {"after": str(after), "limit": str(limit)}
+        return await self._ask(ref, "GET", "/api/admin/events", EventFeed, who=who, params=params)
+
 
 def agents(request: Request) -> AgentClient:
     """The web UI's agent client (a route dependency)."""
@@ -437,3 +445,4 @@ def agents(request: Request) -> AgentClient:
     if not isinstance(client, AgentClient):
         raise TypeError("the web UI's hub is not an AgentClient")
     return client
+

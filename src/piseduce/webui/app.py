@@ -25,6 +25,7 @@ from piseduce.webui.api.app import create_api
 from piseduce.webui.chores import ChoresLeader, lead, lock_path
 from piseduce.webui.client_addr import ClientAddress
 from piseduce.webui.database import Database, LoopGuard, install_loop_guard
+from piseduce.webui.notify.notifier import Notifier
 from piseduce.webui.routes import (
     accounts,
     admin,
@@ -40,6 +41,7 @@ from piseduce.webui.routes import (
     reserve,
     reserve_slot,
     settings,
+    settings_notify,
     settings_tokens,
 )
 from piseduce.webui.sessions import ServerSessions, purge_expired
@@ -148,14 +150,15 @@ def _routes(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     for module in (accounts, calendar_feed, reserve, reserve_slot, configure, manage, settings, admin,
                    admin_nodes, admin_switches, admin_environments, monitoring, env_factory, settings_tokens,
-                   admin_audit):
+                   admin_audit, settings_notify):
         app.include_router(module.router)
     # The users' API: its own app (spec, docs, JSON errors, token or session+CSRF-header auth).
     app.mount(API_PREFIX, create_api(app.state))
 
 
 def create_app(
-    cfg: WebuiConfig, *, health_checks: bool = True, loop_guard: LoopGuard | None = None
+    cfg: WebuiConfig, *, health_checks: bool = True, loop_guard: LoopGuard | None = None,
+    notifications: bool | None = None,
 ) -> FastAPI:
     """The web UI for this configuration. The database must be migrated (`piseduce webui init-db`).
     `loop_guard` overrides the config's `event_loop_db_check` (the tests raise)."""
@@ -183,6 +186,9 @@ def create_app(
             if health_checks:
                 hub.start()
             chores.append(loop.create_task(_housekeeping_loop(database, cfg.audit_retention_days)))
+            # The notifier asks the agents too: off with the health checks unless asked for.
+            if health_checks if notifications is None else notifications:
+                chores.append(loop.create_task(Notifier(cfg, database, hub, fernet).run_forever()))
 
         leading = loop.create_task(lead(leader, start_chores, cfg.health_check_seconds))
         try:

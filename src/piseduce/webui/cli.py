@@ -159,3 +159,30 @@ def create_admin(
     finally:
         engine.dispose()
     typer.echo(f"admin {email} {'created' if created else 'updated'}")
+
+
+@app.command("smtp-password")
+def smtp_password(config: Path = ConfigArg) -> None:
+    """Set the mail server's password (read from stdin or prompted, never an argument); kept
+    encrypted with the key file in the web UI's database. An empty line removes it."""
+    from piseduce.db import make_engine, session_factory, write_session
+    from piseduce.webui.notify.store import set_smtp_password
+
+    cfg = load_webui_config(config)
+    try:
+        fernet = crypto.load_fernet(cfg.key_path)
+    except crypto.KeyFileError as exc:
+        typer.echo(f"error: {exc}; create it with 'piseduce webui gen-key {config}'", err=True)
+        raise typer.Exit(2) from None
+    if sys.stdin.isatty():
+        password = getpass.getpass("SMTP password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    _migrate(cfg)
+    engine = make_engine(cfg.database_url)
+    try:
+        with write_session(session_factory(engine)) as s:
+            set_smtp_password(s, fernet, password)
+    finally:
+        engine.dispose()
+    typer.echo("SMTP password stored (encrypted with the key file)" if password else "SMTP password removed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from piseduce.dbtypes import UTCDateTime, utcnow
@@ -181,3 +181,70 @@ class AuditEvent(Base):
     target_kind: Mapped[str] = mapped_column(String(32), default="")
     target_id: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# ---------------------------------------------------------------- notifications (webui/notify/)
+
+OUTBOX_PENDING = "pending"
+OUTBOX_SENT = "sent"
+OUTBOX_FAILED = "given_up"  # after its last attempt
+
+
+class NotifyCursor(Base):
+    """How far the notifications have read one agent's event log (its feed's event ids): advanced
+    in the transaction that queues what was read, so nothing is read twice or skipped."""
+
+    __tablename__ = "notify_cursors"
+
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NotifyPrefs(Base):
+    """A user's choice of events and channels; no row: the defaults (notify/kinds.py)."""
+
+    __tablename__ = "notify_prefs"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the EventKind values wanted
+    email: Mapped[bool] = mapped_column(Boolean, default=True)
+    webhook_url: Mapped[str] = mapped_column(String(2048), default="")
+    # Fernet token of the webhook's HMAC key (shown once when generated).
+    webhook_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    warn_minutes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """One notification to deliver on one channel. `dedupe_key` (unique) is what the event was:
+    queueing it again is a no-op, so a re-read feed or a second web UI sends nothing twice.
+    Marked sent only once the SMTP server or the webhook's receiver accepted it."""
+
+    __tablename__ = "notify_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    kind: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=OUTBOX_PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class NotifySetting(Base):
+    """The notifications' settings an administrator changes on the admin page: the webhooks'
+    allowed hosts, the SMTP password (a Fernet token, never in clear)."""
+
+    __tablename__ = "notify_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -133,7 +133,7 @@ def _status(state: AgentState, caller: Caller, name: str, status: str) -> AdminN
             raise HTTPException(404, f"node {name} not found")
         if node.status != status:
             old, node.status = node.status, status
-            add_event(s, None, f"node {name}: {old} → {status} by {caller.user}")
+            add_event(s, None, f"node {name}: {old} → {status} by {caller.user}", node=name)
         s.flush()
         return node_out(node)
 
@@ -184,7 +184,7 @@ def _patch(state: AgentState, caller: Caller, name: str, body: NodePatchIn) -> A
             add_event(s, None, f"node {name}: {', '.join(changed)} changed by {caller.user}")
         if body.status is not None and node.status != body.status:
             previous, node.status = node.status, body.status
-            add_event(s, None, f"node {name}: {previous} → {body.status} by {caller.user}")
+            add_event(s, None, f"node {name}: {previous} → {body.status} by {caller.user}", node=name)
         s.flush()
         return node_out(node)
 

@@ -26,6 +26,7 @@ from piseduce.webui.models import (
     Agent,
     User,
 )
+from piseduce.webui.notify import account as notify_account
 from piseduce.webui.sessions import end_user_sessions
 from piseduce.webui.web import admin_user, database, flash, form_str, redirect, render
 
@@ -85,6 +86,8 @@ def apply_user_action(db: Session, user_id: int, action: str) -> Done:
         "remove": f"{target.email} removed.",
     }
     if action == "approve":
+        if target.state != STATE_ACTIVE:
+            notify_account.approved(db, target)
         target.state = STATE_ACTIVE
     elif action == "revoke":
         target.state = STATE_REVOKED

@@ -12,7 +12,7 @@ from piseduce.webui import audit, auth
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.credentials_check import check_credentials
 from piseduce.webui.models import User, utcnow
-from piseduce.webui.routes import calendar_feed, settings_tokens
+from piseduce.webui.routes import calendar_feed, settings_notify, settings_tokens
 from piseduce.webui.sessions import end_user_sessions
 from piseduce.webui.throttle import Key, Limiter
 from piseduce.webui.web import (
@@ -27,7 +27,7 @@ from piseduce.webui.web import (
 
 router = APIRouter(prefix="/settings")
 
-TABS = ("account", "password", "ssh", "g5k", "iotlab", "tokens", "calendar")
+TABS = ("account", "password", "ssh", "g5k", "iotlab", "tokens", "calendar", "notifications")
 CRED_TYPES = {
     "g5k": ("Grid'5000", "g5k_user", "g5k_password"),
     "iotlab": ("IoT-LAB", "iotlab_user", "iotlab_password"),
@@ -72,6 +72,8 @@ async def settings_page(
         return await settings_tokens.page(request, user)
     if tab == "calendar":
         return await calendar_feed.page(request, user)
+    if tab == "notifications":
+        return await settings_notify.page(request, user)
     return _page(request, user, tab)
 
 

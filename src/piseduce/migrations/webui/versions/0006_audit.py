@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_audit"
-down_revision: str | None = "0004"  # coordinator: rechain to 0005_notifications at merge
+down_revision: str | None = "0005_notifications"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

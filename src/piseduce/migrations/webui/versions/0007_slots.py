@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_slots"
-down_revision: str | None = "0006_audit"  # coordinator: rechain at merge
+down_revision: str | None = "0006_audit"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

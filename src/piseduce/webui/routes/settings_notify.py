@@ -1,0 +1,143 @@
+"""Settings > Notifications (each user: which events, by mail and/or webhook, the slot-end
+warnings; the webhook's signing key shown once) and Admin > Notifications (the webhooks' allowed
+hosts, the SMTP password, the outbox's state). Every change is a POST with the CSRF token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from piseduce.webui.models import OUTBOX_FAILED, OUTBOX_PENDING, OUTBOX_SENT, OutboxMessage, User
+from piseduce.webui.notify import store, webhook
+from piseduce.webui.notify.kinds import LABELS, MAX_WARN_MINUTES, MAX_WARNINGS, Notice
+from piseduce.webui.web import admin_user, current_user, database, flash, form_str, redirect, render
+
+router = APIRouter()
+
+
+async def page(request: Request, user: User, *, error: str = "", new_secret: str = "",
+               status: int = 200) -> Response:
+    uid = user.id
+    prefs = await database(request).read(lambda s: store.load_prefs(s, uid))
+    return render(request, "settings.html", {
+        "tab": "notifications", "page": "settings", "keys": [], "entered": {"error": error},
+        "prefs": prefs, "labels": LABELS, "new_secret": new_secret,
+        "mail_on": bool(request.app.state.cfg.smtp_host),
+    }, status=status)
+
+
+def parse_minutes(text: str) -> tuple[int, ...] | str:
+    """'30, 5' -> (30, 5); a string says what is wrong."""
+    out = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= MAX_WARN_MINUTES:
+            return f"Warnings: {part[:20]!r} is not a number of minutes from 1 to {MAX_WARN_MINUTES}."
+        out.append(int(part))
+    if len(set(out)) > MAX_WARNINGS:
+        return f"Warnings: at most {MAX_WARNINGS} (such as 30, 5)."
+    return tuple(sorted(set(out), reverse=True))
+
+
+@router.post("/settings/notifications")
+async def save(request: Request, user: User = Depends(current_user)) -> Response:
+    form = await request.form()
+    events = frozenset(n for n in Notice if form.get(f"event_{n.value}") == "on")
+    email = form.get("email") == "on"
+    url = form_str(form, "webhook_url", webhook.MAX_URL + 1).strip()
+    minutes = parse_minutes(form_str(form, "warn_minutes", 200))
+    if isinstance(minutes, str):
+        return await page(request, user, error=minutes, status=400)
+    if url:
+        hosts = await database(request).read(store.webhook_hosts)
+        problem = webhook.check_url(url, hosts) or await webhook.check_target(url, hosts)
+        if problem:
+            return await page(request, user, error=f"Webhook URL: {problem}.", status=400)
+    uid = user.id
+
+    def change(s: Session) -> str:
+        store.save_prefs(s, uid, events=events, email=email, webhook_url=url, warn_minutes=minutes)
+        if url and not store.load_prefs(s, uid).has_secret:
+            return store.new_webhook_secret(s, request.app.state.fernet, uid)
+        return ""
+
+    secret = await database(request).write(change)
+    if secret:
+        return await page(request, user, new_secret=secret)
+    flash(request, "Notification settings saved.", "ok")
+    return redirect(request, "/settings?tab=notifications")
+
+
+@router.post("/settings/notifications/secret")
+async def new_secret(request: Request, user: User = Depends(current_user)) -> Response:
+    uid = user.id
+    fernet = request.app.state.fernet
+    secret = await database(request).write(lambda s: store.new_webhook_secret(s, fernet, uid))
+    return await page(request, user, new_secret=secret)
+
+
+# ---------------------------------------------------------------- admin
+
+
+def _counts(s: Session) -> dict[str, int]:
+    rows = s.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all()
+    got = {str(state): int(n) for state, n in rows}
+    return {k: got.get(k, 0) for k in (OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED)}
+
+
+def _failures(s: Session) -> list[OutboxMessage]:
+    return list(s.scalars(select(OutboxMessage).where(OutboxMessage.last_error != "")
+                          .order_by(OutboxMessage.id.desc()).limit(20)))
+
+
+async def admin_page(request: Request, *, error: str = "", status: int = 200) -> Response:
+    db = database(request)
+    hosts = await db.read(store.webhook_hosts)
+    counts = await db.read(_counts)
+    failures = await db.read(_failures)
+    has_password = await db.read(lambda s: bool(store.smtp_password(s, request.app.state.fernet)))
+    return render(request, "admin_notifications.html", {
+        "page": "admin_notifications", "hosts": hosts, "counts": counts, "failures": failures,
+        "cfg": request.app.state.cfg, "has_password": has_password, "error": error,
+    }, status=status)
+
+
+@router.get("/admin/notifications")
+async def admin_view(request: Request, _me: User = Depends(admin_user)) -> Response:
+    return await admin_page(request)
+
+
+def parse_hosts(text: str) -> list[str] | str:
+    out = []
+    for item in text.replace(",", "\n").split():
+        host = item.strip().lower()
+        bare = host.removeprefix("*.")
+        if not bare or len(host) > 253 or not all(c.isalnum() or c in ".-:[]" for c in bare):
+            return f"Allowed hosts: {item[:60]!r} is not a host name or address (such as hooks.example.org)."
+        out.append(host)
+    return sorted(set(out))
+
+
+@router.post("/admin/notifications/hosts")
+async def save_hosts(request: Request, _me: User = Depends(admin_user)) -> Response:
+    form = await request.form()
+    hosts = parse_hosts(form_str(form, "hosts", 20_000))
+    if isinstance(hosts, str):
+        return await admin_page(request, error=hosts, status=400)
+    await database(request).write(lambda s: store.set_webhook_hosts(s, hosts))
+    flash(request, f"Webhooks' allowed hosts saved ({len(hosts) or 'none: any public host'}).", "ok")
+    return redirect(request, "/admin/notifications")
+
+
+@router.post("/admin/notifications/smtp-password")
+async def save_smtp_password(request: Request, _me: User = Depends(admin_user)) -> Response:
+    form = await request.form()
+    password = form_str(form, "password", 1024)
+    fernet = request.app.state.fernet
+    await database(request).write(lambda s: store.set_smtp_password(s, fernet, password))
+    flash(request, "SMTP password saved (encrypted)." if password else "SMTP password removed.", "ok")
+    return redirect(request, "/admin/notifications")
