@@ -45,3 +45,5 @@ def test_the_demo_prints_the_gateways_jump_line() -> None:
     text = "\n".join(summary(info))
     assert "gateway    ssh -J jump@127.0.0.1:9105 pi@<board>" in text
     assert "pisctl ssh-config" in text
+    # OpenSSH gives -i to the board, not to the gateway: the key goes to ssh-agent first.
+    assert "ssh-add /d/k" in text and "-i /d/k" not in text.replace("pisctl ssh -i /d/k", "")

@@ -147,6 +147,28 @@ def test_the_block_pisctl_prints_reaches_the_board_through_the_gateway(lab: Lab,
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "pi-1 ran: uname -n"
 
+        # The one-line `ssh -J` command, as the user guide says to run it: `-i` and `-o` reach only
+        # the board (OpenSSH starts the jump's own ssh without them), so `-i KEY` on that line is
+        # refused by the gateway; the key in ssh-agent (`ssh-add KEY` first) works. `-F` is the
+        # user's own config (it reaches the jump's ssh): both keys pinned, nothing else.
+        mine = tmp_path / "my_config"
+        mine.write_text(f"Host *\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n"
+                        "  BatchMode yes\n  ConnectTimeout 10\n")
+        line = [*gw["command"].split(), "uname", "-n"]
+        line[1:1] = ["-F", str(mine)]
+        no_agent = {k: v for k, v in subprocess_env().items() if k != "SSH_AUTH_SOCK"}
+        with_i = subprocess.run([line[0], "-i", str(identity), *line[1:]], capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL, env=no_agent)
+        assert with_i.returncode != 0 and "Permission denied (publickey)" in with_i.stderr, with_i.stderr
+        agent = subprocess.run(
+            ["ssh-agent", "sh", "-c", 'ssh-add -q "$1" && shift && exec "$@"', "sh", str(identity), *line],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=no_agent,
+        )  # fmt: skip
+        assert agent.returncode == 0, agent.stderr
+        assert agent.stdout.strip() == "pi-1 ran: uname -n"
+        said = (Path(__file__).resolve().parent.parent / "docs" / "user-guide.md").read_text()
+        assert "`ssh-add " in said and "add `-i demo-data" not in said
+
         # A gateway key other than the advertised one: refused, never learnt.
         lines = known.read_text().splitlines()
         known.write_text("\n".join([lines[0].rsplit(" ", 1)[0] + " " + "A" * 68, *lines[1:]]) + "\n")

@@ -92,6 +92,7 @@ def summary(info: dict[str, Any]) -> list[str]:
         *([f"  gateway    ssh -J {info['gateway']['user']}@127.0.0.1:{info['gateway']['port']} pi@<board> "
            "(Manage shows each board's line and ~/.ssh/config block; pisctl ssh-config prints it)"]
           if info.get("gateway") else []),
-        "[dim]Hint: log in as the demo user, Reserve two Pis, Deploy, then on Manage copy the ssh command "
-        f"(add -i {user['ssh_key']}). Ctrl-C stops everything.[/]",
+        "[dim]Hint: log in as the demo user, Reserve two Pis, Deploy, then on Manage copy the ssh command; "
+        f"first `ssh-add {user['ssh_key']}` (OpenSSH gives -i to the board, not to the gateway; "
+        f"or `pisctl ssh -i {user['ssh_key']} NODE`). Ctrl-C stops everything.[/]",
     ]
