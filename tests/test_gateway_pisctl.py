@@ -254,6 +254,10 @@ def test_manage_shows_the_gateway_block_whole_and_downloads_the_keys_by_the_guid
             button = card.locator(".node-action").last
             button.focus()
             assert page.evaluate(_COVERED, button.element_handle()) == ""
+            # Brought into view at the window's bottom edge (as the page scrolls it into view).
+            page.evaluate("window.scrollTo(0, 0)")
+            button.evaluate("b => b.scrollIntoView({block: 'end'})")
+            assert page.evaluate(_COVERED, button.element_handle()) == ""
 
             page.set_viewport_size({"width": 390, "height": 900})
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
