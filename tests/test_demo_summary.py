@@ -45,3 +45,26 @@ def test_the_demo_prints_the_gateways_jump_line() -> None:
     text = "\n".join(summary(info))
     assert "gateway    ssh -J jump@127.0.0.1:9105 pi@<board>" in text
     assert "pisctl ssh-config" in text
+    # OpenSSH gives -i to the board, not to the gateway: the key goes to ssh-agent first.
+    assert "ssh-add /d/k" in text and "-i /d/k" not in text.replace("pisctl ssh -i /d/k", "")
+
+
+def test_the_demo_says_where_the_gateway_listens() -> None:
+    """`piseduce demo --help` (what `./run demo --help` shows) names every port around the base one,
+    the SSH gateway's base+4 too, and the printed line says the same."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "piseduce.cli", "demo", "--help"],
+                          capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert "SSH gateway on base+4" in " ".join(done.stdout.replace("│", " ").split()), done.stdout
+    info = {
+        "url": "u", "admin": {"email": "a", "password": "p"},
+        "user": {"email": "d", "password": "p", "ssh_key": "/d/k"},
+        "testbeds": {"g5k": {"login": "l", "password": "p", "url": "g"},
+                     "iotlab": {"login": "l", "password": "p", "url": "i"}},
+        "agents": [{"name": "rpi-lab"}], "data": "/d",
+        "gateway": {"host": "127.0.0.1", "port": 8094, "user": "jump"},
+    }
+    assert "SSH gateway on 127.0.0.1:8094 (base port + 4)" in "\n".join(summary(info))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,23 @@ def test_reserve_deploy_wait_status_release(lab: Lab, alice: User) -> None:
     for r in released.json():
         validate(lab.spec, "POST", "/api/v1/reservations/{agent}/{rid}/destroy", r)  # release is destroy
     assert {r["key"] for r in released.json()} == set(keys)
+    # Once destroyed, its status says when it ended (its last event), not only the planned end.
+    deadline = time.monotonic() + 120
+    while (gone := alice.run("status", keys[0], "--json").json())["status"] != "ended":
+        assert time.monotonic() < deadline, gone["status"]
+        time.sleep(1)
+    shown = alice.run("status", keys[0])
+    ended = [line for line in shown.out.splitlines() if line.startswith("ended: ")]
+    from zoneinfo import ZoneInfo
+
+    def local(t: str) -> str:  # as pisctl writes a time, in its shell's zone (TZ, pisctl_helpers)
+        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00")).astimezone(ZoneInfo("America/Montreal"))
+        return f"{when:%a %d %b %Y %H:%M %Z}"
+
+    last = max(gone["events"], key=lambda e: e["n"])
+    assert "destroy" in json.dumps(last).lower() or "releas" in json.dumps(last).lower(), last
+    said = f"ended: {local(last['time'])} (its last event; planned until {local(gone['end'])})"
+    assert ended == [said], shown.out
 
 
 def test_deploy_wait_exits_1_naming_the_failed_node(lab: Lab, alice: User) -> None:

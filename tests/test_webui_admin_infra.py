@@ -605,6 +605,11 @@ def test_browser_admin_pages_and_screenshots(tmp_path: Path, rpi: RaspberryAgent
                 page.goto(f"{web.url}/admin/switches")
                 port.locator(".badge").wait_for()
                 page.screenshot(path=str(SHOTS / "phone_admin_switches.png"), full_page=True)
+                # The boot network's dnsmasq file, opened: its long lines scroll inside their box.
+                page.locator("details[data-netconfig] summary").first.click()
+                page.locator("details[data-netconfig] pre").first.wait_for()
+                width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+                assert width[0] <= width[1], ("Boot network open", width)
             finally:
                 browser.close()
     finally:

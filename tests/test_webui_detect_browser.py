@@ -4,9 +4,11 @@ sees each port's progress and the result, with screenshots at phone and desktop 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -42,7 +44,8 @@ def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
             try:
-                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                page = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                           timezone_id="America/Montreal").new_page()
                 page.set_default_timeout(20_000)
                 login(page, web.url, ADMIN_EMAIL, ADMIN_PASSWORD)
                 page.goto(f"{web.url}/admin/agents")
@@ -76,6 +79,14 @@ def test_detect_from_the_nodes_page(tmp_path: Path, lab: RaspberryAgent) -> None
                 assert page.locator('tr[data-node="lab-1"]').count() == 1
                 assert page.locator('tr[data-node="lab-2"]').count() == 1
                 assert page.locator('.detection[data-done="yes"]').count() == 1
+                # Each run says when it started, in the viewer's zone (America/Montreal here).
+                started = page.locator(".detection time.t").first
+                utc = dt.datetime.fromisoformat(str(started.get_attribute("data-utc")).replace("Z", "+00:00"))
+                assert abs((dt.datetime.now(dt.UTC) - utc).total_seconds()) < 600, utc
+                local = utc.astimezone(ZoneInfo("America/Montreal"))
+                shown = started.inner_text()
+                hours = (f"{local:%H}", f"{local:%I}".lstrip("0"))  # 24 h or 12 h, as the locale writes it
+                assert f":{local:%M}" in shown and any(h in shown for h in hours), shown
                 print(f"first steps seen: {first_steps}")
             finally:
                 browser.close()

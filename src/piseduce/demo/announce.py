@@ -90,8 +90,10 @@ def summary(info: dict[str, Any]) -> list[str]:
         "(user guide: 'Your own clients against the demo')",
         *([f"  Pi boards  {info['pi_boards']['line']}"] if info.get("pi_boards") else []),
         *([f"  gateway    ssh -J {info['gateway']['user']}@127.0.0.1:{info['gateway']['port']} pi@<board> "
-           "(Manage shows each board's line and ~/.ssh/config block; pisctl ssh-config prints it)"]
+           f"(SSH gateway on 127.0.0.1:{info['gateway']['port']} (base port + 4); Manage shows each board's "
+           "line and ~/.ssh/config block; pisctl ssh-config prints it)"]
           if info.get("gateway") else []),
-        "[dim]Hint: log in as the demo user, Reserve two Pis, Deploy, then on Manage copy the ssh command "
-        f"(add -i {user['ssh_key']}). Ctrl-C stops everything.[/]",
+        "[dim]Hint: log in as the demo user, Reserve two Pis, Deploy, then on Manage copy the ssh command; "
+        f"first `ssh-add {user['ssh_key']}` (OpenSSH gives -i to the board, not to the gateway; "
+        f"or `pisctl ssh -i {user['ssh_key']} NODE`). Ctrl-C stops everything.[/]",
     ]

@@ -86,7 +86,8 @@ def demo(
         "--base-port",
         min=1,
         max=65000,
-        help="Agents on base+1..3, emulators on base+10/11, the switch on UDP base+20.",
+        help="Agents on base+1..3, the SSH gateway on base+4, emulators on base+10/11, "
+        "the switch on UDP base+20.",
     ),
     boards: int = typer.Option(8, "--boards", min=1, max=250, help="Simulated Raspberry Pi boards."),
     time_scale: float = typer.Option(

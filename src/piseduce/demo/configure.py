@@ -3,6 +3,7 @@ registered on the raspberry agent, the web UI's database with its admin, demo us
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ SITE_G5K = "nancy"
 
 
 SITE_IOT = "strasbourg"
+
+
+def board_network_keys(inventory: dict[str, Any]) -> dict[str, str]:
+    """The raspberry agent's board network keys for the simulated cluster (real mode): this host's
+    end of the switch's uplink, so that the Boot network file (`network-config`) is the demo's own
+    network; {} when the boards are loopback SSH servers (no board network)."""
+    uplink, network = inventory.get("uplink"), inventory.get("network")
+    if not uplink or not network:
+        return {}
+    prefix = ipaddress.IPv4Network(network).prefixlen
+    return {"board_interface": str(uplink["host_if"]), "board_address": f"{uplink['ip']}/{prefix}"}
 
 
 def agent_config(data: Path, name: str, node_type: str, port: int, token: str, **extra: Any) -> Path:

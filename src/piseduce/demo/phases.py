@@ -19,6 +19,7 @@ from piseduce.demo.configure import (
     SITE_G5K,
     SITE_IOT,
     agent_config,
+    board_network_keys,
     register_raspberry,
     setup_webui,
 )
@@ -161,6 +162,7 @@ def agent_configs(run: DemoRun) -> None:
                 # The way in from "outside the lab": Manage shows the ssh -J line and the block.
                 gateway_public_host="127.0.0.1",
                 gateway_port=run.ports.gateway,
+                **board_network_keys(run.inventory or {}),
             ),
         },
         {

@@ -29,14 +29,18 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 
-def _utc_iso(value: dt.datetime | str | None) -> str:
-    if value is None or value == "":
+def _utc_iso(value: dt.datetime | str | float | None) -> str:
+    """ISO 8601 in UTC ("…Z") of a datetime, an ISO string or seconds since the epoch (as agents
+    send a detection's start); "" for nothing or garbage."""
+    if value is None or value == "" or isinstance(value, bool):
         return ""
     try:
+        if isinstance(value, int | float):
+            return _utc_iso(dt.datetime.fromtimestamp(value, dt.UTC))
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         return to_utc(value).isoformat().replace("+00:00", "Z")
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return ""
 
 
@@ -84,7 +88,7 @@ def _finalize(ctx: Any, value: Any) -> Any:
 
 
 @pass_context
-def _time_tag(ctx: Any, value: dt.datetime | str | None, style: str = "datetime") -> Markup:
+def _time_tag(ctx: Any, value: dt.datetime | str | float | None, style: str = "datetime") -> Markup:
     """A <time> in the viewer's zone; static/app.js re-formats it with the browser's own zone and
     locale (the first page of a session is rendered before the browser named its zone)."""
     iso = _utc_iso(value)

@@ -163,8 +163,20 @@ def status(
     if len(detailed) == 1:
         for label, value in details(detailed[0]):
             output.out.print(f"{label}: {value}", markup=False)
+        if ended := ended_line(detailed[0]):
+            output.out.print(ended, markup=False)
         for e in detailed[0].events[-20:]:
             output.out.print(f"{output.local(e.time)}  {e.step:<16} {e.message}", markup=False)
+
+
+def ended_line(r: m.ReservationDetail) -> str:
+    """When a destroyed, released or expired reservation ended: the API keeps its planned `end`
+    and has no time of ending, so the time of its last event (the destroy's) is the one shown."""
+    if r.status not in ("ended", "cancelled") or not r.events:
+        return ""
+    last = max(r.events, key=lambda e: e.n)  # numbered in the order they happened
+    when, planned = output.local(last.time), output.local(r.end)
+    return f"{r.status}: {when} (its last event; planned until {planned})"
 
 
 def readable(value: object) -> str:

@@ -586,6 +586,14 @@
     if (!n) { window.alert("Tick at least one node."); return; }
     if (window.confirm(label + " on " + n + " node(s)?")) { e.detail.issueRequest(true); }
   });
+  /* The sticky bar's height, for the room kept under the cards (style.css, --bar-h): it wraps to
+     two lines on a narrower window. */
+  function measureBar() {
+    var bar = document.querySelector(".actions-bar");
+    if (bar) { document.documentElement.style.setProperty("--bar-h", bar.offsetHeight + "px"); }
+  }
+  window.addEventListener("resize", measureBar);
+  document.addEventListener("DOMContentLoaded", measureBar);
   var eventTimers = new WeakMap();
   function loadEvents(details) {
     var box = details.querySelector(".events");
