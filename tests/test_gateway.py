@@ -53,6 +53,9 @@ def write_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+BOARD_NAMES = ("pi-1", "pi-2", "pi-3", "127.0.0.1", "127.0.0.2")
+
+
 @contextlib.asynccontextmanager
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     board_port, gw_port, api_port = free_port(), free_port(), free_port()
@@ -70,7 +73,8 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     board_key = asyncssh.generate_private_key("ssh-ed25519")
     now = dt.datetime.now(dt.UTC)
     with write_session(sessions) as s:
-        for i, user, key in ((1, "alice@lab", alice), (2, "bob@lab", bob)):
+        # alice holds pi-1 and pi-3 (two reservations), bob pi-2.
+        for i, user, key in ((1, "alice@lab", alice), (2, "bob@lab", bob), (3, "alice@lab", alice)):
             s.add(Node(name=f"pi-{i}", ip=f"127.0.0.{i}"))
             s.flush()
             s.add(
@@ -96,7 +100,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
             authorized_client_keys=authorized,
             process_factory=board_process,
         )
-        for i in (1, 2)
+        for i in (1, 2, 3)
     ]
     # Something else listening on the agent host (the agent API's place), which must stay unreachable.
     other = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", api_port)
@@ -106,7 +110,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     known.write_text(
         known_hosts_line(gw_key, "127.0.0.1", gw_port)
         + "\n"
-        + "".join(f"[{h}]:{board_port} {board_pub}\n" for h in ("pi-1", "pi-2", "127.0.0.1", "127.0.0.2"))
+        + "".join(f"[{h}]:{board_port} {board_pub}\n" for h in BOARD_NAMES)
     )
     common = (
         f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
@@ -189,14 +193,34 @@ async def test_access_ends_with_the_reservation(tmp_path: Path) -> None:
         await asyncio.sleep(3)
         assert not cfg_run.done()
         with write_session(lb.sessions) as s:
-            r = s.query(Reservation).filter_by(node_name="pi-1").one()
-            r.status = ENDED
+            for r in s.query(Reservation).filter_by(owner="alice@lab"):
+                r.status = ENDED
         t0 = time.monotonic()
         rc, out = await cfg_run
         assert rc != 0 and "hello" not in out
         assert time.monotonic() - t0 < 5
+        # With none of her reservations left, her key no longer logs in at all.
         rc, out = await ssh(lb, "alice", "pi-1", "hostname")
         assert rc != 0 and "Permission denied" in out, out
+
+
+async def test_a_reservation_ending_closes_only_its_own_forwards(tmp_path: Path) -> None:
+    """One connection forwarding to two of alice's boards (ssh -L twice, a ControlMaster): when
+    pi-1's reservation ends, its channel closes and the one to pi-3 goes on."""
+    async with lab(tmp_path) as lb, asyncssh.connect(
+        "127.0.0.1", lb.gw_port, username="jump", client_keys=[str(lb.tmp / "alice")], known_hosts=None
+    ) as conn:
+        one_r, one_w = await conn.open_connection("pi-1", lb.board_port)
+        three_r, three_w = await conn.open_connection("pi-3", lb.board_port)
+        for r in (one_r, three_r):  # each board's SSH banner through the jump
+            assert (await asyncio.wait_for(r.readline(), 5)).startswith(b"SSH-2.0-")
+        with write_session(lb.sessions) as s:
+            s.query(Reservation).filter_by(node_name="pi-1").one().status = ENDED
+        assert await asyncio.wait_for(one_r.read(), 5) == b""  # pi-1's channel closed
+        three_w.write(b"SSH-2.0-test\r\n")  # pi-3's still carries: its server answers
+        assert await asyncio.wait_for(three_r.read(1), 5)
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.open_connection("pi-1", lb.board_port)
 
 
 async def test_unauthenticated_connections_are_bounded(tmp_path: Path) -> None:

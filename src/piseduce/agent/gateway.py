@@ -8,8 +8,8 @@ only to those reservations' boards (by name or address) on their SSH port (the n
 logged. The user name is one fixed name (`gateway_user`): OpenSSH's `-J user@host:port` then needs
 no quoting (a PiSeduce identity is an e-mail address, whose '@' -J would split on).
 
-A thread reads the reservations every `gateway_poll_seconds`; a connection whose key no longer
-grants one of the boards it forwards to is closed at once, its open channels with it.
+A thread reads the reservations every `gateway_poll_seconds`; the channels to a board the key no
+longer grants are closed at once, and the connection once the key grants nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import contextlib
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.forward import SSHForwarder
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -170,6 +172,21 @@ class Gateway:
             conn.recheck()
 
 
+class _Forward(SSHForwarder):
+    """One channel to a board; tells its connection when it closes (so a long-lived connection's
+    list of open channels does not grow with every channel it ever opened)."""
+
+    def __init__(self, peer: SSHForwarder, closed: Callable[[_Forward], object]) -> None:
+        super().__init__(peer)
+        self._closed: Callable[[_Forward], object] | None = closed
+
+    def close(self) -> None:
+        super().close()
+        closed, self._closed = self._closed, None
+        if closed is not None:
+            closed(self)
+
+
 class GatewayServer(asyncssh.SSHServer):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -179,6 +196,7 @@ class GatewayServer(asyncssh.SSHServer):
         self.authed = False
         self.waiting = False
         self.targets: set[str] = set()
+        self.forwards: dict[str, list[_Forward]] = {}  # destination: its open channels
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -232,8 +250,23 @@ class GatewayServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, why)
         log.info("gateway: %s forwards to %s (%s) for %s", self.peer, board.name, board.ip, board.owner)
         self.targets.add(dest_host)
-        assert self.conn is not None
-        return self.conn.forward_connection(board.ip, dest_port)
+        return self._forward(dest_host, board.ip, dest_port)
+
+    async def _forward(self, dest: str, ip: str, port: int) -> Any:
+        """asyncssh's forward_connection, with a channel that leaves `forwards` as it closes."""
+        try:
+            _, peer = await asyncio.get_running_loop().create_connection(SSHForwarder, ip, port)
+        except OSError as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        channels = self.forwards.setdefault(dest, [])
+
+        def closed(f: _Forward) -> None:
+            if f in channels:
+                channels.remove(f)
+
+        forwarder = _Forward(peer, closed)
+        channels.append(forwarder)
+        return forwarder
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         log.warning("gateway: refused remote forwarding %r:%s from %s", listen_host, listen_port, self.peer)
@@ -244,13 +277,20 @@ class GatewayServer(asyncssh.SSHServer):
         return False
 
     def recheck(self) -> None:
-        """Close the connection when its key no longer grants a board it forwards to."""
+        """Close the channels to boards the key no longer grants (the others on the same
+        connection go on: a ControlMaster, or -L to two boards), and the connection once the key
+        grants nothing."""
         if not self.authed or self.conn is None:
             return
-        lost = [t for t in self.targets if self.gw.allowed(self.blob, t) is None]
-        if lost or self.blob not in self.gw.grants:
-            log.info("gateway: reservation over, closing %s (%s)", self.peer, ", ".join(sorted(lost)))
+        if self.blob not in self.gw.grants:
+            log.info("gateway: reservations over, closing %s", self.peer)
             self.conn.close()
+            return
+        for target in [t for t in self.targets if self.gw.allowed(self.blob, t) is None]:
+            log.info("gateway: reservation over, closing %s's forwards to %r", self.peer, target)
+            self.targets.discard(target)
+            for forwarder in self.forwards.pop(target, []):
+                forwarder.close()
 
 
 async def serve(
