@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from helpers.agent_helpers import ADMIN
-from helpers.raspberry_helpers import agent_config
+from helpers.raspberry_helpers import USER, agent_config
 from helpers.rpi_fixtures import require_real_mode, running_cluster
 from helpers.rpi_site import _ok
 from piseduce.agent.app import create_app
@@ -150,3 +151,49 @@ async def test_bad_input_is_a_4xx_and_changes_nothing(tmp_path: Path) -> None:
         assert await nodes(site) == before
         assert not any(b.powered for b in site.cluster.boards)
         assert await _ok(await site.client.get("/api/admin/detect", headers=ADMIN)) == []
+
+
+async def test_a_port_whose_node_a_reservation_holds_is_never_powered(tmp_path: Path) -> None:
+    """Issue 16 testers: detection powered off a board a user had deployed, after logging into
+    the user's system as root. A port whose node is held now is reported at once, never powered;
+    the other ports of the same request are detected."""
+    async with lab(tmp_path) as site:
+        first = await detect(site, [1, 2])
+        assert [p["step"] for p in first["ports"]] == ["registered", "registered"], first
+        body = {"filters": [{"nodes": ["pi-1"]}], "start": "now", "duration_hours": 1}
+        booked = await _ok(await site.client.post("/api/reservations", json=body, headers=USER), 201)
+        board = site.cluster.board("pi-1")
+        boots = board.boots
+        job = await _ok(await site.client.post("/api/admin/detect", headers=ADMIN, json={
+            "switch": site.cluster.opts.switch_name, "ports": [1, 2], "pattern": "pi-{port}"}), 202)
+        held = job["ports"][0]
+        # reported at once in the 202 answer, like the other per-port failures
+        assert held["step"] == "failed", job
+        assert re.fullmatch(r"in use by a reservation until \d{4}-\d\d-\d\d \d\d:\d\d UTC: not detected",
+                            held["reason"]), held
+        while not job["done"]:
+            await asyncio.sleep(0.1)
+            job = await _ok(await site.client.get(f"/api/admin/detect/{job['id']}", headers=ADMIN))
+        assert job["ports"][1]["step"] == "registered", job
+        assert board.boots == boots and not board.powered  # never touched
+        res = await _ok(await site.client.get(f"/api/reservations/{booked['reservations'][0]['id']}",
+                                              headers=USER))
+        assert res["status"] not in ("failed", "ended", "cancelled"), res
+
+
+async def test_a_known_board_whose_folder_boots_its_card_is_detected_on_the_netboot_path(
+    tmp_path: Path,
+) -> None:
+    """A registered board's TFTP folder may hold its card's boot files (a deployment left them):
+    detection must make it boot the netboot template, never trust (or log into) another system."""
+    async with lab(tmp_path) as site:
+        first = await detect(site, [1])
+        assert first["ports"][0]["step"] == "registered", first
+        serial = site.board(1)["serial"]
+        folder = site.cluster.opts.tftp_root / serial
+        folder.mkdir(exist_ok=True)
+        (folder / "cmdline.txt").write_text("console=serial0 root=/dev/mmcblk0p2 rootwait\n")
+        again = await detect(site, [1])
+        assert again["ports"][0]["step"] == "registered", again
+        assert again["ports"][0]["updated"] is True
+        assert "root=/dev/nfs" in (folder / "cmdline.txt").read_text()

@@ -34,6 +34,7 @@ from piseduce.agent.drivers.raspberry.detect import (
     free_address,
     name_for,
 )
+from piseduce.agent.drivers.raspberry.detect_guard import held_reason, held_until
 from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
 from piseduce.agent.drivers.raspberry.netconfig import (
     BoardNetwork,
@@ -46,6 +47,7 @@ from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
+from piseduce.dbtypes import utcnow
 from piseduce.numbers import StrictInt
 from piseduce.protocol_rpi import DetectionOut
 
@@ -61,8 +63,10 @@ class DetectIn(Strict):
 
 
 def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
-          ) -> tuple[list[PortDetection], BoardNetwork, SwitchInfo]:
-    """Checks everything before a port is powered: 4xx, nothing changed."""
+          ) -> tuple[list[PortDetection], BoardNetwork, SwitchInfo, dict[int, str]]:
+    """Checks everything before a port is powered: 4xx, nothing changed. A port whose node a
+    reservation holds now is planned `failed` with its reason (never powered); the others' known
+    serials (port -> serial) are the TFTP folders to point at the netboot template."""
     if len(set(body.ports)) != len(body.ports):
         raise HTTPException(422, "ports: a port is listed twice")
     with state.sessions() as s:
@@ -100,7 +104,20 @@ def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
                                          f"{(owner.attrs or {}).get('switch')} port "
                                          f"{(owner.attrs or {}).get('port')}); choose another pattern")
             ports.append(PortDetection(port, name))
-    return ports, net, info
+        on_port = {p.port: [n for n in nodes if (n.attrs or {}).get("switch") == sw.name
+                            and str((n.attrs or {}).get("port")) == str(p.port)] for p in ports}
+        held = held_until(s, [n.name for found in on_port.values() for n in found], utcnow())
+        netboot: dict[int, str] = {}
+        for p in ports:
+            until = max((held[n.name] for n in on_port[p.port] if n.name in held), default=None)
+            if until is not None:
+                p.step, p.reason = "failed", held_reason(until)
+                continue
+            serial = next((str((n.attrs or {}).get("serial")) for n in on_port[p.port]
+                           if (n.attrs or {}).get("serial")), "")
+            if serial:
+                netboot[p.port] = serial
+    return ports, net, info, netboot
 
 
 # Registrations of concurrent ports, one at a time: each picks a free static address knowing the
@@ -167,7 +184,7 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
 async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: AdminDep) -> dict[str, Any]:
     """Detect the boards on these ports of the switch, concurrently: the answer is the job (its id,
     every port `waiting`); follow it with GET /api/admin/detect/{id}."""
-    ports, net, info = await run_in_threadpool(_plan, state, driver, body)
+    ports, net, info, netboot = await run_in_threadpool(_plan, state, driver, body)
     jobs = driver.detections
     busy = {p.port for j in jobs.values() if not j.done and j.switch == body.switch for p in j.ports}
     if busy & set(body.ports):
@@ -178,7 +195,8 @@ async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: 
         del jobs[old]
     jobs[job.id] = job
     cfg = state.config
-    detector = Detector(driver.ops, cfg.resolve(cfg.dhcp_leases_file) if cfg.dhcp_leases_file else None)
+    detector = Detector(driver.ops, cfg.resolve(cfg.dhcp_leases_file) if cfg.dhcp_leases_file else None,
+                        netboot=netboot)
     task = asyncio.create_task(
         detector.run(job, info, net, lambda p, f: register(state, body.switch, net, p, f)),
         name=f"detect-{job.id}",

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry import tftp
 from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork
-from piseduce.agent.drivers.raspberry.ops import TIMEOUTS, RpiOps
+from piseduce.agent.drivers.raspberry.ops import NFS_HOSTNAME, TIMEOUTS, RpiOps
 from piseduce.agent.drivers.raspberry.power import PowerError
 from piseduce.agent.drivers.raspberry.snmp import SwitchInfo
 
@@ -141,8 +142,12 @@ class Detection:
 class Detector:
     """Detects ports with the driver's SNMP power code and the agent's SSH key."""
 
-    def __init__(self, ops: RpiOps, leases_file: Path | None = None) -> None:
+    def __init__(self, ops: RpiOps, leases_file: Path | None = None, *,
+                 netboot: dict[int, str] | None = None) -> None:
         self.ops = ops
+        # port -> serial of the board registered there: its TFTP folder may hold its card's boot
+        # files (a deployment's); detection points it at the netboot template before power-on.
+        self.netboot = netboot or {}
         self.leases_file = leases_file  # None: no DHCP on the board network
         self._power_on_turn = asyncio.Lock()
         self._claimed: set[str] = set()  # MACs whose lease a port of this run took
@@ -162,7 +167,9 @@ class Detector:
 
     async def run(self, job: Detection, sw: SwitchInfo, net: BoardNetwork, register: Register) -> None:
         try:
-            await asyncio.gather(*(self._port(p, sw, net, register) for p in job.ports))
+            # a port planned `failed` (held by a reservation) is never touched, not even powered off
+            await asyncio.gather(*(self._port(p, sw, net, register) for p in job.ports
+                                   if p.step != "failed"))
         finally:
             job.done = True
 
@@ -187,6 +194,13 @@ class Detector:
 
     async def _power_on(self, p: PortDetection, sw: SwitchInfo) -> None:
         p.step = "powering"
+        serial = self.netboot.get(p.port)
+        if serial:
+            try:
+                if not await asyncio.to_thread(tftp.is_nfs_boot, self.ops.tftp_root, serial):
+                    await asyncio.to_thread(tftp.set_nfs_boot, self.ops.tftp_root, serial)
+            except (tftp.BootFilesError, OSError) as exc:
+                raise DetectError(f"cannot make the board boot the netboot template: {exc}") from None
         try:
             await self.ops.power_port.set(sw, p.port, True, f"port {p.port}")
         except PowerError as exc:
@@ -227,10 +241,19 @@ class Detector:
         p.step = "reading"
         try:
             async with conn:
+                # Only the netboot system is trusted to say who the board is (and only it is the
+                # agent's to log into): a board that booted anything else is not detected.
+                hostname = (await sshc.run(conn, ["hostname"], timeout=self.info_timeout)).stdout.strip()
+                if hostname != NFS_HOSTNAME:
+                    raise DetectError(
+                        f"the board booted another system than the netboot template (hostname "
+                        f"{hostname[:64]!r}, not {NFS_HOSTNAME}): not trusted, not detected")
                 info = await sshc.run_helper(conn, INFO, timeout=self.info_timeout)
-        except (sshc.SSHUnavailable, sshc.NodeCommandError) as exc:
+        except sshc.SSHUnavailable as exc:
             reason = f"timeout: the netboot system answered but `piseduce-node info` did not: {exc}"
             raise DetectError(reason) from None
+        except sshc.NodeCommandError as exc:
+            raise DetectError(f"`piseduce-node info` failed on the board: {exc}") from None
         p.serial, p.model = str(info.get("serial") or ""), str(info.get("model") or "")
         p.mac, p.card_size = str(info.get("mac") or "").lower(), int(info.get("card_size") or 0)
         if not p.serial:
