@@ -33,7 +33,11 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # A path dnsmasq and /etc/exports read as one word: no comma, space, quote, '#' or control character.
 _PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
-EXPORT_OPTIONS = "rw,sync,no_subtree_check,no_root_squash"
+# Read-only: users are root on their boards, on this very network; a writable export would let any
+# of them change the system every board netboots (and so every deployment). no_root_squash stays:
+# the netboot system's root must read its own 0600 files (host key, authorized_keys). The netboot
+# system writes only to tmpfs (docs/raspberry-guide.md §3).
+EXPORT_OPTIONS = "ro,sync,no_subtree_check,no_root_squash"
 
 
 class NetworkConfigError(ValueError):
