@@ -153,6 +153,11 @@ def test_hostile_node_rows_inject_nothing(tmp_path: Path) -> None:
     [
         ({"board_address": "48.48.0.0/33"}, "board_address"),
         ({"board_address": "48.48.0.254"}, "board_address"),  # /32: no room for boards
+        ({"board_address": "48.48.0.254/31"}, "board_address"),
+        # wider than /16: the netboot root exported to the world (issue 16 testers)
+        ({"board_address": "48.48.0.254/0"}, "board_address"),
+        ({"board_address": "48.48.0.254/8"}, "board_address"),
+        ({"board_address": "48.48.0.254/15"}, "board_address"),
         ({"board_address": "not-an-address"}, "board_address"),
         ({"board_address": "48.48.0.254/24", "dhcp_range": "48.48.0.100"}, "dhcp_range"),
         ({"board_address": "48.48.0.254/24", "dhcp_range": "48.48.0.200-48.48.0.100"}, "dhcp_range"),
