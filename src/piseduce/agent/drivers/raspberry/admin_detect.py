@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi import Path as PathParam
-from pydantic import Field
+from pydantic import Field, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -47,6 +47,7 @@ from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
+from piseduce.config import _first_error
 from piseduce.dbtypes import utcnow
 from piseduce.numbers import StrictInt
 from piseduce.protocol_rpi import DetectionOut
@@ -178,6 +179,11 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
         return False
     except HTTPException as exc:
         raise DetectError(f"not registered: {exc.detail}") from None
+    except ValidationError as exc:
+        # what the board's `piseduce-node info` said is the board's input: refused like an admin's
+        key, msg = _first_error(exc)
+        raise DetectError(f"not registered: the board reported a {key} the agent refuses: "
+                          f"{' '.join(msg.split())[:300]}") from None
 
 
 @router.post("/detect", status_code=202, response_model=DetectionOut)
