@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -153,10 +154,13 @@ async def test_bad_input_is_a_4xx_and_changes_nothing(tmp_path: Path) -> None:
         assert await _ok(await site.client.get("/api/admin/detect", headers=ADMIN)) == []
 
 
-async def test_a_port_whose_node_a_reservation_holds_is_never_powered(tmp_path: Path) -> None:
+async def test_a_port_whose_node_a_reservation_holds_is_never_powered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
     """Issue 16 testers: detection powered off a board a user had deployed, after logging into
     the user's system as root. A port whose node is held now is reported at once, never powered;
     the other ports of the same request are detected."""
+    caplog.set_level(logging.INFO, logger="piseduce.agent.drivers.raspberry")
     async with lab(tmp_path) as site:
         first = await detect(site, [1, 2])
         assert [p["step"] for p in first["ports"]] == ["registered", "registered"], first
@@ -176,6 +180,16 @@ async def test_a_port_whose_node_a_reservation_holds_is_never_powered(tmp_path: 
             job = await _ok(await site.client.get(f"/api/admin/detect/{job['id']}", headers=ADMIN))
         assert job["ports"][1]["step"] == "registered", job
         assert board.boots == boots and not board.powered  # never touched
+        # the agent's log says who started it, which ports, each power change and result
+        ours = [r.getMessage() for r in caplog.records if job["id"] in r.getMessage()]
+        sw = site.cluster.opts.switch_name
+        assert any(f"started by root@example.org: switch {sw}, ports 1,2" in m for m in ours), ours
+        assert any(f"{sw} port 1: failed: in use by a reservation until" in m for m in ours), ours
+        assert any(f"{sw} port 2 powered off" in m for m in ours), ours
+        assert any(f"{sw} port 2: registered pi-2" in m for m in ours), ours
+        since = caplog.messages[caplog.messages.index(ours[0]):]
+        assert not any(f"{sw} port 1 powered" in m for m in since), since
+        assert any(f"{sw} port 2 powered on" in m for m in since), since
         res = await _ok(await site.client.get(f"/api/reservations/{booked['reservations'][0]['id']}",
                                               headers=USER))
         assert res["status"] not in ("failed", "ended", "cancelled"), res

@@ -9,6 +9,7 @@ restart forgets them (the nodes they registered stay)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import uuid
@@ -52,6 +53,7 @@ from piseduce.dbtypes import utcnow
 from piseduce.numbers import StrictInt
 from piseduce.protocol_rpi import DetectionOut
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 MAX_JOBS = 20
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]  # the finished jobs kept for the page
@@ -197,6 +199,11 @@ async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: 
         raise HTTPException(409, f"ports {', '.join(map(str, sorted(busy & set(body.ports))))} are being "
                                  "detected already")
     job = Detection(uuid.uuid4().hex[:12], body.switch, ports)
+    log.info("detection %s started by %s: switch %s, ports %s, pattern %r", job.id, caller.user,
+             body.switch, ",".join(map(str, body.ports)), body.pattern)
+    for p in ports:
+        if p.step == "failed":
+            log.info("detection %s: %s port %d: failed: %s", job.id, body.switch, p.port, p.reason)
     for old in [k for k, j in jobs.items() if j.done][: max(0, len(jobs) - MAX_JOBS + 1)]:
         del jobs[old]
     jobs[job.id] = job

@@ -168,12 +168,16 @@ class Detector:
     async def run(self, job: Detection, sw: SwitchInfo, net: BoardNetwork, register: Register) -> None:
         try:
             # a port planned `failed` (held by a reservation) is never touched, not even powered off
-            await asyncio.gather(*(self._port(p, sw, net, register) for p in job.ports
+            await asyncio.gather(*(self._port(job.id, p, sw, net, register) for p in job.ports
                                    if p.step != "failed"))
         finally:
             job.done = True
+            log.info("detection %s on %s done: %d registered, %d failed", job.id, job.switch,
+                     sum(p.step == "registered" for p in job.ports),
+                     sum(p.step == "failed" for p in job.ports))
 
-    async def _port(self, p: PortDetection, sw: SwitchInfo, net: BoardNetwork, register: Register) -> None:
+    async def _port(self, job_id: str, p: PortDetection, sw: SwitchInfo, net: BoardNetwork,
+                    register: Register) -> None:
         try:
             found = await self._find(p, sw, net)
             if found is not None:
@@ -188,9 +192,17 @@ class Detector:
         finally:
             try:
                 await self.ops.power_port.set(sw, p.port, False, f"port {p.port}")
+                log.info("detection %s: %s port %d powered off", job_id, sw.name, p.port)
             except PowerError as exc:
+                log.warning("detection %s: %s port %d stayed on: %s", job_id, sw.name, p.port, exc)
                 if p.step != "failed":
                     p.step, p.reason = "failed", f"registered, but the port stayed on: {exc}"
+            if p.step == "registered":
+                log.info("detection %s: %s port %d: registered %s (serial %s, MAC %s, %s)%s", job_id,
+                         sw.name, p.port, p.name, p.serial, p.mac, p.ip,
+                         " (known board)" if p.updated else "")
+            else:
+                log.info("detection %s: %s port %d: failed: %s", job_id, sw.name, p.port, p.reason)
 
     async def _power_on(self, p: PortDetection, sw: SwitchInfo) -> None:
         p.step = "powering"
@@ -205,6 +217,7 @@ class Detector:
             await self.ops.power_port.set(sw, p.port, True, f"port {p.port}")
         except PowerError as exc:
             raise DetectError(f"the switch refused: {exc}") from None
+        log.info("detection: %s port %d powered on", sw.name, p.port)
         if not await self._draws_power(sw, p.port):
             raise DetectError("nothing plugged: no power drawn on the port after power on")
         p.step = "booting"
