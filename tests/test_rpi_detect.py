@@ -24,6 +24,8 @@ from helpers.raspberry_helpers import USER, agent_config
 from helpers.rpi_fixtures import require_real_mode, running_cluster
 from helpers.rpi_site import _ok
 from piseduce.agent.app import create_app
+from piseduce.node.board import memory_gb_from_revision
+from piseduce.sim.rpi.board import MODELS
 from piseduce.sim.rpi.cluster import RpiCluster
 
 pytestmark = pytest.mark.slow
@@ -99,6 +101,8 @@ async def test_four_ports_at_once_one_empty_one_that_never_boots(tmp_path: Path)
             assert node["attrs"]["serial"] == truth["serial"]
             assert node["attrs"]["mac"] == truth["mac"]
             assert node["properties"]["model"] == truth["model"]
+            # the Reserve filters' memory, as registered nodes have it (from the board's revision)
+            assert node["properties"]["memory_gb"] == memory_gb_from_revision(MODELS[truth["model"]][0])
             assert node["attrs"]["port"] == port and node["ip"] == truth["ip"]
             # the netboot system's key, recorded on first contact, is the one it serves
             assert node["attrs"]["host_key"].split()[:2] == truth["nfs_host_key"].split()[:2]
@@ -113,7 +117,10 @@ async def test_redetection_updates_the_row_without_a_duplicate(tmp_path: Path) -
         first = await detect(site, [1])
         assert first["ports"][0]["step"] == "registered" and first["ports"][0]["updated"] is False
         # an administrator moved the board's row to maintenance and typed a wrong MAC
-        patch = {"mac": "02:00:00:00:00:01", "status": "maintenance"}
+        memory = first_node = (await nodes(site))["pi-1"]["properties"]["memory_gb"]
+        assert memory > 0, first_node
+        patch = {"mac": "02:00:00:00:00:01", "status": "maintenance",
+                 "properties": {"rack": "A3", "memory_gb": 1}}
         await _ok(await site.client.patch("/api/admin/nodes/pi-1", json=patch, headers=ADMIN))
         again = await detect(site, [1], pattern="board-{port}")
         assert again["ports"][0]["step"] == "registered", again
@@ -121,6 +128,9 @@ async def test_redetection_updates_the_row_without_a_duplicate(tmp_path: Path) -
         registered = await nodes(site)
         assert list(registered) == ["pi-1"]
         assert registered["pi-1"]["attrs"]["mac"] == site.board(1)["mac"]
+        # what it learns is updated, what it does not learn is kept
+        assert registered["pi-1"]["properties"]["memory_gb"] == memory
+        assert registered["pi-1"]["properties"]["rack"] == "A3"
 
 
 BAD = [

@@ -172,6 +172,11 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
     desc: dict[str, Any] = {"ip": ip, "switch": switch, "port": p.port, "ssh_port": found.ssh_port,
                             "model": found.model, "serial": found.serial, "mac": found.mac,
                             "host_key": found.host_key}
+    if found.memory_gb is not None:
+        # learnt properties are set; the others (an admin's, the model's own key) are kept
+        kept = {k: v for k, v in ((known.properties or {}) if known is not None else {}).items()
+                if k != "model"}
+        desc["properties"] = {**kept, "memory_gb": found.memory_gb}
     try:
         if known is not None:
             p.name = known.name

@@ -93,6 +93,14 @@ def read_leases(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _memory(value: object) -> int | float | None:
+    """The board's memory_gb if it is a plausible number (the board's word: anything else is
+    not learnt)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1024:
+        return None
+    return value
+
+
 @dataclass
 class PortDetection:
     port: int
@@ -119,6 +127,7 @@ class Found:
     card_size: int
     host_key: str
     dhcp: bool = False  # reached by its DHCP lease: registered with a static address of its own
+    memory_gb: int | float | None = None  # from its revision code; None: not said (kept as it was)
 
 
 Register = Callable[[PortDetection, Found], bool]  # registers (True: an existing row updated)
@@ -272,7 +281,7 @@ class Detector:
         if not p.serial:
             raise DetectError("the board reported no serial number")
         return Found(p.ip, 22, p.serial, p.model, p.mac, p.card_size, offered,
-                     dhcp=self.leases_file is not None)
+                     dhcp=self.leases_file is not None, memory_gb=_memory(info.get("memory_gb")))
 
     async def _draws_power(self, sw: SwitchInfo, port: int) -> bool:
         deadline = time.monotonic() + self.draw_wait
