@@ -140,6 +140,9 @@ BAD = [
     ({"ports": [5]}, 422, "uplink"),
     ({"ports": [1, 1]}, 422, "twice"),
     ({"ports": []}, 422, "ports"),
+    ({"ports": ["8"]}, 422, "integer"),  # the schema says integer: text is refused, not read
+    ({"ports": [1.0]}, 422, "integer"),
+    ({"ports": [True]}, 422, "integer"),
     ({"ports": [1], "pattern": "pi"}, 422, "{port}"),
     ({"ports": [1], "pattern": "pi {port}"}, 422, "{port}"),
     ({"ports": [1], "pattern": "-{port}"}, 422, "pattern"),

@@ -50,7 +50,6 @@ from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
 from piseduce.config import _first_error
 from piseduce.dbtypes import utcnow
-from piseduce.numbers import StrictInt
 from piseduce.protocol_rpi import DetectionOut
 
 log = logging.getLogger(__name__)
@@ -59,9 +58,13 @@ MAX_JOBS = 20
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]  # the finished jobs kept for the page
 
 
+# A port is a JSON integer, as the schema says: "8" (or 8.0, true) is refused, not read (issue 16).
+Port = Annotated[int, Field(strict=True)]
+
+
 class DetectIn(Strict):
     switch: Name
-    ports: list[StrictInt] = Field(min_length=1, max_length=256)
+    ports: list[Port] = Field(min_length=1, max_length=256)
     pattern: str = Field(default="pi-{port}", min_length=1, max_length=120)
 
 
