@@ -84,8 +84,11 @@ def test_the_file_lists_every_board_and_dnsmasq_accepts_it(tmp_path: Path) -> No
     assert "dhcp-range=48.48.0.0,static,255.255.255.0" in text.splitlines()
     assert f"tftp-root={config.tftp_dir}" in text.splitlines()
     assert 'pxe-service=0,"Raspberry Pi Boot"' in text.splitlines()
-    export = f"{config.resolve('nfs')} 48.48.0.0/24(rw,sync,no_subtree_check,no_root_squash)\n"
+    # read-only: users are root on their boards, on this network (issue 16 testers); no_root_squash
+    # stays, or the netboot system's root could not read its own 0600 host key and authorized_keys
+    export = f"{config.resolve('nfs')} 48.48.0.0/24(ro,sync,no_subtree_check,no_root_squash)\n"
     assert exports.read_text() == export
+    assert f"# {export}" in text
     checked = dnsmasq_test(out)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # The same rows, the same bytes (stdout this time).
@@ -150,6 +153,11 @@ def test_hostile_node_rows_inject_nothing(tmp_path: Path) -> None:
     [
         ({"board_address": "48.48.0.0/33"}, "board_address"),
         ({"board_address": "48.48.0.254"}, "board_address"),  # /32: no room for boards
+        ({"board_address": "48.48.0.254/31"}, "board_address"),
+        # wider than /16: the netboot root exported to the world (issue 16 testers)
+        ({"board_address": "48.48.0.254/0"}, "board_address"),
+        ({"board_address": "48.48.0.254/8"}, "board_address"),
+        ({"board_address": "48.48.0.254/15"}, "board_address"),
         ({"board_address": "not-an-address"}, "board_address"),
         ({"board_address": "48.48.0.254/24", "dhcp_range": "48.48.0.100"}, "dhcp_range"),
         ({"board_address": "48.48.0.254/24", "dhcp_range": "48.48.0.200-48.48.0.100"}, "dhcp_range"),

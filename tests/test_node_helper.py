@@ -71,7 +71,8 @@ def test_info_and_temperature(board: dict[str, str]) -> None:
     assert status == 0
     assert out[-1] == {"ok": True, "model": "RPI3B+", "model_name": "Raspberry Pi 3 Model B Plus Rev 1.3",
                        "serial": "deadbeef", "revision": "a020d3", "mac": ethernet_mac(),
-                       "card_size": 3 * GIB, "partitions": []}
+                       "card_size": 3 * GIB, "partitions": [],
+                       "memory_gb": 1}  # a020d3: a 3B+, 1 GiB
     status, out = helper(board, "temperature")
     assert status == 0 and out[-1] == {"ok": True, "celsius": 51.54}
 

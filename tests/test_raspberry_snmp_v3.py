@@ -81,6 +81,16 @@ async def test_admin_api_v3_switch_sealed_at_rest(tmp_path: Path) -> None:
                                 headers=ADMIN)
                 assert r.status_code == 200
                 assert (await c.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 200
+                # an edit with no v3 field at all (issue 16 testers: it dropped the user and pass
+                # phrases) keeps the stored ones, as the admin guide §5 says; the switch still answers
+                plain = {k: v for k, v in body.items() if k != "snmp_version" and not k.startswith("v3_")}
+                r = await c.put("/api/admin/switches/sw1", json={**plain, "port_count": inv["port_count"]},
+                                headers=ADMIN)
+                assert r.status_code == 200, r.text
+                out = r.json()
+                assert out["snmp_version"] == "v3" and out["v3_user"] == "piseduce", out
+                assert out["v3_keys_set"] is True, out
+                assert (await c.get("/api/admin/switches/sw1/ports", headers=ADMIN)).status_code == 200
                 r = await c.put("/api/admin/switches/sw1", json={**body, "v3_priv_key": "wrong-wrong"},
                                 headers=ADMIN)
                 assert r.status_code == 200

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,12 @@ import httpx
 import pytest
 
 from helpers.agent_helpers import ADMIN
-from helpers.raspberry_helpers import agent_config
+from helpers.raspberry_helpers import USER, agent_config
 from helpers.rpi_fixtures import require_real_mode, running_cluster
 from helpers.rpi_site import _ok
 from piseduce.agent.app import create_app
+from piseduce.node.board import memory_gb_from_revision
+from piseduce.sim.rpi.board import MODELS
 from piseduce.sim.rpi.cluster import RpiCluster
 
 pytestmark = pytest.mark.slow
@@ -97,6 +101,8 @@ async def test_four_ports_at_once_one_empty_one_that_never_boots(tmp_path: Path)
             assert node["attrs"]["serial"] == truth["serial"]
             assert node["attrs"]["mac"] == truth["mac"]
             assert node["properties"]["model"] == truth["model"]
+            # the Reserve filters' memory, as registered nodes have it (from the board's revision)
+            assert node["properties"]["memory_gb"] == memory_gb_from_revision(MODELS[truth["model"]][0])
             assert node["attrs"]["port"] == port and node["ip"] == truth["ip"]
             # the netboot system's key, recorded on first contact, is the one it serves
             assert node["attrs"]["host_key"].split()[:2] == truth["nfs_host_key"].split()[:2]
@@ -111,7 +117,10 @@ async def test_redetection_updates_the_row_without_a_duplicate(tmp_path: Path) -
         first = await detect(site, [1])
         assert first["ports"][0]["step"] == "registered" and first["ports"][0]["updated"] is False
         # an administrator moved the board's row to maintenance and typed a wrong MAC
-        patch = {"mac": "02:00:00:00:00:01", "status": "maintenance"}
+        memory = first_node = (await nodes(site))["pi-1"]["properties"]["memory_gb"]
+        assert memory > 0, first_node
+        patch = {"mac": "02:00:00:00:00:01", "status": "maintenance",
+                 "properties": {"rack": "A3", "memory_gb": 1}}
         await _ok(await site.client.patch("/api/admin/nodes/pi-1", json=patch, headers=ADMIN))
         again = await detect(site, [1], pattern="board-{port}")
         assert again["ports"][0]["step"] == "registered", again
@@ -119,6 +128,9 @@ async def test_redetection_updates_the_row_without_a_duplicate(tmp_path: Path) -
         registered = await nodes(site)
         assert list(registered) == ["pi-1"]
         assert registered["pi-1"]["attrs"]["mac"] == site.board(1)["mac"]
+        # what it learns is updated, what it does not learn is kept
+        assert registered["pi-1"]["properties"]["memory_gb"] == memory
+        assert registered["pi-1"]["properties"]["rack"] == "A3"
 
 
 BAD = [
@@ -128,6 +140,9 @@ BAD = [
     ({"ports": [5]}, 422, "uplink"),
     ({"ports": [1, 1]}, 422, "twice"),
     ({"ports": []}, 422, "ports"),
+    ({"ports": ["8"]}, 422, "integer"),  # the schema says integer: text is refused, not read
+    ({"ports": [1.0]}, 422, "integer"),
+    ({"ports": [True]}, 422, "integer"),
     ({"ports": [1], "pattern": "pi"}, 422, "{port}"),
     ({"ports": [1], "pattern": "pi {port}"}, 422, "{port}"),
     ({"ports": [1], "pattern": "-{port}"}, 422, "pattern"),
@@ -150,3 +165,62 @@ async def test_bad_input_is_a_4xx_and_changes_nothing(tmp_path: Path) -> None:
         assert await nodes(site) == before
         assert not any(b.powered for b in site.cluster.boards)
         assert await _ok(await site.client.get("/api/admin/detect", headers=ADMIN)) == []
+
+
+async def test_a_port_whose_node_a_reservation_holds_is_never_powered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16 testers: detection powered off a board a user had deployed, after logging into
+    the user's system as root. A port whose node is held now is reported at once, never powered;
+    the other ports of the same request are detected."""
+    caplog.set_level(logging.INFO, logger="piseduce.agent.drivers.raspberry")
+    async with lab(tmp_path) as site:
+        first = await detect(site, [1, 2])
+        assert [p["step"] for p in first["ports"]] == ["registered", "registered"], first
+        body = {"filters": [{"nodes": ["pi-1"]}], "start": "now", "duration_hours": 1}
+        booked = await _ok(await site.client.post("/api/reservations", json=body, headers=USER), 201)
+        board = site.cluster.board("pi-1")
+        boots = board.boots
+        job = await _ok(await site.client.post("/api/admin/detect", headers=ADMIN, json={
+            "switch": site.cluster.opts.switch_name, "ports": [1, 2], "pattern": "pi-{port}"}), 202)
+        held = job["ports"][0]
+        # reported at once in the 202 answer, like the other per-port failures
+        assert held["step"] == "failed", job
+        assert re.fullmatch(r"in use by a reservation until \d{4}-\d\d-\d\d \d\d:\d\d UTC: not detected",
+                            held["reason"]), held
+        while not job["done"]:
+            await asyncio.sleep(0.1)
+            job = await _ok(await site.client.get(f"/api/admin/detect/{job['id']}", headers=ADMIN))
+        assert job["ports"][1]["step"] == "registered", job
+        assert board.boots == boots and not board.powered  # never touched
+        # the agent's log says who started it, which ports, each power change and result
+        ours = [r.getMessage() for r in caplog.records if job["id"] in r.getMessage()]
+        sw = site.cluster.opts.switch_name
+        assert any(f"started by root@example.org: switch {sw}, ports 1,2" in m for m in ours), ours
+        assert any(f"{sw} port 1: failed: in use by a reservation until" in m for m in ours), ours
+        assert any(f"{sw} port 2 powered off" in m for m in ours), ours
+        assert any(f"{sw} port 2: registered pi-2" in m for m in ours), ours
+        since = caplog.messages[caplog.messages.index(ours[0]):]
+        assert not any(f"{sw} port 1 powered" in m for m in since), since
+        assert any(f"{sw} port 2 powered on" in m for m in since), since
+        res = await _ok(await site.client.get(f"/api/reservations/{booked['reservations'][0]['id']}",
+                                              headers=USER))
+        assert res["status"] not in ("failed", "ended", "cancelled"), res
+
+
+async def test_a_known_board_whose_folder_boots_its_card_is_detected_on_the_netboot_path(
+    tmp_path: Path,
+) -> None:
+    """A registered board's TFTP folder may hold its card's boot files (a deployment left them):
+    detection must make it boot the netboot template, never trust (or log into) another system."""
+    async with lab(tmp_path) as site:
+        first = await detect(site, [1])
+        assert first["ports"][0]["step"] == "registered", first
+        serial = site.board(1)["serial"]
+        folder = site.cluster.opts.tftp_root / serial
+        folder.mkdir(exist_ok=True)
+        (folder / "cmdline.txt").write_text("console=serial0 root=/dev/mmcblk0p2 rootwait\n")
+        again = await detect(site, [1])
+        assert again["ports"][0]["step"] == "registered", again
+        assert again["ports"][0]["updated"] is True
+        assert "root=/dev/nfs" in (folder / "cmdline.txt").read_text()

@@ -110,3 +110,23 @@ def test_ports_field_refuses(text: str) -> None:
 
     with pytest.raises(FormError):
         parse_ports(text)
+
+
+# What an admin reads for a wrong ports field (issue 16 testers): the switch's port range, and which
+# way a range goes.
+@pytest.mark.parametrize(("text", "count", "words"), [
+    ("1-99999", 8, "switch sw1 has ports 1 to 8; 1-99999 is not within them"),
+    ("9", 8, "switch sw1 has ports 1 to 8"),
+    ("0-2", 8, "switch sw1 has ports 1 to 8"),
+    ("1-99999", None, "a switch's ports are numbered 1 to 256 at most"),
+    ("8-1", 8, "a range goes up (8-1 → 1-8)"),
+    (" 8 - 1 ", None, "a range goes up (8-1 → 1-8)"),
+])
+def test_ports_field_says_what_is_wrong(text: str, count: int | None, words: str) -> None:
+    from piseduce.webui.routes.admin_nodes import parse_ports
+    from piseduce.webui.routes.infra_forms import FormError
+
+    with pytest.raises(FormError) as err:
+        parse_ports(text, count, "sw1")
+    assert words in str(err.value), err.value
+    assert parse_ports("1-8", count or 256, "sw1") == list(range(1, 9))

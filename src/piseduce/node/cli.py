@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from piseduce.node import cardio, disk
-from piseduce.node.board import board_info, ethernet_mac, temperature_celsius
+from piseduce.node.board import board_info, ethernet_mac, memory_gb_from_revision, temperature_celsius
 from piseduce.node.chain import chain_write
 from piseduce.node.disk import DiskError
 from piseduce.node.fs import Ext4, Fat
@@ -64,6 +64,9 @@ def _partitions(device: Path) -> disk.PartitionTable:
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = dict(board_info())
     info["mac"] = ethernet_mac()
+    memory = memory_gb_from_revision(info.get("revision", ""))
+    if memory is not None:  # the Reserve filters' memory_gb, as registered nodes have it
+        info["memory_gb"] = int(memory) if memory.is_integer() else memory
     info["card_size"] = disk.device_size(args.device)
     table = disk.read_table(args.device)
     info["partitions"] = (

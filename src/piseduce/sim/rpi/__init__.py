@@ -26,7 +26,7 @@ def prepare_pimaster(tftp_root: Path, nfs_root: Path, agent_pubkey: str) -> None
     (template / "config.txt").write_text("# NFS boot\narm_64bit=1\nenable_uart=1\n")
     (template / "cmdline.txt").write_text(
         f"console=serial0,115200 console=tty1 root=/dev/nfs nfsroot=127.0.0.1:{nfs_root.resolve()},vers=4.1,"
-        "proto=tcp rw ip=dhcp rootwait elevator=deadline\n"
+        "proto=tcp ro ip=dhcp rootwait elevator=deadline\n"
     )
     etc = nfs_root / "etc"
     etc.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ from piseduce.webui.routes.infra_forms import (
 from piseduce.webui.web import admin_user, form_str, identity, render
 
 # ASCII digits and spaces only (\d and \s would let "١-٤" or "2\n" through to int(): numbers.py).
-PORTS_RE = re.compile(r" *[0-9]{1,4}( *- *[0-9]{1,4})?( *, *[0-9]{1,4}( *- *[0-9]{1,4})?)* *", re.ASCII)
+PORTS_RE = re.compile(r" *[0-9]{1,6}( *- *[0-9]{1,6})?( *, *[0-9]{1,6}( *- *[0-9]{1,6})?)* *", re.ASCII)
+MAX_PORTS = 256  # what one detection takes (the agent's limit)
 JOB_RE = re.compile(r"^[0-9a-f]{12}$")
 
 router = APIRouter(prefix="/admin")
@@ -198,17 +199,23 @@ async def delete_node(
     return await delete_item(request, me, h, agent_id, name, "node", "nodes", NODES_PAGE, done, NODE_NAME_RE)
 
 
-def parse_ports(text: str) -> list[int]:
-    """ "1-4, 6" → [1, 2, 3, 4, 6]; the agent checks them against its switch."""
+def parse_ports(text: str, port_count: int | None = None, switch: str = "") -> list[int]:
+    """ "1-4, 6" → [1, 2, 3, 4, 6], within the switch's ports when its `port_count` is known (the
+    agent checks them again, uplink included)."""
     if not PORTS_RE.fullmatch(text):
         raise FormError("ports: numbers and ranges separated by commas, e.g. 1-4, 6")
+    top = port_count if port_count else MAX_PORTS
+    where = f"switch {switch} has ports 1 to {top}" if port_count else \
+        f"a switch's ports are numbered 1 to {MAX_PORTS} at most"
     ports: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")
         a = parse_int(low, hand_typed=True)
         b = parse_int(high, hand_typed=True) if high else a
-        if b < a or b - a > 256:
-            raise FormError(f"ports: {part.strip()} is not a range of at most 256 ports")
+        if b < a:
+            raise FormError(f"ports: a range goes up ({a}-{b} → {b}-{a})")
+        if a < 1 or b > top:
+            raise FormError(f"ports: {where}; {part.strip()} is not within them")
         ports.extend(range(a, b + 1))
     return ports
 
@@ -221,8 +228,11 @@ async def detect_nodes(
     ref = await find_agent(h, agent_id, Feature.POWER)
     if ref is None:
         return back_to(request, NODES_PAGE, "No such agent with PoE switches.")
+    switch = form.get("switch", "").strip()
+    known = await h.switches(ref, identity(request, me))
+    count = next((sw.port_count for sw in known.value or [] if sw.name == switch), None)
     try:
-        body = {"switch": form.get("switch", "").strip(), "ports": parse_ports(form.get("ports", "")),
+        body = {"switch": switch, "ports": parse_ports(form.get("ports", ""), count, switch),
                 "pattern": form.get("pattern", "").strip() or "pi-{port}"}
     except FormError as exc:
         return back_to(request, NODES_PAGE, f"Detection not started: {exc}")

@@ -9,6 +9,7 @@ restart forgets them (the nodes they registered stay)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import uuid
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi import Path as PathParam
-from pydantic import Field
+from pydantic import Field, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +35,7 @@ from piseduce.agent.drivers.raspberry.detect import (
     free_address,
     name_for,
 )
+from piseduce.agent.drivers.raspberry.detect_guard import held_reason, held_until
 from piseduce.agent.drivers.raspberry.driver import RaspberryDriver
 from piseduce.agent.drivers.raspberry.netconfig import (
     BoardNetwork,
@@ -46,23 +48,31 @@ from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
-from piseduce.numbers import StrictInt
+from piseduce.config import _first_error
+from piseduce.dbtypes import utcnow
 from piseduce.protocol_rpi import DetectionOut
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin: raspberry"], dependencies=[Depends(admin)], responses=ERRORS)
 MAX_JOBS = 20
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{12}$")]  # the finished jobs kept for the page
 
 
+# A port is a JSON integer, as the schema says: "8" (or 8.0, true) is refused, not read (issue 16).
+Port = Annotated[int, Field(strict=True)]
+
+
 class DetectIn(Strict):
     switch: Name
-    ports: list[StrictInt] = Field(min_length=1, max_length=256)
+    ports: list[Port] = Field(min_length=1, max_length=256)
     pattern: str = Field(default="pi-{port}", min_length=1, max_length=120)
 
 
 def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
-          ) -> tuple[list[PortDetection], BoardNetwork, SwitchInfo]:
-    """Checks everything before a port is powered: 4xx, nothing changed."""
+          ) -> tuple[list[PortDetection], BoardNetwork, SwitchInfo, dict[int, str]]:
+    """Checks everything before a port is powered: 4xx, nothing changed. A port whose node a
+    reservation holds now is planned `failed` with its reason (never powered); the others' known
+    serials (port -> serial) are the TFTP folders to point at the netboot template."""
     if len(set(body.ports)) != len(body.ports):
         raise HTTPException(422, "ports: a port is listed twice")
     with state.sessions() as s:
@@ -100,7 +110,20 @@ def _plan(state: AgentState, driver: RaspberryDriver, body: DetectIn,
                                          f"{(owner.attrs or {}).get('switch')} port "
                                          f"{(owner.attrs or {}).get('port')}); choose another pattern")
             ports.append(PortDetection(port, name))
-    return ports, net, info
+        on_port = {p.port: [n for n in nodes if (n.attrs or {}).get("switch") == sw.name
+                            and str((n.attrs or {}).get("port")) == str(p.port)] for p in ports}
+        held = held_until(s, [n.name for found in on_port.values() for n in found], utcnow())
+        netboot: dict[int, str] = {}
+        for p in ports:
+            until = max((held[n.name] for n in on_port[p.port] if n.name in held), default=None)
+            if until is not None:
+                p.step, p.reason = "failed", held_reason(until)
+                continue
+            serial = next((str((n.attrs or {}).get("serial")) for n in on_port[p.port]
+                           if (n.attrs or {}).get("serial")), "")
+            if serial:
+                netboot[p.port] = serial
+    return ports, net, info, netboot
 
 
 # Registrations of concurrent ports, one at a time: each picks a free static address knowing the
@@ -152,6 +175,11 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
     desc: dict[str, Any] = {"ip": ip, "switch": switch, "port": p.port, "ssh_port": found.ssh_port,
                             "model": found.model, "serial": found.serial, "mac": found.mac,
                             "host_key": found.host_key}
+    if found.memory_gb is not None:
+        # learnt properties are set; the others (an admin's, the model's own key) are kept
+        kept = {k: v for k, v in ((known.properties or {}) if known is not None else {}).items()
+                if k != "model"}
+        desc["properties"] = {**kept, "memory_gb": found.memory_gb}
     try:
         if known is not None:
             p.name = known.name
@@ -161,24 +189,35 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
         return False
     except HTTPException as exc:
         raise DetectError(f"not registered: {exc.detail}") from None
+    except ValidationError as exc:
+        # what the board's `piseduce-node info` said is the board's input: refused like an admin's
+        key, msg = _first_error(exc)
+        raise DetectError(f"not registered: the board reported a {key} the agent refuses: "
+                          f"{' '.join(msg.split())[:300]}") from None
 
 
 @router.post("/detect", status_code=202, response_model=DetectionOut)
 async def start_detection(body: DetectIn, state: StateDep, driver: Rpi, caller: AdminDep) -> dict[str, Any]:
     """Detect the boards on these ports of the switch, concurrently: the answer is the job (its id,
     every port `waiting`); follow it with GET /api/admin/detect/{id}."""
-    ports, net, info = await run_in_threadpool(_plan, state, driver, body)
+    ports, net, info, netboot = await run_in_threadpool(_plan, state, driver, body)
     jobs = driver.detections
     busy = {p.port for j in jobs.values() if not j.done and j.switch == body.switch for p in j.ports}
     if busy & set(body.ports):
         raise HTTPException(409, f"ports {', '.join(map(str, sorted(busy & set(body.ports))))} are being "
                                  "detected already")
     job = Detection(uuid.uuid4().hex[:12], body.switch, ports)
+    log.info("detection %s started by %s: switch %s, ports %s, pattern %r", job.id, caller.user,
+             body.switch, ",".join(map(str, body.ports)), body.pattern)
+    for p in ports:
+        if p.step == "failed":
+            log.info("detection %s: %s port %d: failed: %s", job.id, body.switch, p.port, p.reason)
     for old in [k for k, j in jobs.items() if j.done][: max(0, len(jobs) - MAX_JOBS + 1)]:
         del jobs[old]
     jobs[job.id] = job
     cfg = state.config
-    detector = Detector(driver.ops, cfg.resolve(cfg.dhcp_leases_file) if cfg.dhcp_leases_file else None)
+    detector = Detector(driver.ops, cfg.resolve(cfg.dhcp_leases_file) if cfg.dhcp_leases_file else None,
+                        netboot=netboot)
     task = asyncio.create_task(
         detector.run(job, info, net, lambda p, f: register(state, body.switch, net, p, f)),
         name=f"detect-{job.id}",

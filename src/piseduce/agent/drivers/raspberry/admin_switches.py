@@ -63,6 +63,9 @@ def nodes_on(driver: RaspberryDriver, name: str) -> dict[int, str]:
         return out
 
 
+KEPT_UNLESS_GIVEN = ("snmp_version", "v3_user", "v3_auth_protocol", "v3_priv_protocol")
+
+
 def save_switch(driver: RaspberryDriver, body: SwitchIn, create: bool, name: str | None = None) -> SwitchOut:
     if not create:
         # A node left on a port the switch no longer has (or on its uplink) could not be powered.
@@ -84,6 +87,11 @@ def save_switch(driver: RaspberryDriver, body: SwitchIn, create: bool, name: str
         if existing:
             raise HTTPException(409, switch_identity.refusal(existing, body.ip, body.snmp_port))
         row = row_to_save(s, Switch, "switch", body.name, create, name)
+        if not create:
+            # An update that leaves out the SNMP version and v3 settings keeps the stored ones
+            # (admin guide §5), as it keeps the pass phrases: only a request naming them changes them.
+            body = body.model_copy(update={f: getattr(row, f) for f in KEPT_UNLESS_GIVEN
+                                           if f not in body.model_fields_set})
         for field in ("ip", "snmp_port", "poe_oid", "oid_offset", "port_count", "power_oid",
                       "power_oid_offset", "master_port", "snmp_version", "v3_user", "v3_auth_protocol",
                       "v3_priv_protocol"):

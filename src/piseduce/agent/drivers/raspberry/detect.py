@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from piseduce.agent.drivers.raspberry import ssh as sshc
+from piseduce.agent.drivers.raspberry import tftp
 from piseduce.agent.drivers.raspberry.netconfig import BoardNetwork
-from piseduce.agent.drivers.raspberry.ops import TIMEOUTS, RpiOps
+from piseduce.agent.drivers.raspberry.ops import NFS_HOSTNAME, TIMEOUTS, RpiOps
 from piseduce.agent.drivers.raspberry.power import PowerError
 from piseduce.agent.drivers.raspberry.snmp import SwitchInfo
 
@@ -92,6 +93,14 @@ def read_leases(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _memory(value: object) -> int | float | None:
+    """The board's memory_gb if it is a plausible number (the board's word: anything else is
+    not learnt)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1024:
+        return None
+    return value
+
+
 @dataclass
 class PortDetection:
     port: int
@@ -118,6 +127,7 @@ class Found:
     card_size: int
     host_key: str
     dhcp: bool = False  # reached by its DHCP lease: registered with a static address of its own
+    memory_gb: int | float | None = None  # from its revision code; None: not said (kept as it was)
 
 
 Register = Callable[[PortDetection, Found], bool]  # registers (True: an existing row updated)
@@ -141,8 +151,12 @@ class Detection:
 class Detector:
     """Detects ports with the driver's SNMP power code and the agent's SSH key."""
 
-    def __init__(self, ops: RpiOps, leases_file: Path | None = None) -> None:
+    def __init__(self, ops: RpiOps, leases_file: Path | None = None, *,
+                 netboot: dict[int, str] | None = None) -> None:
         self.ops = ops
+        # port -> serial of the board registered there: its TFTP folder may hold its card's boot
+        # files (a deployment's); detection points it at the netboot template before power-on.
+        self.netboot = netboot or {}
         self.leases_file = leases_file  # None: no DHCP on the board network
         self._power_on_turn = asyncio.Lock()
         self._claimed: set[str] = set()  # MACs whose lease a port of this run took
@@ -162,11 +176,17 @@ class Detector:
 
     async def run(self, job: Detection, sw: SwitchInfo, net: BoardNetwork, register: Register) -> None:
         try:
-            await asyncio.gather(*(self._port(p, sw, net, register) for p in job.ports))
+            # a port planned `failed` (held by a reservation) is never touched, not even powered off
+            await asyncio.gather(*(self._port(job.id, p, sw, net, register) for p in job.ports
+                                   if p.step != "failed"))
         finally:
             job.done = True
+            log.info("detection %s on %s done: %d registered, %d failed", job.id, job.switch,
+                     sum(p.step == "registered" for p in job.ports),
+                     sum(p.step == "failed" for p in job.ports))
 
-    async def _port(self, p: PortDetection, sw: SwitchInfo, net: BoardNetwork, register: Register) -> None:
+    async def _port(self, job_id: str, p: PortDetection, sw: SwitchInfo, net: BoardNetwork,
+                    register: Register) -> None:
         try:
             found = await self._find(p, sw, net)
             if found is not None:
@@ -181,16 +201,32 @@ class Detector:
         finally:
             try:
                 await self.ops.power_port.set(sw, p.port, False, f"port {p.port}")
+                log.info("detection %s: %s port %d powered off", job_id, sw.name, p.port)
             except PowerError as exc:
+                log.warning("detection %s: %s port %d stayed on: %s", job_id, sw.name, p.port, exc)
                 if p.step != "failed":
                     p.step, p.reason = "failed", f"registered, but the port stayed on: {exc}"
+            if p.step == "registered":
+                log.info("detection %s: %s port %d: registered %s (serial %s, MAC %s, %s)%s", job_id,
+                         sw.name, p.port, p.name, p.serial, p.mac, p.ip,
+                         " (known board)" if p.updated else "")
+            else:
+                log.info("detection %s: %s port %d: failed: %s", job_id, sw.name, p.port, p.reason)
 
     async def _power_on(self, p: PortDetection, sw: SwitchInfo) -> None:
         p.step = "powering"
+        serial = self.netboot.get(p.port)
+        if serial:
+            try:
+                if not await asyncio.to_thread(tftp.is_nfs_boot, self.ops.tftp_root, serial):
+                    await asyncio.to_thread(tftp.set_nfs_boot, self.ops.tftp_root, serial)
+            except (tftp.BootFilesError, OSError) as exc:
+                raise DetectError(f"cannot make the board boot the netboot template: {exc}") from None
         try:
             await self.ops.power_port.set(sw, p.port, True, f"port {p.port}")
         except PowerError as exc:
             raise DetectError(f"the switch refused: {exc}") from None
+        log.info("detection: %s port %d powered on", sw.name, p.port)
         if not await self._draws_power(sw, p.port):
             raise DetectError("nothing plugged: no power drawn on the port after power on")
         p.step = "booting"
@@ -227,16 +263,25 @@ class Detector:
         p.step = "reading"
         try:
             async with conn:
+                # Only the netboot system is trusted to say who the board is (and only it is the
+                # agent's to log into): a board that booted anything else is not detected.
+                hostname = (await sshc.run(conn, ["hostname"], timeout=self.info_timeout)).stdout.strip()
+                if hostname != NFS_HOSTNAME:
+                    raise DetectError(
+                        f"the board booted another system than the netboot template (hostname "
+                        f"{hostname[:64]!r}, not {NFS_HOSTNAME}): not trusted, not detected")
                 info = await sshc.run_helper(conn, INFO, timeout=self.info_timeout)
-        except (sshc.SSHUnavailable, sshc.NodeCommandError) as exc:
+        except sshc.SSHUnavailable as exc:
             reason = f"timeout: the netboot system answered but `piseduce-node info` did not: {exc}"
             raise DetectError(reason) from None
+        except sshc.NodeCommandError as exc:
+            raise DetectError(f"`piseduce-node info` failed on the board: {exc}") from None
         p.serial, p.model = str(info.get("serial") or ""), str(info.get("model") or "")
         p.mac, p.card_size = str(info.get("mac") or "").lower(), int(info.get("card_size") or 0)
         if not p.serial:
             raise DetectError("the board reported no serial number")
         return Found(p.ip, 22, p.serial, p.model, p.mac, p.card_size, offered,
-                     dhcp=self.leases_file is not None)
+                     dhcp=self.leases_file is not None, memory_gb=_memory(info.get("memory_gb")))
 
     async def _draws_power(self, sw: SwitchInfo, port: int) -> bool:
         deadline = time.monotonic() + self.draw_wait

@@ -33,7 +33,12 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # A path dnsmasq and /etc/exports read as one word: no comma, space, quote, '#' or control character.
 _PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
-EXPORT_OPTIONS = "rw,sync,no_subtree_check,no_root_squash"
+# Read-only: users are root on their boards, on this very network; a writable export would let any
+# of them change the system every board netboots (and so every deployment). no_root_squash stays:
+# the netboot system's root must read its own 0600 files (host key, authorized_keys). The netboot
+# system writes only to tmpfs (docs/raspberry-guide.md §3).
+MIN_PREFIX, MAX_PREFIX = 16, 30  # a boards' network: 65,534 boards at most, 2 at least
+EXPORT_OPTIONS = "ro,sync,no_subtree_check,no_root_squash"
 
 
 class NetworkConfigError(ValueError):
@@ -123,8 +128,15 @@ def board_network(cfg: AgentConfig, node_ips: Iterable[str] = ()) -> BoardNetwor
     else:
         iface = _derived_address(node_ips)
     net = iface.network
-    if net.prefixlen > 30:
-        raise NetworkConfigError(f"key 'board_address': the network {net} has no room for boards")
+    if net.prefixlen > MAX_PREFIX:
+        raise NetworkConfigError(f"key 'board_address': the network {net} has no room for boards "
+                                 f"(the prefix must be /{MIN_PREFIX} to /{MAX_PREFIX})")
+    if net.prefixlen < MIN_PREFIX:
+        # The NFS export and the DHCP range cover this network: a /8 or /0 would export the
+        # netboot root to far more than the boards' wire.
+        raise NetworkConfigError(
+            f"key 'board_address': the network {net} is wider than a boards' network; the prefix "
+            f"must be /{MIN_PREFIX} to /{MAX_PREFIX} (e.g. {iface.ip}/24)")
     server = _inside("board_address", iface.ip, net)
     if not _IFNAME.fullmatch(cfg.board_interface):
         raise NetworkConfigError(
