@@ -7,6 +7,7 @@ open one (it is cancelled, with an event); any other request while an action is 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,12 @@ def bulk_events(session: Session) -> Iterator[None]:
             session.info[EVENT_ROWS] = outer
 
 
+def session_now(session: Session) -> dt.datetime:
+    """The time of this transaction's changes: the executor's clock when it set one, else now."""
+    now: dt.datetime = session.info.get(CLOCK, utcnow)()
+    return now
+
+
 def add_event(
     session: Session,
     reservation: Reservation | None,
@@ -63,7 +70,7 @@ def add_event(
         "reservation_id": reservation.id if reservation is not None else None,
         "action_id": action.id if action is not None else None,
         "node_name": reservation.node_name if reservation is not None else node,
-        "time": session.info.get(CLOCK, utcnow)(),
+        "time": session_now(session),
         "level": level,
         "step": step,
         "message": message[:4000],

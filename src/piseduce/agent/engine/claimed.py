@@ -16,11 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from piseduce.agent import lifecycle
-from piseduce.agent.actions import CLOCK, add_event
+from piseduce.agent.actions import add_event, session_now
 from piseduce.agent.drivers.base import Process, ReservationView
 from piseduce.agent.models import ACTION_OPEN, ACTION_PENDING, ACTION_RUNNING, Action, Reservation
 from piseduce.agent.snapshots import reservation_view
-from piseduce.dbtypes import utcnow
 
 
 @dataclass
@@ -96,7 +95,7 @@ def start(s: Session, a: Action, r: Reservation | None, process: Process | None)
         r.error = ""
     add_event(s, r, f"{process.name} started", action=a)
     a.step_name = step.name
-    a.step_started_at = s.info.get(CLOCK, utcnow)()
+    a.step_started_at = session_now(s)
     a.step_ran = False
     a.step_rebooted = False
     add_event(s, r, f"{step.title}: started", step=step.name, action=a)
