@@ -18,6 +18,7 @@ from piseduce.agent.auth import admin
 from piseduce.agent.event_kinds import classify
 from piseduce.agent.lifecycle import ACTIVE_STATUSES
 from piseduce.agent.models import Action, Event, Reservation
+from piseduce.numbers import StrictInt
 from piseduce.protocol_events import EventFeed, EventKind, FeedEvent
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin)])
@@ -83,8 +84,8 @@ def _feed(state: AgentState, after: int, limit: int) -> EventFeed:
 @router.get("/events", response_model=EventFeed)
 async def events(
     state: StateDep,
-    after: Annotated[int, Query(ge=0, le=2**62, description="Events with a greater id")] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 500,
+    after: Annotated[StrictInt, Query(ge=0, le=2**62, description="Events with a greater id")] = 0,
+    limit: Annotated[StrictInt, Query(ge=1, le=MAX_LIMIT)] = 500,
 ) -> EventFeed:
     """The event log after `after`, oldest first, at most `limit` events."""
     return await db(_feed, state, after, limit)
