@@ -138,6 +138,28 @@ def schedule(
 # ---------------------------------------------------------------- booking and reservations
 
 
+def _which(
+    nodes: Sequence[tuple[str, str] | Mapping[str, str] | str],
+    count: int | None,
+    filters: Iterable[str],
+    verb: str,
+) -> dict[str, Any]:
+    """The nodes part of a booking or a next-slot search: given `nodes`, or `count` matching `filters`."""
+    body: dict[str, Any] = {}
+    if nodes:
+        body["nodes"] = [node_ref(n) for n in nodes]
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise BadValues(f"count must be a whole number from 1 (got {count!r})")
+        body["count"] = count
+        body["filters"] = list(filters)
+    elif filters and not nodes:
+        raise PiseduceError("filters choose among nodes: give a count too (--count N)")
+    if not nodes and count is None:
+        raise PiseduceError(f"say what to {verb}: nodes (--nodes AGENT/NODE) or a count (--count N)")
+    return body
+
+
 def reserve(
     *,
     nodes: Sequence[tuple[str, str] | Mapping[str, str] | str] = (),
@@ -149,18 +171,8 @@ def reserve(
 ) -> Call[list[m.Reservation]]:
     """Book `nodes` ([(agent, node)], or "agent/node" strings) or `count` nodes matching `filters`;
     all or nothing across agents."""
-    body: dict[str, Any] = {"start": iso(start), "hours": hours_value(hours), "bin": bin}
-    if nodes:
-        body["nodes"] = [node_ref(n) for n in nodes]
-    if count is not None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise BadValues(f"count must be a whole number from 1 (got {count!r})")
-        body["count"] = count
-        body["filters"] = list(filters)
-    elif filters and not nodes:
-        raise PiseduceError("filters choose among nodes: give a count too (--count N)")
-    if not nodes and count is None:
-        raise PiseduceError("say what to book: nodes (--nodes AGENT/NODE) or a count (--count N)")
+    body = {"start": iso(start), "hours": hours_value(hours), "bin": bin,
+            **_which(nodes, count, filters, "book")}
     return Call("POST", "/reservations", reader(list[m.Reservation]), body=body, idempotent=False)
 
 
@@ -174,18 +186,7 @@ def next_slot(
 ) -> Call[m.NextSlot]:
     """When `nodes`, or `count` nodes matching `filters`, could next be booked all at once for
     `hours`, at or after `after` (nothing is booked: `reserve(start=slot.start, ...)` books it)."""
-    body: dict[str, Any] = {"after": iso(after), "hours": hours_value(hours)}
-    if nodes:
-        body["nodes"] = [node_ref(n) for n in nodes]
-    if count is not None:
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise BadValues(f"count must be a whole number from 1 (got {count!r})")
-        body["count"] = count
-        body["filters"] = list(filters)
-    elif filters and not nodes:
-        raise PiseduceError("filters choose among nodes: give a count too (--count N)")
-    if not nodes and count is None:
-        raise PiseduceError("say what to look for: nodes (--nodes AGENT/NODE) or a count (--count N)")
+    body = {"after": iso(after), "hours": hours_value(hours), **_which(nodes, count, filters, "look for")}
     return Call("POST", "/next-slot", reader(m.NextSlot), body=body)
 
 
