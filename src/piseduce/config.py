@@ -68,7 +68,7 @@ def resolve_db_url(db_url: str, base: Path) -> str:
     return db_url
 
 
-def _first_error(exc: ValidationError) -> tuple[str, str]:
+def first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
@@ -330,7 +330,7 @@ def _load(model: type[_Base], path: str | Path) -> Any:
     try:
         cfg = model.model_validate({**data, "path": p})
     except ValidationError as exc:
-        key, msg = _first_error(exc)
+        key, msg = first_error(exc)
         raise ConfigError(f"{p}: key {key!r}: {msg}") from None
     known = set(model.model_fields)
     for key in data:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
 USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
@@ -18,12 +19,29 @@ KEY_RE = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@._-]{1,60} [A-Za-z0-9+/]{16,16
 DEFAULT_KNOWN_HOSTS = "~/.ssh/piseduce_known_hosts"
 
 
+class GatewayFields(Protocol):
+    """What an agent says of its gateway (its /api/info `gateway`, a connection's `gateway`)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def host_key(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Gateway:
     host: str
     port: int
     user: str
     host_key: str  # "type base64"
+
+    @classmethod
+    def of(cls, said: GatewayFields) -> Gateway:
+        return cls(said.host, said.port, said.user, said.host_key)
 
     @property
     def jump(self) -> str:

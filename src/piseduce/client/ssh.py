@@ -87,7 +87,7 @@ def target_of(r: m.Reservation) -> Target:
             f"{r.node} ({r.key}): the jump host {via[:80]!r} is malformed; refusing to connect"
         )
     gw = conn.gateway
-    gateway = sshjump.Gateway(gw.host, gw.port, gw.user, gw.host_key) if gw is not None else None
+    gateway = sshjump.Gateway.of(gw) if gw is not None else None
     if gateway is not None and not sshjump.usable(gateway, sshjump.Board(r.node, host, port, user, key)):
         raise PiseduceError(f"{r.node} ({r.key}): the agent's gateway is malformed; refusing to connect")
     return Target(r.node, host, port, user, key, via, gateway)

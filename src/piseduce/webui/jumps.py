@@ -16,4 +16,4 @@ def jump_of(agent: AgentRef, r: ReservationOut) -> sshjump.Jump | None:
     board = sshjump.board_of(r.node, r.connection)
     if board is None:
         return None
-    return sshjump.jump(sshjump.Gateway(gw.host, gw.port, gw.user, gw.host_key), board)
+    return sshjump.jump(sshjump.Gateway.of(gw), board)

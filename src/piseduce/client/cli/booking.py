@@ -55,9 +55,39 @@ def rows(found: list[m.Reservation]) -> None:
     )
 
 
+# What to book (or look a slot up for): `reserve` and `next-slot` take the same options.
+CountOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--count", "-n", metavar="N", parser=whole("--count"), help="How many nodes matching --filter."
+    ),
+]
+NodesOpt = Annotated[
+    list[str] | None, typer.Option("--nodes", metavar="AGENT/NODE", help="AGENT/NODE (repeat, or a,b,c).")
+]
+HoursOpt = Annotated[
+    float,
+    typer.Option(
+        "--hours",
+        "-t",
+        metavar="HOURS",
+        parser=number("--hours", "hours", 0.01, MAX_HOURS),
+        help="Duration in hours.",
+    ),
+]
+
+
 def node_refs(values: list[str]) -> list[str]:
     """--nodes, repeated or comma-separated: AGENT/NODE each."""
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def which(nodes: list[str] | None, count: int | None) -> list[str]:
+    """The --nodes references, once it is checked that exactly one of --nodes and --count is given."""
+    refs = node_refs(nodes or [])
+    if bool(refs) == (count is not None):
+        raise UsageError("give either --nodes AGENT/NODE… or --count N (with --filter to choose)")
+    return refs
 
 
 def book_until_free(api: Client, timeout: float, **booking: object) -> list[m.Reservation]:
@@ -76,29 +106,13 @@ def book_until_free(api: Client, timeout: float, **booking: object) -> list[m.Re
 
 
 def reserve(
-    count: Annotated[
-        int | None,
-        typer.Option(
-            "--count", "-n", metavar="N", parser=whole("--count"), help="How many nodes matching --filter."
-        ),
-    ] = None,
-    nodes: Annotated[
-        list[str] | None, typer.Option("--nodes", metavar="AGENT/NODE", help="AGENT/NODE (repeat, or a,b,c).")
-    ] = None,
+    count: CountOpt = None,
+    nodes: NodesOpt = None,
     filters: FilterOpt = None,
     start: Annotated[
         str, typer.Option("--start", metavar="WHEN", help="`now` or a date and time (your zone).")
     ] = "now",
-    hours: Annotated[
-        float,
-        typer.Option(
-            "--hours",
-            "-t",
-            metavar="HOURS",
-            parser=number("--hours", "hours", 0.01, MAX_HOURS),
-            help="Duration in hours.",
-        ),
-    ] = 1.0,
+    hours: HoursOpt = 1.0,
     bin: Annotated[
         str, typer.Option("--bin", metavar="NAME", help="A name grouping the nodes of one experiment.")
     ] = "",
@@ -107,9 +121,7 @@ def reserve(
     json_out: JsonOpt = False,
 ) -> None:
     """Book nodes (all or nothing, across agents): by name with --nodes, or --count N --filter …."""
-    refs = node_refs(nodes or [])
-    if bool(refs) == (count is not None):
-        raise UsageError("give either --nodes AGENT/NODE… or --count N (with --filter to choose)")
+    refs = which(nodes, count)
     with client() as api:
         booked = book_until_free(
             api,

@@ -8,42 +8,24 @@ from typing import Annotated
 import typer
 
 from piseduce.client.cli import output
-from piseduce.client.cli.booking import node_refs
+from piseduce.client.cli.booking import CountOpt, HoursOpt, NodesOpt, which
 from piseduce.client.cli.catalog import FilterOpt
-from piseduce.client.cli.common import MAX_HOURS, JsonOpt, UsageError, client, number, parse_start, whole
+from piseduce.client.cli.common import JsonOpt, client, parse_start
 
 
 def next_slot(
-    count: Annotated[
-        int | None,
-        typer.Option(
-            "--count", "-n", metavar="N", parser=whole("--count"), help="How many nodes matching --filter."
-        ),
-    ] = None,
-    nodes: Annotated[
-        list[str] | None, typer.Option("--nodes", metavar="AGENT/NODE", help="AGENT/NODE (repeat, or a,b,c).")
-    ] = None,
+    count: CountOpt = None,
+    nodes: NodesOpt = None,
     filters: FilterOpt = None,
     after: Annotated[
         str, typer.Option("--after", metavar="WHEN", help="`now` or a date and time (your zone).")
     ] = "now",
-    hours: Annotated[
-        float,
-        typer.Option(
-            "--hours",
-            "-t",
-            metavar="HOURS",
-            parser=number("--hours", "hours", 0.01, MAX_HOURS),
-            help="Duration in hours.",
-        ),
-    ] = 1.0,
+    hours: HoursOpt = 1.0,
     json_out: JsonOpt = False,
 ) -> None:
     """The earliest start (at or after --after) where --nodes, or --count N --filter …, could be
     booked all at once for --hours, across agents; and the `pisctl reserve` line that books it."""
-    refs = node_refs(nodes or [])
-    if bool(refs) == (count is not None):
-        raise UsageError("give either --nodes AGENT/NODE… or --count N (with --filter to choose)")
+    refs = which(nodes, count)
     with client() as api:
         slot = api.next_slot(
             nodes=refs, count=count, filters=filters or [], after=parse_start(after), hours=hours

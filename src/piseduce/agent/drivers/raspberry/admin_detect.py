@@ -48,7 +48,7 @@ from piseduce.agent.drivers.raspberry.switch_secrets import SecretsUnavailable
 from piseduce.agent.models import Node, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, Strict
 from piseduce.cli_files import FileOptionError, replace_text
-from piseduce.config import _first_error
+from piseduce.config import first_error
 from piseduce.dbtypes import utcnow
 from piseduce.protocol_rpi import DetectionOut
 
@@ -191,7 +191,7 @@ def _register(state: AgentState, switch: str, net: BoardNetwork, p: PortDetectio
         raise DetectError(f"not registered: {exc.detail}") from None
     except ValidationError as exc:
         # what the board's `piseduce-node info` said is the board's input: refused like an admin's
-        key, msg = _first_error(exc)
+        key, msg = first_error(exc)
         raise DetectError(f"not registered: the board reported a {key} the agent refuses: "
                           f"{' '.join(msg.split())[:300]}") from None
 
