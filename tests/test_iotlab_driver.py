@@ -622,3 +622,46 @@ async def test_energy_unreadable_frontend_never_fails_the_destroy(
     assert emulator.experiment(r.driver_state["experiments"][0])["state"] == "Stopped"
     assert "energy" not in r.driver_state
     assert any(level == "warning" and "frontend could not be read" in m for level, m in ctx.events)
+
+
+async def test_energy_through_the_agent_api_kept_after_the_end(emulator: Emulator, iot_agent: Any) -> None:
+    """With the user's own power profile: deploy with energy through the agent's API, destroy; the
+    reservation's energy is in its answer and in the list once ended, and stays there."""
+    import asyncio
+
+    from piseduce.agent.engine.executor import Executor
+
+    state = iot_agent.state.agent
+    config = state.config
+    config.iotlab_frontend = f"127.0.0.1:{emulator.frontend.port}"
+    config.resolve(config.iotlab_frontend_known_hosts).write_text(emulator.frontend.known_hosts_line)
+    alice = _headers(emulator, config, "alice@example.org", "alice")
+    bob = _headers(emulator, config, "bob@example.org", "bob")
+    stop = asyncio.Event()
+    task = asyncio.create_task(Executor(config, state.sessions, state.driver, "iotlab-e").run_forever(stop))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=iot_agent), base_url="http://a") as c:
+            r = await c.post("/api/reservations", json={"filters": [{"nodes": ["m3-3"]}], "duration_hours": 1},
+                             headers=alice)
+            rid = r.json()["reservations"][0]["id"]
+            r = await c.post(f"/api/reservations/{rid}/deploy", json={"energy": "on"}, headers=alice)
+            assert r.status_code == 422 and "energy" in r.json()["detail"]
+            r = await c.post(f"/api/reservations/{rid}/deploy", json={"energy": True, "profile": "power_mon"},
+                             headers=alice)
+            assert r.status_code == 202, r.text
+            body = await _wait_status(c, rid, alice, {"deployed", "failed"})
+            assert body["status"] == "deployed", body
+            assert body.get("energy") is None
+            await asyncio.sleep(2)
+            assert (await c.post(f"/api/reservations/{rid}/destroy", headers=alice)).status_code == 202
+            body = await _wait_status(c, rid, alice, {"ended"})
+            used = body["energy"]
+            assert used["final"] is True and used["samples"] >= 10 and 0.03 < used["mean_w"] < 0.08
+            listed = {x["id"]: x for x in (await c.get("/api/reservations", headers=alice)).json()}
+            assert listed[rid]["energy"] == used
+            assert (await c.get(f"/api/reservations/{rid}", headers=bob)).status_code in (403, 404)
+            await asyncio.sleep(0.5)
+            assert (await c.get(f"/api/reservations/{rid}", headers=alice)).json()["energy"] == used
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
