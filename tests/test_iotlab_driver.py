@@ -641,8 +641,8 @@ async def test_energy_through_the_agent_api_kept_after_the_end(emulator: Emulato
     task = asyncio.create_task(Executor(config, state.sessions, state.driver, "iotlab-e").run_forever(stop))
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=iot_agent), base_url="http://a") as c:
-            r = await c.post("/api/reservations", json={"filters": [{"nodes": ["m3-3"]}], "duration_hours": 1},
-                             headers=alice)
+            book = {"filters": [{"nodes": ["m3-3"]}], "duration_hours": 1}
+            r = await c.post("/api/reservations", json=book, headers=alice)
             rid = r.json()["reservations"][0]["id"]
             r = await c.post(f"/api/reservations/{rid}/deploy", json={"energy": "on"}, headers=alice)
             assert r.status_code == 422 and "energy" in r.json()["detail"]
