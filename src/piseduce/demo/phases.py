@@ -123,6 +123,11 @@ def simulators(run: DemoRun) -> None:
             str(run.data / "iotlab-users.json"),
             "--time-scale",
             str(run.time_scale * 3),
+            # The site's SFTP frontend: the consumption files an energy measure reads.
+            "--frontend-port",
+            str(run.ports.iot_frontend),
+            "--frontend-known-hosts",
+            str(run.data / "iotlab_known_hosts"),
         ),
     )
     run.inventory = wait_until(
@@ -196,6 +201,8 @@ def agent_configs(run: DemoRun) -> None:
                 run.ports.iot_agent,
                 tokens["iot"],
                 iotlab_api_url=f"http://127.0.0.1:{run.ports.iot_sim}/api/",
+                iotlab_frontend=f"127.0.0.1:{run.ports.iot_frontend}",
+                iotlab_frontend_known_hosts=str(run.data / "iotlab_known_hosts"),
                 firmware_path=str(run.data / "firmwares") + "/",
                 timeout_scale=scale,
                 poll_interval=0.5,
