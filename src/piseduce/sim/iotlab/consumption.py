@@ -80,7 +80,8 @@ class Monitoring:
                 runs[-1].end = t
 
     def nodes(self) -> list[str]:
-        return sorted(n for n, runs in self.segments.items() if runs)
+        # list() first: the frontend's thread reads while the API's loop may add a node
+        return sorted(n for n, runs in list(self.segments.items()) if runs)
 
 
 def file_name(node: str) -> str:
