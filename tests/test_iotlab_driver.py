@@ -652,7 +652,17 @@ async def test_energy_through_the_agent_api_kept_after_the_end(emulator: Emulato
             body = await _wait_status(c, rid, alice, {"deployed", "failed"})
             assert body["status"] == "deployed", body
             assert body.get("energy") is None
-            await asyncio.sleep(2)
+            # While it runs, the monitor's rounds store the node's power from IoT-LAB's measures:
+            # the reservation shows its energy so far, as a Raspberry Pi's does.
+            from piseduce.agent import monitor
+
+            for _ in range(2):
+                await asyncio.sleep(1)
+                got = await state.driver.sample()
+                assert [(k, n) for k, n, _w in got] == [("power", "m3-3")] and 0.03 < got[0][2] < 0.08
+                monitor.store(state.sessions, dt.datetime.now(dt.UTC), got)
+            so_far = (await c.get(f"/api/reservations/{rid}", headers=alice)).json()["energy"]
+            assert so_far["final"] is False and so_far["samples"] == 2 and 0.03 < so_far["mean_w"] < 0.08
             assert (await c.post(f"/api/reservations/{rid}/destroy", headers=alice)).status_code == 202
             body = await _wait_status(c, rid, alice, {"ended"})
             used = body["energy"]

@@ -58,6 +58,11 @@ class IotlabDriver(PartsDriver):
         self.form = IotlabForm(self.client, self.firmwares, self.energy)
         self.steps = IotlabSteps(config, self.client, self.firmwares, self.energy)
 
+    async def sample(self) -> list[tuple[str, str, float]]:
+        """The power of the nodes whose reservations measure energy, from IoT-LAB's own measures
+        (energy.py): the monitor stores it as for a Raspberry Pi's PoE port."""
+        return await self.energy.live(self.sessions, self.config.monitor_period_seconds)
+
     async def check_credentials(self, credentials: Mapping[str, str]) -> str:
         return await self.booking.check_login(credentials)
 

@@ -17,26 +17,37 @@ destroy: what cannot be read is said in the reservation's events.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce.agent import energy as energy_sum
 from piseduce.agent.drivers.base import InvalidParams, StepContext, StepError
 from piseduce.agent.drivers.iotlab.client import Client, RemoteError, TransientError
 from piseduce.agent.drivers.iotlab.experiments import node_address
 from piseduce.agent.drivers.raspberry.ssh import load_or_create_agent_key, public_key_line
+from piseduce.agent.lifecycle import DEPLOYED
+from piseduce.agent.models import Node, Reservation
 
 if TYPE_CHECKING:
     from piseduce.config import AgentConfig
+
+log = logging.getLogger(__name__)
 
 BOARDS = ("m3", "a8")  # the boards whose control node measures consumption (iotlabcli's profiles)
 OML_HEADER_LINES = 9  # as oml-plot-tools reads them: 8 header lines and a blank one
 MAX_FILE_BYTES = 32 * 1024 * 1024
 CONNECT_TIMEOUT = 20.0
+TAIL_BYTES = 64 * 1024  # ~900 measures: more than a monitor period's
+
+
 
 
 def agent_profile(board: str) -> dict[str, Any]:
@@ -62,11 +73,12 @@ def oml_file(address: str) -> str:
     return address.split(".", 1)[0].replace("-", "_") + ".oml"
 
 
-def parse_oml(text: str) -> list[tuple[dt.datetime, float]]:
-    """(time, W) of a consumption file's measures in time order. Lines that are not a schema-1
-    measure (8 tab-separated fields) are skipped, as oml-plot-tools skips them."""
+def parse_oml(text: str, *, header: bool = True) -> list[tuple[dt.datetime, float]]:
+    """(time, W) of a consumption file's measures in time order (`header` False: a piece of its
+    end). Lines that are not a schema-1 measure (8 tab-separated fields) are skipped, as
+    oml-plot-tools skips them."""
     out: list[tuple[dt.datetime, float]] = []
-    for line in text.splitlines()[OML_HEADER_LINES:]:
+    for line in text.splitlines()[OML_HEADER_LINES if header else 0 :]:
         fields = line.split("\t")
         if len(fields) != 8 or fields[1] != "1":
             continue
@@ -168,6 +180,72 @@ class IotlabEnergy:
             raise StepError(f"IoT-LAB refused to set up the energy measure: {exc.message}") from None
         except TransientError as exc:
             raise StepError(f"IoT-LAB API unavailable while setting up the energy measure: {exc}") from None
+
+    # ------------------------------------------------------------ while it runs
+
+    def _running(self, sessions: sessionmaker[Session]) -> list[tuple[str, str, str]]:
+        """(login, node, file on the frontend) of the deployed reservations that measure energy."""
+        with sessions() as s:
+            rows = s.execute(
+                select(Reservation, Node.attrs)
+                .join(Node, Node.name == Reservation.node_name)
+                .where(Reservation.status == DEPLOYED)
+            ).all()
+            out = []
+            for r, attrs in rows:
+                state = r.driver_state or {}
+                if (r.params or {}).get("energy") and state.get("experiment_id") and state.get("login"):
+                    site = self.config.iot_site
+                    default = f"{r.node_name}.{site}.iot-lab.info"
+                    address = str((attrs or {}).get("network_address") or default)
+                    path = f".iot-lab/{int(state['experiment_id'])}/consumption/{oml_file(address)}"
+                    out.append((str(state["login"]), r.node_name, path))
+            return out
+
+    async def _tails(self, login: str, paths: list[str]) -> dict[str, bytes | None]:
+        """The last TAIL_BYTES of each file (the newest measures), in one SFTP session."""
+        host, port = self.frontend()
+        out: dict[str, bytes | None] = {}
+        async with asyncssh.connect(
+            host, port, username=login, client_keys=[self.key()], known_hosts=str(self.known_hosts()),
+            agent_path=None, config=None, connect_timeout=CONNECT_TIMEOUT, password=None,
+            kbdint_auth=False,
+        ) as conn, conn.start_sftp_client() as sftp:
+            for path in paths:
+                try:
+                    async with sftp.open(path, "rb") as f:
+                        size = (await f.stat()).size or 0
+                        await f.seek(max(0, size - TAIL_BYTES))
+                        data = await f.read(TAIL_BYTES)
+                    out[path] = data if isinstance(data, bytes) else data.encode()
+                except asyncssh.SFTPNoSuchFile:
+                    out[path] = None
+        return out
+
+    async def live(self, sessions: sessionmaker[Session], window: float) -> list[tuple[str, str, float]]:
+        """("power", node, W) of every deployed reservation that measures energy: the mean of its
+        measures of the last `window` seconds (the monitor's period), so that Manage shows the
+        energy so far, as for a Raspberry Pi, and the total stays when the samples are dropped."""
+        running = await asyncio.to_thread(self._running, sessions)
+        by_login: dict[str, list[tuple[str, str]]] = {}
+        for login, node, path in running:
+            by_login.setdefault(login, []).append((node, path))
+        out: list[tuple[str, str, float]] = []
+        for login, items in by_login.items():
+            try:
+                files = await self._tails(login, [p for _n, p in items])
+            except (OSError, asyncssh.Error) as exc:
+                log.warning("IoT-LAB frontend unreadable for %s: %s", login, exc)
+                continue
+            for node, path in items:
+                data = files.get(path)
+                measures = parse_oml(data.decode(errors="replace"), header=False) if data else []
+                if not measures:
+                    continue
+                since = measures[-1][0] - dt.timedelta(seconds=window)
+                recent = [w for t, w in measures if t >= since]
+                out.append(("power", node, sum(recent) / len(recent)))
+        return out
 
     # ------------------------------------------------------------ at destroy
 
