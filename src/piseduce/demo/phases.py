@@ -218,9 +218,10 @@ def agent_processes(run: DemoRun) -> None:
     for a in run.agents:
         run.sup.start(f"agent-{a['name']}-api", piseduce_cmd("agent", "api", str(a["config"])))
         run.sup.start(f"agent-{a['name']}-exec", piseduce_cmd("agent", "exec", str(a["config"])))
-        if a["node_type"] == "raspberry":
+        if a["node_type"] in ("raspberry", "iot-lab"):  # PoE ports; IoT-LAB's energy measures
             monitor = piseduce_cmd("agent", "monitor", str(a["config"]))
             run.sup.start(f"agent-{a['name']}-monitor", monitor)
+        if a["node_type"] == "raspberry":
             gateway = piseduce_cmd("agent", "gateway", str(a["config"]))
             run.sup.start(f"agent-{a['name']}-gateway", gateway)
     for a in run.agents:
