@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from helpers.engine_fixtures import add_node, add_reservation, migrated, sqlite_url, write_config
 from helpers.engine_fixtures import load_config as load_engine_config
@@ -136,5 +136,84 @@ async def test_a_failed_deployment_and_an_ended_slot_are_classified(tmp_path: Pa
             ending,
             EventKind.DEPLOY_FAILED,
         ) not in kinds
+    finally:
+        engine.dispose()
+
+
+def _feed_of(sessions: Any) -> list[Any]:
+    from types import SimpleNamespace
+
+    from piseduce.agent.api.events import _feed
+
+    return list(_feed(SimpleNamespace(sessions=sessions), 0, 1000).events)  # type: ignore[arg-type]
+
+
+async def test_kinds_are_written_with_the_events_and_old_events_keep_their_text_reading(
+    tmp_path: Path,
+) -> None:
+    """An event written before migration 0008 has no kind: the feed reads its sentence. Events
+    written since carry their kind: a driver's sentence that merely reads like a notice ("deploy
+    finished", "... → broken by ...") no longer tells anybody anything, and the engine's real
+    notices keep their kind (a failed deployment, an ended slot)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from piseduce.agent.actions import add_event
+    from piseduce.agent.models import Reservation
+    from piseduce.db import alembic_config, make_engine, session_factory
+
+    url = sqlite_url(tmp_path)
+    command.upgrade(alembic_config("agent", url), "0007_executor_presence")
+    old_engine = make_engine(url)
+    # nodes and reservations are as they were at 0007: the ORM writes them; the event is raw SQL
+    old_sessions = session_factory(old_engine)
+    add_node(old_sessions, "old")
+    old_rid = add_reservation(old_sessions, "old", status="ended")
+    with old_engine.begin() as c:
+        c.execute(
+            text("INSERT INTO events (reservation_id, action_id, node_name, time, level, step, message) "
+                 "VALUES (:r, NULL, 'old', :t, 'info', '', :m)"),
+            {"r": old_rid, "t": utcnow(), "m": "reservation ended (this node type has nothing to destroy)"},
+        )
+    old_engine.dispose()
+
+    engine, sessions = migrated(url)
+    try:
+        with sessions() as s:
+            assert s.scalar(select(Event.kind).where(Event.id == 1)) is None
+        assert [(e.id, e.kind) for e in _feed_of(sessions)] == [(1, EventKind.SLOT_ENDED)]
+
+        add_node(sessions, "pi")
+        rid = add_reservation(sessions, "pi", status="deploying")
+        with sessions() as s:
+            r = s.get(Reservation, rid)
+            a = Action(reservation_id=rid, process="deploy", args={})
+            s.add(a)
+            s.flush()
+            add_event(s, r, "deploy finished", action=a)  # e.g. a driver's own log line
+            add_event(s, r, "node pi-9: available → broken by the firmware", action=a)
+            add_event(s, r, f"destroy requested by {ROOT}", action=a, actor=ROOT)
+            add_event(s, r, f"reboot requested by {ALICE}", action=a, actor=ALICE)
+            s.commit()
+        new = {e.message: e for e in _feed_of(sessions) if e.id > 1}
+        assert new["deploy finished"].kind == EventKind.OTHER
+        assert new["node pi-9: available → broken by the firmware"].kind == EventKind.OTHER
+        admin = new[f"destroy requested by {ROOT}"]
+        assert admin.kind == EventKind.ADMIN_ACTION and admin.actor == ROOT and admin.users == [ALICE]
+        assert new[f"reboot requested by {ALICE}"].kind == EventKind.OTHER
+
+        # the engine's own notices, through the executor: kinds written, not read
+        add_node(sessions, "bad", behavior="raise", behavior_step="install")
+        failing = add_reservation(sessions, "bad")
+        ending = add_reservation(sessions, "pi", status="deployed", start=utcnow() - dt.timedelta(hours=2))
+        config = load_engine_config(write_config(tmp_path, url))
+        ex = Executor(config, sessions, FakeDriver(config, sessions), "ex-1")
+        await ex.tick()
+        await ex.drain()
+        await ex.shutdown()
+        with sessions() as s:
+            assert s.scalar(select(func.count()).select_from(Event).where(Event.kind.is_(None))) == 1
+        kinds = {(e.reservation_id, e.kind) for e in _feed_of(sessions)}
+        assert (failing, EventKind.DEPLOY_FAILED) in kinds and (ending, EventKind.SLOT_ENDED) in kinds
     finally:
         engine.dispose()

@@ -242,3 +242,63 @@ def test_robots(cli: Cli) -> None:
     assert {d["node"] for d in maps["dock"]["items"]} == set(M3[:2])
     bad = cli.run("iotlab-robot", "status", "-i", str(exp_id), "-l", f"{SITE},m3,3", ok=False)
     assert bad.returncode != 0 and '"code":400' in (bad.stderr + bad.stdout).replace(" ", "")
+
+
+def _oml_rows(text: str) -> list[list[str]]:
+    """The measures of a consumption file, read as oml-plot-tools reads it (9 header lines)."""
+    lines = text.splitlines()
+    assert lines[0].startswith("protocol: ") and lines[7] == "content: text" and lines[8] == ""
+    assert "control_node_measures_consumption timestamp_s:uint32 timestamp_us:uint32 power:double " \
+           "voltage:double current:double" in lines[6]
+    return [line.split("\t") for line in lines[9:]]
+
+
+def test_consumption_profile_measures_into_frontend_files(cli: Cli) -> None:
+    """A consumption profile made with iotlab-profile, put on nodes at submission, reset on one of
+    them mid-run; the OML files are then fetched from the site's frontend with OpenSSH's sftp and
+    the key registered with iotlab-auth, as a researcher does."""
+    key = cli.folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    cli.run("iotlab-auth", "-k", "-i", str(key))
+    cli.run("iotlab-profile", "addm3", "-n", "m3_energy", "-p", "dc", "-power", "-voltage", "-current",
+            "-period", "1100", "-avg", "64")
+    exp_id = cli.run("iotlab-experiment", "submit", "-d", "10",
+                     "-l", f"{SITE},m3,1-2,,m3_energy", "-l", f"{SITE},m3,3")["id"]
+    wait_running(cli, exp_id)
+    time.sleep(1.5)
+    reset = cli.run("iotlab-node", "--profile-reset", "-i", str(exp_id), "-l", f"{SITE},m3,2")
+    assert reset == {"0": [M3[1]]}
+    time.sleep(1.0)
+    cli.run("iotlab-experiment", "stop", "-i", str(exp_id))
+
+    known = cli.folder / "known_hosts"
+    known.write_text(cli.emu.frontend.known_hosts_line)
+    out = cli.folder / "fetched"
+    out.mkdir()
+
+    def sftp(login: str, identity: Path) -> subprocess.CompletedProcess[str]:
+        batch = cli.folder / "batch"
+        batch.write_text(f"get -r .iot-lab/{exp_id}/consumption {out}\n")
+        return subprocess.run(
+            ["sftp", "-b", str(batch), "-i", str(identity), "-P", str(cli.emu.frontend.port),
+             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", f"{login}@127.0.0.1"],
+            capture_output=True, text=True, timeout=60, env=cli.env,
+        )
+
+    # bob did not register this key: the frontend refuses him
+    refused = sftp("bob", key)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    got = sftp("alice", key)
+    assert got.returncode == 0, got.stderr
+    files = sorted(p.name for p in (out / "consumption").iterdir())
+    assert files == ["m3_1.oml", "m3_2.oml"]  # m3-3 had no profile: no file
+    full = _oml_rows((out / "consumption" / "m3_1.oml").read_text())
+    cut = _oml_rows((out / "consumption" / "m3_2.oml").read_text())
+    assert len(full) >= 15 and 5 <= len(cut) < len(full) - 5  # m3-2 stopped measuring at the reset
+    times = [int(r[3]) + int(r[4]) / 1e6 for r in full]
+    assert times == sorted(times) and [int(r[2]) for r in full] == list(range(1, len(full) + 1))
+    for row in full:
+        assert len(row) == 8 and row[1] == "1"
+        power, voltage, current = map(float, row[5:])
+        assert 0.02 < power < 0.1 and 3.0 < voltage < 3.5 and abs(current - power / voltage) < 1e-5

@@ -527,3 +527,151 @@ async def test_credentials_check_asks_the_iotlab_api(emulator: Emulator, iot_age
         r = await client.post("/api/credentials/check", headers=h)
         assert r.status_code == 200 and r.json()["valid"] is False, r.text
         assert "IoT-LAB refused the login 'alice'" in r.json()["message"]
+
+
+# ---------------------------------------------------------------- energy (consumption profiles)
+
+
+def _pin_frontend(emulator: Emulator, driver: IotlabDriver) -> None:
+    """What the operator does: the frontend's address and its host key, pinned in the agent's config."""
+    driver.config.iotlab_frontend = f"127.0.0.1:{emulator.frontend.port}"
+    driver.energy.known_hosts().write_text(emulator.frontend.known_hosts_line)
+
+
+async def test_energy_refused_without_a_pinned_frontend_or_a_power_measure(
+    emulator: Emulator, driver: IotlabDriver
+) -> None:
+    alice = emulator.creds("alice")
+    r = reservation_view(50)
+    with pytest.raises(InvalidParams, match="host key"):
+        await driver.validate_deploy(r, {"energy": True}, alice)
+    _pin_frontend(emulator, driver)
+    with pytest.raises(InvalidParams, match="expected true or false"):
+        await driver.validate_deploy(r, {"energy": "yes"}, alice)
+    emulator.site.users["alice"].profiles["radio_only"] = {
+        "profilename": "radio_only", "nodearch": "m3", "power": "dc", "consumption": None,
+        "radio": {"mode": "rssi", "channels": [11], "period": 1, "num_per_channel": 0},
+    }
+    with pytest.raises(InvalidParams, match="does not measure power"):
+        await driver.validate_deploy(r, {"energy": True, "profile": "radio_only"}, alice)
+    with pytest.raises(InvalidParams, match="m3 and a8 nodes only"):
+        await driver.validate_deploy(reservation_view(51, node="wsn430-1"), {"energy": True}, alice)
+    form = {f.name: f for f in await driver.deploy_form(r, alice)}
+    assert form["energy"].kind == "checkbox" and form["energy"].default is False
+
+
+async def test_energy_of_a_reservation_from_the_testbeds_consumption_files(
+    emulator: Emulator, driver: IotlabDriver
+) -> None:
+    """Deploy with energy and no profile: the agent's key lands in the user's IoT-LAB keys (beside
+    theirs), its profile on the node; after a redeploy and the destroy, the two experiments' OML
+    files are read from the frontend over SFTP and their energy is the reservation's."""
+    import asyncio
+
+    alice = emulator.creds("alice")
+    emulator.site.users["alice"].ssh_keys = [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJx7e5hBMz3G0oiqHRrxmHEMdRQN8Yv0V2XJ0vHD5dVt me"
+    ]
+    _pin_frontend(emulator, driver)
+    r = reservation_view(52)
+    r.params = await driver.validate_deploy(r, {"energy": True}, alice)
+    assert r.params["energy"] is True
+    ctx = await run_process(driver, "deploy", r, alice)
+    first = r.driver_state["experiment_id"]
+    keys = emulator.site.users["alice"].ssh_keys
+    assert len(keys) == 2 and keys[0].endswith(" me") and keys[1].endswith("piseduce-agent")
+    assert emulator.experiment(first)["profileassociations"] == [
+        {"profilename": "piseduce_energy_m3", "nodes": [M3_1]}
+    ]
+    assert any("SSH key added" in m for _, m in ctx.events)
+    await asyncio.sleep(2.5)
+    await run_process(driver, "redeploy", r, alice)
+    await asyncio.sleep(2.5)
+    assert "energy" not in r.driver_state  # measured once the experiments have stopped
+    ctx = await run_process(driver, "destroy", r, alice)
+    used = r.driver_state["energy"]
+    # one measure each 0.56 s on two experiments of ~2.5 s each, an M3 drawing ~55 mW
+    assert used["samples"] >= 6 and 0.03 < used["mean_w"] < 0.08 and used["peak_w"] < 0.1
+    assert 2.0 < used["seconds"] < 30
+    assert used["wh"] == pytest.approx(used["mean_w"] * used["seconds"] / 3600, abs=1e-4)
+    assert any(m.startswith("Energy: ") for _, m in ctx.events)
+    assert len(emulator.site.users["alice"].ssh_keys) == 2  # a second deployment adds no key twice
+    # without energy asked, nothing is read
+    r2 = reservation_view(53, node="m3-2")
+    r2.params = await driver.validate_deploy(r2, {"energy": False}, alice)
+    assert "energy" not in r2.params
+    await run_process(driver, "deploy", r2, alice)
+    await run_process(driver, "destroy", r2, alice)
+    assert "energy" not in r2.driver_state
+
+
+async def test_energy_unreadable_frontend_never_fails_the_destroy(
+    emulator: Emulator, driver: IotlabDriver
+) -> None:
+    alice = emulator.creds("alice")
+    _pin_frontend(emulator, driver)
+    r = reservation_view(54)
+    r.params = await driver.validate_deploy(r, {"energy": True}, alice)
+    await run_process(driver, "deploy", r, alice)
+    # a host key other than the pinned one: refused, never accepted silently
+    other = emulator.frontend.known_hosts_line.split()[0]
+    driver.energy.known_hosts().write_text(
+        f"{other} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJx7e5hBMz3G0oiqHRrxmHEMdRQN8Yv0V2XJ0vHD5dVt\n"
+    )
+    ctx = await run_process(driver, "destroy", r, alice)
+    assert emulator.experiment(r.driver_state["experiments"][0])["state"] == "Stopped"
+    assert "energy" not in r.driver_state
+    assert any(level == "warning" and "frontend could not be read" in m for level, m in ctx.events)
+
+
+async def test_energy_through_the_agent_api_kept_after_the_end(emulator: Emulator, iot_agent: Any) -> None:
+    """With the user's own power profile: deploy with energy through the agent's API, destroy; the
+    reservation's energy is in its answer and in the list once ended, and stays there."""
+    import asyncio
+
+    from piseduce.agent.engine.executor import Executor
+
+    state = iot_agent.state.agent
+    config = state.config
+    config.iotlab_frontend = f"127.0.0.1:{emulator.frontend.port}"
+    config.resolve(config.iotlab_frontend_known_hosts).write_text(emulator.frontend.known_hosts_line)
+    alice = _headers(emulator, config, "alice@example.org", "alice")
+    bob = _headers(emulator, config, "bob@example.org", "bob")
+    stop = asyncio.Event()
+    task = asyncio.create_task(Executor(config, state.sessions, state.driver, "iotlab-e").run_forever(stop))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=iot_agent), base_url="http://a") as c:
+            book = {"filters": [{"nodes": ["m3-3"]}], "duration_hours": 1}
+            r = await c.post("/api/reservations", json=book, headers=alice)
+            rid = r.json()["reservations"][0]["id"]
+            r = await c.post(f"/api/reservations/{rid}/deploy", json={"energy": "on"}, headers=alice)
+            assert r.status_code == 422 and "energy" in r.json()["detail"]
+            r = await c.post(f"/api/reservations/{rid}/deploy", json={"energy": True, "profile": "power_mon"},
+                             headers=alice)
+            assert r.status_code == 202, r.text
+            body = await _wait_status(c, rid, alice, {"deployed", "failed"})
+            assert body["status"] == "deployed", body
+            assert body.get("energy") is None
+            # While it runs, the monitor's rounds store the node's power from IoT-LAB's measures:
+            # the reservation shows its energy so far, as a Raspberry Pi's does.
+            from piseduce.agent import monitor
+
+            for _ in range(2):
+                await asyncio.sleep(1)
+                got = await state.driver.sample()
+                assert [(k, n) for k, n, _w in got] == [("power", "m3-3")] and 0.03 < got[0][2] < 0.08
+                monitor.store(state.sessions, dt.datetime.now(dt.UTC), got)
+            so_far = (await c.get(f"/api/reservations/{rid}", headers=alice)).json()["energy"]
+            assert so_far["final"] is False and so_far["samples"] == 2 and 0.03 < so_far["mean_w"] < 0.08
+            assert (await c.post(f"/api/reservations/{rid}/destroy", headers=alice)).status_code == 202
+            body = await _wait_status(c, rid, alice, {"ended"})
+            used = body["energy"]
+            assert used["final"] is True and used["samples"] >= 10 and 0.03 < used["mean_w"] < 0.08
+            listed = {x["id"]: x for x in (await c.get("/api/reservations", headers=alice)).json()}
+            assert listed[rid]["energy"] == used
+            assert (await c.get(f"/api/reservations/{rid}", headers=bob)).status_code in (403, 404)
+            await asyncio.sleep(0.5)
+            assert (await c.get(f"/api/reservations/{rid}", headers=alice)).json()["energy"] == used
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)

@@ -482,6 +482,17 @@ def test_environments_scan_add_edit_delete(config: Path, rpi: RaspberryAgent) ->
         assert ("error", "Environment spare not deleted: rpi-lab: environment spare not found") in flashes(
             page
         )
+        # The trail: the scan, the add and the edit (not the refused ones), then the delete.
+        import json
+
+        rows = [json.loads(x) for x in b.get("/admin/audit/export?action=environment.*").text.splitlines()]
+        assert [(e["action"], e["target"]["id"], e["detail"].get("change")) for e in rows] == [
+            ("environment.scan", "rpi-lab", None),
+            ("environment.save", "rpi-lab/spare", "added"),
+            ("environment.save", "rpi-lab/spare", "updated"),
+            ("environment.delete", "rpi-lab/spare", None),
+        ]
+        assert rows[0]["detail"]["added"] == ["tiny-a", "tiny-b"]
 
 
 def test_dead_agent_never_stalls_the_pages(config: Path, rpi: RaspberryAgent) -> None:

@@ -342,3 +342,43 @@ def test_a_change_and_its_event_commit_together_or_not_at_all(config: Path) -> N
     with factory() as s:
         row = s.query(AuditEvent).one()
         assert (row.action, row.target_id, row.actor_email) == ("signup", str(uid), "eve@example.org")
+
+
+def test_admin_posts_of_configure_and_the_notification_settings_are_recorded(
+    config: Path, agent: AgentProcess
+) -> None:
+    """An admin deploying and cancelling another user's reservations through /configure (a card
+    posted with its reference), their own deployment (not recorded), the webhooks' allowed hosts
+    and the SMTP password (recorded as set, never the password)."""
+    add_user(config, CAROL, CAROL_PW)
+    smtp_pw = "smtp-Secret-value-4k2q9z"
+    with webui_client(config, client=ADMIN_FROM) as admin:
+        admin.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        r = admin.post("/admin/agents", add_agent_form("rpi-lab", agent.port), page="/admin/agents")
+        assert r.status_code == 303
+        carols, cancelled = book_on(agent, CAROL, ["pi-7"])[0], book_on(agent, CAROL, ["pi-8"])[0]
+        mine = book_on(agent, ADMIN_EMAIL, ["pi-5"])[0]
+        for rid in (carols, mine):
+            data = {"bin": "exp1", "r0.ref": f"1:{rid}", "r0.environment": "tiny", "r0.__ssh": "1"}
+            r = admin.post("/configure/deploy", data, page="/configure")
+            assert r.status_code == 303, r.text
+        r = admin.post("/configure/cancel", {"sel": f"1:{cancelled}"}, page="/configure")
+        assert r.status_code == 303
+        wait_until_sync(lambda: reservation(agent, CAROL, cancelled)["status"] == "cancelled", timeout=30)
+        r = admin.post("/admin/notifications/hosts", {"hosts": "hooks.example.org"},
+                       page="/admin/notifications")
+        assert r.status_code == 303
+        r = admin.post("/admin/notifications/smtp-password", {"password": smtp_pw},
+                       page="/admin/notifications")
+        assert r.status_code == 303
+        rows = export(admin, "?action=reservation.*")
+        assert sorted((e["action"], e["target"]["id"], e["detail"]["owner"], e["detail"]["node"])
+                      for e in rows) == sorted([
+            ("reservation.deploy", f"rpi-lab/{carols}", CAROL, "pi-7"),
+            ("reservation.destroy", f"rpi-lab/{cancelled}", CAROL, "pi-8"),
+        ])
+        hosts = export(admin, "?action=notify.hosts")
+        assert [e["detail"]["hosts"] for e in hosts] == [["hooks.example.org"]]
+        password = export(admin, "?action=notify.smtp_password")
+        assert [(e["actor"]["email"], e["detail"]) for e in password] == [(ADMIN_EMAIL, {"set": True})]
+    assert smtp_pw not in table_text(config)

@@ -123,6 +123,11 @@ class AgentConfig(_Base):
     firmware_path: str = "firmwares/"
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"
+    # The site's SSH frontend ("host[:port]"; "" = <iot_site>.iot-lab.info:22), where IoT-LAB
+    # writes the consumption files an energy measure reads, and the known_hosts file that pins its
+    # host key (no file: energy is not offered; the key is never accepted unseen).
+    iotlab_frontend: str = ""
+    iotlab_frontend_known_hosts: str = "iotlab_known_hosts"
     max_duration_hours: float = Field(default=72, gt=0, le=24 * 365)
     max_advance_days: float = Field(default=30, gt=0, le=3650)
     max_nodes_per_user: int = Field(default=64, ge=1, le=100_000)

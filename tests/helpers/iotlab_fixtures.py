@@ -24,6 +24,7 @@ from piseduce.config import AgentConfig
 from piseduce.crypto import generate_key_file
 from piseduce.sim.iotlab.app import create_app
 from piseduce.sim.iotlab.cli import build_site
+from piseduce.sim.iotlab.frontend import Frontend
 from piseduce.sim.iotlab.model import Site
 from piseduce.sim.iotlab.records import User
 
@@ -62,6 +63,7 @@ class Emulator:
     site: Site
     root: str  # http://127.0.0.1:port
     users: dict[str, str]  # login → password
+    frontend: Frontend  # the site's SSH frontend (SFTP: the users' consumption files)
 
     @property
     def api_url(self) -> str:
@@ -102,8 +104,12 @@ def running_emulator(time_scale: float = 40.0, **site_kw: Any) -> Iterator[Emula
     accounts = [User(login, pw) for login, pw in users.items()]
     accounts[0].profiles[PROFILE["profilename"]] = dict(PROFILE)
     site = build_site(SITE, accounts, nodes="m3=6,a8=2", time_scale=time_scale, seed=1, **site_kw)
-    with serve(create_app(site)) as root:
-        yield Emulator(site, root, users)
+    frontend = Frontend(site).start()
+    try:
+        with serve(create_app(site)) as root:
+            yield Emulator(site, root, users, frontend)
+    finally:
+        frontend.stop()
 
 
 def firmware_folder(path: Path) -> Path:

@@ -17,8 +17,10 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from piseduce.agent.drivers.base import ActionRefused
+from piseduce.agent.event_kinds import DEPLOYS
 from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, Action, Event, Reservation
 from piseduce.dbtypes import utcnow
+from piseduce.protocol_events import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,19 @@ def session_now(session: Session) -> dt.datetime:
     return now
 
 
+def event_kind(reservation: Reservation | None, level: str, action: Action | None, actor: str) -> EventKind:
+    """The kind of an event written without one, from its structured fields only: an error of a
+    deployment (or of a reservation outside any action: refused at its start) is a failed
+    deployment, somebody other than the owner acting is an administrator's action (only they may)."""
+    if reservation is None:
+        return EventKind.OTHER
+    if level == "error" and (action is None or action.process in DEPLOYS):
+        return EventKind.DEPLOY_FAILED
+    if actor and actor != reservation.owner:
+        return EventKind.ADMIN_ACTION
+    return EventKind.OTHER
+
+
 def add_event(
     session: Session,
     reservation: Reservation | None,
@@ -63,9 +78,13 @@ def add_event(
     level: str = "info",
     action: Action | None = None,
     node: str = "",
+    kind: EventKind | None = None,
+    actor: str = "",
 ) -> None:
     """Record an event; `node` names the node of an event with no reservation (an admin changed
-    its status...), so that the event feed (api/events.py) can say whose node it was."""
+    its status...), so that the event feed (api/events.py) can say whose node it was. `kind` is
+    what it means for the user it concerns, `actor` who acted on the reservation (the caller
+    naming them); without a kind it follows from the structured fields (event_kind)."""
     row = {
         "reservation_id": reservation.id if reservation is not None else None,
         "action_id": action.id if action is not None else None,
@@ -74,6 +93,8 @@ def add_event(
         "level": level,
         "step": step,
         "message": message[:4000],
+        "kind": str(kind or event_kind(reservation, level, action, actor)),
+        "actor": actor[:128],
     }
     rows = session.info.get(EVENT_ROWS)
     if rows is not None:
@@ -108,6 +129,7 @@ def start_action(
     *,
     supersede: bool = False,
     reason: str = "",
+    actor: str = "",
 ) -> Action:
     """Queue `process` on `reservation` (the executor picks it up). Not committed here."""
     current = open_action(session, reservation.id)
@@ -124,7 +146,7 @@ def start_action(
         add_event(
             session, reservation, f"{current.process} cancelled by {process}", level="warning", action=current
         )
-    return queue_actions(session, [reservation], process, args, reason=reason)[0]
+    return queue_actions(session, [reservation], process, args, reason=reason, actor=actor)[0]
 
 
 def queue_actions(
@@ -134,6 +156,7 @@ def queue_actions(
     args: dict[str, Any] | None = None,
     *,
     reason: str = "",
+    actor: str = "",
 ) -> list[Action]:
     """Queue `process` on reservations that have no open action (the caller checked), with one
     flush for all of them (the scheduling pass starts many deployments at once). Not committed."""
@@ -141,5 +164,5 @@ def queue_actions(
     session.add_all(actions)
     session.flush()
     for reservation, action in zip(reservations, actions, strict=True):
-        add_event(session, reservation, reason or f"{process} requested", action=action)
+        add_event(session, reservation, reason or f"{process} requested", action=action, actor=actor)
     return actions

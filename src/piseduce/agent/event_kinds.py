@@ -1,5 +1,7 @@
-"""What an event of the agent's log means for the user it concerns (protocol_events.EventKind),
-decided once here from the event's structured fields (level, the action's process, the node) and
+"""What an event of the agent's log written before migration 0008 means for the user it concerns
+(protocol_events.EventKind). Since that migration every event carries its kind and actor, set where
+it is written (actions.add_event); this reading of the sentences serves only the older rows. It
+decides from the event's structured fields (level, the action's process, the node) and
 the fixed sentences the engine and the API write (actions.add_event's callers): the rules are
 data, tried in order, and tests/test_agent_event_feed.py drives the real code paths that write
 each sentence, so a changed sentence fails there rather than silently notifying nobody."""

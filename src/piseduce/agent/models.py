@@ -174,6 +174,10 @@ class Event(Base):
     level: Mapped[str] = mapped_column(String(8), default="info")
     step: Mapped[str] = mapped_column(String(64), default="")
     message: Mapped[str] = mapped_column(Text, default="")
+    # protocol_events.EventKind, set where the event is written (actions.add_event); NULL only for
+    # events written before migration 0008, which the feed classifies from their text.
+    kind: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    actor: Mapped[str] = mapped_column(String(128), default="", server_default="")  # who acted
 
     reservation: Mapped[Reservation | None] = relationship(back_populates="events")
 

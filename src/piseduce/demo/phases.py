@@ -123,6 +123,11 @@ def simulators(run: DemoRun) -> None:
             str(run.data / "iotlab-users.json"),
             "--time-scale",
             str(run.time_scale * 3),
+            # The site's SFTP frontend: the consumption files an energy measure reads.
+            "--frontend-port",
+            str(run.ports.iot_frontend),
+            "--frontend-known-hosts",
+            str(run.data / "iotlab_known_hosts"),
         ),
     )
     run.inventory = wait_until(
@@ -196,6 +201,8 @@ def agent_configs(run: DemoRun) -> None:
                 run.ports.iot_agent,
                 tokens["iot"],
                 iotlab_api_url=f"http://127.0.0.1:{run.ports.iot_sim}/api/",
+                iotlab_frontend=f"127.0.0.1:{run.ports.iot_frontend}",
+                iotlab_frontend_known_hosts=str(run.data / "iotlab_known_hosts"),
                 firmware_path=str(run.data / "firmwares") + "/",
                 timeout_scale=scale,
                 poll_interval=0.5,
@@ -211,9 +218,10 @@ def agent_processes(run: DemoRun) -> None:
     for a in run.agents:
         run.sup.start(f"agent-{a['name']}-api", piseduce_cmd("agent", "api", str(a["config"])))
         run.sup.start(f"agent-{a['name']}-exec", piseduce_cmd("agent", "exec", str(a["config"])))
-        if a["node_type"] == "raspberry":
+        if a["node_type"] in ("raspberry", "iot-lab"):  # PoE ports; IoT-LAB's energy measures
             monitor = piseduce_cmd("agent", "monitor", str(a["config"]))
             run.sup.start(f"agent-{a['name']}-monitor", monitor)
+        if a["node_type"] == "raspberry":
             gateway = piseduce_cmd("agent", "gateway", str(a["config"]))
             run.sup.start(f"agent-{a['name']}-gateway", gateway)
     for a in run.agents:

@@ -40,6 +40,11 @@ class Ports:
         return self.base + 11
 
     @property
+    def iot_frontend(self) -> int:
+        """The IoT-LAB emulator's SSH (SFTP) frontend."""
+        return self.base + 12
+
+    @property
     def snmp(self) -> int:
         return self.base + 20
 
@@ -52,6 +57,7 @@ class Ports:
             "SSH gateway": self.gateway,
             "Grid'5000 emulator": self.g5k_sim,
             "IoT-LAB emulator": self.iot_sim,
+            "IoT-LAB frontend": self.iot_frontend,
         }
 
 

@@ -72,6 +72,11 @@ ACTIONS: dict[str, str] = {
     "switch.edit": "changed a PoE switch",
     "switch.delete": "deleted a PoE switch",
     "environment.delete": "deleted an environment",
+    "environment.save": "added or changed an environment",
+    "environment.default": "set or unset an agent's default environment",
+    "environment.scan": "scanned an agent's env_path for environments",
+    "notify.hosts": "changed the webhooks' allowed hosts",
+    "notify.smtp_password": "set or removed the SMTP password",
 }
 
 TEXT_MAX = 200  # characters of one detail string

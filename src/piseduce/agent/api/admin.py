@@ -18,6 +18,7 @@ from piseduce.agent.models import ACTION_OPEN, Action, Node, Reservation, Switch
 from piseduce.agent.schemas import NodeIn, NodePatchIn, NodeStatusIn
 from piseduce.db import write_session
 from piseduce.protocol import ActionOut, AdminNode, Deleted
+from piseduce.protocol_events import EventKind
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin)])
 
@@ -133,7 +134,9 @@ def _status(state: AgentState, caller: Caller, name: str, status: str) -> AdminN
             raise HTTPException(404, f"node {name} not found")
         if node.status != status:
             old, node.status = node.status, status
-            add_event(s, None, f"node {name}: {old} → {status} by {caller.user}", node=name)
+            broken = EventKind.NODE_BROKEN if status == "broken" else None
+            add_event(s, None, f"node {name}: {old} → {status} by {caller.user}", node=name,
+                      actor=caller.user, kind=broken)
         s.flush()
         return node_out(node)
 

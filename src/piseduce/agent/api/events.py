@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from piseduce.agent.api.deps import AgentState, StateDep, db
 from piseduce.agent.api.views import connection
 from piseduce.agent.auth import admin
-from piseduce.agent.event_kinds import classify
+from piseduce.agent.event_kinds import Kind, classify
 from piseduce.agent.lifecycle import ACTIVE_STATUSES
 from piseduce.agent.models import Action, Event, Reservation
 from piseduce.numbers import StrictInt
@@ -24,6 +24,7 @@ from piseduce.protocol_events import EventFeed, EventKind, FeedEvent
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin)])
 
 MAX_LIMIT = 1000
+KINDS = {k.value for k in EventKind}
 
 
 def _holders(s: Session, node: str, when: dt.datetime) -> list[str]:
@@ -56,7 +57,11 @@ def _feed(state: AgentState, after: int, limit: int) -> EventFeed:
         out: list[FeedEvent] = []
         for e, process in rows:
             r = reservations.get(e.reservation_id) if e.reservation_id is not None else None
-            kind = classify(e.message, e.level, process or "", r.owner if r is not None else None)
+            if e.kind is None:  # written before migration 0008: read from its sentence
+                kind = classify(e.message, e.level, process or "", r.owner if r is not None else None)
+            else:
+                told = EventKind(e.kind) if e.kind in KINDS else EventKind.OTHER
+                kind = Kind(told, e.actor if told == EventKind.ADMIN_ACTION else "")
             item = FeedEvent(
                 id=e.id,
                 time=e.time,

@@ -237,6 +237,7 @@ def _store_deploy(
             f"deployment of {env} requested by {caller.user}"
             if env
             else f"deployment requested by {caller.user}",
+            actor=caller.user,
         )
 
 
@@ -282,13 +283,14 @@ def _destroy_tx(state: AgentState, caller: Caller, rid: int, cancel_ok: bool) ->
             if not cancel_ok:
                 return None
             lifecycle.move(r, Trigger.CANCEL)
-            add_event(s, r, f"cancelled by {caller.user}")
+            add_event(s, r, f"cancelled by {caller.user}", actor=caller.user)
             return AcceptedOut(id=rid, status=r.status, message="cancelled; the node is free again")
         if "destroy" not in state.processes():
             raise HTTPException(409, "this agent's driver has no destroy process")
         if caller.credentials_token:
             r.credentials = caller.credentials_token
-        start_action(s, r, "destroy", supersede=True, reason=f"destroy requested by {caller.user}")
+        start_action(s, r, "destroy", supersede=True, reason=f"destroy requested by {caller.user}",
+                     actor=caller.user)
         lifecycle.move(r, Trigger.DESTROY)
         return AcceptedOut(
             id=rid, status=r.status, process="destroy", message="the node is being wiped and released"
@@ -324,7 +326,7 @@ def _action_tx(state: AgentState, caller: Caller, rid: int, trigger: Trigger) ->
         if caller.credentials_token:
             r.credentials = caller.credentials_token
         try:
-            start_action(s, r, process, reason=f"{process} requested by {caller.user}")
+            start_action(s, r, process, reason=f"{process} requested by {caller.user}", actor=caller.user)
         except ActionRefused as exc:
             raise HTTPException(409, str(exc)) from None
         lifecycle.move(r, trigger)
@@ -366,7 +368,8 @@ def _register_env_tx(state: AgentState, caller: Caller, rid: int, name: str) -> 
             raise HTTPException(409, unsafe)
         try:
             start_action(s, r, env_factory.PROCESS, {"name": name},
-                         reason=f"saving {r.node_name} as environment {name}, requested by {caller.user}")
+                         reason=f"saving {r.node_name} as environment {name}, requested by {caller.user}",
+                         actor=caller.user)
         except ActionRefused as exc:
             raise HTTPException(409, str(exc)) from None
         lifecycle.move(r, Trigger.REGISTER_ENV)

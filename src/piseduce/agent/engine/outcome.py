@@ -11,6 +11,14 @@ from piseduce.agent.drivers.base import Process, Step
 from piseduce.agent.engine.journal import Mutation
 from piseduce.agent.lifecycle import FINAL_STATUSES
 from piseduce.agent.models import ACTION_DONE, ACTION_FAILED, NODE_BROKEN, Action, Node, Reservation
+from piseduce.protocol_events import EventKind
+
+# What a process's end means for the reservation's owner (the event feed's notices).
+FINISHED_KINDS = {
+    "deploy": EventKind.DEPLOY_DONE,
+    "redeploy": EventKind.DEPLOY_DONE,
+    "destroy": EventKind.SLOT_ENDED,
+}
 
 
 def _release(a: Action, status: str) -> None:
@@ -30,7 +38,7 @@ def completed(process: Process, step: Step | None) -> Mutation:
             # An ended reservation forgets its secrets (models.py, on the status change).
             lifecycle.outcome(r, process.name, ok=True)
             r.error = ""
-        add_event(s, r, f"{process.name} finished", action=a)
+        add_event(s, r, f"{process.name} finished", action=a, kind=FINISHED_KINDS.get(process.name))
 
     return complete
 
@@ -60,6 +68,7 @@ def failed(process: Process | None, step_name: str, message: str) -> Mutation:
             step=step_name,
             level="warning",
             action=a,
+            kind=EventKind.NODE_BROKEN,
         )
 
     return fail

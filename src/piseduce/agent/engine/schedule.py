@@ -18,6 +18,7 @@ from piseduce.agent.drivers.base import Process, ReservationView
 from piseduce.agent.lifecycle import CONFIGURING, DEPLOYED, DEPLOYING, DESTROYING, FAILED, SCHEDULED, Trigger
 from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, NODE_AVAILABLE, Action, Event, Reservation
 from piseduce.agent.snapshots import reservation_view
+from piseduce.protocol_events import EventKind
 
 # Reservations past their end in one of these are destroyed (the node may hold the user's system);
 # a `destroying` one is seen to when its destroy no longer runs.
@@ -182,7 +183,9 @@ def destroy(
     if "destroy" not in processes:
         _stop(current)
         lifecycle.move(r, Trigger.RELEASE)
-        add_event(s, r, "reservation ended (this node type has nothing to destroy)")
+        add_event(
+            s, r, "reservation ended (this node type has nothing to destroy)", kind=EventKind.SLOT_ENDED
+        )
         return
     if r.end <= now:
         reason = f"the reservation ended at {r.end:%Y-%m-%d %H:%M} UTC: destroy queued"

@@ -13,6 +13,7 @@ import typer
 
 from piseduce.cli_files import FileOptionError, read_text
 from piseduce.sim.iotlab.extras import Robot
+from piseduce.sim.iotlab.frontend import Frontend
 from piseduce.sim.iotlab.model import Site
 from piseduce.sim.iotlab.records import FINAL, Experiment, Node, User, make_nodes, parse_counts
 
@@ -105,6 +106,13 @@ def command(
     robots: Annotated[
         str, typer.Option(help="Nodes carried by robots, e.g. m3=2 (the site's first two M3 nodes).")
     ] = "m3=2",
+    frontend_port: Annotated[
+        int, typer.Option(help="SSH (SFTP) port of the site's frontend (the consumption files); 0: none.",
+                          min=0, max=65535)
+    ] = 0,
+    frontend_known_hosts: Annotated[
+        Path | None, typer.Option(help="File to write the frontend's known_hosts line to (for agents).")
+    ] = None,
 ) -> None:
     """Serve the IoT-LAB REST API subset iotlabcli speaks, for one emulated site."""
     import uvicorn
@@ -128,7 +136,17 @@ def command(
         f"IoT-LAB emulator for site {site} on {base} ({len(emulated.nodes)} nodes, "
         f'{_counts(emulated.experiments)}, time scale {time_scale}); set "iotlab_api_url": "{base}"'
     )
+    frontend = Frontend(emulated, host, frontend_port).start() if frontend_port else None
+    if frontend is not None:
+        line = frontend.known_hosts_line
+        typer.echo(f"IoT-LAB frontend (SFTP) on {host}:{frontend.port}; its host key: {line}", nl=False)
+        if frontend_known_hosts is not None:
+            frontend_known_hosts.write_text(frontend.known_hosts_line)
     sys.stdout.flush()
     started = time.monotonic()
-    uvicorn.run(create_app(emulated), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(emulated), host=host, port=port, log_level="warning")
+    finally:
+        if frontend is not None:
+            frontend.stop()
     typer.echo(f"IoT-LAB emulator stopped after {time.monotonic() - started:.0f} s")

@@ -236,7 +236,7 @@ async def set_profile(
 ) -> dict[str, Any]:
     if profile not in u.profiles:
         raise ApiError(500, f"Unknown monitoring profile: {profile}")
-    return site.node_command(u.login, exp_id, "monitoring", body if body is not None else [])
+    return site.set_monitoring(u.login, exp_id, body if body is not None else [], u.profiles[profile])
 
 
 @router.post("/api/experiments/{exp_id}/nodes/{command}")
@@ -255,4 +255,6 @@ async def node_command(
     )
     if command not in commands:
         raise ApiError(404, f"Unknown node command {command!r}")
+    if command == "profile-reset":
+        return site.set_monitoring(u.login, exp_id, body if body is not None else [], None)
     return site.node_command(u.login, exp_id, command, body if body is not None else [])

@@ -53,4 +53,4 @@ def profile_load(site: Site, login: str, exp_id: int, parts: dict[str, bytes]) -
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "The profile and nodes.json must be JSON") from None
     Site.check_profile(profile)
-    return site.node_command(login, exp_id, "monitoring", nodes)
+    return site.set_monitoring(login, exp_id, nodes, profile)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from piseduce.sim.iotlab import submission
+from piseduce.sim.iotlab.consumption import file_name, oml_text
 from piseduce.sim.iotlab.extras import (
     Robot,
     Scripts,
@@ -142,6 +143,7 @@ class Site:
                 self._enter(exp, RUNNING, t)
                 exp.start = t
                 exp.deployment = {"0": list(exp.nodes)}
+                self._monitor_from_start(exp, t)
                 scripts = self.scripts.setdefault(exp.id, Scripts(self.name))
                 scripts.start_from(exp.description.get("siteassociations"))
             return True
@@ -152,6 +154,7 @@ class Site:
                 return False
             exp.end_state = TERMINATED
             self._enter(exp, FINISHING, t)
+            exp.monitoring.close(t)
             return True
         if exp.state == FINISHING:
             t = exp.since + self._delay(self.timing.finishing)
@@ -215,6 +218,7 @@ class Site:
         else:
             exp.end_state = STOPPED
             self._enter(exp, FINISHING, now)
+            exp.monitoring.close(now)
         return {"id": exp_id, "status": "Delete request registered"}
 
     def reload(self, login: str, exp_id: int, duration: Any, reservation: Any) -> int:
@@ -272,6 +276,38 @@ class Site:
         return buf.getvalue()
 
     # ------------------------------------------------------------ profiles
+
+    def _monitor_from_start(self, exp: Experiment, t: float) -> None:
+        """The profiles associated at submission measure from the experiment's start."""
+        profiles = self.users[exp.user].profiles if exp.user in self.users else {}
+        for assoc in exp.description.get("profileassociations") or []:
+            if isinstance(assoc, dict) and assoc.get("profilename") in profiles:
+                nodes = [n for n in assoc.get("nodes") or [] if n in exp.nodes]
+                exp.monitoring.apply(nodes, profiles[assoc["profilename"]], t)
+
+    def set_monitoring(
+        self, login: str, exp_id: int, nodes: Any, profile: dict[str, Any] | None
+    ) -> dict[str, list[str]]:
+        """A profile set on running nodes (None: `profile-reset`), measuring from now."""
+        result = self.node_command(login, exp_id, "monitoring", nodes)
+        self.experiments[exp_id].monitoring.apply(result["0"], profile, self.clock())
+        return result
+
+    def consumption_files(self, login: str) -> dict[str, str]:
+        """The user's consumption files as the site's frontend holds them in their home:
+        `.iot-lab/<exp_id>/consumption/<node>.oml` → OML text, for every experiment of theirs
+        whose nodes measured something."""
+        now = self.clock()
+        out: dict[str, str] = {}
+        for exp in list(self.experiments.values()):
+            if exp.user != login:
+                continue
+            # The state is advanced lazily: an experiment past its end measured until its end.
+            until = now if exp.start is None else min(now, exp.start + exp.duration * 60)
+            for node in exp.monitoring.nodes():
+                runs = list(exp.monitoring.segments[node])
+                out[f".iot-lab/{exp.id}/consumption/{file_name(node)}"] = oml_text(exp.id, node, runs, until)
+        return out
 
     def add_profile(self, login: str, profile: Any) -> dict[str, Any]:
         self.check_profile(profile)

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from piseduce.sim.iotlab.consumption import Monitoring
+
 # Architectures of the real testbed, by the short name used in node addresses.
 ARCHIS = {
     "m3": "m3:at86rf231",
@@ -123,6 +125,7 @@ class Experiment:
     end_state: str = TERMINATED  # what Finishing leads to
     deployment: dict[str, list[str]] = field(default_factory=dict)
     error: str = ""
+    monitoring: Monitoring = field(default_factory=Monitoring)  # profiles on its nodes, over time
 
     def interval(self, now: float) -> tuple[float, float]:
         begin = self.start if self.start is not None else max(float(self.reservation or 0), self.since, now)

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from piseduce.numbers import StrictInt, read_int
 from piseduce.protocol import Feature
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.models import User
 from piseduce.webui.routes.infra_calls import (
@@ -152,6 +153,8 @@ async def save_environment(
     )
     if problem:
         return await form_again(error=f"Environment not {verb}: {problem}")
+    await audit.note(request, me, "environment.save", ("environment", f"{ref.name}/{body['name']}"),
+                     {"change": verb})
     return back_to(request, ENVS_PAGE, f"Environment {body['name']} {verb} on {ref.name}.", "ok")
 
 
@@ -185,6 +188,8 @@ async def default_environment(
     _reply, problem = await change(h, ref, h.default_environment(ref, identity(request, me), name, on))
     if problem:
         return back_to(request, ENVS_PAGE, f"Default of {ref.name} not changed: {problem}")
+    target = ("environment", f"{ref.name}/{name}")
+    await audit.note(request, me, "environment.default", target, {"default": on})
     done = (f"{name} is now the default environment of {ref.name}." if on else
             f"{name} is no longer the default of {ref.name}: forms preselect the newest public environment.")
     return back_to(request, ENVS_PAGE, done, "ok")
@@ -203,6 +208,8 @@ async def scan_environments(
     if problem or reply.value is None:
         return back_to(request, ENVS_PAGE, f"Scan of {ref.name} failed: {problem}")
     added, updated, skipped = reply.value.added, reply.value.updated, reply.value.skipped
+    await audit.note(request, me, "environment.scan", ("agent", ref.name),
+                     {"added": added, "updated": updated})
     parts = [
         f"{len(added)} added" + (f" ({', '.join(added)})" if added else ""),
         f"{len(updated)} updated" + (f" ({', '.join(updated)})" if updated else ""),

@@ -13,6 +13,7 @@ from starlette.datastructures import FormData
 
 from piseduce.protocol import CONFIGURING, FormField, ReservationOut
 from piseduce.sshkeys import parse_key
+from piseduce.webui import audit
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.agents import AgentRef, Identity, iso
 from piseduce.webui.models import User
@@ -219,6 +220,17 @@ async def _again(
     return _page(request, user, cards, messages + agent_errors, status=400)
 
 
+async def _own(h: AgentClient, who: Identity, user: User) -> dict[str, tuple[str, str]]:
+    """For an admin (who may post a card for anybody's reservation), every reservation waiting
+    for its form, by reference: (owner, node), read before the deployment moves it on; a card the
+    list lacks is audited as another user's. A user's posts concern only their own reservations,
+    which the trail does not record (audit.on_reservations)."""
+    if not user.is_admin:
+        return {}
+    held, _errors = await h.held(who, status=CONFIGURING, everyone=True)
+    return {f"{x.agent.id}:{x.r.id}": (x.r.owner, x.r.node) for x in held}
+
+
 @router.post("/deploy")
 async def deploy(
     request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
@@ -242,9 +254,13 @@ async def deploy(
         errors.append("Nothing was deployed: correct the card(s) below, then Deploy again.")
     if errors:
         return await _again(request, user, h, who, entered, errors, refused)
+    own = await _own(h, who, user)
     replies = await asyncio.gather(
         *(h.deploy(ref, who, rid, params) for (_i, ref, rid), params in zip(jobs, bodies, strict=True))
     )
+    await audit.on_reservations(request, user, "deploy", [
+        (ref.name, rid, *own.get(f"{ref.id}:{rid}", ("", "")))
+        for (_i, ref, rid), reply in zip(jobs, replies, strict=True) if reply.ok])
     failed = {
         f"{ref.id}:{rid}": (ref, rid, reply.error)
         for (_i, ref, rid), reply in zip(jobs, replies, strict=True)
@@ -274,7 +290,11 @@ async def cancel(
     if not targets:
         flash(request, "Nothing selected to cancel.", "error")
         return redirect(request, "/configure")
+    own = await _own(h, who, user)
     replies = await asyncio.gather(*(h.act(ref, who, rid, "destroy") for ref, rid in targets))
+    await audit.on_reservations(request, user, "destroy", [
+        (ref.name, rid, *own.get(f"{ref.id}:{rid}", ("", "")))
+        for (ref, rid), reply in zip(targets, replies, strict=True) if reply.ok])
     ok = sum(1 for r in replies if r.ok)
     if ok:
         flash(request, f"{ok} reservation(s) cancelled; the nodes are free again.", "ok")

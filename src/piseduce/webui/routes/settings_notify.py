@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from piseduce.webui import audit
 from piseduce.webui.models import OUTBOX_FAILED, OUTBOX_PENDING, OUTBOX_SENT, OutboxMessage, User
 from piseduce.webui.notify import store, webhook
 from piseduce.webui.notify.kinds import LABELS, MAX_WARN_MINUTES, MAX_WARNINGS, Notice
@@ -128,7 +129,9 @@ async def save_hosts(request: Request, _me: User = Depends(admin_user)) -> Respo
     hosts = parse_hosts(form_str(form, "hosts", 20_000))
     if isinstance(hosts, str):
         return await admin_page(request, error=hosts, status=400)
-    await database(request).write(lambda s: store.set_webhook_hosts(s, hosts))
+    await database(request).write(audit.then(
+        lambda s: store.set_webhook_hosts(s, hosts), audit.who(request, _me), "notify.hosts",
+        lambda _none: (("settings", "webhook_hosts"), {"hosts": hosts})))
     flash(request, f"Webhooks' allowed hosts saved ({len(hosts) or 'none: any public host'}).", "ok")
     return redirect(request, "/admin/notifications")
 
@@ -138,6 +141,10 @@ async def save_smtp_password(request: Request, _me: User = Depends(admin_user)) 
     form = await request.form()
     password = form_str(form, "password", 1024)
     fernet = request.app.state.fernet
-    await database(request).write(lambda s: store.set_smtp_password(s, fernet, password))
+    # The trail says that it changed, never the password.
+    await database(request).write(audit.then(
+        lambda s: store.set_smtp_password(s, fernet, password), audit.who(request, _me),
+        "notify.smtp_password",
+        lambda _none: (("settings", "smtp_password"), {"set": bool(password)})))
     flash(request, "SMTP password saved (encrypted)." if password else "SMTP password removed.", "ok")
     return redirect(request, "/admin/notifications")

@@ -9,7 +9,8 @@ follows its states to Running; destroying stops that experiment; redeploying rel
 reservation knows its own experiment id, so no action ever touches another reservation's experiment.
 
 `driver_state` keys: `experiment_id` (the current experiment or None), `previous_id` (the one just
-released, which a redeploy reloads), `experiments` (every id, oldest first), `exp_state` (last seen).
+released, which a redeploy reloads), `experiments` (every id, oldest first), `exp_state` (last seen),
+`energy` (what the node used, read from IoT-LAB's consumption files at destroy: energy.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from piseduce.agent.drivers.base import ActionRefused, ReservationView
 from piseduce.agent.drivers.iotlab.booking import IotlabBooking
 from piseduce.agent.drivers.iotlab.client import Client, RemoteError
+from piseduce.agent.drivers.iotlab.energy import IotlabEnergy
 from piseduce.agent.drivers.iotlab.firmware import FirmwareStore
 from piseduce.agent.drivers.iotlab.form import IotlabForm
 from piseduce.agent.drivers.iotlab.inventory import IotlabInventory
@@ -52,8 +54,14 @@ class IotlabDriver(PartsDriver):
         site = IotlabInventory(config, self.client)
         self.inventory = site
         self.booking = IotlabBooking(self.client, site, self.firmwares)
-        self.form = IotlabForm(self.client, self.firmwares)
-        self.steps = IotlabSteps(config, self.client, self.firmwares)
+        self.energy = IotlabEnergy(config, self.client)
+        self.form = IotlabForm(self.client, self.firmwares, self.energy)
+        self.steps = IotlabSteps(config, self.client, self.firmwares, self.energy)
+
+    async def sample(self) -> list[tuple[str, str, float]]:
+        """The power of the nodes whose reservations measure energy, from IoT-LAB's own measures
+        (energy.py): the monitor stores it as for a Raspberry Pi's PoE port."""
+        return await self.energy.live(self.sessions, self.config.monitor_period_seconds)
 
     async def check_credentials(self, credentials: Mapping[str, str]) -> str:
         return await self.booking.check_login(credentials)

@@ -9,15 +9,17 @@ from typing import Any
 
 from piseduce.agent.drivers.base import FormField, InvalidParams, ReservationView
 from piseduce.agent.drivers.iotlab.client import Client, RemoteError, TransientError
+from piseduce.agent.drivers.iotlab.energy import IotlabEnergy
 from piseduce.agent.drivers.iotlab.firmware import FirmwareStore, check_name
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class IotlabForm:
-    def __init__(self, client: Client, firmwares: FirmwareStore) -> None:
+    def __init__(self, client: Client, firmwares: FirmwareStore, energy: IotlabEnergy) -> None:
         self.client = client
         self.firmwares = firmwares
+        self.energy = energy
 
     def _model(self, reservation: ReservationView) -> str:
         return str(reservation.node.properties.get("model") or "")
@@ -75,6 +77,15 @@ class IotlabForm:
                 help=profile_help,
                 default="",
             ),
+            FormField(
+                name="energy",
+                label="Measure energy",
+                kind="checkbox",
+                help="Wh, mean and peak W of the node, shown on Manage when the reservation ends. "
+                "The agent adds its SSH key to your IoT-LAB keys to read the measures on the site's "
+                "frontend and, without a profile of yours that measures power, puts its own on the node.",
+                default=False,
+            ),
         ]
 
     async def validate_deploy(
@@ -111,6 +122,12 @@ class IotlabForm:
                     "profile", f"no monitoring profile named {profile!r} for this node in your account"
                 )
             out["profile"] = profile
+        wants_energy = params.get("energy", False)
+        if not isinstance(wants_energy, bool):
+            raise InvalidParams("energy", "expected true or false")
+        if wants_energy:  # kept only when asked: a deployment without it stores what it did before
+            await self.energy.check(self._model(reservation), out["profile"], credentials)
+            out["energy"] = True
         if not firmware and not upload:
             self.firmwares.remove_uploads(reservation.id)
         return out

@@ -34,6 +34,7 @@ from piseduce.agent.drivers.iotlab.client import (
     SiteApi,
     TransientError,
 )
+from piseduce.agent.drivers.iotlab.energy import IotlabEnergy
 from piseduce.agent.drivers.iotlab.experiments import (
     FINAL,
     LIVE,
@@ -55,11 +56,14 @@ class CredentialsFailed(StepError):
 
 
 class IotlabSteps:
-    def __init__(self, config: AgentConfig, client: Client, firmwares: FirmwareStore) -> None:
+    def __init__(
+        self, config: AgentConfig, client: Client, firmwares: FirmwareStore, energy: IotlabEnergy
+    ) -> None:
         self.config = config
         self.site = config.iot_site
         self.client = client
         self.firmwares = firmwares
+        self.energy = energy
 
     def _firmware_path(self, ctx: StepContext) -> Path | None:
         name = str(ctx.params.get("firmware") or "")
@@ -201,6 +205,8 @@ class IotlabSteps:
         name, address = experiment_name(self.site, ctx.reservation), node_address(self.site, ctx.reservation)
         firmware = self._firmware_path(ctx)
         profile = str(ctx.params.get("profile") or "") or None
+        if ctx.params.get("energy") and not reload_id:
+            profile = await self.energy.prepare(ctx, creds, str(ctx.node.properties.get("model") or ""))
 
         def submit(api: SiteApi) -> Any:
             resources = [
@@ -351,6 +357,11 @@ class IotlabSteps:
             ),
             "destroy": Process(
                 "destroy",
-                (release, Step("clean_up", run=self.clean_up, label="Clean up")),
+                (
+                    release,
+                    Step("read_energy", run=self.energy.collect, label="Read the energy measures",
+                         fail_after=120 * t),
+                    Step("clean_up", run=self.clean_up, label="Clean up"),
+                ),
             ),
         }

@@ -37,4 +37,4 @@ def tell_holders(s: Session, node: str, on: bool, user: str) -> None:
         Reservation.node_name == node, Reservation.status.in_(ACTIVE_STATUSES),
         Reservation.start <= now, Reservation.end > now))
     for r in held:
-        add_event(s, r, power_note(node, on, user, r.status), level="info" if on else "warning")
+        add_event(s, r, power_note(node, on, user, r.status), level="info" if on else "warning", actor=user)
