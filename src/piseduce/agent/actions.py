@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
@@ -48,6 +48,22 @@ def bulk_events(session: Session) -> Iterator[None]:
             session.info[EVENT_ROWS] = outer
 
 
+class EventReservation(Protocol):
+    """What an event reads of its reservation: an ORM row, or the engine's plain one (engine/rows.py)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def node_name(self) -> str: ...
+
+
+class EventAction(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def process(self) -> str: ...
+
+
 def session_now(session: Session) -> dt.datetime:
     """The time of this transaction's changes: the executor's clock when it set one, else now."""
     now: dt.datetime = session.info.get(CLOCK, utcnow)()
@@ -56,12 +72,12 @@ def session_now(session: Session) -> dt.datetime:
 
 def add_event(
     session: Session,
-    reservation: Reservation | None,
+    reservation: EventReservation | None,
     message: str,
     *,
     step: str = "",
     level: str = "info",
-    action: Action | None = None,
+    action: EventAction | None = None,
     node: str = "",
 ) -> None:
     """Record an event; `node` names the node of an event with no reservation (an admin changed
