@@ -23,6 +23,9 @@ from piseduce.agent.actions import CLOCK, bulk_events
 from piseduce.agent.engine.rows import ActionRow, ReservationRow, load_actions, load_reservations, write
 from piseduce.agent.models import ACTION_OPEN
 
+# The columns of an action a commit reads (a transition sets others without reading them).
+JOURNAL_COLUMNS = ("id", "status", "locked_by", "process", "step_started_at")
+
 # A transition: what it changes in the action row and its reservation (None: no reservation).
 Mutation = Callable[[Session, ActionRow, ReservationRow | None], None]
 
@@ -89,7 +92,10 @@ def commit_many(s: Session, entries: Sequence[Entry]) -> list[Committed | lease.
     # The rows of the whole batch locked and loaded in two queries, written back in a few UPDATEs
     # of many rows each (rows.py), the events in one INSERT.
     reservations = load_reservations(s, (e.reservation_id for e in entries if e.reservation_id is not None))
-    actions = load_actions(s, (e.action_id for e in entries))
+    # Of the actions, what the lease check, the events and the result read (their args only for an
+    # action without reservation, whose step state is kept there).
+    columns = JOURNAL_COLUMNS + (("args",) if any(e.reservation_id is None for e in entries) else ())
+    actions = load_actions(s, (e.action_id for e in entries), columns=columns)
     out: list[Committed | lease.LeaseLost] = []
     with bulk_events(s):
         for e in entries:
