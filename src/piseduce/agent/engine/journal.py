@@ -26,6 +26,8 @@ from piseduce.agent.models import ACTION_OPEN
 # The columns of an action a commit reads (a transition sets others without reading them).
 JOURNAL_COLUMNS = ("id", "status", "locked_by", "process", "step_started_at")
 
+RESERVATION_COLUMNS = ("id", "node_name", "status", "end", "error")
+
 # A transition: what it changes in the action row and its reservation (None: no reservation).
 Mutation = Callable[[Session, ActionRow, ReservationRow | None], None]
 
@@ -91,7 +93,11 @@ def commit_many(s: Session, entries: Sequence[Entry]) -> list[Committed | lease.
     s.info[CLOCK] = entries[0].now
     # The rows of the whole batch locked and loaded in two queries, written back in a few UPDATEs
     # of many rows each (rows.py), the events in one INSERT.
-    reservations = load_reservations(s, (e.reservation_id for e in entries if e.reservation_id is not None))
+    # Their step state and connection only when a transition of the batch merges its own in.
+    merging = any(e.state != e.saved_state or e.connection != e.saved_connection for e in entries)
+    rcolumns = ReservationRow.COLUMNS if merging else RESERVATION_COLUMNS
+    rids = (e.reservation_id for e in entries if e.reservation_id is not None)
+    reservations = load_reservations(s, rids, columns=rcolumns)
     # Of the actions, what the lease check, the events and the result read (their args only for an
     # action without reservation, whose step state is kept there).
     columns = JOURNAL_COLUMNS + (("args",) if any(e.reservation_id is None for e in entries) else ())

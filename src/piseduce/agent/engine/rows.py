@@ -106,9 +106,12 @@ def load_actions(
     return _load(s, ActionRow, ACTIONS, ids, lock, columns)
 
 
-def load_reservations(s: Session, ids: Iterable[int], *, lock: bool = True) -> dict[int, ReservationRow]:
-    """The reservation rows `ids`, fresh, locked (PostgreSQL) in id order: one query."""
-    return _load(s, ReservationRow, RESERVATIONS, ids, lock, ReservationRow.COLUMNS)
+def load_reservations(
+    s: Session, ids: Iterable[int], *, lock: bool = True, columns: Sequence[str] = ReservationRow.COLUMNS
+) -> dict[int, ReservationRow]:
+    """The reservation rows `ids` (their `columns`, the id first), fresh, locked (PostgreSQL) in id
+    order: one query."""
+    return _load(s, ReservationRow, RESERVATIONS, ids, lock, columns)
 
 
 R = TypeVar("R", bound=_Row)
