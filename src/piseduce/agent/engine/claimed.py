@@ -20,6 +20,7 @@ from piseduce.agent.actions import add_event, session_now
 from piseduce.agent.drivers.base import NodeView, Process, ReservationView
 from piseduce.agent.engine.rows import RESERVATIONS, ActionRow, ReservationRow, load_actions, write
 from piseduce.agent.models import ACTION_OPEN, ACTION_PENDING, ACTION_RUNNING, Node
+from piseduce.db import among
 
 NODES = cast(Table, Node.__table__)
 
@@ -108,7 +109,7 @@ def _reservations(
             n.attrs.label("node_attrs"),
         )
         .join_from(RESERVATIONS, NODES, r.node_name == n.name)
-        .where(r.id.in_(wanted))
+        .where(among(s, r.id, wanted))
         .order_by(r.id)
     )
     out = {}

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from piseduce.agent.lifecycle import FINAL_STATUSES
 from piseduce.agent.models import Action, Reservation
+from piseduce.db import among
 
 ACTIONS = cast(Table, Action.__table__)
 RESERVATIONS = cast(Table, Reservation.__table__)
@@ -123,7 +124,7 @@ def _load(
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    query = select(*(table.c[c] for c in columns)).where(table.c.id.in_(wanted)).order_by(table.c.id)
+    query = select(*(table.c[c] for c in columns)).where(among(s, table.c.id, wanted)).order_by(table.c.id)
     if lock and _locking(s):
         query = query.with_for_update()
     # Plain tuples (no mapping per row): this is the hot loop of a group commit.

@@ -20,6 +20,7 @@ from piseduce.agent.engine.rows import ACTIONS, ActionRow, ReservationRow, write
 from piseduce.agent.lifecycle import CONFIGURING, DEPLOYED, DEPLOYING, DESTROYING, FAILED, SCHEDULED, Trigger
 from piseduce.agent.models import ACTION_CANCELLED, ACTION_OPEN, NODE_AVAILABLE, Action, Event, Reservation
 from piseduce.agent.snapshots import reservation_view
+from piseduce.db import among
 
 # Reservations past their end in one of these are destroyed (the node may hold the user's system);
 # a `destroying` one is seen to when its destroy no longer runs.
@@ -103,7 +104,7 @@ def lock_for_schedule(s: Session, ids: set[int]) -> dict[int, Reservation]:
         return {}
     query = (
         select(Reservation)
-        .where(Reservation.id.in_(sorted(ids)))
+        .where(among(s, Reservation.id, sorted(ids)))
         .order_by(Reservation.id)
         .options(selectinload(Reservation.node))
     )
@@ -117,7 +118,7 @@ def open_actions(s: Session, rids: list[int]) -> dict[int, Action]:
     if not rids:
         return {}
     out: dict[int, Action] = {}
-    query = select(Action).where(Action.reservation_id.in_(rids), Action.status.in_(ACTION_OPEN))
+    query = select(Action).where(among(s, Action.reservation_id, rids), Action.status.in_(ACTION_OPEN))
     for a in s.scalars(query.order_by(Action.id)):
         assert a.reservation_id is not None
         out[a.reservation_id] = a
@@ -136,7 +137,7 @@ def node_holders(s: Session, waiting: list[Reservation]) -> dict[int, Reservatio
     held = s.scalars(
         select(Reservation)
         .where(
-            Reservation.node_name.in_(sorted({r.node_name for r in waiting})),
+            among(s, Reservation.node_name, sorted({r.node_name for r in waiting})),
             or_(Reservation.status.in_(NODE_IN_USE), has_open),
         )
         .order_by(Reservation.id)
