@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import ColumnElement, Engine, any_, bindparam, create_engine, event, inspect
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 
 from piseduce.private_files import tighten, touch_private
 
@@ -96,6 +97,19 @@ def _ping_idle_connections(engine: Engine) -> None:
         except Exception as exc:
             # The pool discards this connection and checks out another (a fresh one if needed).
             raise DisconnectionError(str(exc)) from exc
+
+
+def among(
+    session: Session, column: ColumnElement[Any] | QueryableAttribute[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """`column IN values`, as `column = ANY(array)` on PostgreSQL: one parameter, so the statement
+    is the same text whatever the number of values. An IN list of a thousand parameters is a new
+    statement of 20 kB at every size, which psycopg parses again each time (its cache of parsed
+    queries keeps only short ones): that parsing cost the busy executor more than the database."""
+    wanted = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, wanted, type_=ARRAY(column.type)))
+    return column.in_(wanted)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

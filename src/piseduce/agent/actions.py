@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
@@ -50,13 +50,31 @@ def bulk_events(session: Session) -> Iterator[None]:
             session.info[EVENT_ROWS] = outer
 
 
+class EventReservation(Protocol):
+    """What an event reads of its reservation: an ORM row, or the engine's plain one (engine/rows.py)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def node_name(self) -> str: ...
+
+
+class EventAction(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def process(self) -> str: ...
+
+
 def session_now(session: Session) -> dt.datetime:
     """The time of this transaction's changes: the executor's clock when it set one, else now."""
     now: dt.datetime = session.info.get(CLOCK, utcnow)()
     return now
 
 
-def event_kind(reservation: Reservation | None, level: str, action: Action | None, actor: str) -> EventKind:
+def event_kind(
+    reservation: EventReservation | None, level: str, action: EventAction | None, actor: str
+) -> EventKind:
     """The kind of an event written without one, from its structured fields only: an error of a
     deployment (or of a reservation outside any action: refused at its start) is a failed
     deployment, somebody other than the owner acting is an administrator's action (only they may)."""
@@ -64,19 +82,21 @@ def event_kind(reservation: Reservation | None, level: str, action: Action | Non
         return EventKind.OTHER
     if level == "error" and (action is None or action.process in DEPLOYS):
         return EventKind.DEPLOY_FAILED
-    if actor and actor != reservation.owner:
+    # Callers naming an actor hold the ORM row; the engine's plain rows (engine/rows.py) name none.
+    owner = reservation.owner if isinstance(reservation, Reservation) else None
+    if actor and owner is not None and actor != owner:
         return EventKind.ADMIN_ACTION
     return EventKind.OTHER
 
 
 def add_event(
     session: Session,
-    reservation: Reservation | None,
+    reservation: EventReservation | None,
     message: str,
     *,
     step: str = "",
     level: str = "info",
-    action: Action | None = None,
+    action: EventAction | None = None,
     node: str = "",
     kind: EventKind | None = None,
     actor: str = "",

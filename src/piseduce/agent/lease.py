@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from piseduce.agent.models import ACTION_OPEN, Action, ExecutorPresence
+from piseduce.db import among
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -70,7 +71,7 @@ def claim_many(
         return []
     won = session.scalars(
         update(Action)
-        .where(Action.id.in_(wanted), Action.status.in_(ACTION_OPEN), _free(now))
+        .where(among(session, Action.id, wanted), Action.status.in_(ACTION_OPEN), _free(now))
         .values(locked_by=owner, locked_until=now + dt.timedelta(seconds=seconds))
         .returning(Action.id)
         .execution_options(synchronize_session=False)
@@ -85,11 +86,11 @@ def renew(session: Session, ids: Iterable[int], owner: str, now: dt.datetime, se
         return set()
     session.execute(
         update(Action)
-        .where(Action.id.in_(wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
+        .where(among(session, Action.id, wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
         .values(locked_until=now + dt.timedelta(seconds=seconds))
         .execution_options(synchronize_session=False)
     )
-    mine = (Action.id.in_(wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
+    mine = (among(session, Action.id, wanted), Action.locked_by == owner, Action.status.in_(ACTION_OPEN))
     return set(session.scalars(select(Action.id).where(*mine)))
 
 

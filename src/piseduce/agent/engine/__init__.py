@@ -55,12 +55,19 @@ Credentials and secrets: a reservation's Fernet token is decrypted in memory onl
 (`ctx.credentials`), and so are the deploy form's sealed secrets (`ctx.params`, agent/sealed.py);
 both are erased from the database when the reservation ends or is cancelled.
 
+The hot transactions (a group commit, the claim's load and start, the due deployments queued by
+the scheduling pass) read and write action and reservation rows with SQL statements, not ORM
+instances (`rows`): one SELECT per table for a batch, one UPDATE of many rows per set of changed
+columns, one INSERT of many rows for the events. A reservation that reaches a final status is
+still written through the ORM, whose listeners erase its secrets and settle its energy.
+
 Database calls run in a small thread pool (one thread on SQLite, where writers are serialised
 anyway, so that in-process writers never wait on SQLite's busy handler) and never block the loop.
 
 The package, along those seams: `runner` (one action, step by step, under its timeouts),
 `journal` (a transition's write: lease check, step state, the transition and its event),
-`group` (many actions' transitions in one transaction), `bound` (a
+`group` (many actions' transitions in one transaction), `rows` (the action and reservation
+rows those transactions read and write, without the ORM), `bound` (a
 step's timeout, paused while the engine waits for its database), `schedule` (the
 scheduling pass: start, destroy, cancel), `executor` (tasks, leases, credentials, shutdown) and
 `db` (the thread pool of database calls). Time comes from an injected `agent.clock.Clock`.

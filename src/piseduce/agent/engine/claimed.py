@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
 
 from piseduce.agent import lifecycle
 from piseduce.agent.actions import add_event, session_now
-from piseduce.agent.drivers.base import Process, ReservationView
-from piseduce.agent.models import ACTION_OPEN, ACTION_PENDING, ACTION_RUNNING, Action, Reservation
-from piseduce.agent.snapshots import reservation_view
+from piseduce.agent.drivers.base import NodeView, Process, ReservationView
+from piseduce.agent.engine.rows import RESERVATIONS, ActionRow, ReservationRow, load_actions, write
+from piseduce.agent.models import ACTION_OPEN, ACTION_PENDING, ACTION_RUNNING, Node
+from piseduce.db import among
+
+NODES = cast(Table, Node.__table__)
 
 
 @dataclass
@@ -52,20 +55,18 @@ def load_claimed(
     reservations in `busy` (another action of theirs still runs here and must stop first)."""
     if not action_ids:
         return {}
-    query = (
-        select(Action)
-        .where(Action.id.in_(action_ids))
-        .options(selectinload(Action.reservation))
-        .execution_options(populate_existing=True)
-    )
+    # Claimed (so locked) by this transaction already: plain reads, in two queries for all.
+    actions = load_actions(s, action_ids, lock=False)
+    held = [a for a in actions.values() if a.status in ACTION_OPEN and a.locked_by == owner]
+    reservations = _reservations(s, (a.reservation_id for a in held if a.reservation_id is not None))
     out = {}
-    for a in s.scalars(query):
-        if a.status not in ACTION_OPEN or a.locked_by != owner:
-            continue
-        r = a.reservation
+    for a in held:
+        r, view, credentials = reservations.get(a.reservation_id or 0, (None, None, None))
         started = False
         if processes is not None and a.status == ACTION_PENDING and a.reservation_id not in busy:
             started = start(s, a, r, processes.get(a.process))
+        if view is not None and r is not None:
+            view.status = r.status
         out[a.id] = Loaded(
             process=a.process,
             status=a.status,
@@ -75,15 +76,70 @@ def load_claimed(
             step_rebooted=a.step_rebooted,
             step_started_at=a.step_started_at,
             progress=a.progress,
-            args=copy.deepcopy(a.args or {}),
-            reservation=reservation_view(r, sealed_params=True) if r is not None else None,
-            credentials=r.credentials if r is not None else None,
+            args=a.args or {},
+            reservation=view,
+            credentials=credentials,
             started=started,
         )
+    write(s, [r for r, _, _ in reservations.values()], actions.values())
     return out
 
 
-def start(s: Session, a: Action, r: Reservation | None, process: Process | None) -> bool:
+def _reservations(
+    s: Session, ids: Iterable[int]
+) -> dict[int, tuple[ReservationRow, ReservationView, str | None]]:
+    """The reservations `ids` with their nodes, in one query: the row the claim's transitions
+    change, the view the runner starts from (its own copies of the JSON columns, decoded for it)
+    and the sealed credentials."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    r, n = RESERVATIONS.c, NODES.c
+    query = (
+        select(
+            *(r[c] for c in ReservationRow.COLUMNS),
+            r.owner,
+            r.bin,
+            r.start,
+            r.params,
+            r.credentials,
+            n.ip.label("node_ip"),
+            n.status.label("node_status"),
+            n.properties.label("node_properties"),
+            n.attrs.label("node_attrs"),
+        )
+        .join_from(RESERVATIONS, NODES, r.node_name == n.name)
+        .where(among(s, r.id, wanted))
+        .order_by(r.id)
+    )
+    out = {}
+    for m in s.execute(query).mappings():
+        row = ReservationRow({c: m[c] for c in ReservationRow.COLUMNS})
+        node = NodeView(
+            name=m["node_name"],
+            ip=m["node_ip"],
+            status=m["node_status"],
+            properties=m["node_properties"] or {},
+            attrs=m["node_attrs"] or {},
+        )
+        view = ReservationView(
+            id=m["id"],
+            node=node,
+            owner=m["owner"],
+            bin=m["bin"],
+            start=m["start"],
+            end=m["end"],
+            status=m["status"],
+            # Decoded again from the row's JSON: what a driver changes in them is its own.
+            params=_copy(m["params"]),
+            driver_state=_copy(m["driver_state"]),
+            connection=_copy(m["connection"]),
+        )
+        out[row.id] = (row, view, m["credentials"])
+    return out
+
+
+def start(s: Session, a: ActionRow, r: ReservationRow | None, process: Process | None) -> bool:
     """The transitions "process started" and "first step started" of a pending action (what its
     runner would commit first); False, changing nothing, when there is no step to start."""
     if process is None or not 0 <= a.step_index < len(process.steps):
@@ -100,3 +156,7 @@ def start(s: Session, a: Action, r: Reservation | None, process: Process | None)
     a.step_rebooted = False
     add_event(s, r, f"{step.title}: started", step=step.name, action=a)
     return True
+
+
+def _copy(value: dict[str, Any] | None) -> dict[str, Any]:
+    return copy.deepcopy(value) if value else {}

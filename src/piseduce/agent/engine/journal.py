@@ -1,8 +1,9 @@
 """The commit of actions' transitions: for each, the lease check, the step's state, the transition
 itself and its event (DESIGN §5.3: every transition is committed before the next). `commit_many`
 writes the transitions of many concurrent actions in one transaction (group commit, see
-`group.py`): one lock query per table for the whole batch instead of two queries and a commit per
-transition; each action still waits for its own transition to be durable before it goes on.
+`group.py`): one lock query per table for the whole batch and one UPDATE per kind of change
+(`rows.py`) instead of queries and a commit per transition; each action still waits for its own
+transition to be durable before it goes on.
 
 Locks come in the API's order (reservation, then action), each table's rows in id order, so
 neither the API nor another executor's batch waits on a batch forever.
@@ -11,19 +12,24 @@ neither the API nor another executor's batch waits on a batch forever.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from piseduce.agent import lease
 from piseduce.agent.actions import CLOCK, bulk_events
-from piseduce.agent.models import ACTION_OPEN, Action, Reservation
+from piseduce.agent.engine.rows import ActionRow, ReservationRow, load_actions, load_reservations, write
+from piseduce.agent.models import ACTION_OPEN
+
+# The columns of an action a commit reads (a transition sets others without reading them).
+JOURNAL_COLUMNS = ("id", "status", "locked_by", "process", "step_started_at")
+
+RESERVATION_COLUMNS = ("id", "node_name", "status", "end", "error")
 
 # A transition: what it changes in the action row and its reservation (None: no reservation).
-Mutation = Callable[[Session, Action, Reservation | None], None]
+Mutation = Callable[[Session, ActionRow, ReservationRow | None], None]
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -45,37 +51,6 @@ def merge(db: dict[str, Any], saved: dict[str, Any], current: dict[str, Any]) ->
         if key not in current:
             out.pop(key, None)
     return out
-
-
-def lock_reservation(s: Session, rid: int) -> Reservation | None:
-    """Lock a reservation row (PostgreSQL; SQLite's write transaction is already exclusive) and
-    load it fresh, in one query."""
-    return lock_reservations(s, [rid]).get(rid)
-
-
-def lock_reservations(s: Session, rids: Iterable[int]) -> dict[int, Reservation]:
-    """Lock reservation rows (in id order) and load them fresh, in one query: their nodes are loaded
-    only when a transition touches them (most commits do not), which also lets FOR UPDATE lock the
-    reservations without an outer join."""
-    ids = sorted(set(rids))
-    if not ids:
-        return {}
-    query = select(Reservation).where(Reservation.id.in_(ids)).order_by(Reservation.id)
-    query = query.options(lazyload(Reservation.node))
-    if s.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update(of=Reservation)
-    return {r.id: r for r in s.scalars(query.execution_options(populate_existing=True))}
-
-
-def lock_actions(s: Session, ids: Iterable[int]) -> dict[int, Action]:
-    """Lock action rows (in id order) and load them fresh, in one query."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    query = select(Action).where(Action.id.in_(wanted)).order_by(Action.id)
-    if s.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update()
-    return {a.id: a for a in s.scalars(query.execution_options(populate_existing=True))}
 
 
 @dataclass(frozen=True)
@@ -116,8 +91,17 @@ def commit_many(s: Session, entries: Sequence[Entry]) -> list[Committed | lease.
     if not entries:
         return []
     s.info[CLOCK] = entries[0].now
-    reservations = lock_reservations(s, (e.reservation_id for e in entries if e.reservation_id is not None))
-    actions = lock_actions(s, (e.action_id for e in entries))
+    # The rows of the whole batch locked and loaded in two queries, written back in a few UPDATEs
+    # of many rows each (rows.py), the events in one INSERT.
+    # Their step state and connection only when a transition of the batch merges its own in.
+    merging = any(e.state != e.saved_state or e.connection != e.saved_connection for e in entries)
+    rcolumns = ReservationRow.COLUMNS if merging else RESERVATION_COLUMNS
+    rids = (e.reservation_id for e in entries if e.reservation_id is not None)
+    reservations = load_reservations(s, rids, columns=rcolumns)
+    # Of the actions, what the lease check, the events and the result read (their args only for an
+    # action without reservation, whose step state is kept there).
+    columns = JOURNAL_COLUMNS + (("args",) if any(e.reservation_id is None for e in entries) else ())
+    actions = load_actions(s, (e.action_id for e in entries), columns=columns)
     out: list[Committed | lease.LeaseLost] = []
     with bulk_events(s):
         for e in entries:
@@ -127,10 +111,11 @@ def commit_many(s: Session, entries: Sequence[Entry]) -> list[Committed | lease.
                 continue
             r = reservations.get(e.reservation_id) if e.reservation_id is not None else None
             out.append(_apply(s, e, a, r))
+    write(s, reservations.values(), actions.values())
     return out
 
 
-def _apply(s: Session, e: Entry, a: Action, r: Reservation | None) -> Committed:
+def _apply(s: Session, e: Entry, a: ActionRow, r: ReservationRow | None) -> Committed:
     a.locked_until = e.now() + dt.timedelta(seconds=e.lease_seconds)
     if e.progress is not None:
         a.progress = e.progress

@@ -9,8 +9,9 @@ from piseduce.agent import lifecycle
 from piseduce.agent.actions import add_event
 from piseduce.agent.drivers.base import Process, Step
 from piseduce.agent.engine.journal import Mutation
+from piseduce.agent.engine.rows import ActionRow, ReservationRow
 from piseduce.agent.lifecycle import FINAL_STATUSES
-from piseduce.agent.models import ACTION_DONE, ACTION_FAILED, NODE_BROKEN, Action, Node, Reservation
+from piseduce.agent.models import ACTION_DONE, ACTION_FAILED, NODE_BROKEN, Node
 from piseduce.protocol_events import EventKind
 
 # What a process's end means for the reservation's owner (the event feed's notices).
@@ -21,14 +22,14 @@ FINISHED_KINDS = {
 }
 
 
-def _release(a: Action, status: str) -> None:
+def _release(a: ActionRow, status: str) -> None:
     a.status = status
     a.locked_by = None
     a.locked_until = None
 
 
 def completed(process: Process, step: Step | None) -> Mutation:
-    def complete(s: Session, a: Action, r: Reservation | None) -> None:
+    def complete(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
         if step is not None:
             add_event(s, r, f"{step.title}: done", step=step.name, action=a)
         _release(a, ACTION_DONE)
@@ -46,7 +47,7 @@ def completed(process: Process, step: Step | None) -> Mutation:
 def failed(process: Process | None, step_name: str, message: str) -> Mutation:
     """`process` None: an unknown process, which leaves the reservation as it was."""
 
-    def fail(s: Session, a: Action, r: Reservation | None) -> None:
+    def fail(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
         _release(a, ACTION_FAILED)
         a.error = message
         add_event(s, r, message, step=step_name, level="error", action=a)

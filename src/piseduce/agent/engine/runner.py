@@ -26,12 +26,11 @@ from piseduce.agent.engine import journal, outcome
 from piseduce.agent.engine.bound import StepBound
 from piseduce.agent.engine.claimed import Loaded, load_claimed
 from piseduce.agent.engine.journal import Mutation, fmt_seconds
+from piseduce.agent.engine.rows import ActionRow, ReservationRow
 from piseduce.agent.models import (
     ACTION_PENDING,
     ACTION_RUNNING,
-    Action,
     Node,
-    Reservation,
 )
 from piseduce.agent.step_context import EngineStepContext
 
@@ -159,7 +158,7 @@ class ActionRunner:
         step = steps[self.index] if self.index < len(steps) else None
         if loaded.status == ACTION_PENDING:
 
-            def start(s: Session, a: Action, r: Reservation | None) -> None:
+            def start(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
                 a.status = ACTION_RUNNING
                 if r is not None:
                     lifecycle.begin(r, process.name)
@@ -174,7 +173,7 @@ class ActionRunner:
         # A resumed action: the step it was in restarts its clock (the outage is not the node's fault).
         resumed_in_step = step is not None and loaded.step_name == step.name
 
-        def resume(s: Session, a: Action, r: Reservation | None) -> None:
+        def resume(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             where = f" at step '{step.title}'" if step is not None and resumed_in_step else ""
             add_event(
                 s,
@@ -286,7 +285,7 @@ class ActionRunner:
     async def _start_step(self, step: Step) -> None:
         prelude, self._prelude = self._prelude, None
 
-        def start(s: Session, a: Action, r: Reservation | None) -> None:
+        def start(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             if prelude is not None:
                 prelude(s, a, r)
             a.step_index = self.index
@@ -302,7 +301,7 @@ class ActionRunner:
         self.step_rebooted = False
 
     async def _mark_ran(self, step: Step) -> None:
-        def ran(s: Session, a: Action, r: Reservation | None) -> None:
+        def ran(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             a.step_ran = True
             add_event(s, r, f"{step.title}: waiting for the result", step=step.name, action=a)
 
@@ -312,7 +311,7 @@ class ActionRunner:
     async def _auto_reboot(self, step: Step, fail_after: float | None) -> None:
         elapsed = (self.clock.now() - self.step_started_at).total_seconds()
 
-        def rebooting(s: Session, a: Action, r: Reservation | None) -> None:
+        def rebooting(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             # Committed before the reboot: a crash during it never causes a second one.
             a.step_rebooted = True
             a.step_ran = False
@@ -339,7 +338,7 @@ class ActionRunner:
         except StepFailed as failure:
             raise StepFailed(f"{step.title}: automatic hard reboot failed: {failure.message}") from None
 
-        def rebooted(s: Session, a: Action, r: Reservation | None) -> None:
+        def rebooted(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             a.step_started_at = self.clock.now()
             add_event(s, r, f"{step.title}: node rebooted, the step starts over", step=step.name, action=a)
 
@@ -356,7 +355,7 @@ class ActionRunner:
     async def _advance(self, step: Step, nxt: Step) -> None:
         progress = self._overall(self.index + 1, 0)
 
-        def advance(s: Session, a: Action, r: Reservation | None) -> None:
+        def advance(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             add_event(s, r, f"{step.title}: done", step=step.name, action=a)
             a.step_index = self.index + 1
             a.step_name = nxt.name
@@ -451,7 +450,7 @@ class ActionRunner:
             self._progress_dirty = True
             return
 
-        def progress(s: Session, a: Action, r: Reservation | None) -> None:
+        def progress(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             a.progress = overall
             if message:
                 add_event(s, r, message, step=step.name if step else "", action=a)
@@ -462,7 +461,7 @@ class ActionRunner:
         step = self._current_step()
         lvl = level if level in EVENT_LEVELS else "info"
 
-        def event(s: Session, a: Action, r: Reservation | None) -> None:
+        def event(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             add_event(s, r, message, step=step.name if step else "", level=lvl, action=a)
 
         await self._sink_commit(event)
@@ -474,7 +473,7 @@ class ActionRunner:
             raise StepFailed("this action has no node to save attributes on")
         values = copy.deepcopy(attrs)
 
-        def save(s: Session, a: Action, r: Reservation | None) -> None:
+        def save(s: Session, a: ActionRow, r: ReservationRow | None) -> None:
             node = s.get(Node, name, with_for_update=True, populate_existing=True)
             if node is not None:
                 node.attrs = {**(node.attrs or {}), **values}
