@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from piseduce.agent.drivers.base import StepContext, StepError
 from piseduce.agent.drivers.raspberry import card, recovery
 from piseduce.agent.drivers.raspberry import ssh as sshc
-from piseduce.agent.drivers.raspberry.distribution import Distributor, chain_budget
+from piseduce.agent.drivers.raspberry.distribution import Distributor, Group, LeftChain, Member, chain_budget
 from piseduce.agent.drivers.raspberry.progress import PhaseProgress
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class Imaging:
                 place = group.members.index(member) + 1
                 await ctx.log(f"distribution: {ctx.node.name} is board {place} of a chain of "
                               f"{len(group.members)} ({', '.join(m.name for m in group.members)})")
-                result = await self.distributor.write(group, member, sparse=sparse)
+                result = await self._chained(ctx, env, group, member, sparse)
         if result is None:
             result = await self._direct(ctx, env, path, checksum, sparse, progress)
         written = int(result.get("written") or 0)
@@ -130,6 +130,22 @@ class Imaging:
         skipped = int(result.get("skipped_zero") or 0)
         note = f" ({card.size_words(skipped)} of zero blocks skipped)" if skipped else ""
         await ctx.progress(100, f"{card.size_words(written)} written{note}")
+
+    async def _chained(self, ctx: StepContext, env: EnvInfo, group: Group, member: Member,
+                       sparse: bool) -> dict[str, Any] | None:
+        """The chain's write; None when the board was cut out and brought back (issue 10: a power
+        loss mid-write is recovered, in a chain too): the direct path then writes it. The others
+        went on without it; it fails only when it does not come back (StepError with the reason)
+        or the step's budget runs out."""
+        try:
+            return await self.distributor.write(group, member, sparse=sparse)
+        except LeftChain as exc:
+            what = f"write {env.name} on {ctx.node.name}"
+            await ctx.log(f"distribution: {exc}; bringing {ctx.node.name} back to write it straight from "
+                          "the agent", "warning")
+            await recovery.bring_back(self.ops, ctx, what, str(exc))
+        await ctx.log(f"distribution: {ctx.node.name} is written straight from the agent (out of the chain)")
+        return None
 
     async def _direct(self, ctx: StepContext, env: EnvInfo, path: Path, checksum: str, sparse: bool,
                       progress: PhaseProgress) -> dict[str, Any]:
