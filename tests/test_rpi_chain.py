@@ -1,8 +1,9 @@
 """Pipelined distribution on the simulated cluster (real mode: boards are Linux hosts on the board
 network, each running the real `piseduce-node` over its sshd): four boards of one booking deployed
 together form a chain; the agent sends the image once; a board of another booking deployed at the
-same time keeps the direct path; a board powered off mid-transfer fails with the reason while the
-others are re-fed and finish."""
+same time keeps the direct path; a board powered off mid-transfer is cut out, its successor re-fed
+from the nearest healthy board, and it is then recovered (issue 10: powered on, netbooted, written
+by the direct path); a board that stays dead fails with the reason while the others finish."""
 
 from __future__ import annotations
 
@@ -81,39 +82,77 @@ async def test_four_boards_form_a_chain_and_the_agent_sends_the_image_once(
                                         "distribution: pi-4 pulls the image from pi-3"])
 
 
-async def test_a_board_powered_off_mid_transfer_fails_and_the_others_finish(
+async def _cut_pi2_mid_write(site: Site, ids: list[int], *, dead: bool = False) -> list[dict[str, Any]]:
+    victim = ids[1]
+
+    async def pi2_mid_write() -> bool:
+        # The write's quarter events: "<env>: write: 16 MiB of 64 MiB, 6.0 MB/s".
+        written = [int(m[1]) for m in map(WRITTEN.search, messages(await _get(site, victim))) if m]
+        return bool(written) and max(written) > 0
+
+    await wait_until_async(pi2_mid_write, 180, 0.05)
+    # `dead`: whatever power it gets from now on, the board never boots again.
+    site.cluster.board("pi-2").never_boot = dead
+    await power(site.inventory, site.board("pi-2")["port"], on=False)
+    return [await wait_for(site, rid, ("deployed", "failed"), timeout=240) for rid in ids]
+
+
+def _refed_from_pi1(by_node: dict[str, dict[str, Any]]) -> None:
+    refed = [m for m in messages(by_node["pi-3"]) if "was cut out of the chain" in m]
+    assert refed and "pi-3 resumes from byte" in refed[0], messages(by_node["pi-3"])
+    # Re-fed by the nearest healthy board. " from byte N" follows only when the agent had
+    # already heard of pi-3's progress (it reports in steps): CI once cut it at byte 0.
+    after = messages(by_node["pi-3"])
+    after = after[after.index(refed[0]) + 1:]
+    assert any(m.startswith("distribution: pi-3 pulls the image from pi-1") for m in after), after
+
+
+async def test_a_board_powered_off_mid_transfer_is_recovered_and_the_others_finish(
         tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    """Issue 10's guarantee holds in a chain: the board whose PoE port is cut is cut out of the
+    chain (its successor re-fed from pi-1), then powered on again, netbooted and written straight
+    from the agent within its step; every deployment ends deployed. (This test expected pi-2 to
+    fail before: a chain member's power loss was final, a lone board's was recovered.)"""
     require_real_mode()
     size = (raw_image[0] / raw_image[1]["image"]).stat().st_size
     # Slow cards (the 64 MiB image takes about 11 s), so that the power cut comes mid-transfer.
     async with make_site(tmp_path, raw_image, boards=4, card_write_mbps=(6.0, 6.0)) as site:
         ids = await deploy_all(site)
-        victim = ids[1]
-
-        async def pi2_mid_write() -> bool:
-            # The write's quarter events: "<env>: write: 16 MiB of 64 MiB, 6.0 MB/s".
-            written = [int(m[1]) for m in map(WRITTEN.search, messages(await _get(site, victim))) if m]
-            return bool(written) and max(written) > 0
-
-        await wait_until_async(pi2_mid_write, 180, 0.05)
-        await power(site.inventory, site.board("pi-2")["port"], on=False)
-        done = [await wait_for(site, rid, ("deployed", "failed"), timeout=240) for rid in ids]
+        done = await _cut_pi2_mid_write(site, ids)
         by_node = {r["node"]: r for r in done}
-        failed = by_node.pop("pi-2")
-        assert failed["status"] == "failed"
-        assert "pi-2 left the image distribution: its PoE port is off" in failed["error"], failed["error"]
         for name, res in by_node.items():
             assert res["status"] == "deployed", (name, res["error"], messages(res)[-8:])
-        refed = [m for m in messages(by_node["pi-3"]) if "was cut out of the chain" in m]
-        assert refed and "pi-3 resumes from byte" in refed[0], messages(by_node["pi-3"])
-        # Re-fed by the nearest healthy board. " from byte N" follows only when the agent had
-        # already heard of pi-3's progress (it reports in steps): CI once cut it at byte 0.
-        after = messages(by_node["pi-3"])
-        after = after[after.index(refed[0]) + 1:]
-        assert any(m.startswith("distribution: pi-3 pulls the image from pi-1") for m in after), after
-        # pi-1 still had it all: the agent did not send the image again.
-        sent, ok, members = agent_sent(done)
-        assert (sent, ok, members) == (size, 3, 4)
+        text = " | ".join(messages(by_node["pi-2"]))
+        assert "pi-2 left the image distribution: its PoE port is off" in text, text
+        assert "lost power (its PoE port is off): powering it on" in text, text
+        assert "is back on the netboot system" in text, text
+        assert "written straight from the agent" in text, text
+        assert text.count("write the image: started") == 1, text  # the step resumed, not the process
+        assert any(m.startswith("image verified: sha256") for m in messages(by_node["pi-2"]))
+        _refed_from_pi1(by_node)
+        # The chain: pi-1 still had it all, the agent did not send it again for pi-3; pi-2's own
+        # copy went by its SSH session (not the chain's source).
+        assert agent_sent(done) == (size, 3, 4)
+
+
+async def test_a_board_that_stays_dead_fails_with_its_reason_and_the_others_finish(
+        tmp_path: Path, raw_image: tuple[Path, dict[str, Any]]) -> None:
+    """Issue 15: with one board killed mid-transfer the others still finish; the killed board,
+    which never boots again, fails once its recovery fails, saying why."""
+    require_real_mode()
+    async with make_site(tmp_path, raw_image, boards=4, card_write_mbps=(6.0, 6.0)) as site:
+        ids = await deploy_all(site)
+        done = await _cut_pi2_mid_write(site, ids, dead=True)
+        by_node = {r["node"]: r for r in done}
+        failed = by_node.pop("pi-2")
+        assert failed["status"] == "failed", messages(failed)[-8:]
+        assert "pi-2 left the image distribution: its PoE port is off" in failed["error"], failed["error"]
+        assert "did not come back on the netboot system, even after a power cycle" in failed["error"], \
+            failed["error"]
+        assert any("lost power (its PoE port is off): powering it on" in m for m in messages(failed))
+        for name, res in by_node.items():
+            assert res["status"] == "deployed", (name, res["error"], messages(res)[-8:])
+        _refed_from_pi1(by_node)
 
 
 async def _get(site: Site, rid: int) -> dict[str, Any]:

@@ -121,6 +121,11 @@ class AgentConfig(_Base):
     dhcp_leases_file: str = ""
     dnsmasq_config_file: str = ""
     firmware_path: str = "firmwares/"
+    # Raw copies of compressed environments for the boards' chains (raspberry, raw_cache.py):
+    # the folder (its `raw/` subfolder) and the disk space its entries may take, least recently
+    # used removed first (64 GB: a few Raspberry Pi OS images and one or two saved cards).
+    raw_cache_path: str = "cache/"
+    raw_cache_max_gb: float = Field(default=64, ge=0, le=1_000_000)
     g5k_api_url: str = "https://api.grid5000.fr/stable"
     iotlab_api_url: str = "https://www.iot-lab.info/api/"
     # The site's SSH frontend ("host[:port]"; "" = <iot_site>.iot-lab.info:22), where IoT-LAB
@@ -213,6 +218,10 @@ class AgentConfig(_Base):
     @property
     def env_dir(self) -> Path:
         return self.resolve(self.env_path)
+
+    @property
+    def raw_cache_dir(self) -> Path:
+        return self.resolve(self.raw_cache_path)
 
     @property
     def tftp_dir(self) -> Path:

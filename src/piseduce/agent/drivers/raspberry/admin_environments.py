@@ -12,6 +12,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from piseduce.agent.auth import admin
+from piseduce.agent.drivers.raspberry import raw_cache
 from piseduce.agent.drivers.raspberry.admin_schemas import (
     ERRORS,
     EnvironmentIn,
@@ -85,7 +86,16 @@ def save_env(
         # A default that became private or disabled is no longer anyone's default.
         row.is_default = row.is_default and not row.owner and row.state == "available"
         s.flush()
-        return env_out(row)
+        out = env_out(row)
+    prune_raw_cache(driver)  # a replaced image's raw copy is stale
+    return out
+
+
+def prune_raw_cache(driver: RaspberryDriver) -> None:
+    """Drop the raw copies (raw_cache.py) of images no environment names any more."""
+    with driver.sessions() as s:
+        wanted = {c for c in s.scalars(select(Environment.checksum)) if c}
+    raw_cache.prune(raw_cache.folder_of(driver.config.raw_cache_dir), wanted)
 
 
 def _in_use(s: Any, name: str) -> list[str]:
@@ -102,6 +112,7 @@ def delete_env(driver: RaspberryDriver, name: str) -> dict[str, str]:
         if used:
             raise HTTPException(409, f"environment {name} is in use on {', '.join(sorted(set(used)))}")
         s.delete(row)
+    prune_raw_cache(driver)
     # The image file stays: an environment row describes a file, it does not own it.
     return {"name": name, "result": "deleted"}
 

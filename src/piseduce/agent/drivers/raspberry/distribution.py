@@ -13,9 +13,12 @@ The chain. Each member runs `piseduce-node chain-write` over its pinned SSH sess
 its instructions on stdin), which reports the port it serves on; the agent then tells the head to
 pull from the agent's `ImageSource` and every other board to pull from its predecessor. A board
 whose helper fails, whose session is lost, or whose bytes stop growing while its source has more
-(`stall_seconds`) is cut out: its reservation fails with that reason, and its successors are told
-to pull from the nearest healthy predecessor (or the agent), from the byte they have, while the
-others go on. A board whose bytes stop growing because its source stopped is not to blame: only
+(`stall_seconds`) is cut out, and its successors are told to pull from the nearest healthy
+predecessor (or the agent), from the byte they have, while the others go on. The cut board's step
+gets `LeftChain` with the reason: the board lost power, rebooted or lost its link, so its write
+step brings it back as for any power loss (`recovery.bring_back`, issue 10) and writes it by the
+direct path (imaging.py); only an error its own helper reports (a broken card) is final.
+A board whose bytes stop growing because its source stopped is not to blame: only
 the first stalled board in the chain is cut. Once every member has the image (or failed), each is
 released. Only raw images are pipelined (a board serves what its card holds).
 """
@@ -69,6 +72,11 @@ def gather_seconds(boot_wait: float) -> float:
     return max(MIN_GATHER_SECONDS, boot_wait)
 
 Key = tuple[str, str, str, str]
+
+
+class LeftChain(StepError):
+    """A board was cut out of the chain for a reason its recovery may cure (power loss, reboot,
+    lost session, stall): its step brings it back and writes it by the direct path."""
 
 
 @dataclass
@@ -147,13 +155,14 @@ class Group:
         except (OSError, asyncssh.Error, TimeoutError, BrokenPipeError) as exc:
             log.info("distribution: cannot instruct %s: %s", m.name, exc)
 
-    async def cut(self, m: Member, reason: str) -> None:
-        """Cut `m` out of the chain; its successors pull from its nearest healthy predecessor."""
+    async def cut(self, m: Member, reason: str, *, final: bool = False) -> None:
+        """Cut `m` out of the chain; its successors pull from its nearest healthy predecessor.
+        `final`: its own helper failed (no recovery cures that); else its step recovers it."""
         if not m.alive:
             return
         m.failed = reason
         if not m.result.done():
-            m.result.set_exception(StepError(reason))
+            m.result.set_exception(StepError(reason) if final else LeftChain(reason))
         if m.proc is not None:
             m.proc.close()
         if m.conn is not None:
@@ -276,7 +285,7 @@ class Distributor:
                 del lines[:-20]
                 await self._line(group, m, line)
         except StepError as exc:
-            await group.cut(m, str(exc))
+            await group.cut(m, str(exc), final=True)
             return
         except (sshc.SSHUnavailable, OSError, asyncssh.Error) as exc:
             await group.cut(m, await self._lost(m, str(exc)))
@@ -290,7 +299,8 @@ class Distributor:
                                b"".join(lines).decode("utf-8", "replace"), err.decode("utf-8", "replace"))
             reason = "'piseduce-node chain-write' exited before the distribution ended"
         except sshc.NodeCommandError as exc:
-            reason = str(exc)
+            await group.cut(m, str(exc), final=True)
+            return
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             reason = await self._lost(m, str(exc))
         if m.proc.exit_status is None:
@@ -325,7 +335,7 @@ class Distributor:
             await m.ctx.log(f"distribution: {m.name} refused {times} from {msg['refused']} "
                             f"({msg.get('error')})", "warning")
         elif msg.get("ok") is False:
-            await group.cut(m, f"'piseduce-node chain-write' failed: {msg.get('error')}")
+            await group.cut(m, f"'piseduce-node chain-write' failed: {msg.get('error')}", final=True)
         else:
             progress = parse_progress(line)
             if progress is not None:
@@ -398,7 +408,7 @@ class Distributor:
             if m.conn is not None:
                 m.conn.close()
             if not m.result.done():
-                m.result.set_exception(StepError(m.failed or "the distribution ended without this board"))
+                m.result.set_exception(LeftChain(m.failed or "the distribution ended without this board"))
         await group.source.close()
 
 

@@ -4,6 +4,10 @@ Each runs one `piseduce-node` command with progress (bytes done of a total, see
 `piseduce.node.meter`), is stalled only when that progress stops growing (`card.stall_seconds`),
 and has a time budget that follows the bytes it moves at the documented worst-case card speed
 (`card.py`). A lost connection or a power loss of the board is recovered (`recovery.py`).
+
+A compressed image deployed to several boards at once is chained from its raw copy in the
+agent's raw cache (`raw_cache.py`, decompressed once); the boards then verify the raw checksum.
+One board alone takes the direct path with the compressed image (the board decompresses).
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from piseduce.agent.drivers.base import StepContext, StepError
-from piseduce.agent.drivers.raspberry import card, recovery
+from piseduce.agent.drivers.raspberry import card, raw_cache, recovery
 from piseduce.agent.drivers.raspberry import ssh as sshc
-from piseduce.agent.drivers.raspberry.distribution import Distributor, chain_budget
+from piseduce.agent.drivers.raspberry.distribution import Distributor, LeftChain, chain_budget
 from piseduce.agent.drivers.raspberry.progress import PhaseProgress
 
 if TYPE_CHECKING:
@@ -64,6 +68,9 @@ def _image(ops: RpiOps, ctx: StepContext) -> tuple[EnvInfo, Path]:
     return env, path
 
 
+MB = 1_000_000
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
@@ -73,6 +80,8 @@ class Imaging:
         self.ops = ops
         self.min_seconds = min_seconds
         self.distributor = Distributor(ops, card.stall_seconds)
+        config = ops.config
+        self.raw_cache = raw_cache.RawCache(config.raw_cache_dir, int(config.raw_cache_max_gb * 1e9))
 
     # -- budgets (the engine calls them as the step begins)
 
@@ -83,10 +92,18 @@ class Imaging:
     def write_budget(self, ctx: StepContext) -> float:
         """One board's write; a board that will be in a chain gets the chain's allowance too."""
         env, path = _image(self.ops, ctx)
-        one = card.write_seconds(card.card_bytes_of(path, env.size), self.ops.scale)
-        if card.is_raw(path) and self.distributor.expected(ctx, env.name) > 1:
-            one += chain_budget(card.stall_seconds(), self.ops.boot_wait)
-        return max(self.min_seconds, one)
+        nbytes = card.card_bytes_of(path, env.size)
+        if self.distributor.expected(ctx, env.name) <= 1:
+            return max(self.min_seconds, card.write_seconds(nbytes, self.ops.scale))
+        extra = chain_budget(card.stall_seconds(), self.ops.boot_wait)
+        if not card.is_raw(path):
+            # The chain carries the raw copy: its size, and its decompression unless it is cached.
+            entry = raw_cache.lookup(self.raw_cache.folder, env.checksum.lower()) if env.checksum else None
+            if entry is not None:
+                nbytes = entry.size
+            else:
+                extra += raw_cache.decompress_seconds(nbytes)
+        return max(self.min_seconds, card.write_seconds(nbytes, self.ops.scale) + extra)
 
     def verify_budget(self, ctx: StepContext) -> float:
         res = ctx.state.get("write_result")
@@ -111,13 +128,18 @@ class Imaging:
                               f"{'; the card is wiped: zero blocks are skipped' if sparse else ''}")
         progress = PhaseProgress(ctx, env.name)
         result: dict[str, Any] | None = None
+        expected, raw_of = checksum, ""
         if await asyncio.to_thread(card.is_raw, path):
-            group, member = await self.distributor.join(ctx, env.name, path, checksum, progress)
-            if len(group.members) > 1:
-                place = group.members.index(member) + 1
-                await ctx.log(f"distribution: {ctx.node.name} is board {place} of a chain of "
-                              f"{len(group.members)} ({', '.join(m.name for m in group.members)})")
-                result = await self.distributor.write(group, member, sparse=sparse)
+            result = await self._chain(ctx, env, path, checksum, sparse, progress)
+        elif await asyncio.to_thread(self.distributor.expected, ctx, env.name) > 1:
+            entry = await self._raw_copy(ctx, env, path, checksum)
+            if entry is not None:
+                try:
+                    result = await self._chain(ctx, env, entry.path, entry.sha256, sparse, progress)
+                finally:
+                    self.raw_cache.release(checksum)
+                if result is not None:  # the boards verified the raw image's checksum
+                    expected, raw_of = entry.sha256, checksum.lower()
         if result is None:
             result = await self._direct(ctx, env, path, checksum, sparse, progress)
         written = int(result.get("written") or 0)
@@ -125,11 +147,60 @@ class Imaging:
             "sha256": str(result.get("sha256", "")),
             "image_sha256": str(result.get("image_sha256", "")),
             "written": written,
-            "expected": checksum,
+            "expected": expected,
+            "raw_of": raw_of,
         }
         skipped = int(result.get("skipped_zero") or 0)
         note = f" ({card.size_words(skipped)} of zero blocks skipped)" if skipped else ""
         await ctx.progress(100, f"{card.size_words(written)} written{note}")
+
+    async def _chain(self, ctx: StepContext, env: EnvInfo, path: Path, checksum: str, sparse: bool,
+                     progress: PhaseProgress) -> dict[str, Any] | None:
+        """The chain's write of the raw image `path`; None when the group is this board alone, or
+        when the board was cut out and brought back (issue 10: a power loss mid-write is recovered,
+        in a chain too): the direct path then writes it. The others went on without it; it fails
+        only when it does not come back (StepError with the reason) or the step's budget runs out."""
+        group, member = await self.distributor.join(ctx, env.name, path, checksum, progress)
+        if len(group.members) <= 1:
+            return None
+        place = group.members.index(member) + 1
+        await ctx.log(f"distribution: {ctx.node.name} is board {place} of a chain of "
+                      f"{len(group.members)} ({', '.join(m.name for m in group.members)})")
+        try:
+            return await self.distributor.write(group, member, sparse=sparse)
+        except LeftChain as exc:
+            what = f"write {env.name} on {ctx.node.name}"
+            await ctx.log(f"distribution: {exc}; bringing {ctx.node.name} back to write it straight from "
+                          "the agent", "warning")
+            await recovery.bring_back(self.ops, ctx, what, str(exc))
+        await ctx.log(f"distribution: {ctx.node.name} is written straight from the agent (out of the chain)")
+        return None
+
+    async def _raw_copy(self, ctx: StepContext, env: EnvInfo, path: Path,
+                        checksum: str) -> raw_cache.RawEntry | None:
+        """The raw copy of a compressed image, decompressed once for every board that asks; None
+        when the cache cannot be written (the direct path then: slower, but the board deploys)."""
+
+        async def report(p: raw_cache.BuildProgress) -> None:
+            percent = min(99, p.read * 100 // p.total) if p.total else 0
+            await ctx.progress(percent, f"preparing the image for the chain: {p.read // MB} of "
+                                        f"{p.total // MB} MB")
+
+        try:
+            entry, built = await self.raw_cache.acquire(path, checksum, report)
+        except raw_cache.CacheUnavailable as exc:
+            await ctx.log(f"distribution: {exc}; {ctx.node.name} gets the image straight from the agent "
+                          "instead of a chain", "warning")
+            return None
+        except raw_cache.CacheError as exc:
+            raise StepError(f"environment {env.name}: the image cannot be prepared for the chain: "
+                            f"{exc}") from None
+        if built:
+            used = raw_cache.disk_bytes(entry.path)
+            await ctx.log(f"distribution: {env.name} prepared for the chain: "
+                          f"{card.size_words(entry.size)} raw ({card.size_words(used)} on the agent's disk), "
+                          f"sha256 {entry.sha256[:16]}…")
+        return entry
 
     async def _direct(self, ctx: StepContext, env: EnvInfo, path: Path, checksum: str, sparse: bool,
                       progress: PhaseProgress) -> dict[str, Any]:
@@ -153,6 +224,12 @@ class Imaging:
             raise StepError("no record of the image write: the deployment must start again")
         env = self.ops.environment(str(ctx.params.get("environment", "")))
         expected = (env.checksum or str(res.get("expected", ""))).lower()
+        if res.get("raw_of"):
+            # Chained from the raw copy: the boards received the raw image, not the file.
+            if env.checksum and env.checksum.lower() != res["raw_of"]:
+                raise StepError(f"environment {env.name} was replaced during the deployment: "
+                                "the deployment must start again")
+            expected = str(res.get("expected", "")).lower()
         if str(res.get("sha256", "")).lower() != expected:
             raise StepError(
                 f"image checksum mismatch: the board received {res.get('sha256')}, "
