@@ -62,6 +62,36 @@ def _shown(slot: Slot, mine: bool) -> str:
 
 
 @dataclass
+class Day:
+    """One UTC day's slots at one generation, grouped by node, with the JSON of those that start
+    in it joined once: a window joins whole days' pieces, filtering slot by slot only its first day
+    (which also holds the slots begun before it) and a last day it ends within."""
+
+    end_key: str
+    overlapping: dict[str, list[Entry]]  # node → its slots holding it in the day, by start
+    starting: dict[str, tuple[list[Entry], str]]  # node → its slots starting in the day, their JSON
+    owners: dict[str, set[str]]  # owner → the nodes of their slots starting in the day
+
+    @classmethod
+    def of(cls, day: dt.datetime, entries: Iterable[Entry]) -> Day:
+        lo = _key(day)
+        overlapping: dict[str, list[Entry]] = {}
+        starting: dict[str, list[Entry]] = {}
+        owners: dict[str, set[str]] = {}
+        for e in entries:
+            overlapping.setdefault(e[2], []).append(e)
+            if e[0] >= lo:
+                starting.setdefault(e[2], []).append(e)
+                owners.setdefault(e[3][2], set()).add(e[2])
+        joined = {n: (es, ",".join(e[4] for e in es)) for n, es in starting.items()}
+        return cls(_key(day + DAY), overlapping, joined, owners)
+
+
+# A node's slots in a window, in pieces: (the entries, their JSON as others see them).
+Segment = tuple[list[Entry], str]
+
+
+@dataclass
 class Window:
     """One window's slots at one generation, and their JSON pieces."""
 
@@ -69,10 +99,10 @@ class Window:
     start: dt.datetime
     end: dt.datetime
     present: frozenset[str]
-    slots: dict[str, list[Slot]]  # node → its slots by start
+    segments: dict[str, list[Segment]]  # node → its slots in the window by start, in pieces
     held_by: dict[str, set[str]]  # owner → the nodes they hold in the window
     keys: dict[str, str]  # node → its name as JSON
-    hidden: dict[str, str]  # node → '"name":[slots as others see them]'
+    hidden: dict[str, str]  # node → '"name":[slots as others see them]', by name
     admin: dict[str, str] = field(default_factory=dict)  # the same for admins, made when asked
 
     @classmethod
@@ -81,37 +111,50 @@ class Window:
         generation: int,
         window: tuple[dt.datetime, dt.datetime],
         present: frozenset[str],
-        entries: Iterable[Entry],
+        days: Sequence[Day],
         keys: dict[str, str],
     ) -> Window:
-        """The window's slots from day entries in start order (a slot may come in several days:
-        it is taken once); `keys`: the nodes' names as JSON, kept per generation."""
+        """The window from the days it covers, in order (the first holds the window's start);
+        `keys`: the nodes' names as JSON, kept per generation."""
         lo, hi = _key(window[0]), _key(window[1])
-        slots: dict[str, list[Slot]] = {}
-        pieces: dict[str, list[str]] = {}
+        segments: dict[str, list[Segment]] = {}
         held_by: dict[str, set[str]] = {}
-        seen: set[int] = set()
-        for a, held, node, slot, piece in entries:
-            if a >= hi or held <= lo or slot[3] in seen:
-                continue
-            seen.add(slot[3])
-            if node not in slots:
-                slots[node], pieces[node] = [slot], [piece]
+
+        def filtered(by_node: Iterable[tuple[str, list[Entry]]]) -> None:
+            for node, entries in by_node:
+                kept = [e for e in entries if e[0] < hi and e[1] > lo]
+                if kept:
+                    segments.setdefault(node, []).append((kept, ",".join(e[4] for e in kept)))
+                    for e in kept:
+                        held_by.setdefault(e[3][2], set()).add(node)
+
+        for i, day in enumerate(days):
+            if i == 0:
+                filtered(day.overlapping.items())
+            elif day.end_key <= hi:  # a whole day: every slot starting in it is in the window
+                for node, segment in day.starting.items():
+                    if node in segments:
+                        segments[node].append(segment)
+                    else:
+                        segments[node] = [segment]
+                for owner, nodes in day.owners.items():
+                    held_by.setdefault(owner, set()).update(nodes)
             else:
-                slots[node].append(slot)
-                pieces[node].append(piece)
-            held_by.setdefault(slot[2], set()).add(node)
-        ordered = dict(sorted(slots.items()))
+                filtered((n, seg[0]) for n, seg in day.starting.items())
+        ordered = dict(sorted(segments.items()))
         for n in ordered:
             if n not in keys:
                 keys[n] = _quoted(n)
-        hidden = {n: f"{keys[n]}:[{','.join(pieces[n])}]" for n in ordered}
+        hidden = {n: f"{keys[n]}:[{','.join(seg[1] for seg in segs)}]" for n, segs in ordered.items()}
         return cls(generation, *window, present, ordered, held_by, keys, hidden)
+
+    def slots(self, node: str) -> list[Slot]:
+        return [e[3] for segment in self.segments.get(node, ()) for e in segment[0]]
 
     def _node(self, node: str, me: str | None, admin: bool, remote: Sequence[BusyInterval]) -> str:
         """`node`'s slots as JSON for `me` (None: nobody's own, the admins' shared pieces)."""
         pieces: list[tuple[dt.datetime, str]] = []
-        for s in self.slots.get(node, []):
+        for s in self.slots(node):
             mine = s[2] == me
             text = _shown(s, mine) if admin or mine else _hidden(s)
             pieces.append((dt.datetime.fromisoformat(s[0].replace("Z", "+00:00")), text))
@@ -129,10 +172,10 @@ class Window:
             if b.node in self.present and holds.overlaps(b.start, b.end, self.start, self.end):
                 by_node.setdefault(b.node, []).append(b)
         if admin and not self.admin:
-            self.admin = {n: self._node(n, None, True, ()) for n in self.slots}
+            self.admin = {n: self._node(n, None, True, ()) for n in self.segments}
         base = self.admin if admin else self.hidden
         redo = set(by_node) | self.held_by.get(user, set())
-        names = sorted(set(self.slots) | set(by_node)) if by_node else list(self.slots)
+        names = sorted(set(self.segments) | set(by_node)) if by_node else list(self.segments)
         parts = [self._node(n, user, admin, by_node.get(n, ())) if n in redo else base[n] for n in names]
         return "{" + ",".join(parts) + "}"
 
@@ -145,7 +188,7 @@ class CalendarCache:
 
     def __init__(self) -> None:
         self._windows: OrderedDict[tuple[dt.datetime, dt.datetime], Window] = OrderedDict()
-        self._days: OrderedDict[dt.datetime, list[Entry]] = OrderedDict()
+        self._days: OrderedDict[dt.datetime, Day] = OrderedDict()
         self._generation: int | None = None
         self._present: frozenset[str] | None = None
         self._keys: dict[str, str] = {}
@@ -153,7 +196,7 @@ class CalendarCache:
 
     def _entries(
         self, session: Session, generation: int, start: dt.datetime, end: dt.datetime, bound: dt.timedelta
-    ) -> tuple[frozenset[str], list[Entry]]:
+    ) -> tuple[frozenset[str], list[Day]]:
         first = start.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         days = [first]
         while days[-1] + DAY < end:
@@ -170,8 +213,8 @@ class CalendarCache:
         if missing:
             # One query for the missing days' span; each row goes to every day it holds.
             lo, hi = missing[0], missing[-1] + DAY
-            read: dict[dt.datetime, list[Entry]] = {d: [] for d in days if lo <= d < hi}
-            spans = [(_key(d), _key(d + DAY), d) for d in read]
+            rows: dict[dt.datetime, list[Entry]] = {d: [] for d in days if lo <= d < hi}
+            spans = [(_key(d), _key(d + DAY), d) for d in rows]
             for node, a, b, owner, rid, status, held in holds.slots_iso(session, lo, hi, bound):
                 if node not in present:
                     continue
@@ -179,7 +222,8 @@ class CalendarCache:
                 entry = (a[:-1], held[:-1], node, slot, _hidden(slot))
                 for d_lo, d_hi, d in spans:
                     if entry[0] < d_hi and entry[1] > d_lo:
-                        read[d].append(entry)
+                        rows[d].append(entry)
+            read = {d: Day.of(d, entries) for d, entries in rows.items()}
             have.update(read)
             with self._lock:
                 if self._generation == generation:
@@ -187,7 +231,7 @@ class CalendarCache:
                     self._days.update(read)
                     while len(self._days) > DAYS:
                         self._days.popitem(last=False)
-        return present, [e for d in days for e in have[d]]
+        return present, [have[d] for d in days]
 
     def window(self, session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta) -> Window:
         # The counter first: rows read after it are at least as new, never staler than their tag.
@@ -200,12 +244,12 @@ class CalendarCache:
                 return hit
         if generation is None:  # nothing may be cached: read the window alone
             fresh = CalendarCache()
-            present, entries = fresh._entries(session, -1, start, end, bound)
-            return Window.read(-1, key, present, entries, {})
-        present, entries = self._entries(session, generation, start, end, bound)
+            present, days = fresh._entries(session, -1, start, end, bound)
+            return Window.read(-1, key, present, days, {})
+        present, days = self._entries(session, generation, start, end, bound)
         with self._lock:
             keys = self._keys if self._generation == generation else {}
-        window = Window.read(generation, key, present, entries, keys)
+        window = Window.read(generation, key, present, days, keys)
         with self._lock:
             self._windows[key] = window
             self._windows.move_to_end(key)
