@@ -378,7 +378,7 @@ def test_admin_posts_of_configure_and_the_notification_settings_are_recorded(
             ("reservation.destroy", f"rpi-lab/{cancelled}", CAROL, "pi-8"),
         ])
         hosts = export(admin, "?action=notify.hosts")
-        assert [e["detail"]["hosts"] for e in hosts] == [["hooks.example.org"]]
+        assert [e["detail"]["after"] for e in hosts] == [["hooks.example.org"]]
         password = export(admin, "?action=notify.smtp_password")
-        assert [(e["actor"]["email"], e["detail"]) for e in password] == [(ADMIN_EMAIL, {"set": True})]
+        assert [(e["actor"]["email"], e["detail"]) for e in password] == [(ADMIN_EMAIL, {"change": "set"})]
     assert smtp_pw not in table_text(config)

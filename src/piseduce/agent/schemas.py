@@ -7,7 +7,7 @@ models. Both are the contract between the agent and the web UI; change them only
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -15,6 +15,7 @@ from piseduce.agent.worded import Mac, Serial, Words
 from piseduce.dbtypes import to_utc
 from piseduce.jsonsafe import first_unsafe
 from piseduce.numbers import StrictFloat, StrictInt, UnsignedFloat
+from piseduce.repeats import first_repeat
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128), Words(
     r"^[A-Za-z0-9][A-Za-z0-9._@:+-]*$",
@@ -60,9 +61,16 @@ class Filter(Strict):
             raise ValueError("give either 'nodes' or 'count' with 'properties', not both")
         if self.nodes is None and self.count is None:
             raise ValueError("give 'nodes' (a list of node names) or 'count'")
-        if self.nodes is not None and len(set(self.nodes)) != len(self.nodes):
-            raise ValueError("a node is named twice")
+        if self.nodes is not None and (again := first_repeat(self.nodes)) is not None:
+            raise ValueError(f"node {again[:80]!r} is named twice: name each node once")
         return self
+
+
+def _nodes_once(filters: list[Filter]) -> None:
+    """One node named in two filters is one node asked for twice: refused, named."""
+    again = first_repeat([n for f in filters for n in set(f.nodes or ())])
+    if again is not None:
+        raise ValueError(f"node {again[:80]!r} is named twice (in two filters): name each node once")
 
 
 class ReservationRequest(Strict):
@@ -70,6 +78,11 @@ class ReservationRequest(Strict):
     start: dt.datetime | Literal["now"] = "now"
     duration_hours: StrictFloat = Field(gt=0, le=24 * 366)
     bin: BinName = ""
+
+    @model_validator(mode="after")
+    def _each_node_once(self) -> Self:
+        _nodes_once(self.filters)
+        return self
 
     @field_validator("start")
     @classmethod
@@ -85,6 +98,11 @@ class NextSlotRequest(Strict):
     filters: list[Filter] = Field(min_length=1, max_length=32)
     after: dt.datetime | Literal["now"] = "now"
     duration_hours: StrictFloat = Field(gt=0, le=24 * 366)
+
+    @model_validator(mode="after")
+    def _each_node_once(self) -> Self:
+        _nodes_once(self.filters)
+        return self
 
     @field_validator("after")
     @classmethod

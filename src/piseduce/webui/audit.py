@@ -50,6 +50,10 @@ ACTIONS: dict[str, str] = {
     "token.revoke": "revoked a personal access token",
     "calendar.create": "made (or regenerated) their calendar feed URL",
     "calendar.revoke": "revoked their calendar feed URL",
+    "notify.channels": "changed their notification channels (mail, webhook URL)",
+    "notify.webhook_key": "made a new webhook signing key",
+    "notify.hosts": "changed the webhooks' allowed hosts",
+    "notify.smtp_password": "set, replaced or cleared the SMTP password",
     "ssh_key.add": "added SSH public keys",
     "ssh_key.remove": "removed an SSH public key",
     "credentials.set": "saved testbed credentials",
@@ -75,8 +79,6 @@ ACTIONS: dict[str, str] = {
     "environment.save": "added or changed an environment",
     "environment.default": "set or unset an agent's default environment",
     "environment.scan": "scanned an agent's env_path for environments",
-    "notify.hosts": "changed the webhooks' allowed hosts",
-    "notify.smtp_password": "set or removed the SMTP password",
 }
 
 TEXT_MAX = 200  # characters of one detail string

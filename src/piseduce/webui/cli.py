@@ -6,11 +6,15 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from piseduce import crypto
 from piseduce.config import WebuiConfig, load_webui_config
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The PiSeduce web UI.")
 
@@ -161,12 +165,24 @@ def create_admin(
     typer.echo(f"admin {email} {'created' if created else 'updated'}")
 
 
+def _audit_smtp_password(s: Session, had: bool, password: str) -> None:
+    """The audit event of the command (no web request: the actor is the command and the OS
+    account that ran it, the source this machine)."""
+    from piseduce.webui import audit
+    from piseduce.webui.notify import audited
+
+    detail = audited.smtp_password_change(had, password)
+    if detail is not None:
+        actor = audit.Who(None, f"piseduce webui smtp-password ({getpass.getuser()})", "local")
+        audit.record(s, actor, "notify.smtp_password", ("setting", "smtp_password"), detail)
+
+
 @app.command("smtp-password")
 def smtp_password(config: Path = ConfigArg) -> None:
     """Set the mail server's password (read from stdin or prompted, never an argument); kept
     encrypted with the key file in the web UI's database. An empty line removes it."""
     from piseduce.db import make_engine, session_factory, write_session
-    from piseduce.webui.notify.store import set_smtp_password
+    from piseduce.webui.notify.store import set_smtp_password, smtp_password
 
     cfg = load_webui_config(config)
     try:
@@ -182,7 +198,9 @@ def smtp_password(config: Path = ConfigArg) -> None:
     engine = make_engine(cfg.database_url)
     try:
         with write_session(session_factory(engine)) as s:
+            had = bool(smtp_password(s, fernet))
             set_smtp_password(s, fernet, password)
+            _audit_smtp_password(s, had, password)
     finally:
         engine.dispose()
     typer.echo("SMTP password stored (encrypted with the key file)" if password else "SMTP password removed")

@@ -69,6 +69,9 @@ def default_rules(account_source: int = 5, source: int = 30, account: int = 100)
         "current-password": Rule(account_source, 600, words="wrong current passwords"),
         # The users' API: a wrong token is a failed login of the caller's address.
         "api-token": Rule(source, 60, words="calls with a wrong API token from your address"),
+        # Not a failure count: every next-slot question of a user (webui/next_slot_limit.py), a
+        # burst of 20, then one every 3 s; a client asking in a loop waits up to a minute.
+        "next-slot": Rule(20, 3, base_delay=2, max_delay=60, words="next-slot questions from your account"),
     }
 
 

@@ -25,6 +25,7 @@ from piseduce.webui.api.auth import Caller, caller, identity_of, writer
 from piseduce.webui.api.schemas import BookingIn, DeployIn, ExtendIn, SaveEnvironmentIn
 from piseduce.webui.booking import BookingRequest, start_problem
 from piseduce.webui.node_filters import parse_expression
+from piseduce.webui.repeats import repeated_node
 
 router = APIRouter(prefix="/reservations", tags=["reservations"])
 
@@ -99,6 +100,8 @@ def booking_request(body: BookingIn, refs: dict[str, AgentRef]) -> BookingReques
         if ref is None:
             raise HTTPException(422, f"nodes: no agent is named {n.agent[:80]!r} (GET /api/v1/agents).")
         req.nodes.setdefault(ref.id, []).append(n.node)
+    if problem := repeated_node(req.nodes, {r.id: r for r in refs.values()}):
+        raise HTTPException(422, problem)
     return req
 
 

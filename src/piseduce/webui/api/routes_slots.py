@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from piseduce.api_models import NextSlotOut, NodeRefOut
-from piseduce.webui import next_slot
+from piseduce.webui import next_slot, next_slot_limit
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.api.auth import Caller, caller, identity_of
 from piseduce.webui.api.routes_reservations import booking_request, partial
@@ -17,7 +17,10 @@ router = APIRouter(tags=["reservations"])
 @router.post(
     "/next-slot",
     response_model=NextSlotOut,
-    responses={409: {"description": "No start fits within the agents' booking horizon"}},
+    responses={
+        409: {"description": "No start fits within the agents' booking horizon"},
+        429: {"description": "Too many questions from this user: wait Retry-After seconds"},
+    },
 )
 async def find_next_slot(
     body: NextSlotIn,
@@ -30,7 +33,8 @@ async def find_next_slot(
     `filters`, could be booked all at once for `hours` (turnaround gaps and per-user limits
     respected; nodes of several agents overlap). A read: book it with POST /reservations.
     Agents that did not answer (their nodes left out of the search) are named in
-    X-Piseduce-Unavailable."""
+    X-Piseduce-Unavailable. Each user may ask a burst of 20, then one every 3 s (429 beyond)."""
+    await next_slot_limit.check(request, who.user.id)
     asked = BookingIn(
         nodes=body.nodes, count=body.count, filters=body.filters, start=body.after, hours=body.hours
     )

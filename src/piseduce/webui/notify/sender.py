@@ -48,6 +48,13 @@ def _jobs(s: Session, fernet: Fernet, now: dt.datetime, limit: int) -> tuple[lis
         user = s.get(User, row.user_id)
         if user is None:
             continue
+        # A retry follows the user's CURRENT webhook URL and key, not those of when it was queued
+        # (issue 17, fix17b #5), deliberately: a user who changes the URL has usually withdrawn
+        # the old one (a leaked, retired or taken-over receiver), and a pinned URL would keep
+        # POSTing there for a day; the current URL is what webhook.post checks against the
+        # admin's allowed hosts and the address guard at each attempt, on the addresses it
+        # resolves to then. The key signing it is the current one too, so the receiver verifies
+        # with what its user holds. Documented in the user guide (Notifications).
         prefs = load_prefs(s, row.user_id)
         jobs.append(
             Job(

@@ -5,7 +5,10 @@ A user's URL is a request the web UI makes from inside the operator's network, s
 become a way to reach what only the web UI can (SSRF): only http(s); when the administrator
 listed allowed hosts, only those (a `*.example.org` entry allows its subdomains); and every
 address the name resolves to must be public — loopback, private, link-local... are refused unless
-the host is named in the allow-list. Redirects are not followed (one could point inside).
+the host is named in the allow-list; so are the IPv6 forms that carry such an IPv4 address (NAT64,
+6to4, IPv4-mapped) or lead to a local network (Teredo, IPv4-compatible, site- and unique-local).
+The check runs when the URL is saved and again at each delivery, on the addresses the name
+resolves to then. Redirects are not followed (one could point inside).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def signature(secret: bytes, body: bytes) -> str:
 
 def host_allowed(host: str, allowed: Sequence[str]) -> bool:
     host = host.lower().rstrip(".")
-    for entry in (a.lower().strip().rstrip(".") for a in allowed):
+    # An IPv6 address may be listed as in a URL, in brackets; urlsplit's hostname has none.
+    for entry in (a.lower().strip().rstrip(".").removeprefix("[").removesuffix("]") for a in allowed):
         if not entry:
             continue
         if entry.startswith("*.") and host.endswith(entry[1:]):
@@ -68,10 +72,32 @@ def check_url(url: str, allowed: Sequence[str]) -> str:
     return ""
 
 
+# IPv6 ranges whose addresses carry an IPv4 address a gateway or the host's own stack goes to:
+# judged by that address (64:ff9b::7f00:1 is 127.0.0.1 behind a NAT64; 2002:7f00:1:: is 6to4's
+# 127.0.0.1). The IPv4-mapped ::ffff:0:0/96 is Python's `ipv4_mapped`, 6to4 its `sixtofour`.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+# Refused whatever they carry (and whatever the running Python's `is_global` table says, which
+# differs between versions): the local-use NAT64 prefix (RFC 8215; its IPv4 sits at a place
+# each network chooses), Teredo (RFC 4380; a tunnel to an obfuscated IPv4 client), the
+# deprecated IPv4-compatible ::a.b.c.d (RFC 4291), site-local (RFC 3879) and unique-local
+# (RFC 4193) addresses.
+_NEVER = tuple(
+    ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "2001::/32", "::/96", "fec0::/10", "fc00::/7")
+)
+
+
 def _public(addr: str) -> bool:
+    """Whether a webhook may go to `addr` without the administrator naming its host: a global
+    unicast address, also once the IPv4 address an IPv6 form carries is taken out of it."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER):
+            return False
+        carried = ip.ipv4_mapped or ip.sixtofour
+        if ip in _NAT64:
+            carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if carried is not None:
+            return _public(str(carried))
     return ip.is_global and not ip.is_multicast
 
 

@@ -18,6 +18,7 @@ from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.agents import AgentRef, Identity, iso
 from piseduce.webui.models import User
 from piseduce.webui.node_words import name_the_node
+from piseduce.webui.repeats import repeated_reservation
 from piseduce.webui.routes.configure_form import (
     BIN_LIMIT,
     BIN_PATTERN,
@@ -289,6 +290,9 @@ async def cancel(
             targets.append((refs[int(m.group(1))], int(m.group(2))))
     if not targets:
         flash(request, "Nothing selected to cancel.", "error")
+        return redirect(request, "/configure")
+    if again := repeated_reservation(targets):
+        flash(request, again, "error")
         return redirect(request, "/configure")
     own = await _own(h, who, user)
     replies = await asyncio.gather(*(h.act(ref, who, rid, "destroy") for ref, rid in targets))

@@ -34,6 +34,7 @@ from piseduce.webui.form_values import form_decimal
 from piseduce.webui.jumps import jump_of
 from piseduce.webui.models import ROLE_ADMIN, User
 from piseduce.webui.node_words import name_the_node
+from piseduce.webui.repeats import repeated_reservation
 from piseduce.webui.web import (
     browser_zone,
     current_user,
@@ -267,6 +268,16 @@ def _said(name: str, reply: Result[Any], zone: ZoneInfo) -> str:
     return "accepted"
 
 
+async def _refused(request: Request, h: AgentClient, who: Identity, words: str) -> Response:
+    """A bulk action refused as a whole for its selection (422; htmx swaps only a 2xx, so its
+    fragment says it with 200 like the other refusals of the form)."""
+    ctx = {"messages": [("error", words)]}
+    if is_htmx(request):
+        return render(request, "_action_result.html", ctx)
+    items, errors = await mine(h, who)
+    return render(request, "manage.html", {"page": "manage", **_context(items, errors), **ctx}, status=422)
+
+
 @router.post("/action")
 async def action(
     request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
@@ -286,6 +297,8 @@ async def action(
         messages.append(("error", "Choose an action."))
     elif not targets:
         messages.append(("error", "Select at least one node (tick its box)."))
+    elif again := repeated_reservation(targets):
+        return await _refused(request, h, who, again)
     elif name == "extend":
         try:
             hours = form_decimal(form, "hours", "Extend by (hours)", lo=0, hi=24 * 366, default=0)

@@ -25,6 +25,7 @@ from piseduce.webui.booking_outcome import Outcome
 from piseduce.webui.form_values import form_decimal, form_int, form_text
 from piseduce.webui.models import User
 from piseduce.webui.node_filters import PSEUDO, Filter, matches, parse_chips
+from piseduce.webui.repeats import repeated_node
 from piseduce.webui.web import (
     browser_zone,
     current_user,
@@ -383,6 +384,8 @@ def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingReque
                 errors.append(f"Unknown node {key[:80]!r}.")
                 continue
             req.nodes.setdefault(agent_id, []).append(name)
+        if problem := repeated_node(req.nodes, refs):
+            errors.append(problem)
         if not req.nodes and not errors:
             errors.append("Pick nodes in the calendar (click their names) or ask for a number of nodes.")
     return (None if errors else req), errors

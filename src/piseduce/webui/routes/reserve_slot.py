@@ -9,7 +9,7 @@ import datetime as dt
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from piseduce.webui import next_slot
+from piseduce.webui import next_slot, next_slot_limit
 from piseduce.webui.agent_client import AgentClient, agents
 from piseduce.webui.agents import iso
 from piseduce.webui.models import User
@@ -24,6 +24,9 @@ NOW_SLACK = dt.timedelta(seconds=90)  # an answer this close is "now" (the form'
 async def find_next_slot(
     request: Request, user: User = Depends(current_user), h: AgentClient = Depends(agents)
 ) -> JSONResponse:
+    refused = await next_slot_limit.refusal(request, user.id)
+    if refused is not None:
+        return JSONResponse({"detail": refused.message}, 429, {"Retry-After": refused.retry_after})
     form = await request.form()
     req, errors = _request_of(form, {r.id: r for r in await h.refs()})
     if req is None:

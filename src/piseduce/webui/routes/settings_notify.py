@@ -4,6 +4,9 @@ hosts, the SMTP password, the outbox's state). Every change is a POST with the C
 
 from __future__ import annotations
 
+from functools import partial
+
+from cryptography.fernet import Fernet
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import func, select
@@ -11,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from piseduce.webui import audit
 from piseduce.webui.models import OUTBOX_FAILED, OUTBOX_PENDING, OUTBOX_SENT, OutboxMessage, User
-from piseduce.webui.notify import store, webhook
+from piseduce.webui.notify import audited, store, webhook
 from piseduce.webui.notify.kinds import LABELS, MAX_WARN_MINUTES, MAX_WARNINGS, Notice
 from piseduce.webui.web import admin_user, current_user, database, flash, form_str, redirect, render
 
@@ -58,13 +61,16 @@ async def save(request: Request, user: User = Depends(current_user)) -> Response
         problem = webhook.check_url(url, hosts) or await webhook.check_target(url, hosts)
         if problem:
             return await page(request, user, error=f"Webhook URL: {problem}.", status=400)
-    uid = user.id
+    uid, actor = user.id, audit.who(request, user)
 
     def change(s: Session) -> str:
+        before = store.load_prefs(s, uid)
         store.save_prefs(s, uid, events=events, email=email, webhook_url=url, warn_minutes=minutes)
-        if url and not store.load_prefs(s, uid).has_secret:
-            return store.new_webhook_secret(s, request.app.state.fernet, uid)
-        return ""
+        secret = ""
+        if url and not before.has_secret:
+            secret = store.new_webhook_secret(s, request.app.state.fernet, uid)
+        _record_channels(s, actor, uid, before, email, url, bool(secret))
+        return secret
 
     secret = await database(request).write(change)
     if secret:
@@ -73,11 +79,26 @@ async def save(request: Request, user: User = Depends(current_user)) -> Response
     return redirect(request, "/settings?tab=notifications")
 
 
+def _record_channels(
+    s: Session, actor: audit.Who, uid: int, before: store.Prefs, email: bool, url: str, new_key: bool
+) -> None:
+    """The audit event of a change of channels, if there was one (in the change's transaction)."""
+    detail = audited.channels_change(before, email=email, webhook_url=url, new_key=new_key)
+    if detail is not None:
+        audit.record(s, actor, "notify.channels", ("user", uid), detail)
+
+
 @router.post("/settings/notifications/secret")
 async def new_secret(request: Request, user: User = Depends(current_user)) -> Response:
-    uid = user.id
+    uid, actor = user.id, audit.who(request, user)
     fernet = request.app.state.fernet
-    secret = await database(request).write(lambda s: store.new_webhook_secret(s, fernet, uid))
+
+    def change(s: Session) -> str:
+        secret = store.new_webhook_secret(s, fernet, uid)
+        audit.record(s, actor, "notify.webhook_key", ("user", uid), audited.new_key())
+        return secret
+
+    secret = await database(request).write(change)
     return await page(request, user, new_secret=secret)
 
 
@@ -123,28 +144,38 @@ def parse_hosts(text: str) -> list[str] | str:
     return sorted(set(out))
 
 
+def _set_hosts(actor: audit.Who, hosts: list[str], s: Session) -> None:
+    """Save the allowed hosts and audit the change (before -> after), in one transaction."""
+    detail = audited.hosts_change(store.webhook_hosts(s), hosts)
+    store.set_webhook_hosts(s, hosts)
+    if detail is not None:
+        audit.record(s, actor, "notify.hosts", ("setting", store.WEBHOOK_HOSTS), detail)
+
+
+def _set_smtp_password(actor: audit.Who, fernet: Fernet, password: str, s: Session) -> None:
+    """Save (or clear) the SMTP password and audit that it was, never what it is."""
+    detail = audited.smtp_password_change(bool(store.smtp_password(s, fernet)), password)
+    store.set_smtp_password(s, fernet, password)
+    if detail is not None:
+        audit.record(s, actor, "notify.smtp_password", ("setting", store.SMTP_PASSWORD), detail)
+
+
 @router.post("/admin/notifications/hosts")
-async def save_hosts(request: Request, _me: User = Depends(admin_user)) -> Response:
+async def save_hosts(request: Request, me: User = Depends(admin_user)) -> Response:
     form = await request.form()
     hosts = parse_hosts(form_str(form, "hosts", 20_000))
     if isinstance(hosts, str):
         return await admin_page(request, error=hosts, status=400)
-    await database(request).write(audit.then(
-        lambda s: store.set_webhook_hosts(s, hosts), audit.who(request, _me), "notify.hosts",
-        lambda _none: (("settings", "webhook_hosts"), {"hosts": hosts})))
+    await database(request).write(partial(_set_hosts, audit.who(request, me), hosts))
     flash(request, f"Webhooks' allowed hosts saved ({len(hosts) or 'none: any public host'}).", "ok")
     return redirect(request, "/admin/notifications")
 
 
 @router.post("/admin/notifications/smtp-password")
-async def save_smtp_password(request: Request, _me: User = Depends(admin_user)) -> Response:
+async def save_smtp_password(request: Request, me: User = Depends(admin_user)) -> Response:
     form = await request.form()
     password = form_str(form, "password", 1024)
     fernet = request.app.state.fernet
-    # The trail says that it changed, never the password.
-    await database(request).write(audit.then(
-        lambda s: store.set_smtp_password(s, fernet, password), audit.who(request, _me),
-        "notify.smtp_password",
-        lambda _none: (("settings", "smtp_password"), {"set": bool(password)})))
+    await database(request).write(partial(_set_smtp_password, audit.who(request, me), fernet, password))
     flash(request, "SMTP password saved (encrypted)." if password else "SMTP password removed.", "ok")
     return redirect(request, "/admin/notifications")
