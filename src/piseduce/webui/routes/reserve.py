@@ -20,6 +20,7 @@ from piseduce.protocol import BusySlot, Node, Schedule
 from piseduce.webui import booking
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
+from piseduce.webui.api.schemas import MIN_HOURS
 from piseduce.webui.booking import BookingRequest, start_problem
 from piseduce.webui.booking_outcome import Outcome
 from piseduce.webui.form_values import form_decimal, form_int, form_text
@@ -362,8 +363,8 @@ def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingReque
     except ValueError as exc:
         errors.append(str(exc))
     else:
-        if duration <= 0:
-            errors.append("The duration is a number of hours above 0.")
+        if duration < MIN_HOURS:
+            errors.append(f"The duration is a number of hours of at least {MIN_HOURS} (36 s), e.g. 3.")
     bin_name = ""
     try:
         bin_name = form_text(form, "bin", 64, "The bin name").strip()
