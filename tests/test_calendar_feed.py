@@ -192,3 +192,22 @@ def test_anything_but_a_live_secret_is_a_404(lab: Lab, path: str) -> None:
     r = read(path, lab)
     assert r.status_code == 404, (path, r.status_code)
     assert "BEGIN:VCALENDAR" not in r.text
+
+
+def test_an_admin_destroying_a_reservation_raises_its_sequence(lab: Lab) -> None:
+    # issue 17 (fix17): SEQUENCE stayed 0 after an administrator destroyed the reservation.
+    (rid,) = book_on(lab.agent, ALICE, ["pi-4"], hours=1, bin="admin-cut")
+    with webui_client(lab.config) as b:
+        b.login(ALICE, "alice-password")
+        path = make_url(b)
+        before = {str(e["DESCRIPTION"]).split("Reservation: ")[1].split("\n")[0]: e
+                  for e in events(parse(read(path, lab).text)).values()}
+        assert int(before[f"rpi-lab/{rid}"]["SEQUENCE"]) == 0
+        r = httpx.post(f"{lab.agent.url}/api/reservations/{rid}/destroy",
+                       headers=agent_headers("root@example.org", admin=True), timeout=10)
+        assert r.status_code in (200, 202), r.text
+        after = {str(e["DESCRIPTION"]).split("Reservation: ")[1].split("\n")[0]: e
+                 for e in events(parse(read(path, lab).text)).values()}
+        assert f"rpi-lab/{rid}" in after, list(after)
+        ev = after[f"rpi-lab/{rid}"]
+        assert int(ev["SEQUENCE"]) == 1, (ev["SEQUENCE"], str(ev["DESCRIPTION"]))

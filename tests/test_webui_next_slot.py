@@ -220,3 +220,19 @@ def test_an_agent_that_does_not_answer_is_named_not_hidden(lab: Lab) -> None:
             headers=lab.token,
         )
         assert r.status_code == 503 and "Try again" in r.json()["detail"], r.text
+
+
+def test_hours_out_of_range_say_what_is_wanted(lab: Lab) -> None:
+    # issue 17 (fix17): NaN said "should be greater than 0"; 0.0001 h was taken as a 0.36 s slot.
+    with webui_client(lab.config) as b:
+        for path in ("next-slot", "reservations"):
+            for hours, words in (("NaN", "a number of hours is expected, e.g. 3"),
+                                 ("0.0001", "from 0.01 (36 s)"), ("0.009", "from 0.01 (36 s)")):
+                r = b.c.post(f"{API}/{path}", content=f'{{"count": 1, "hours": {hours}}}',
+                             headers={**lab.token, "Content-Type": "application/json"})
+                assert r.status_code == 422 and words in r.text, (path, hours, r.status_code, r.text)
+        b.login(USER, "alice-password")
+        form = {"mode": "count", "count": "1", "filters": "[]", "when": "now", "start": "", "bin": ""}
+        for page in ("/reserve/next-slot", "/reserve"):
+            r = b.post(page, {**form, "duration": "0.0001"}, page="/reserve")
+            assert r.status_code == 400 and "at least 0.01 (36 s)" in r.text, (page, r.text)

@@ -17,10 +17,13 @@ CONTEXT_FIELDS = ("node", "reservation", "step", "action", "agent")
 # The users' API tokens (webui/tokens.py): kept out of every line, whatever carried them (a token
 # sent in a query string reaches the access log's URL).
 TOKEN_RE = re.compile(r"pst_[A-Za-z0-9_-]{8,}")
+# The calendar feed's secret is the path itself (GET /calendar/pcf_….ics, webui/calendar_feed.py):
+# uvicorn's access line would keep it whole. It is the only route with a secret in its URL.
+FEED_SECRET_RE = re.compile(r"pcf_[A-Za-z0-9_-]+")
 
 
 def message_of(record: logging.LogRecord) -> str:
-    return TOKEN_RE.sub("pst_[redacted]", record.getMessage())
+    return FEED_SECRET_RE.sub("pcf_…", TOKEN_RE.sub("pst_[redacted]", record.getMessage()))
 
 
 class TextFormatter(logging.Formatter):

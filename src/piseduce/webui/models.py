@@ -188,6 +188,7 @@ class AuditEvent(Base):
 OUTBOX_PENDING = "pending"
 OUTBOX_SENT = "sent"
 OUTBOX_FAILED = "given_up"  # after its last attempt
+OUTBOX_DROPPED = "dropped"  # outdated before it could be sent (a warning whose slot ended)
 
 
 class NotifyCursor(Base):

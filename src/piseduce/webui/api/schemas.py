@@ -5,15 +5,36 @@ with the same classes), and webui/api/views.py builds those answers.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from piseduce.numbers import StrictInt, UnsignedFloat
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 BinName = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9 ._-]*$")]
 FilterText = Annotated[str, StringConstraints(min_length=1, max_length=320)]
+# The shortest booking: the CLI's --hours minimum (client/cli/booking.py), 36 s; below it a slot is
+# no use (0.0001 h was booked as 0.36 s). The longest: a year and a day.
+MIN_HOURS = 0.01
+MAX_HOURS = 24 * 366
+
+
+def _finite(value: Any) -> Any:
+    # JSON as Python reads it carries NaN and Infinity: said as what is wanted, not "> 0".
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a number of hours is expected, e.g. 3")
+    return value
+
+
+def _hours_range(value: float) -> float:
+    if not MIN_HOURS <= value <= MAX_HOURS:
+        raise ValueError(f"a number of hours from {MIN_HOURS} (36 s) to {MAX_HOURS} is expected, e.g. 3")
+    return value
+
+
+Hours = Annotated[UnsignedFloat, BeforeValidator(_finite), AfterValidator(_hours_range)]
 
 
 class Strict(BaseModel):
@@ -34,7 +55,7 @@ class BookingIn(Strict):
     count: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
     filters: list[FilterText] = Field(default_factory=list, max_length=32)
     start: str = Field(default="now", max_length=64, description="ISO-8601 with a time zone, or 'now'")
-    hours: Annotated[UnsignedFloat, Field(gt=0, le=24 * 366)]
+    hours: Hours
     bin: BinName = ""
 
 
@@ -46,7 +67,7 @@ class NextSlotIn(Strict):
     count: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
     filters: list[FilterText] = Field(default_factory=list, max_length=32)
     after: str = Field(default="now", max_length=64, description="ISO-8601 with a time zone, or 'now'")
-    hours: Annotated[UnsignedFloat, Field(gt=0, le=24 * 366)]
+    hours: Hours
 
 
 class DeployIn(Strict):

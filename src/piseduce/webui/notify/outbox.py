@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from piseduce.webui.models import OUTBOX_FAILED, OUTBOX_PENDING, OUTBOX_SENT, OutboxMessage, utcnow
+from piseduce.webui.models import (
+    OUTBOX_DROPPED,
+    OUTBOX_FAILED,
+    OUTBOX_PENDING,
+    OUTBOX_SENT,
+    OutboxMessage,
+    utcnow,
+)
+from piseduce.webui.notify.kinds import Notice
 
 BACKOFF = dt.timedelta(seconds=30)
 MAX_BACKOFF = dt.timedelta(hours=2)
@@ -90,6 +98,29 @@ def mark_failed(s: Session, message_id: int, error: str, *, base: dt.timedelta =
         row.state = OUTBOX_FAILED
     else:
         row.next_attempt_at = utcnow() + delay_after(row.attempts, base)
+
+
+def mark_dropped(s: Session, message_id: int, why: str) -> None:
+    """Not sent and never to be: what it says is no longer true (kept, with why, for the admin page)."""
+    row = s.get(OutboxMessage, message_id)
+    if row is not None and row.state == OUTBOX_PENDING:
+        row.state, row.last_error = OUTBOX_DROPPED, why[:2000]
+
+
+def outdated(kind: str, payload: dict[str, object], now: dt.datetime) -> str:
+    """Why a pending row must not be sent any more ('' when it may): a slot-end warning whose slot
+    has ended (retried while the mail server was down, it would come after the 'ended' mail)."""
+    if kind != Notice.SLOT_ENDING.value or not isinstance(payload.get("end"), str):
+        return ""
+    try:
+        end = dt.datetime.fromisoformat(str(payload["end"]).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=dt.UTC)
+    if end > now:
+        return ""
+    return f"dropped: the slot ended at {payload['end']} before the warning could be sent"
 
 
 def postpone(s: Session, message_id: int, why: str, wait: dt.timedelta) -> None:

@@ -93,6 +93,10 @@ class Sender:
         smtp = mail.settings_of(self.cfg, password)
         sent = 0
         for job in jobs:
+            why = outbox.outdated(job.kind, job.payload, utcnow())
+            if why:
+                await self.database.write(partial(outbox.mark_dropped, message_id=job.id, why=why))
+                continue
             error = await self._one(job, smtp, hosts)
             if error is None:
                 await self.database.write(partial(outbox.mark_sent, message_id=job.id))

@@ -58,6 +58,10 @@ def check_url(url: str, allowed: Sequence[str]) -> str:
     """'' when the URL may be used (before resolving it), else what is wrong, in words."""
     if len(url) > MAX_URL:
         return f"the URL is longer than {MAX_URL} characters"
+    # urlsplit drops tabs and line breaks silently: the URL would be checked without them but
+    # saved (and shown, and sent) with them.
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "the URL must not hold whitespace or control characters (encode a space as %20)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port

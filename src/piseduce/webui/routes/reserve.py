@@ -20,6 +20,7 @@ from piseduce.protocol import BusySlot, Node, Schedule
 from piseduce.webui import booking
 from piseduce.webui.agent_client import AgentClient, Result, agents
 from piseduce.webui.agents import AgentRef, Identity
+from piseduce.webui.api.schemas import MIN_HOURS
 from piseduce.webui.booking import BookingRequest, start_problem
 from piseduce.webui.booking_outcome import Outcome
 from piseduce.webui.form_values import form_decimal, form_int, form_text
@@ -344,8 +345,14 @@ async def calendar_fragment(
 def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingRequest | None, list[str]]:
     """The booking the Reserve form asks for (booking.py books it), or the form's errors in words."""
     errors: list[str] = []
-    start_text = form_str(form, "start", 64)
-    now = form_str(form, "when", 8) != "later" or not start_text
+    # After "Find next free slot", the answer itself travels (app.js drops it when the form changes):
+    # Reserve books the answered nodes by name at the answered start, not a new count.
+    answered = form_list(form, "answer", 200)[:1000]
+    start_text = form_str(form, "answer_start" if answered else "start", 64)
+    if answered:
+        now = form_str(form, "answer_now", 8) == "1"
+    else:
+        now = form_str(form, "when", 8) != "later" or not start_text
     start_utc = dt.datetime.now(dt.UTC) if now else _parse_time(start_text)
     if start_utc is None:
         errors.append("The start date is not a valid date and time.")
@@ -357,8 +364,8 @@ def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingReque
     except ValueError as exc:
         errors.append(str(exc))
     else:
-        if duration <= 0:
-            errors.append("The duration is a number of hours above 0.")
+        if duration < MIN_HOURS:
+            errors.append(f"The duration is a number of hours of at least {MIN_HOURS} (36 s), e.g. 3.")
     bin_name = ""
     try:
         bin_name = form_text(form, "bin", 64, "The bin name").strip()
@@ -367,7 +374,7 @@ def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingReque
     if not re.match(r"^[A-Za-z0-9 ._-]*$", bin_name):
         errors.append("The bin name takes letters, digits, spaces, '.', '_' and '-'.")
     req = BookingRequest(start_utc or dt.datetime.now(dt.UTC), now, duration, bin_name)
-    if form_str(form, "mode", 16) == "count":
+    if form_str(form, "mode", 16) == "count" and not answered:
         try:
             req.filters = parse_chips(form_str(form, "filters", 16384))
         except ValueError as exc:
@@ -377,7 +384,7 @@ def _request_of(form: FormData, refs: dict[int, AgentRef]) -> tuple[BookingReque
         except ValueError as exc:
             errors.append(str(exc))
     else:
-        for key in form_list(form, "node", 200)[:1000]:
+        for key in answered or form_list(form, "node", 200)[:1000]:
             agent_text, _, name = key.partition("/")
             agent_id = read_int(agent_text, lo=1)
             if agent_id is None or not name or agent_id not in refs:

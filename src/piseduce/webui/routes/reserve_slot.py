@@ -1,6 +1,6 @@
 """The Reserve page's "Find next free slot" (POST /reserve/next-slot): the booking form as it is
 read for Reserve, answered with the earliest start it could be booked at (JSON for app.js, which
-fills the form's start with it). Nothing is booked."""
+fills the form's start with it, and keeps the answer for Reserve to book by name). Nothing is booked."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ async def find_next_slot(
             "now": now,
             "hours": slot.hours,
             "nodes": nodes,
+            # What Reserve books once answered (the booking form's node keys: agent id/name).
+            "keys": [f"{ref.id}/{n}" for ref, names in slot.parts for n in names],
             "detail": f"Free {when} for {slot.hours:g} h ({shown}). "
             "The start is filled in: press Reserve to book it."
             + (f" Not asked: {'; '.join(slot.notes)}." if slot.notes else ""),

@@ -13,7 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from piseduce.webui import audit
-from piseduce.webui.models import OUTBOX_FAILED, OUTBOX_PENDING, OUTBOX_SENT, OutboxMessage, User
+from piseduce.webui.models import (
+    OUTBOX_DROPPED,
+    OUTBOX_FAILED,
+    OUTBOX_PENDING,
+    OUTBOX_SENT,
+    OutboxMessage,
+    User,
+)
 from piseduce.webui.notify import audited, store, webhook
 from piseduce.webui.notify.kinds import LABELS, MAX_WARN_MINUTES, MAX_WARNINGS, Notice
 from piseduce.webui.web import admin_user, current_user, database, flash, form_str, redirect, render
@@ -108,7 +115,11 @@ async def new_secret(request: Request, user: User = Depends(current_user)) -> Re
 def _counts(s: Session) -> dict[str, int]:
     rows = s.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all()
     got = {str(state): int(n) for state, n in rows}
-    return {k: got.get(k, 0) for k in (OUTBOX_PENDING, OUTBOX_SENT, OUTBOX_FAILED)}
+    # Keyed for the template by what it says (the states' stored names differ: "given_up").
+    names = {
+        "pending": OUTBOX_PENDING, "sent": OUTBOX_SENT, "failed": OUTBOX_FAILED, "dropped": OUTBOX_DROPPED,
+    }
+    return {name: got.get(state, 0) for name, state in names.items()}
 
 
 def _failures(s: Session) -> list[OutboxMessage]:

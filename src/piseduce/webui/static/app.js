@@ -229,10 +229,49 @@
     var bin = ((document.getElementById("b-bin") || {}).value || "").trim();
     return text + (bin ? ", bin " + bin : "");
   }
+  /* The last "Find next free slot" answer, which Reserve books by name (hidden inputs in #b-answer)
+     as long as the form still asks what was answered; any change of what it asks clears it. */
+  var answer = null;
+  function askedNow() {
+    var when = document.querySelector("input[name=when]:checked");
+    var m = mode();
+    return JSON.stringify([m, m === "count" ? (document.getElementById("b-count") || {}).value : Object.keys(selected).sort(),
+      filters, (document.getElementById("b-duration") || {}).value, when ? when.value : "",
+      (document.getElementById("b-local") || {}).value]);
+  }
+  function setAnswer(j) {
+    var box = document.getElementById("b-answer");
+    if (!box) { return; }
+    box.textContent = "";
+    answer = j ? { names: j.nodes, asked: askedNow() } : null;
+    if (!j) { return; }
+    function hidden(name, value) {
+      var i = document.createElement("input");
+      i.type = "hidden"; i.name = name; i.value = value; box.appendChild(i);
+    }
+    j.keys.forEach(function (k) { hidden("answer", k); });
+    hidden("answer_start", j.start);
+    hidden("answer_now", j.now ? "1" : "0");
+  }
   function renderSummary() {
     var box = document.getElementById("b-summary");
     if (!box) { return; }
+    if (answer && answer.asked !== askedNow()) {
+      setAnswer(null);
+      var out = document.getElementById("b-slot");
+      if (out) {
+        out.textContent = "The form changed since the answer: it is cleared, and Reserve books what the form says " +
+          "(press Find next free slot again for a new answer).";
+        out.className = "small";
+      }
+    }
     var keys = Object.keys(selected), text;
+    if (answer) {
+      box.textContent = "Reserve will book the answered " + answer.names.length + " node(s): " +
+        answer.names.join(", ") + ", " + whenText() + ".";
+      box.dataset.mode = "answer";
+      return;
+    }
     if (mode() === "count") {
       var count = parseInt((document.getElementById("b-count") || {}).value, 10) || 0;
       var cal = document.getElementById("calendar");
@@ -384,6 +423,7 @@
               document.querySelector("input[name=when][value=later]").checked = true;
             }
             document.getElementById("b-duration").value = j.hours;
+            setAnswer(j);
             renderSummary();
           }, function () {
             out.textContent = "The web UI did not answer: check the connection and try again.";
@@ -396,6 +436,7 @@
        afresh: no selection, no count, no bin of this one. */
     document.body.addEventListener("calendar-refresh", function () {
       selected = {}; selectedProps = {}; dropped = [];
+      setAnswer(null);  // booked: the answer is spent
       count.value = "";
       document.getElementById("b-bin").value = "";
       var radio = document.getElementById("b-mode-selected");
