@@ -93,6 +93,24 @@ def read_leases(path: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+# dnsmasq writes a lease's expiry in whole seconds, and rewrites its lease file only when a lease
+# changes: a board that asks again within the second of its previous lease (a known board powered
+# off and re-detected at once) leaves the file as it was and would look as if it never asked.
+LEASE_RESOLUTION_S = 1.0
+
+
+async def lease_second_past(path: Path) -> None:
+    """Until the lease file's last write is a whole second old (at most LEASE_RESOLUTION_S): from
+    then on, any lease dnsmasq grants has an expiry no lease in the file has."""
+    try:
+        written = (await asyncio.to_thread(path.stat)).st_mtime
+    except OSError:
+        return  # no file yet: any lease is new
+    wait = written + LEASE_RESOLUTION_S - time.time()
+    if wait > 0:
+        await asyncio.sleep(min(wait, LEASE_RESOLUTION_S))
+
+
 def _memory(value: object) -> int | float | None:
     """The board's memory_gb if it is a plausible number (the board's word: anything else is
     not learnt)."""
@@ -235,6 +253,7 @@ class Detector:
         """Powers the port on and waits for the lease its board asks for: the first lease, new or
         renewed since the power-on, that no other port of this run took."""
         async with self._power_on_turn:
+            await lease_second_past(leases)
             before = await asyncio.to_thread(read_leases, leases)
             await self._power_on(p, sw)
             deadline = time.monotonic() + self.boot_timeout
