@@ -11,11 +11,8 @@ import hashlib
 import hmac
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -23,42 +20,11 @@ from sqlalchemy import select, update
 from helpers.agent_helpers import piseduce_cmd, subprocess_env
 from helpers.notify_fixtures import ALICE, Harness, agent_on, harness, notify_config
 from helpers.smtp_server import SmtpServer
+from helpers.webhook_receiver import Receiver
 from helpers.webui_fixtures import AgentProcess, deployed_on
 from piseduce import crypto
 from piseduce.webui.models import NotifySetting, OutboxMessage, utcnow
 from piseduce.webui.notify import store, webhook
-
-
-class Receiver:
-    """Answers `codes` in turn (then 204), keeping each request's headers and body."""
-
-    def __init__(self, codes: list[int] | None = None) -> None:
-        self.codes = list(codes or [])
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                code = outer.codes.pop(0) if outer.codes else 204
-                self.send_response(code)
-                if code == 302:
-                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

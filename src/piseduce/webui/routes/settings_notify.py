@@ -4,6 +4,7 @@ hosts, the SMTP password, the outbox's state). Every change is a POST with the C
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from cryptography.fernet import Fernet
@@ -28,13 +29,28 @@ from piseduce.webui.web import admin_user, current_user, database, flash, form_s
 router = APIRouter()
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What the form's fields show: the stored choice, or after a refused form what was submitted
+    (ticks included), so that fixing the one wrong field and saving again keeps the rest."""
+
+    events: frozenset[Notice]
+    email: bool
+    webhook_url: str
+    warn_minutes: str  # as typed: a refused "45, ten" comes back to be corrected
+
+    @classmethod
+    def of(cls, prefs: store.Prefs) -> Shown:
+        return cls(prefs.events, prefs.email, prefs.webhook_url, ", ".join(map(str, prefs.warn_minutes)))
+
+
 async def page(request: Request, user: User, *, error: str = "", new_secret: str = "",
-               status: int = 200) -> Response:
+               shown: Shown | None = None, status: int = 200) -> Response:
     uid = user.id
     prefs = await database(request).read(lambda s: store.load_prefs(s, uid))
     return render(request, "settings.html", {
         "tab": "notifications", "page": "settings", "keys": [], "entered": {"error": error},
-        "prefs": prefs, "labels": LABELS, "new_secret": new_secret,
+        "prefs": prefs, "shown": shown or Shown.of(prefs), "labels": LABELS, "new_secret": new_secret,
         "mail_on": bool(request.app.state.cfg.smtp_host),
     }, status=status)
 
@@ -60,14 +76,16 @@ async def save(request: Request, user: User = Depends(current_user)) -> Response
     events = frozenset(n for n in Notice if form.get(f"event_{n.value}") == "on")
     email = form.get("email") == "on"
     url = form_str(form, "webhook_url", webhook.MAX_URL + 1).strip()
-    minutes = parse_minutes(form_str(form, "warn_minutes", 200))
+    minutes_text = form_str(form, "warn_minutes", 200)
+    submitted = Shown(events, email, url, minutes_text)
+    minutes = parse_minutes(minutes_text)
     if isinstance(minutes, str):
-        return await page(request, user, error=minutes, status=400)
+        return await page(request, user, error=minutes, shown=submitted, status=400)
     if url:
         hosts = await database(request).read(store.webhook_hosts)
         problem = webhook.check_url(url, hosts) or await webhook.check_target(url, hosts)
         if problem:
-            return await page(request, user, error=f"Webhook URL: {problem}.", status=400)
+            return await page(request, user, error=f"Webhook URL: {problem}.", shown=submitted, status=400)
     uid, actor = user.id, audit.who(request, user)
 
     def change(s: Session) -> str:
