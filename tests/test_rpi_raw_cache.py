@@ -217,7 +217,11 @@ async def test_a_failed_decompression_is_forgotten_after_its_deployment_window(
         with pytest.raises(CacheError, match="truncated"):
             await cache.acquire(image, key, no_progress)
     assert calls == [key]
+    # A board of that deployment left alone (direct path) fails with it too: no corrupt write.
+    reason = await cache.failure_of(image, key)
+    assert reason is not None and "truncated" in reason
     await asyncio.sleep(0.6)
+    assert await cache.failure_of(image, key) is None
     with pytest.raises(CacheError, match="truncated"):
         await cache.acquire(image, key, no_progress)
     assert calls == [key, key] and not cache.in_use

@@ -133,6 +133,9 @@ class Imaging:
         expected, raw_of = checksum, ""
         if await asyncio.to_thread(card.is_raw, path):
             result = await self._chain(ctx, env, path, checksum, sparse, progress)
+        elif (known := await self.raw_cache.failure_of(path, checksum)) is not None:
+            # Its deployment's other boards failed on it already: the same reason, not a write.
+            raise StepError(f"environment {env.name}: the image cannot be prepared for the chain: {known}")
         elif await asyncio.to_thread(self.distributor.expected, ctx, env.name) > 1:
             entry = await self._raw_copy(ctx, env, path, checksum)
             if entry is not None:

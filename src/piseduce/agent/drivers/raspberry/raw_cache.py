@@ -329,14 +329,29 @@ class RawCache:
                 os.utime(_files(self.folder, key)[1])  # its last use, for the LRU cap
         return found
 
+    def _failure(self, key: str, sig: Signature | None) -> str | None:
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() < failed.until and failed.image == sig:
+            return failed.reason
+        return None
+
+    async def failure_of(self, image: Path, key: str) -> str | None:
+        """Why `image` could not be decompressed, when a build failed on this very file within
+        `remember_failure`: a board of that deployment left alone (the others already failed)
+        fails with it too rather than streaming the corrupt image to its card."""
+        key = key.lower()
+        if key not in self._failed:
+            return None
+        return self._failure(key, await asyncio.to_thread(signature, image))
+
     async def _await_build(self, image: Path, key: str, on_progress: ProgressFn) -> RawEntry:
         sig = await asyncio.to_thread(signature, image)
         # From here to the future's creation nothing awaits: one build per key, or its failure.
         running = self._building.get(key)
         if running is None:
-            failed = self._failed.get(key)
-            if failed is not None and time.monotonic() < failed.until and failed.image == sig:
-                raise CacheError(failed.reason)
+            reason = self._failure(key, sig)
+            if reason is not None:
+                raise CacheError(reason)
             self._failed.pop(key, None)
             progress, stop = BuildProgress(), threading.Event()
             fut: asyncio.Future[RawEntry] = asyncio.ensure_future(
