@@ -141,6 +141,92 @@ async def test_a_corrupt_image_fails_every_asker_and_leaves_no_entry(tmp_path: P
     assert raw_cache.lookup(cache.folder, key) is None
 
 
+async def test_the_boards_that_come_after_a_failed_decompression_get_its_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded host the boards of one deployment reach write_image seconds apart: one joining
+    the decompression of a corrupt image gets its error, and so do those coming after it failed,
+    without decompressing it again (issue 15: the chained corrupt-image test was flaky)."""
+    good = compress(seventy_percent_zeros(8), "gz")
+    bad = good[: len(good) // 2]
+    image = tmp_path / "env" / "bad.img.gz"
+    image.parent.mkdir()
+    image.write_bytes(bad)
+    key = hashlib.sha256(bad).hexdigest()
+    calls: list[str] = []
+    real_decompress, real_stream = raw_cache._decompress, raw_cache.decompressed
+
+    def counted(*args: Any) -> raw_cache.RawEntry:
+        calls.append(args[2])
+        return real_decompress(*args)
+
+    def slow_stream(*args: Any) -> Any:
+        for chunk in real_stream(*args):
+            time.sleep(0.05)  # a slow agent: the second board joins while it runs
+            yield chunk
+
+    monkeypatch.setattr(raw_cache, "_decompress", counted)
+    monkeypatch.setattr(raw_cache, "decompressed", slow_stream)
+    cache = RawCache(tmp_path / "cache", 10 << 30, report_every=0.02, remember_failure=600)
+    running = asyncio.Event()
+
+    async def report(p: BuildProgress) -> None:
+        running.set()
+
+    first = asyncio.create_task(cache.acquire(image, key, report))
+    await asyncio.wait_for(running.wait(), 60)
+    joining = asyncio.create_task(cache.acquire(image, key, no_progress))
+    got: list[Any] = list(await asyncio.gather(first, joining, return_exceptions=True))
+    assert not cache._building
+    for _ in range(2):  # the late boards: the build is over
+        try:
+            got.append(await cache.acquire(image, key, no_progress))
+        except CacheError as exc:
+            got.append(exc)
+    assert all(isinstance(g, CacheError) for g in got), got
+    assert calls == [key]
+    reasons = {str(g) for g in got}
+    assert len(reasons) == 1 and reasons.pop().startswith("bad.img.gz cannot be decompressed: "), got
+    assert leftovers(cache.folder) == [] and not cache.in_use and not cache._waiters
+    # The failure answers for that file only: a file put in its place is tried again at once.
+    replacement = image.with_name("new.img.gz")
+    replacement.write_bytes(bad)
+    os.replace(replacement, image)
+    with pytest.raises(CacheError, match="cannot be decompressed"):
+        await cache.acquire(image, key, no_progress)
+    assert calls == [key, key]
+
+
+async def test_a_failed_decompression_is_forgotten_after_its_deployment_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure is the deployment's: a later one (the same file) decompresses it again."""
+    bad = compress(seventy_percent_zeros(4), "xz")[:20000]
+    image = tmp_path / "env" / "bad.img.xz"
+    image.parent.mkdir()
+    image.write_bytes(bad)
+    key = hashlib.sha256(bad).hexdigest()
+    calls: list[str] = []
+    real = raw_cache._decompress
+
+    def counted(*args: Any) -> raw_cache.RawEntry:
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(raw_cache, "_decompress", counted)
+    cache = RawCache(tmp_path / "cache", 10 << 30, remember_failure=0.5)
+    for _ in range(2):
+        with pytest.raises(CacheError, match="truncated"):
+            await cache.acquire(image, key, no_progress)
+    assert calls == [key]
+    # A board of that deployment left alone (direct path) fails with it too: no corrupt write.
+    reason = await cache.failure_of(image, key)
+    assert reason is not None and "truncated" in reason
+    await asyncio.sleep(0.6)
+    assert await cache.failure_of(image, key) is None
+    with pytest.raises(CacheError, match="truncated"):
+        await cache.acquire(image, key, no_progress)
+    assert calls == [key, key] and not cache.in_use
+
+
 KILLED = """
 import os, sys, time
 from pathlib import Path

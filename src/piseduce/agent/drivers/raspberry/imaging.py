@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from piseduce.agent.drivers.base import StepContext, StepError
 from piseduce.agent.drivers.raspberry import card, raw_cache, recovery
 from piseduce.agent.drivers.raspberry import ssh as sshc
-from piseduce.agent.drivers.raspberry.distribution import Distributor, LeftChain, chain_budget
+from piseduce.agent.drivers.raspberry.distribution import Distributor, LeftChain, chain_budget, gather_seconds
 from piseduce.agent.drivers.raspberry.progress import PhaseProgress
 
 if TYPE_CHECKING:
@@ -81,7 +81,9 @@ class Imaging:
         self.min_seconds = min_seconds
         self.distributor = Distributor(ops, card.stall_seconds)
         config = ops.config
-        self.raw_cache = raw_cache.RawCache(config.raw_cache_dir, int(config.raw_cache_max_gb * 1e9))
+        # A failed decompression answers for the boards of its deployment (one gathering window).
+        self.raw_cache = raw_cache.RawCache(config.raw_cache_dir, int(config.raw_cache_max_gb * 1e9),
+                                            remember_failure=gather_seconds(ops.boot_wait))
 
     # -- budgets (the engine calls them as the step begins)
 
@@ -131,6 +133,9 @@ class Imaging:
         expected, raw_of = checksum, ""
         if await asyncio.to_thread(card.is_raw, path):
             result = await self._chain(ctx, env, path, checksum, sparse, progress)
+        elif (known := await self.raw_cache.failure_of(path, checksum)) is not None:
+            # Its deployment's other boards failed on it already: the same reason, not a write.
+            raise StepError(f"environment {env.name}: the image cannot be prepared for the chain: {known}")
         elif await asyncio.to_thread(self.distributor.expected, ctx, env.name) > 1:
             entry = await self._raw_copy(ctx, env, path, checksum)
             if entry is not None:

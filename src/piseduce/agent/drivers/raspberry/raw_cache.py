@@ -10,7 +10,9 @@ image's sha256, in `sha256sum` format: what the chain's boards verify).
 - Crash-safe: written as `<sha>.img.part-<pid>-<random>`, the checksum file written first, the
   image renamed last; an entry is both files. A part whose process is gone is discarded.
 - Once: the steps of one distribution (16 boards asking at once) await one build (an in-process
-  future), and a file lock orders the agent's processes.
+  future), and a file lock orders the agent's processes. A build that fails is remembered for a
+  deployment's gathering window (`remember_failure`): a board whose step comes after the failure
+  (a loaded host) gets the same error instead of decompressing the corrupt image again.
 - Off the event loop: the build runs in a thread, reporting the compressed bytes read.
 - Bounded: least recently used entries go once the folder holds more than `raw_cache_max_gb`
   (disk blocks, not sizes), never one a distribution is using; `prune` drops the entries of
@@ -28,6 +30,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +53,10 @@ _PART = re.compile(r"^(?P<key>[0-9a-f]{64})\.(img|sha256)\.part-(?P<pid>\d+)(-[0
 
 class CacheError(Exception):
     """The image cannot be decompressed (its reason, for the step's error)."""
+
+
+class BuildStopped(CacheError):
+    """Every step that wanted the build was stopped: nothing is wrong with the image."""
 
 
 class CacheUnavailable(CacheError):
@@ -223,7 +230,7 @@ def _decompress(image: Path, folder: Path, key: str, progress: BuildProgress,
                         del pending[:BLOCK]
                     progress.read = reader.count
                     if stop.is_set():
-                        raise CacheError("stopped: no deployment waits for it any more")
+                        raise BuildStopped("stopped: no deployment waits for it any more")
             except DiskError as exc:
                 raise CacheError(f"{image.name} cannot be decompressed: {exc}") from None
             if pending:
@@ -252,15 +259,38 @@ def _decompress(image: Path, folder: Path, key: str, progress: BuildProgress,
 
 
 ProgressFn = Callable[[BuildProgress], Awaitable[None]]
+# How long a failed build answers for its image: the boards of one deployment reach write_image
+# within the distributor's gathering window (distribution.MIN_GATHER_SECONDS at least).
+REMEMBER_FAILURE_SECONDS = 30.0
+# What identifies the file a failure was met on: a replaced or repaired file is tried again.
+Signature = tuple[int, int, int]
+
+
+def signature(image: Path) -> Signature | None:
+    try:
+        st = image.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Failure:
+    until: float  # time.monotonic()
+    image: Signature | None
+    reason: str
 
 
 class RawCache:
     """The executor's view of the cache: one build per key at a time, entries in use kept."""
 
-    def __init__(self, base: Path, cap_bytes: int, report_every: float = 1.0) -> None:
+    def __init__(self, base: Path, cap_bytes: int, report_every: float = 1.0,
+                 remember_failure: float = REMEMBER_FAILURE_SECONDS) -> None:
         self.folder = folder_of(base)
         self.cap_bytes = cap_bytes
         self.report_every = report_every
+        self.remember_failure = remember_failure
+        self._failed: dict[str, Failure] = {}
         self.builds = 0  # decompressions this process ran (the benchmark and tests count them)
         self.in_use: Counter[str] = Counter()
         self._building: dict[str, tuple[asyncio.Future[RawEntry], BuildProgress, threading.Event]] = {}
@@ -299,11 +329,33 @@ class RawCache:
                 os.utime(_files(self.folder, key)[1])  # its last use, for the LRU cap
         return found
 
+    def _failure(self, key: str, sig: Signature | None) -> str | None:
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() < failed.until and failed.image == sig:
+            return failed.reason
+        return None
+
+    async def failure_of(self, image: Path, key: str) -> str | None:
+        """Why `image` could not be decompressed, when a build failed on this very file within
+        `remember_failure`: a board of that deployment left alone (the others already failed)
+        fails with it too rather than streaming the corrupt image to its card."""
+        key = key.lower()
+        if key not in self._failed:
+            return None
+        return self._failure(key, await asyncio.to_thread(signature, image))
+
     async def _await_build(self, image: Path, key: str, on_progress: ProgressFn) -> RawEntry:
+        sig = await asyncio.to_thread(signature, image)
+        # From here to the future's creation nothing awaits: one build per key, or its failure.
         running = self._building.get(key)
         if running is None:
+            reason = self._failure(key, sig)
+            if reason is not None:
+                raise CacheError(reason)
+            self._failed.pop(key, None)
             progress, stop = BuildProgress(), threading.Event()
-            fut: asyncio.Future[RawEntry] = asyncio.ensure_future(self._build(image, key, progress, stop))
+            fut: asyncio.Future[RawEntry] = asyncio.ensure_future(
+                self._build(image, key, progress, stop, sig))
             running = (fut, progress, stop)
             self._building[key] = running
         fut, progress, stop = running
@@ -323,7 +375,8 @@ class RawCache:
                     stop.set()  # every step that wanted it was stopped
                     fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def _build(self, image: Path, key: str, progress: BuildProgress, stop: threading.Event) -> RawEntry:
+    async def _build(self, image: Path, key: str, progress: BuildProgress, stop: threading.Event,
+                     sig: Signature | None) -> RawEntry:
         try:
             entry = await asyncio.to_thread(build, image, self.folder, key, progress, stop)
             self.builds += progress.decompressed
@@ -336,5 +389,12 @@ class RawCache:
             self.builds += progress.decompressed
             why = exc.strerror or str(exc)
             raise CacheUnavailable(f"cannot write the raw cache in {self.folder}: {why}") from None
+        except BuildStopped:
+            raise  # a new deployment may ask again at once
+        except CacheError as exc:
+            # The image is bad: its deployment's later boards get this, not a new decompression.
+            # Set before `_building` is popped (no await between): no asker sees neither.
+            self._failed[key] = Failure(time.monotonic() + self.remember_failure, sig, str(exc))
+            raise
         finally:
             self._building.pop(key, None)
