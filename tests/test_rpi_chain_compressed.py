@@ -72,7 +72,9 @@ async def test_three_boards_chain_a_compressed_image_decompressed_once(
         for res in done:
             assert any(m.startswith(f"image verified: sha256 {raw_sha[:16]}") for m in messages(res)), \
                 messages(res)
-            assert any("prepared for the chain" in m for m in messages(res)), messages(res)
+        # The boards that waited for the copy say it was prepared; a board reaching its write step
+        # once the copy was already there (a loaded agent) finds it made: at least one says so.
+        assert any("prepared for the chain" in m for res in done for m in messages(res)), done
         entry = raw_cache.lookup(raw_cache.folder_of(site.config.raw_cache_dir), key)
         assert entry is not None and entry.sha256 == raw_sha and entry.size == len(raw)
         st = entry.path.stat()
