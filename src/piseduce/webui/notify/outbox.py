@@ -109,7 +109,7 @@ def mark_dropped(s: Session, message_id: int, why: str) -> None:
 
 def outdated(kind: str, payload: dict[str, object], now: dt.datetime) -> str:
     """Why a pending row must not be sent any more ('' when it may): a slot-end warning whose slot
-    has ended (retried while the mail server was down, it would come after the 'ended' mail)."""
+    has ended (retried while the mail server was down, it would come after the slot-ended mail)."""
     if kind != Notice.SLOT_ENDING.value or not isinstance(payload.get("end"), str):
         return ""
     try:

@@ -135,7 +135,7 @@ def _counts(s: Session) -> dict[str, int]:
     got = {str(state): int(n) for state, n in rows}
     # Keyed for the template by what it says (the states' stored names differ: "given_up").
     names = {
-        "pending": OUTBOX_PENDING, "sent": OUTBOX_SENT, "failed": OUTBOX_FAILED, "dropped": OUTBOX_DROPPED,
+        "waiting": OUTBOX_PENDING, "sent": OUTBOX_SENT, "given_up": OUTBOX_FAILED, "dropped": OUTBOX_DROPPED,
     }
     return {name: got.get(state, 0) for name, state in names.items()}
 
