@@ -202,8 +202,9 @@ class IotlabEnergy:
                     out.append((str(state["login"]), r.node_name, path))
             return out
 
-    async def _tails(self, login: str, paths: list[str]) -> dict[str, bytes | None]:
-        """The last TAIL_BYTES of each file (the newest measures), in one SFTP session."""
+    async def _fetch(self, login: str, paths: list[str], *, tail: bool) -> dict[str, bytes | None]:
+        """Each file in one SFTP session: its last TAIL_BYTES (the newest measures) with `tail`,
+        else up to MAX_FILE_BYTES from its start; None for a file that does not exist."""
         host, port = self.frontend()
         out: dict[str, bytes | None] = {}
         async with asyncssh.connect(
@@ -214,9 +215,10 @@ class IotlabEnergy:
             for path in paths:
                 try:
                     async with sftp.open(path, "rb") as f:
-                        size = (await f.stat()).size or 0
-                        await f.seek(max(0, size - TAIL_BYTES))
-                        data = await f.read(TAIL_BYTES)
+                        if tail:
+                            size = (await f.stat()).size or 0
+                            await f.seek(max(0, size - TAIL_BYTES))
+                        data = await f.read(TAIL_BYTES if tail else MAX_FILE_BYTES)
                     out[path] = data if isinstance(data, bytes) else data.encode()
                 except asyncssh.SFTPNoSuchFile:
                     out[path] = None
@@ -233,7 +235,7 @@ class IotlabEnergy:
         out: list[tuple[str, str, float]] = []
         for login, items in by_login.items():
             try:
-                files = await self._tails(login, [p for _n, p in items])
+                files = await self._fetch(login, [p for _n, p in items], tail=True)
             except (OSError, asyncssh.Error) as exc:
                 log.warning("IoT-LAB frontend unreadable for %s: %s", login, exc)
                 continue
@@ -249,23 +251,6 @@ class IotlabEnergy:
 
     # ------------------------------------------------------------ at destroy
 
-    async def _read(self, login: str, paths: list[str]) -> dict[str, bytes | None]:
-        host, port = self.frontend()
-        out: dict[str, bytes | None] = {}
-        async with asyncssh.connect(
-            host, port, username=login, client_keys=[self.key()], known_hosts=str(self.known_hosts()),
-            agent_path=None, config=None, connect_timeout=CONNECT_TIMEOUT, password=None,
-            kbdint_auth=False,
-        ) as conn, conn.start_sftp_client() as sftp:
-            for path in paths:
-                try:
-                    async with sftp.open(path, "rb") as f:
-                        data = await f.read(MAX_FILE_BYTES)
-                    out[path] = data if isinstance(data, bytes) else data.encode()
-                except asyncssh.SFTPNoSuchFile:
-                    out[path] = None
-        return out
-
     async def collect(self, ctx: StepContext) -> None:
         """Read, integrate and store the reservation's energy; never raises (the destroy goes on)."""
         if not ctx.params.get("energy") or energy_sum.KEY in ctx.state:
@@ -277,7 +262,7 @@ class IotlabEnergy:
         name = oml_file(node_address(self.config.iot_site, ctx.reservation))
         paths = [f".iot-lab/{i}/consumption/{name}" for i in ids]
         try:
-            files = await self._read(login, paths)
+            files = await self._fetch(login, paths, tail=False)
         except (OSError, asyncssh.Error) as exc:
             await ctx.log(f"Energy not measured: the IoT-LAB frontend could not be read ({exc})", "warning")
             return
