@@ -31,7 +31,9 @@ USER, OTHER = "alice@example.org", "bob@example.org"
 
 class Site:
     def __init__(self, root: Path) -> None:
-        self.config = write_webui_config(root / "webui")
+        # 10 s, not the fixtures' 1 s: no test here is about a slow agent, and a loaded CI host
+        # once took over 1 s to answer, which failed a booking as "unreachable".
+        self.config = write_webui_config(root / "webui", agent_timeout_seconds=10.0)
         add_user(self.config, USER, "alice-password")
         self.rpi = AgentProcess(root / "rpi-lab", nodes=4, executor=False)
         (root / "g5k-nancy").mkdir()
