@@ -34,14 +34,24 @@ factor keep every ratio. `--scale 8 --size-mb 128` (links 125 Mbit/s, cards 5 MB
 48-board chain in minutes on a 2-core machine.
 
 Measured with the chain (`--size-mb 128 --boards 16 --chain 16,48 --scale 8`: links and uplink
-125 Mbit/s, cards 5 MB/s; 2 CPUs shared with other test suites, load average 10-18; two runs):
-one board 27.6 s (1.03x its card bound); star of 16 145.9 s (5.3x one board, 1.06x the uplink
-bound); chain of 16 31.3 / 34.6 s (1.13x / 1.25x one board; target 1.3x); chain of 48 44.5 /
-54.1 s (1.61x / 1.96x; target 1.5x, over: the chain is CPU-bound here, 48 helpers hashing and
-writing 128 MiB each plus 48 hops of shaped veths on two loaded cores); the agent sent 1.00 image
-every time; 16 boards with one powered off at a third 33.4 / 37.9 s (1.21x / 1.37x), the others
-finished; a 70 %-zeros image on 16 wiped cards 19.0 / 21.4 s (0.69x / 0.77x one board's full
-image; its data alone would take 7.9 s, its size over a link 8.6 s).
+125 Mbit/s, cards 5 MB/s; 2 CPUs shared with other helpers' test suites; two runs). Each chain
+line is followed by the CPU it took: the boards' helpers (their `cpu_s`), the agent (this
+process) and the whole host (/proc/stat), and the load average at its end.
+- Before the pipelined board (a board wrote each 1 MiB to its card before serving it, so the
+  card's flushes held up every hop, and boards pulled only once the last one's helper was up):
+  one board 27.4 s; star of 16 145.8 s (1.06x the uplink bound); chain of 16 31.3 / 34.6 /
+  32.7 s (1.13x / 1.25x / 1.19x); chain of 48 44.5 / 54.1 / 46.8 s (1.61x / 1.96x / 1.74x, over
+  the 1.5x target); 16 with one powered off at a third 33.6 s (1.23x).
+- Now (a board serves each 256 KiB as it arrives, its card trails by up to 32 MiB in a thread
+  of its own, each board pulls as soon as its source serves): one board 27.4 / 27.2 s (1.02x its
+  card bound); star of 16 145.1 / 146.1 s (1.06x the uplink bound); chain of 16 28.5 / 28.7 s
+  (1.04x / 1.06x one board; target 1.3x), its helpers 12.3 / 14.9 CPU s in all, the host 48 / 43
+  CPU s, load 4.9 / 5.6; chain of 48 32.6 / 32.4 s (1.19x / 1.19x; target 1.5x), its helpers
+  41.6 / 42.9 CPU s (0.9 s a board for 128 MiB: hashing and copying), the host 54 / 63 CPU s of
+  the 65 two cores have in that time (CPU-bound: load 19 / 25 at its end); the agent sent 1.00
+  image every time (0.5-0.8 CPU s); 16 boards with one powered off at a third 29.5 / 29.5 s
+  (1.08x), the others finished; a 70 %-zeros image on 16 wiped cards 13.0 / 13.6 s (its data
+  alone would take 7.9 s, its size over a link 8.6 s); the .img.gz chain of 16 in all 1.07x.
 
 The defaults are that run's (about 7 minutes here); the first baseline was
 `--size-mb 1024 --boards 8 --chain '' --scale 1`.
@@ -134,6 +144,30 @@ async def wipe(cluster: RpiCluster, name: str, key: Path) -> bool:
     return res.get("card_zeroed") is True
 
 
+class CpuMeter:
+    """CPU beside wall time (the host's 2 cores are shared): the host's busy CPU seconds (every
+    process, /proc/stat), the agent's (this process) and the load average at the end."""
+
+    def __init__(self) -> None:
+        self.host, self.agent = self._host(), time.process_time()
+
+    @staticmethod
+    def _host() -> float:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+    def line(self, boards_cpu: float | None = None) -> str:
+        host, agent = self._host() - self.host, time.process_time() - self.agent
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        on_boards = f"boards {boards_cpu:.1f} s (their helpers), " if boards_cpu is not None else ""
+        return f"  CPU: {on_boards}agent {agent:.1f} s, host {host:.1f} s in all; load {' '.join(load)}"
+
+
+def boards_cpu(results: dict[str, dict[str, Any] | str]) -> float:
+    return sum(float(r.get("cpu_s") or 0) for r in results.values() if isinstance(r, dict))
+
+
 def chain_target(boards: int) -> float:
     """Issue 15's targets: 16 boards within 1.3x one board's time, 48 within 1.5x."""
     return 1.3 if boards <= 16 else 1.5
@@ -174,7 +208,9 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
             emit("net rpi: one board, direct", sized, one, "s", None)
             emit("net rpi: physical bound of one board (card or link)", sized, max(link_s, card_s), "s", None)
             emit("net rpi: one board, direct / card bound", sized, one / max(link_s, card_s), "x", None)
+            many = 0.0
             if boards > 1:
+                cpu = CpuMeter()
                 started = time.perf_counter()
                 await asyncio.gather(*(write_one(cluster, b.name, key, image, sha)
                                        for b in cluster.boards[:boards]))
@@ -183,12 +219,14 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 bound = max(uplink_s, link_s, card_s)
                 report(f"{boards} boards, star", many, boards * size, bound,
                        "uplink-bound: a star, every byte crosses it" if bound == uplink_s else "card-bound")
+                print(cpu.line())
                 emit(f"net rpi: star of {boards} boards", sized, many, "s", round(bound * 1.3, 1))
                 emit(f"net rpi: physical bound of a star of {boards} (uplink)", sized, bound, "s", None)
                 emit(f"net rpi: star of {boards} boards / one board", sized, many / one, "x", None)
             agent_key = sshc.load_or_create_agent_key(key)
             for n in chains:
                 names = [b.name for b in cluster.boards[:n]]
+                cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, image, sha)
                 failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
                 if failed:
@@ -196,7 +234,10 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 star_s = n * size * 8 / (uplink * 1e6)
                 report(f"{n} boards, chain", run.took, n * size, max(link_s, card_s),
                        f"one card's time; a star would need {star_s:.0f} s through the uplink")
-                print(f"  the agent sent {run.sent / size:.2f} images for {n} boards")
+                print(f"  {run.took / one:.2f}x one board (target {chain_target(n)}x); star measured: "
+                      f"{f'{many:.1f} s for {boards}' if boards > 1 else 'not run'}; the agent sent "
+                      f"{run.sent / size:.2f} images for {n} boards")
+                print(cpu.line(boards_cpu(run.results)))
                 emit(f"net rpi: chain of {n} boards", sized, run.took, "s", None)
                 emit(f"net rpi: physical bound of a star of {n} (uplink)", sized, star_s, "s", None)
                 emit(f"net rpi: chain of {n} boards / one board", sized, run.took / one, "x", chain_target(n))
@@ -206,11 +247,13 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
             if n >= 3:
                 names = [b.name for b in cluster.boards[:n]]
                 victim = names[len(names) // 3]
+                cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, image, sha, kill=victim,
                                                 kill_after=size // 3)
                 failed = {k: v for k, v in run.results.items() if isinstance(v, str)}
                 print(f"{n} boards, chain, {victim} powered off at 1/3: {run.took:6.1f} s; "
                       f"{n - len(failed)} finished; {victim}: {failed.get(victim, 'did not fail!')}")
+                print(cpu.line(boards_cpu(run.results)))
                 if set(failed) != {victim}:
                     raise RuntimeError(f"chain with {victim} killed: {failed}")
                 emit(f"net rpi: chain of {n}, one board killed / one board", sized, run.took / one, "x",

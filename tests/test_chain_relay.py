@@ -46,15 +46,18 @@ def _card(path: Path, fill: bytes = b"\xa5") -> Path:
 class Helper:
     """One `piseduce-node chain-write` on a file card."""
 
-    def __init__(self, card: Path) -> None:
+    def __init__(self, card: Path, card_mbps: float | None = None) -> None:
         self.card = card
+        self.card_mbps = card_mbps  # a card of that write speed (the simulator's), else the file's
         self.lines: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
 
     async def start(self, header: dict[str, Any]) -> None:
+        helper = (["piseduce.node.cli"] if self.card_mbps is None else
+                  ["piseduce.sim.rpi.card", "--write-mbps", str(self.card_mbps), "--"])
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "piseduce.node.cli", "--device", str(self.card), "chain-write",
+            sys.executable, "-m", *helper, "--device", str(self.card), "chain-write",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         self.send(header)
         self.reader = asyncio.create_task(self._read())
@@ -92,7 +95,8 @@ class Helper:
 
 
 async def _chain(tmp_path: Path, image: bytes, boards: int, *, sparse: bool = False,
-                 token: bytes | None = None) -> tuple[list[Helper], ImageSource, bytes]:
+                 token: bytes | None = None, card_mbps: list[float | None] | None = None,
+                 ) -> tuple[list[Helper], ImageSource, bytes]:
     path = tmp_path / "image.img"
     path.write_bytes(image)
     token = token or os.urandom(32)
@@ -108,7 +112,7 @@ async def _chain(tmp_path: Path, image: bytes, boards: int, *, sparse: bool = Fa
             os.truncate(card, CARD)
         else:
             _card(card)
-        h = Helper(card)
+        h = Helper(card, card_mbps[i] if card_mbps else None)
         await h.start(header)
         helpers.append(h)
     await wait_until(lambda: all(h.seen("listening") for h in helpers), 30, 0.02)
@@ -134,6 +138,78 @@ async def test_a_chain_writes_every_card_and_the_agent_sends_the_image_once(tmp_
         assert h.card.read_bytes()[:len(image)] == image
     assert source.sent == len(image)  # once, to the head; the others got it from their predecessor
     assert [r["served"] for r in results] == [len(image), len(image), 0]
+
+
+async def test_a_board_forwards_what_it_received_while_its_slow_card_trails(tmp_path: Path) -> None:
+    """The card's speed must not pace the forwarding: the next board gets the whole image while
+    a slow card still writes it (its progress lines show it received more than it wrote)."""
+    image = _image(48 << 20)
+    helpers, source, _ = await _chain(tmp_path, image, 2, card_mbps=[6.0, None])
+    slow, fast = helpers
+    try:
+        slow.send({"pull": f"127.0.0.1:{source.port}"})
+        fast.send({"pull": f"127.0.0.1:{slow.port}"})
+        await wait_until(lambda: fast.seen("wrote") is not None, 60, 0.02)
+        slow_wrote_first = slow.seen("wrote") is not None
+        await wait_until(lambda: slow.seen("wrote") is not None, 60, 0.05)
+        results = [await h.finish() for h in helpers]
+    finally:
+        for h in helpers:
+            await h.kill()
+        await source.close()
+    assert not slow_wrote_first
+    ahead = max(ln.get("received", 0) - ln["done"] for ln in slow.lines if "progress" in ln)
+    assert ahead >= 16 << 20, ahead
+    sha = hashlib.sha256(image).hexdigest()
+    for res in results:
+        assert res["ok"] is True and res["sha256"] == sha and res["written"] == len(image), res
+    assert slow.card.read_bytes()[:len(image)] == image
+    assert source.sent == len(image)
+
+
+def _serve_in_bursts(token: bytes, size: int, bursts: list[bytes], pause: float,
+                     stop: threading.Event) -> int:
+    """A source that sends `bursts` `pause` seconds apart, then goes quiet (connection kept)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        with server:
+            conn, _ = server.accept()
+        with conn:
+            relay.serve_handshake(conn, token, size)
+            for i, burst in enumerate(bursts):
+                if i:
+                    stop.wait(pause)
+                conn.sendall(burst)
+            stop.wait(60)
+
+    threading.Thread(target=run, daemon=True).start()
+    return int(server.getsockname()[1])
+
+
+async def test_a_board_reports_every_byte_it_got_even_when_they_stop_within_a_second(
+        tmp_path: Path) -> None:
+    """Progress lines went out only on a write, at most one a second: bytes that came in the
+    last second before the source went quiet were never reported, and the agent took the board
+    for stalled short of what it had (and blamed it for its source's silence)."""
+    image = _image(8 << 20)
+    bursts = [image[:1 << 20], image[1 << 20:2 << 20], image[2 << 20:3 << 20]]
+    helpers, source, token = await _chain(tmp_path, image, 1)
+    h = helpers[0]
+    stop = threading.Event()
+    try:
+        await source.close()
+        port = _serve_in_bursts(token, len(image), bursts, 0.2, stop)
+        await asyncio.sleep(1.2)  # the start line is more than a reporting interval old
+        h.send({"pull": f"127.0.0.1:{port}"})
+
+        def reported() -> bool:
+            return any(ln["done"] == 3 << 20 for ln in h.lines if "progress" in ln)
+
+        await wait_until(reported, 10, 0.05)
+    finally:
+        stop.set()
+        await h.kill()
 
 
 async def test_a_board_re_fed_from_another_source_resumes_where_it_was(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey,
         victim = kill or unplug
         while victim is not None:
             m = members.get(victim)
-            if m is not None and m.done >= kill_after:
+            if m is not None and m.received >= kill_after:
                 if kill:
                     cluster.set_port_enabled(cluster.board(kill).identity.port, False)
                 else:

@@ -69,7 +69,7 @@ class CardIO:
 
     # -- writes
 
-    def pwrite(self, data: bytes, offset: int) -> None:
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of `data` at `offset`; zero blocks become holes on a file card."""
         view = memoryview(data)
         pos = 0
@@ -82,7 +82,7 @@ class CardIO:
             pos += os.pwrite(self.fd, block, offset + pos)
         self._wrote(len(view))
 
-    def pwrite_nonzero(self, data: bytes, offset: int) -> int:
+    def pwrite_nonzero(self, data: bytes | bytearray | memoryview, offset: int) -> int:
         """Write `data` at `offset` on a card known to read as zeros there: its all-zero blocks
         are skipped (neither written nor counted as written). Returns the bytes skipped."""
         view = memoryview(data)

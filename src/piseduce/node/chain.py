@@ -9,15 +9,20 @@ command line):
                {"release": true}       (nobody downstream needs this board any more: exit)
 End of stdin also releases (the agent went away). On stdout, JSON lines:
     {"listening": port}                   the board serves here (the agent tells the next board)
-    progress lines (`meter`)              bytes on the card of the image's size
+    progress lines (`meter`)              bytes on the card (`done`) and received (`received`)
     {"upstream": "...", "error": "..."}   the pull from an upstream failed (it is tried again)
     {"wrote": true, ...}                  the whole image is on the card (the agent's write step ends)
     {"ok": true, ...} / {"ok": false, "error": ...}   at exit, as every helper command
 
-What arrives is written in order, so a board re-fed from another source resumes at the byte it
-has. The board serves recent bytes from memory (`WINDOW` bytes) and older ones from its card (a
-raw image is the card's first bytes). `sparse`: the card is known to be all zeros (wiped), so
-all-zero blocks are skipped rather than written.
+What arrives is served at once and written to the card in order by a thread of its own, up to
+`LAG` bytes behind: the card's speed (and its flushes' pauses) paces the chain as a whole (a
+board receives no more than `LAG` ahead of its card) but never delays a hop, so a chain's time
+is its slowest card's plus a chunk's time on each link. A board re-fed from another source
+resumes at the byte it has received. It serves recent bytes from memory (`WINDOW` bytes, every
+byte not yet on its card among them) and older ones from its card (a raw image is the card's
+first bytes). Progress lines count the bytes on the card (`done`) and those received
+(`received`), within a second of any change. `sparse`: the card is known to be all zeros
+(wiped), so all-zero blocks are skipped rather than written.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeAlias
 
 from piseduce.node import cardio
 from piseduce.node.disk import DiskError, reread_partitions
@@ -44,11 +49,17 @@ from piseduce.node.relay import (
     serve_handshake,
 )
 
-CHUNK = 1 << 20
-WINDOW = 64 << 20
+# A hop forwards a chunk once it has all of it: small enough that 48 hops add well under a
+# second at a link's speed, large enough that hashing, writing and serving cost per chunk.
+CHUNK = 256 << 10
+LAG = 32 << 20  # how far the card may trail what the board received (and serves)
+WINDOW = 64 << 20  # recent bytes kept in memory; never fewer than the unwritten ones (LAG)
 RETRY_PAUSE = 0.5
+TICK = 0.1  # how often the progress reporter looks at the counts
 ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds, an aborted connection): pause, accept again
 REFUSED_EVERY = 60.0  # at most one `refused` line per peer in this many seconds (each is an event)
+
+Chunk: TypeAlias = bytes | bytearray | memoryview
 
 
 class Header:
@@ -77,25 +88,58 @@ class Header:
 
 
 class Image:
-    """What this board holds of the image: the first `have` bytes, recent ones in memory."""
+    """What this board holds of the image: the first `have` bytes received, the first `written`
+    of them on the card; recent ones (all the unwritten among them) in memory."""
 
     def __init__(self, device: Path, size: int) -> None:
         self.device = device
         self.size = size
         self.have = 0
+        self.written = 0
         self.failed: str | None = None
         self.released = False
         self.cond = threading.Condition()
-        self.recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.recent: collections.deque[tuple[int, Chunk]] = collections.deque()
         self.recent_bytes = 0
+        self.unwritten: collections.deque[Chunk] = collections.deque()
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: Chunk) -> None:
         with self.cond:
             self.recent.append((self.have, data))
+            self.unwritten.append(data)
             self.recent_bytes += len(data)
-            while self.recent_bytes - len(self.recent[0][1]) >= WINDOW:
-                self.recent_bytes -= len(self.recent.popleft()[1])
+            self._evict()
             self.have += len(data)
+            self.cond.notify_all()
+
+    def _evict(self) -> None:
+        # Only bytes already on the card leave memory: older reads come from the card.
+        while (self.recent and self.recent_bytes - len(self.recent[0][1]) >= WINDOW
+               and self.recent[0][0] + len(self.recent[0][1]) <= self.written):
+            self.recent_bytes -= len(self.recent.popleft()[1])
+
+    def wait_room(self) -> bool:
+        """Until the card is less than LAG behind; False when the board stops meanwhile."""
+        with self.cond:
+            while self.have - self.written >= LAG and not self.released and self.failed is None:
+                self.cond.wait(1.0)
+            return not self.released and self.failed is None
+
+    def next_unwritten(self) -> Chunk | None:
+        """The next chunk for the card, once received; None once none will come (all written, or
+        the board stopped: released before the whole image arrived, or failed)."""
+        with self.cond:
+            while not self.unwritten or self.failed is not None:
+                if self.written >= self.size or self.failed is not None or self.released:
+                    return None
+                self.cond.wait(1.0)
+            return self.unwritten[0]
+
+    def on_card(self, n: int) -> None:
+        with self.cond:
+            self.unwritten.popleft()
+            self.written += n
+            self._evict()
             self.cond.notify_all()
 
     def stop(self, reason: str | None = None) -> None:
@@ -105,7 +149,7 @@ class Image:
             self.released = True
             self.cond.notify_all()
 
-    def read(self, offset: int, card: cardio.CardIO) -> bytes:
+    def read(self, offset: int, card: cardio.CardIO) -> Chunk:
         """Bytes from `offset` once this board has them; b"" when it will not have them."""
         with self.cond:
             while self.have <= offset and not self.released and self.failed is None:
@@ -115,7 +159,7 @@ class Image:
             end = min(self.have, offset + CHUNK)
             for start, data in reversed(self.recent):  # pullers ask for recent bytes: look from the end
                 if start <= offset < start + len(data):
-                    return data[offset - start:min(end, start + len(data)) - start]
+                    return memoryview(data)[offset - start:min(end, start + len(data)) - start]
                 if start + len(data) <= offset:
                     break
         return card.pread(end - offset, offset)
@@ -256,8 +300,37 @@ class Writer:
             return self.upstream, self.generation
 
     def run(self) -> None:
-        seen = -1
+        """Receives (this thread) and writes the card (a thread of its own) until the image is on
+        the card or the board stops."""
         self.meter.start("write", self.image.size)
+        card = threading.Thread(target=self._card, daemon=True)
+        card.start()
+        done = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(done,), daemon=True)
+        ticker.start()
+        try:
+            self._receive()
+        finally:
+            card.join()
+            done.set()
+            ticker.join()
+
+    def _tick(self, done: threading.Event) -> None:
+        """The progress lines: one as soon as the first bytes arrive, then one each interval in
+        which bytes moved, so the agent sees every byte a board got even when they stop within
+        a second (a line sent only on a write left the last second before a stop unseen: the
+        agent then blamed a board for its source's silence)."""
+        last = (0, 0)
+        sent_at = time.monotonic()
+        while not done.wait(TICK):
+            now = time.monotonic()
+            state = (self.image.written, self.image.have)
+            if state != last and (last == (0, 0) or now - sent_at >= self.meter.interval):
+                self.meter.report(state[0], received=state[1])
+                last, sent_at = state, now
+
+    def _receive(self) -> None:
+        seen = -1
         while self.image.have < self.image.size and not self.image.released:
             address, seen = self._next_source(seen)
             if address is None:
@@ -267,25 +340,23 @@ class Writer:
             except (OSError, RelayAuthError) as exc:
                 reason = str(exc) or type(exc).__name__
                 self.report({"upstream": f"{address[0]}:{address[1]}", "error": reason})
-            except DiskError as exc:
-                self.image.stop(str(exc))
-                return
 
     def _pull(self, address: tuple[str, int], generation: int) -> None:
         with socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT) as sock:
             pull_handshake(sock, self.header.token, self.image.have)
             sock.settimeout(1.0)
-            buf = bytearray(CHUNK)
-            while self.image.have < self.image.size:
+            while self.image.have < self.image.size and self.image.wait_room():
                 if self.generation != generation:
                     return  # the agent named another source: take it from there
-                data = self._fill(sock, buf, min(CHUNK, self.image.size - self.image.have))
+                data = self._fill(sock, min(CHUNK, self.image.size - self.image.have))
                 if data:
-                    self._write(data)
+                    self.image.add(data)
 
-    def _fill(self, sock: socket.socket, buf: bytearray, want: int) -> bytes:
+    def _fill(self, sock: socket.socket, want: int) -> bytearray:
         """Up to `want` bytes: a whole chunk when the source keeps sending (hashing, writing and
-        serving cost per chunk, not per packet), less when it pauses."""
+        serving cost per chunk, not per packet), less when it pauses. A buffer of its own (the
+        image keeps it: served and written from there without a copy)."""
+        buf = bytearray(want)
         view = memoryview(buf)
         got = 0
         while got < want:
@@ -298,17 +369,26 @@ class Writer:
                     break
                 raise OSError("the source closed the connection")
             got += n
-        return bytes(view[:got])
+        view.release()
+        del buf[got:]
+        return buf
 
-    def _write(self, data: bytes) -> None:
-        offset = self.image.have
+    def _card(self) -> None:
+        """Writes what arrived to the card, in order; a card error stops the board."""
+        try:
+            while (data := self.image.next_unwritten()) is not None:
+                self._write(data)
+        except (DiskError, OSError) as exc:
+            self.image.stop(f"writing the card: {exc}")
+
+    def _write(self, data: Chunk) -> None:
+        offset = self.image.written
         if self.header.sparse:
             self.skipped += self.card.pwrite_nonzero(data, offset)
         else:
             self.card.pwrite(data, offset)
         self.sha.update(data)
-        self.image.add(data)
-        self.meter.advance(self.image.have)
+        self.image.on_card(len(data))
 
 
 def _control(stdin: BinaryIO, writer: Writer, image: Image) -> None:
@@ -360,17 +440,20 @@ def chain_write(stdin: BinaryIO, device: Path, *, device_size: int,
         pull.start()
         pull.join()
         card.flush()
-    if image.failed and image.have < image.size:
+    if image.written < image.size:
         server.close()
-        raise DiskError(image.failed)
+        raise DiskError(image.failed or f"the image did not reach the card ({image.written} of "
+                        f"{image.size} bytes)")
     got = writer.sha.hexdigest()
-    writer.meter.finish()
+    writer.meter.finish(received=image.have)
     if got != header.sha256:
         server.close()
         raise DiskError(f"checksum mismatch: received data has sha256 {got}")
-    result: dict[str, Any] = {"written": image.have, "sha256": got, "image_sha256": got, "format": "raw",
+    result: dict[str, Any] = {"written": image.written, "sha256": got, "image_sha256": got, "format": "raw",
                               "verified": False, "skipped_zero": writer.skipped,
-                              "card_bytes": image.have - writer.skipped}
+                              "card_bytes": image.written - writer.skipped,
+                              # What the board spent (receive, hash, write, serve): the chain's cost.
+                              "cpu_s": round(time.process_time(), 2)}
     report({"wrote": True, **result})
     # Serve the boards downstream until the agent releases this one.
     with image.cond:

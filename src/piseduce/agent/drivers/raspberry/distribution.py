@@ -11,16 +11,17 @@ group of its own.
 
 The chain. Each member runs `piseduce-node chain-write` over its pinned SSH session (the token and
 its instructions on stdin), which reports the port it serves on; the agent then tells the head to
-pull from the agent's `ImageSource` and every other board to pull from its predecessor. A board
-whose helper fails, whose session is lost, or whose bytes stop growing while its source has more
-(`stall_seconds`) is cut out, and its successors are told to pull from the nearest healthy
+pull from the agent's `ImageSource` and every other board to pull from its predecessor, each as
+soon as it and its source serve. A board whose helper fails, whose session is lost, or whose bytes
+(received, or on its card) stop growing while its source has more or its card has bytes left to
+write (`stall_seconds`) is cut out, and its successors are told to pull from the nearest healthy
 predecessor (or the agent), from the byte they have, while the others go on. The cut board's step
 gets `LeftChain` with the reason: the board lost power, rebooted or lost its link, so its write
 step brings it back as for any power loss (`recovery.bring_back`, issue 10) and writes it by the
 direct path (imaging.py); only an error its own helper reports (a broken card) is final.
-A board whose bytes stop growing because its source stopped is not to blame: only
-the first stalled board in the chain is cut. Once every member has the image (or failed), each is
-released. Only raw images are pipelined (a board serves what its card holds).
+A board whose bytes stop growing because its source stopped is not to blame: only the first
+stalled board in the chain is cut (`Group.stalled`). Once every member has the image (or
+failed), each is released. Only raw images are pipelined (a board serves what its card holds).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ log = logging.getLogger(__name__)
 
 # Steps of a deploy before the image is written: such a reservation is still to join its group.
 BEFORE_WRITE = ("boot_nfs", "power_cycle", "wait_nfs", "wait_nfs_wipe", "write_image")
-# What a hop adds to the chain's time: the pipeline's fill, a chunk (1 MiB) at the worst-case card
-# speed; the budget allows for chains of up to MAX_HOPS boards.
+# What a hop adds to the chain's time: the pipeline's fill, a chunk (256 KiB, forwarded before the
+# card writes it) over a link, with a wide margin; the budget allows for chains of up to MAX_HOPS.
 HOP_SECONDS = 0.1
 MAX_HOPS = 1000
 # Re-feeds the budget allows for (each waits for a stall to be seen).
@@ -86,7 +87,8 @@ class Member:
     ip: str
     progress: PhaseProgress
     port: int = 0
-    done: int = 0
+    done: int = 0  # bytes on its card
+    received: int = 0  # bytes it received (and serves): its card trails them
     grew_at: float = field(default_factory=time.monotonic)
     upstream: Member | None = None  # None: the agent
     failed: str | None = None
@@ -129,7 +131,26 @@ class Group:
         return None
 
     def has(self, source: Member | None) -> int:
-        return self.size if source is None else source.done
+        """What `source` can serve (None: the agent, the whole image)."""
+        return self.size if source is None else source.received
+
+    def stalled(self, stall: float, now: float) -> Member | None:
+        """The first board whose bytes stopped growing for `stall` seconds while its source has
+        more and is itself moving. A board whose source went quiet too waits: its source is cut
+        in turn (or resumes), and it is re-fed, so only the first stalled board is blamed
+        whatever order their silences were seen in."""
+        for m in self.members:
+            if not m.alive or m.wrote or not m.port:
+                continue
+            if now - m.grew_at <= stall:
+                continue
+            if m.received > m.done:  # its own card stopped, with bytes to write
+                return m
+            source = m.upstream
+            if self.has(source) > m.received and (source is None or source.wrote
+                                                  or now - source.grew_at <= stall / 2):
+                return m
+        return None
 
     async def point(self, m: Member, source: Member | None) -> None:
         m.upstream = source
@@ -138,7 +159,7 @@ class Group:
         await self.send(m, {"pull": address})
         await m.ctx.log(f"distribution: {m.name} pulls the image from "
                         f"{'the agent' if source is None else source.name}"
-                        f"{f' from byte {m.done}' if m.done else ''}")
+                        f"{f' from byte {m.received}' if m.received else ''}")
 
     @property
     def source_address(self) -> str:
@@ -173,7 +194,7 @@ class Group:
         for s in self.members:
             if s.alive and s.upstream is m and not s.wrote:
                 await s.ctx.log(f"distribution: {m.name} was cut out of the chain ({reason}); "
-                                f"{s.name} resumes from byte {s.done}", "warning")
+                                f"{s.name} resumes from byte {s.received}", "warning")
                 await self.point(s, source)
             elif s.alive and s.upstream is m:
                 s.upstream = source
@@ -323,7 +344,7 @@ class Distributor:
             m.listening.set()
         elif msg.get("wrote") is True:
             m.wrote = True
-            m.done = group.size
+            m.done = m.received = group.size
             if not m.result.done():
                 m.result.set_result(msg)
         elif "upstream" in msg:
@@ -339,8 +360,11 @@ class Distributor:
         else:
             progress = parse_progress(line)
             if progress is not None:
-                if progress.done is not None and progress.done > m.done:
-                    m.done, m.grew_at = progress.done, time.monotonic()
+                done = progress.done or 0
+                received = max(done, progress.received or 0)
+                if done > m.done or received > m.received:
+                    m.done, m.received = max(m.done, done), max(m.received, received)
+                    m.grew_at = time.monotonic()
                 await m.progress(progress)
 
     # -- the chain's driver (one task per group)
@@ -351,18 +375,14 @@ class Distributor:
             stall = self.stall_seconds()
             while not group.finished():
                 await asyncio.sleep(min(1.0, self.ops.poll * 4))
-                now = time.monotonic()
-                for m in group.members:
-                    if not m.alive or m.wrote or not m.port:
-                        continue
-                    source = m.upstream
-                    if group.has(source) > m.done and now - m.grew_at > stall:
-                        err = m.last_upstream_error
-                        why = f"; last error pulling: {err}" if err else ""
-                        await group.cut(m, f"{m.name} stalled in the image distribution: no byte written for "
-                                           f"{stall:.0f} s while its source had more ({m.done} of "
-                                           f"{group.size} bytes){why}")
-                        break  # its successors were re-fed: look again from the start
+                m = group.stalled(stall, time.monotonic())
+                if m is not None:  # cut: its successors are re-fed, and the next look starts over
+                    err = m.last_upstream_error
+                    why = f"; last error pulling: {err}" if err else ""
+                    more = "its card had more to write" if m.received > m.done else "its source had more"
+                    await group.cut(m, f"{m.name} stalled in the image distribution: no byte received or "
+                                       f"written for {stall:.0f} s while {more} ({m.received} of "
+                                       f"{group.size} bytes received, {m.done} on its card){why}")
             sent = group.source.sent
             head = next((m for m in group.members if m.wrote), None)
             if head is not None:
@@ -376,23 +396,37 @@ class Distributor:
             await self._release(group)
 
     async def _wire(self, group: Group) -> None:
+        """Each board pulls as soon as it and its source serve (the head: as soon as it serves):
+        the chain starts with its first boards, not once the last one's helper is up."""
         wait = max(READY_SECONDS, self.ops.connect_timeout * 2)
+        deadline = time.monotonic() + wait
+        source_started = asyncio.Lock()
 
-        async def ready(m: Member) -> None:
-            deadline = time.monotonic() + wait
+        async def ready(m: Member) -> bool:
             while m.alive and not m.listening.is_set():
                 if time.monotonic() > deadline:
                     await group.cut(m, f"{m.name} did not start 'piseduce-node chain-write' "
                                        f"within {wait:.0f} s")
-                    return
+                    return False
                 await asyncio.sleep(0.05)
+            return m.alive
 
-        await asyncio.gather(*(ready(m) for m in group.members))
-        if group.source.server is None and group.source_host:
-            await group.source.start(group.source_host)
-        for m in group.members:
+        async def wire(m: Member) -> None:
+            if not await ready(m):
+                return
+            while True:
+                source = group.predecessor(m)
+                if source is None:
+                    async with source_started:
+                        if group.source.server is None and group.source_host:
+                            await group.source.start(group.source_host)
+                    break
+                if await ready(source) and source is group.predecessor(m):
+                    break  # else it was cut meanwhile: its own nearest healthy predecessor then
             if m.alive:
-                await group.point(m, group.predecessor(m))
+                await group.point(m, source)
+
+        await asyncio.gather(*(wire(m) for m in group.members))
 
     async def _release(self, group: Group) -> None:
         group.released.set()
