@@ -33,6 +33,7 @@ Slot = tuple[str, str, str, int, str]
 Entry = tuple[str, str, str, Slot, str]
 DAY = dt.timedelta(days=1)
 DAYS = 64  # days kept per worker (a day of 5,000 busy nodes is some 5,000 slots)
+MAX_SPANS = 1000  # more changed spans since the cache's generation: everything is read again
 
 
 def iso(t: dt.datetime) -> str:
@@ -181,10 +182,11 @@ class Window:
 
 
 class CalendarCache:
-    """The last WINDOWS windows asked, each valid while the generation it was read at is current,
-    built from the UTC days they cover: a day's slots are read once per generation, so a window
-    nobody asked yet (the Reserve page's next 48 hours, a week on) costs no query once its days
-    were read by another."""
+    """The last WINDOWS windows asked and the UTC days they were built from, valid at the cache's
+    generation: a day's slots are read once, so a window nobody asked yet (the Reserve page's next
+    48 hours, a week on) costs no query once its days were read by another. When the generation
+    moves, only the days and windows the changes since overlap are dropped (calendar_changes):
+    a booking re-reads its day, not the whole week."""
 
     def __init__(self) -> None:
         self._windows: OrderedDict[tuple[dt.datetime, dt.datetime], Window] = OrderedDict()
@@ -192,7 +194,36 @@ class CalendarCache:
         self._generation: int | None = None
         self._present: frozenset[str] | None = None
         self._keys: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state above
+        self._syncing = threading.Lock()  # one worker thread reads the changes at a time
+
+    def _clear(self, generation: int) -> None:
+        self._windows.clear()
+        self._days.clear()
+        self._present, self._keys, self._generation = None, {}, generation
+
+    def _sync(self, session: Session, generation: int) -> int:
+        """Bring the cache to `generation` or newer, dropping what the changes since overlap;
+        the generation it is at."""
+        with self._syncing:
+            have = self._generation
+            if have is not None and have >= generation:
+                return have
+            changes = None if have is None else calendar_generation.changes_since(session, have)
+            with self._lock:
+                if changes is None or changes.everything or len(changes.spans) > MAX_SPANS:
+                    newest = generation if changes is None else max(generation, changes.generation)
+                    self._clear(newest)
+                    return newest
+                spans = changes.spans
+                for d in [d for d in self._days if any(a < d + DAY and b > d for a, b in spans)]:
+                    del self._days[d]
+                for w in [w for w in self._windows if any(a < w[1] and b > w[0] for a, b in spans)]:
+                    del self._windows[w]
+                for window in self._windows.values():
+                    window.generation = changes.generation
+                self._generation = changes.generation
+                return changes.generation
 
     def _entries(
         self, session: Session, generation: int, start: dt.datetime, end: dt.datetime, bound: dt.timedelta
@@ -202,18 +233,16 @@ class CalendarCache:
         while days[-1] + DAY < end:
             days.append(days[-1] + DAY)
         with self._lock:
-            if self._generation != generation:
-                self._days.clear()
-                self._present, self._keys, self._generation = None, {}, generation
-            present = self._present
-            have = {d: self._days[d] for d in days if d in self._days}
+            current = self._generation == generation
+            present = self._present if current else None
+            have = {d: self._days[d] for d in days if d in self._days} if current else {}
         missing = [d for d in days if d not in have]
         if present is None:
             present = frozenset(holds.present_nodes(session))
         if missing:
             # One query for the missing days' span; each row goes to every day it holds.
             lo, hi = missing[0], missing[-1] + DAY
-            rows: dict[dt.datetime, list[Entry]] = {d: [] for d in days if lo <= d < hi}
+            rows: dict[dt.datetime, list[Entry]] = {d: [] for d in missing}
             spans = [(_key(d), _key(d + DAY), d) for d in rows]
             for node, a, b, owner, rid, status, held in holds.slots_iso(session, lo, hi, bound):
                 if node not in present:
@@ -235,24 +264,26 @@ class CalendarCache:
 
     def window(self, session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta) -> Window:
         # The counter first: rows read after it are at least as new, never staler than their tag.
-        generation = calendar_generation.current(session)
+        now = calendar_generation.current(session)
         key = (start, end)
-        with self._lock:
-            hit = self._windows.get(key)
-            if hit is not None and generation is not None and hit.generation == generation:
-                self._windows.move_to_end(key)
-                return hit
-        if generation is None:  # nothing may be cached: read the window alone
+        if now is None:  # nothing may be cached: read the window alone
             fresh = CalendarCache()
             present, days = fresh._entries(session, -1, start, end, bound)
             return Window.read(-1, key, present, days, {})
+        generation = self._sync(session, now)
+        with self._lock:
+            hit = self._windows.get(key)
+            if hit is not None and hit.generation == generation:
+                self._windows.move_to_end(key)
+                return hit
         present, days = self._entries(session, generation, start, end, bound)
         with self._lock:
             keys = self._keys if self._generation == generation else {}
         window = Window.read(generation, key, present, days, keys)
         with self._lock:
-            self._windows[key] = window
-            self._windows.move_to_end(key)
-            while len(self._windows) > WINDOWS:
-                self._windows.popitem(last=False)
+            if self._generation == generation:
+                self._windows[key] = window
+                self._windows.move_to_end(key)
+                while len(self._windows) > WINDOWS:
+                    self._windows.popitem(last=False)
         return window

@@ -249,6 +249,19 @@ class CalendarGeneration(Base):
     n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
+class CalendarChange(Base):
+    """A span (start, busy_until) a generation of the calendar changed, written by the triggers
+    that bump the counter; NULL bounds for a change to every day (a node's). The API's workers
+    re-read only the days the changes since their generation overlap (calendar_cache.py)."""
+
+    __tablename__ = "calendar_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(BigInteger, index=True)
+    start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 event.listen(Base.metadata, "after_create", calendar_generation.after_create)
 
 
