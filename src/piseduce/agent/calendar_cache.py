@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from piseduce.agent import calendar_generation, holds
+from piseduce.agent import calendar_generation, gc_pause, holds
 from piseduce.agent.drivers.base import BusyInterval
 
 WINDOWS = 8  # windows kept per worker (a week of 5,000 busy nodes is a few MB)
@@ -276,10 +276,11 @@ class CalendarCache:
             if hit is not None and hit.generation == generation:
                 self._windows.move_to_end(key)
                 return hit
-        present, days = self._entries(session, generation, start, end, bound)
         with self._lock:
             keys = self._keys if self._generation == generation else {}
-        window = Window.read(generation, key, present, days, keys)
+        with gc_pause.paused():
+            present, days = self._entries(session, generation, start, end, bound)
+            window = Window.read(generation, key, present, days, keys)
         with self._lock:
             if self._generation == generation:
                 self._windows[key] = window
