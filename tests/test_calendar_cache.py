@@ -254,15 +254,17 @@ def _week_of_bookings(sessions: sessionmaker[Session]) -> None:
 
 
 class _Reads:
-    """The day spans the cache reads from the database (holds.slots_iso's [start, end))."""
+    """What the cache reads from the database: holds.slots_iso's [start, end) and nodes (None: all)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.spans: list[tuple[dt.datetime, dt.datetime]] = []
+        self.spans: list[tuple[dt.datetime, dt.datetime, Any]] = []
         real = holds.slots_iso
 
-        def counted(session: Session, start: dt.datetime, end: dt.datetime, bound: Any = None) -> Any:
-            self.spans.append((start, end))
-            return real(session, start, end, bound)
+        def counted(
+            session: Session, start: dt.datetime, end: dt.datetime, bound: Any = None, nodes: Any = None
+        ) -> Any:
+            self.spans.append((start, end, nodes))
+            return real(session, start, end, bound, nodes)
 
         monkeypatch.setattr(holds, "slots_iso", counted)
 
@@ -285,11 +287,10 @@ def _matches(
         )
 
 
-def _day(n: int) -> tuple[dt.datetime, dt.datetime]:
-    return (T0 + dt.timedelta(days=n), T0 + dt.timedelta(days=n + 1))
+SHIFTED = (T0 + dt.timedelta(hours=1), T0 + dt.timedelta(days=6, hours=23))  # built from the days
 
 
-def test_a_booking_re_reads_only_its_day(
+def test_a_booking_re_reads_only_its_node(
     sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _week_of_bookings(sessions)
@@ -301,10 +302,11 @@ def test_a_booking_re_reads_only_its_day(
     with sessions.begin() as s:
         s.add(_booking("n-4", T0 + dt.timedelta(days=3, hours=20), 1, USERS[1]))
     _matches(sessions, cache, WEEK)
-    assert reads.spans == [_day(3)]
+    _matches(sessions, cache, SHIFTED)  # a new window, from the days the change was patched into
+    assert reads.spans == [(*WEEK, ["n-4"])]
     with sessions() as s:  # a window the booking does not touch is still the one cached
         assert cache.window(s, *TWO_DAYS, BOUND) is two_days
-    assert reads.spans == [_day(3)]
+    assert len(reads.spans) == 1
 
 
 def _extend(s: Session) -> None:
@@ -335,16 +337,16 @@ def _node_gone(s: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "days"),
+    ("change", "nodes"),
     [
-        (_extend, [_day(2), _day(4)]),
-        (_cancel, [_day(5), _day(5)]),
-        (_remove_node, None),  # a node's change: every day again
+        (_extend, ["n-1"]),
+        (_cancel, ["n-2"]),
+        (_remove_node, None),  # a node's change: everything again
         (_node_gone, None),
     ],
 )
-def test_each_change_is_seen_and_only_its_days_re_read(
-    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, change: Any, days: Any
+def test_each_change_is_seen_and_only_its_nodes_re_read(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, change: Any, nodes: Any
 ) -> None:
     _week_of_bookings(sessions)
     cache = CalendarCache()
@@ -353,9 +355,9 @@ def test_each_change_is_seen_and_only_its_days_re_read(
     with sessions.begin() as s:
         change(s)
     _matches(sessions, cache, WEEK)
-    # One query for the days to read again: the whole week after a node's change.
-    first, last = days or [_day(0), _day(6)]
-    assert reads.spans == [(first[0], last[1])]
+    _matches(sessions, cache, SHIFTED)
+    # One query: the changed nodes' slots, or every slot of the week after a node's change.
+    assert reads.spans == [(*WEEK, nodes)]
 
 
 _OTHER_PROCESS = """

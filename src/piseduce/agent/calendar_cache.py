@@ -87,6 +87,25 @@ class Day:
         joined = {n: (es, ",".join(e[4] for e in es)) for n, es in starting.items()}
         return cls(_key(day + DAY), overlapping, joined, owners)
 
+    def with_nodes(self, day: dt.datetime, fresh: dict[str, list[Entry]]) -> Day:
+        """A copy with these nodes' slots replaced (`fresh`: each node's slots around the day, by
+        start): requests in other threads may be reading this one."""
+        lo = _key(day)
+        overlapping, starting, owners = dict(self.overlapping), dict(self.starting), dict(self.owners)
+        for node, entries in fresh.items():
+            for e in starting.pop(node, ((), ""))[0]:
+                owners[e[3][2]] = owners[e[3][2]] - {node}
+            overlapping.pop(node, None)
+            held = [e for e in entries if e[0] < self.end_key and e[1] > lo]
+            begun = [e for e in held if e[0] >= lo]
+            if held:
+                overlapping[node] = held
+            if begun:
+                starting[node] = (begun, ",".join(e[4] for e in begun))
+                for e in begun:
+                    owners[e[3][2]] = owners.get(e[3][2], set()) | {node}
+        return Day(self.end_key, overlapping, starting, owners)
+
 
 # A node's slots in a window, in pieces: (the entries, their JSON as others see them).
 Segment = tuple[list[Entry], str]
@@ -149,6 +168,40 @@ class Window:
         hidden = {n: f"{keys[n]}:[{','.join(seg[1] for seg in segs)}]" for n, segs in ordered.items()}
         return cls(generation, *window, present, ordered, held_by, keys, hidden)
 
+    def with_nodes(self, fresh: dict[str, list[Entry]]) -> Window:
+        """A copy with these nodes' slots replaced (`fresh`: each node's slots around the window,
+        by start): requests in other threads may be reading this one."""
+        lo, hi = _key(self.start), _key(self.end)
+        segments, hidden, held_by = dict(self.segments), dict(self.hidden), dict(self.held_by)
+        admin = dict(self.admin)
+        added = False
+        for node, entries in fresh.items():
+            for segment in segments.pop(node, ()):
+                for e in segment[0]:
+                    held_by[e[3][2]] = held_by[e[3][2]] - {node}
+            hidden.pop(node, None)
+            admin.pop(node, None)
+            kept = [e for e in entries if e[0] < hi and e[1] > lo]
+            if not kept:
+                continue
+            added = added or node not in self.segments
+            joined = ",".join(e[4] for e in kept)
+            segments[node] = [(kept, joined)]
+            key = self.keys.setdefault(node, _quoted(node))
+            hidden[node] = f"{key}:[{joined}]"
+            for e in kept:
+                held_by[e[3][2]] = held_by.get(e[3][2], set()) | {node}
+        ordered = dict(sorted(segments.items())) if added else segments
+        window = Window(
+            self.generation, self.start, self.end, self.present, ordered, held_by, self.keys, hidden
+        )
+        if self.admin:
+            window.admin = admin
+            for node in fresh:
+                if node in ordered:
+                    admin[node] = window._node(node, None, True, ())
+        return window
+
     def slots(self, node: str) -> list[Slot]:
         return [e[3] for segment in self.segments.get(node, ()) for e in segment[0]]
 
@@ -181,12 +234,27 @@ class Window:
         return "{" + ",".join(parts) + "}"
 
 
+def _entry(row: holds.SlotRow) -> Entry:
+    node, a, b, owner, rid, status, held = row
+    slot = (a, b, owner, rid, status)
+    return (a[:-1], held[:-1], node, slot, _hidden(slot))
+
+
+def _day_of(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _touched(spans: Iterable[calendar_generation.Change], lo: dt.datetime, hi: dt.datetime) -> set[str]:
+    """The nodes whose changed spans overlap [lo, hi)."""
+    return {node for node, a, b in spans if a < hi and b > lo}
+
+
 class CalendarCache:
     """The last WINDOWS windows asked and the UTC days they were built from, valid at the cache's
     generation: a day's slots are read once, so a window nobody asked yet (the Reserve page's next
     48 hours, a week on) costs no query once its days were read by another. When the generation
-    moves, only the days and windows the changes since overlap are dropped (calendar_changes):
-    a booking re-reads its day, not the whole week."""
+    moves, the nodes the changes since touched (calendar_changes) are read again and patched into
+    the days and windows they overlap: a booking costs one small query, not the whole week."""
 
     def __init__(self) -> None:
         self._windows: OrderedDict[tuple[dt.datetime, dt.datetime], Window] = OrderedDict()
@@ -202,23 +270,47 @@ class CalendarCache:
         self._days.clear()
         self._present, self._keys, self._generation = None, {}, generation
 
-    def _sync(self, session: Session, generation: int) -> int:
-        """Bring the cache to `generation` or newer, dropping what the changes since overlap;
-        the generation it is at."""
+    def _sync(self, session: Session, generation: int, bound: dt.timedelta) -> int:
+        """Bring the cache to `generation` or newer: the nodes' slots the changes since touched
+        read again in the days and windows cached; the generation it is at."""
         with self._syncing:
             have = self._generation
             if have is not None and have >= generation:
                 return have
             changes = None if have is None else calendar_generation.changes_since(session, have)
-            with self._lock:
-                if changes is None or changes.everything or len(changes.spans) > MAX_SPANS:
-                    newest = generation if changes is None else max(generation, changes.generation)
+            if changes is None or changes.everything or len(changes.spans) > MAX_SPANS:
+                newest = generation if changes is None else max(generation, changes.generation)
+                with self._lock:
                     self._clear(newest)
-                    return newest
-                spans = changes.spans
-                for d in [d for d in self._days if any(a < d + DAY and b > d for a, b in spans)]:
+                return newest
+            with self._lock:
+                days, windows = dict(self._days), dict(self._windows)
+            touched_days = {d: _touched(changes.spans, d, d + DAY) for d in days}
+            touched_windows = {w: _touched(changes.spans, *w) for w in windows}
+            nodes = set().union(*touched_days.values(), *touched_windows.values())
+            fresh: dict[str, list[Entry]] = {n: [] for n in nodes}
+            if nodes:
+                # One query for their slots over every day and window touched.
+                spans = [(d, d + DAY) for d, ns in touched_days.items() if ns]
+                spans += [w for w, ns in touched_windows.items() if ns]
+                lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+                present = self._present
+                if present is None:
+                    present = frozenset(holds.present_nodes(session))
+                for row in holds.slots_iso(session, lo, hi, bound, nodes=sorted(nodes)):
+                    if row[0] in present:
+                        fresh[row[0]].append(_entry(row))
+            with self._lock:
+                for d, ns in touched_days.items():
+                    if ns and d in self._days:
+                        self._days[d] = days[d].with_nodes(d, {n: fresh[n] for n in ns})
+                for w, ns in touched_windows.items():
+                    if ns and w in self._windows:
+                        self._windows[w] = windows[w].with_nodes({n: fresh[n] for n in ns})
+                # Read by other threads since the copy above, perhaps before the changes: read again.
+                for d in [d for d in self._days if d not in days and _touched(changes.spans, d, d + DAY)]:
                     del self._days[d]
-                for w in [w for w in self._windows if any(a < w[1] and b > w[0] for a, b in spans)]:
+                for w in [w for w in self._windows if w not in windows and _touched(changes.spans, *w)]:
                     del self._windows[w]
                 for window in self._windows.values():
                     window.generation = changes.generation
@@ -228,8 +320,7 @@ class CalendarCache:
     def _entries(
         self, session: Session, generation: int, start: dt.datetime, end: dt.datetime, bound: dt.timedelta
     ) -> tuple[frozenset[str], list[Day]]:
-        first = start.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        days = [first]
+        days = [_day_of(start)]
         while days[-1] + DAY < end:
             days.append(days[-1] + DAY)
         with self._lock:
@@ -244,11 +335,10 @@ class CalendarCache:
             lo, hi = missing[0], missing[-1] + DAY
             rows: dict[dt.datetime, list[Entry]] = {d: [] for d in missing}
             spans = [(_key(d), _key(d + DAY), d) for d in rows]
-            for node, a, b, owner, rid, status, held in holds.slots_iso(session, lo, hi, bound):
-                if node not in present:
+            for row in holds.slots_iso(session, lo, hi, bound):
+                if row[0] not in present:
                     continue
-                slot = (a, b, owner, rid, status)
-                entry = (a[:-1], held[:-1], node, slot, _hidden(slot))
+                entry = _entry(row)
                 for d_lo, d_hi, d in spans:
                     if entry[0] < d_hi and entry[1] > d_lo:
                         rows[d].append(entry)
@@ -270,7 +360,7 @@ class CalendarCache:
             fresh = CalendarCache()
             present, days = fresh._entries(session, -1, start, end, bound)
             return Window.read(-1, key, present, days, {})
-        generation = self._sync(session, now)
+        generation = self._sync(session, now, bound)
         with self._lock:
             hit = self._windows.get(key)
             if hit is not None and hit.generation == generation:

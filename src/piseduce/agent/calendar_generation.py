@@ -6,12 +6,12 @@ engine, the API's routes and bulk statements, in several processes; a trigger se
 them, in the writer's own transaction. An update bumps the counter only when a column the calendar
 shows changes (the engine's progress writes leave it alone).
 
-Every bump writes at least one row to calendar_changes with the new counter: the booking's span
-(start, busy_until), before and after for an update, or NULL bounds (everything) for a node's
-change. A worker's cache at generation G asks for the rows after G and re-reads only the days they
-overlap (changes_since); the rows are complete when the first is G + 1. Every PRUNE_EVERY
-generations the counter's own trigger deletes the rows older than KEEP generations, so the table
-stays small; a cache further behind reads everything again.
+Every bump writes at least one row to calendar_changes with the new counter: the booking's node
+and span (start, busy_until), before and after for an update, or NULLs (everything) for a node's
+change. A worker's cache at generation G asks for the rows after G and re-reads only those nodes'
+slots in the days they overlap (changes_since); the rows are complete when the first is G + 1.
+Every PRUNE_EVERY generations the counter's own trigger deletes the rows older than KEEP
+generations, so the table stays small; a cache further behind reads everything again.
 
 SQLite's `batch_alter_table` recreates a table without its triggers: a migration that batch-alters
 `reservations` or `nodes` must call `install` again.
@@ -33,8 +33,10 @@ NODE_COLUMNS = ("name", "present")
 BUMP = "UPDATE calendar_generation SET n = n + 1"
 KEEP = 4096  # generations of changes kept
 PRUNE_EVERY = 256
-_INTO = 'INSERT INTO calendar_changes (generation, start, "end")'
-_NOW = "SELECT n FROM calendar_generation WHERE id = 1"
+_INTO = 'INSERT INTO calendar_changes (generation, node, start, "end")'
+_COUNTER = "FROM calendar_generation WHERE id = 1"
+_NOW = f"SELECT n {_COUNTER}"
+_SET = "g IS NOT NULL"  # the counter's row exists
 _TABLES = ("reservations", "nodes")
 _SQLITE_EVENTS = ("insert", "delete", "update")
 _ORDER = "ORDER BY generation"
@@ -47,15 +49,16 @@ def _changed(columns: tuple[str, ...], differ: str) -> str:
 def _sqlite_spans(table: str, what: str) -> str:
     """The statements after a row's bump that record what it changed, at the new generation."""
     if table == "nodes":
-        return f"{_INTO} SELECT n, NULL, NULL FROM calendar_generation WHERE id = 1;"
+        return f"{_INTO} SELECT n, NULL, NULL, NULL {_COUNTER};"
     if what == "UPDATE":
         return (
-            f"{_INTO} SELECT n, OLD.start, OLD.busy_until FROM calendar_generation WHERE id = 1; "
-            f"{_INTO} SELECT n, NEW.start, NEW.busy_until FROM calendar_generation WHERE id = 1 "
-            "AND (NEW.start IS NOT OLD.start OR NEW.busy_until IS NOT OLD.busy_until);"
+            f"{_INTO} SELECT n, OLD.node_name, OLD.start, OLD.busy_until {_COUNTER}; "
+            f"{_INTO} SELECT n, NEW.node_name, NEW.start, NEW.busy_until {_COUNTER} "
+            "AND (NEW.node_name IS NOT OLD.node_name OR NEW.start IS NOT OLD.start "
+            "OR NEW.busy_until IS NOT OLD.busy_until);"
         )
     row = "OLD" if what == "DELETE" else "NEW"
-    return f"{_INTO} SELECT n, {row}.start, {row}.busy_until FROM calendar_generation WHERE id = 1;"
+    return f"{_INTO} SELECT n, {row}.node_name, {row}.start, {row}.busy_until {_COUNTER};"
 
 
 def _prune(new_n: str) -> str:
@@ -92,18 +95,19 @@ def _pg_functions(spans: bool) -> list[str]:
         return [_pg_function("calendar_generation_bump", f"{BUMP};")]
     bump = f"{BUMP} RETURNING n INTO g;"
     return [
-        _pg_function("calendar_generation_bump", f"{bump} {_INTO} SELECT g, NULL, NULL WHERE g IS NOT NULL;"),
+        _pg_function("calendar_generation_bump", f"{bump} {_INTO} SELECT g, NULL, NULL, NULL WHERE {_SET};"),
         # Statement-level, over the statement's rows (`changed`): a bulk insert bumps once.
         _pg_function(
             "calendar_rows_changed",
             f"IF NOT EXISTS (SELECT 1 FROM changed) THEN RETURN NULL; END IF; {bump} "
-            f"{_INTO} SELECT g, start, busy_until FROM changed WHERE g IS NOT NULL;",
+            f"{_INTO} SELECT g, node_name, start, busy_until FROM changed WHERE g IS NOT NULL;",
         ),
         _pg_function(
             "calendar_row_updated",
-            f"{bump} {_INTO} SELECT g, OLD.start, OLD.busy_until WHERE g IS NOT NULL; "
-            f"{_INTO} SELECT g, NEW.start, NEW.busy_until WHERE g IS NOT NULL "
-            "AND (NEW.start IS DISTINCT FROM OLD.start OR NEW.busy_until IS DISTINCT FROM OLD.busy_until);",
+            f"{bump} {_INTO} SELECT g, OLD.node_name, OLD.start, OLD.busy_until WHERE g IS NOT NULL; "
+            f"{_INTO} SELECT g, NEW.node_name, NEW.start, NEW.busy_until WHERE g IS NOT NULL "
+            "AND (NEW.node_name, NEW.start, NEW.busy_until) "
+            "IS DISTINCT FROM (OLD.node_name, OLD.start, OLD.busy_until);",
         ),
         _pg_function("calendar_changes_prune", f"{_prune('NEW.n')};"),
         "CREATE TRIGGER calendar_changes_prune AFTER UPDATE ON calendar_generation FOR EACH ROW "
@@ -179,13 +183,17 @@ def current(session: Session) -> int | None:
     return None if value is None else int(value)
 
 
+# A change: (node, start, busy_until) of a booking before or after it.
+Change = tuple[str, dt.datetime, dt.datetime]
+
+
 @dataclass(frozen=True)
 class Changes:
-    """What changed after a generation: the newest generation seen, and the spans (start,
-    busy_until) changed; `everything`: a node changed, or the rows since were pruned."""
+    """What changed after a generation: the newest generation seen, and the bookings' spans
+    before and after each change; `everything`: a node changed, or the rows since were pruned."""
 
     generation: int
-    spans: list[tuple[dt.datetime, dt.datetime]]
+    spans: list[Change]
     everything: bool
 
 
@@ -193,18 +201,18 @@ def changes_since(session: Session, generation: int) -> Changes | None:
     """The spans changed after `generation`, read in one statement (one snapshot: the newest
     generation seen and its rows agree); None when nothing changed."""
     rows = session.execute(
-        text(f'SELECT generation, start, "end" FROM calendar_changes WHERE generation > :g {_ORDER}'),
+        text(f'SELECT generation, node, start, "end" FROM calendar_changes WHERE generation > :g {_ORDER}'),
         {"g": generation},
     ).all()
     if not rows:
         return None
-    spans: list[tuple[dt.datetime, dt.datetime]] = []
+    spans: list[Change] = []
     everything = int(rows[0][0]) != generation + 1
-    for _, a, b in rows:
-        if a is None or b is None:
+    for _, node, a, b in rows:
+        if node is None or a is None or b is None:
             everything = True
             break
-        spans.append((_utc(a), _utc(b)))
+        spans.append((node, _utc(a), _utc(b)))
     return Changes(int(rows[-1][0]), spans, everything)
 
 

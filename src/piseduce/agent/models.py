@@ -250,14 +250,15 @@ class CalendarGeneration(Base):
 
 
 class CalendarChange(Base):
-    """A span (start, busy_until) a generation of the calendar changed, written by the triggers
-    that bump the counter; NULL bounds for a change to every day (a node's). The API's workers
-    re-read only the days the changes since their generation overlap (calendar_cache.py)."""
+    """A booking's node and span (start, busy_until) a generation of the calendar changed, written
+    by the triggers that bump the counter; NULLs for a change to everything (a node's). The API's
+    workers re-read only those nodes' slots in the days they overlap (calendar_cache.py)."""
 
     __tablename__ = "calendar_changes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     generation: Mapped[int] = mapped_column(BigInteger, index=True)
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True)
     start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

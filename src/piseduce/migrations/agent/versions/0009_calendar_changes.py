@@ -2,7 +2,8 @@
 the generation (agent/calendar_generation.py)
 
 A booking used to invalidate every day each API worker had cached (the generation is global); a
-worker now asks which spans changed since its generation and re-reads only the days they overlap.
+worker now asks which nodes and spans changed since its generation and re-reads only those nodes'
+slots in the days and windows they overlap.
 The triggers prune the table to its last few thousand generations.
 
 Revision ID: 0009_calendar_changes
@@ -28,7 +29,8 @@ def upgrade() -> None:
         "calendar_changes",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("generation", sa.BigInteger(), nullable=False),
-        # NULL bounds: everything (a node added, removed or renamed).
+        # The booking's node and span (start, busy_until); NULLs: everything (a node's change).
+        sa.Column("node", sa.String(length=128), nullable=True),
         sa.Column("start", UTCDateTime(), nullable=True),
         sa.Column("end", UTCDateTime(), nullable=True),
     )
