@@ -341,8 +341,8 @@ def _node_gone(s: Session) -> None:
     [
         (_extend, ["n-1"]),
         (_cancel, ["n-2"]),
-        (_remove_node, None),  # a node's change: everything again
-        (_node_gone, None),
+        (_remove_node, ["n-3"]),
+        (_node_gone, [NODES[-1]]),
     ],
 )
 def test_each_change_is_seen_and_only_its_nodes_re_read(
@@ -356,8 +356,24 @@ def test_each_change_is_seen_and_only_its_nodes_re_read(
         change(s)
     _matches(sessions, cache, WEEK)
     _matches(sessions, cache, SHIFTED)
-    # One query: the changed nodes' slots, or every slot of the week after a node's change.
-    assert reads.spans == [(*WEEK, nodes)]
+    assert reads.spans == [(*WEEK, nodes)]  # one query: the changed nodes' slots
+
+
+def test_a_node_back_in_the_inventory_is_listed_again(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _week_of_bookings(sessions)
+    back = update(Node).where(Node.name == "n-2")
+    with sessions.begin() as s:
+        s.execute(back.values(present=False))
+    cache = CalendarCache()
+    _matches(sessions, cache, WEEK)
+    reads = _Reads(monkeypatch)
+    with sessions.begin() as s:
+        s.execute(back.values(present=True))
+    _matches(sessions, cache, WEEK)
+    _matches(sessions, cache, SHIFTED)
+    assert reads.spans == [(*WEEK, ["n-2"])]
 
 
 _OTHER_PROCESS = """

@@ -168,9 +168,9 @@ class Window:
         hidden = {n: f"{keys[n]}:[{','.join(seg[1] for seg in segs)}]" for n, segs in ordered.items()}
         return cls(generation, *window, present, ordered, held_by, keys, hidden)
 
-    def with_nodes(self, fresh: dict[str, list[Entry]]) -> Window:
+    def with_nodes(self, fresh: dict[str, list[Entry]], present: frozenset[str]) -> Window:
         """A copy with these nodes' slots replaced (`fresh`: each node's slots around the window,
-        by start): requests in other threads may be reading this one."""
+        by start) and the nodes present now: requests in other threads may be reading this one."""
         lo, hi = _key(self.start), _key(self.end)
         segments, hidden, held_by = dict(self.segments), dict(self.hidden), dict(self.held_by)
         admin = dict(self.admin)
@@ -193,7 +193,7 @@ class Window:
                 held_by[e[3][2]] = held_by.get(e[3][2], set()) | {node}
         ordered = dict(sorted(segments.items())) if added else segments
         window = Window(
-            self.generation, self.start, self.end, self.present, ordered, held_by, self.keys, hidden
+            self.generation, self.start, self.end, present, ordered, held_by, self.keys, hidden
         )
         if self.admin:
             window.admin = admin
@@ -278,7 +278,7 @@ class CalendarCache:
             if have is not None and have >= generation:
                 return have
             changes = None if have is None else calendar_generation.changes_since(session, have)
-            if changes is None or changes.everything or len(changes.spans) > MAX_SPANS:
+            if changes is None or changes.everything or len(changes.spans) > MAX_SPANS:  # read anew
                 newest = generation if changes is None else max(generation, changes.generation)
                 with self._lock:
                     self._clear(newest)
@@ -289,24 +289,26 @@ class CalendarCache:
             touched_windows = {w: _touched(changes.spans, *w) for w in windows}
             nodes = set().union(*touched_days.values(), *touched_windows.values())
             fresh: dict[str, list[Entry]] = {n: [] for n in nodes}
+            present = self._present
             if nodes:
+                if changes.nodes or present is None:  # a node added, removed, renamed or gone
+                    present = frozenset(holds.present_nodes(session))
                 # One query for their slots over every day and window touched.
                 spans = [(d, d + DAY) for d, ns in touched_days.items() if ns]
                 spans += [w for w, ns in touched_windows.items() if ns]
                 lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-                present = self._present
-                if present is None:
-                    present = frozenset(holds.present_nodes(session))
                 for row in holds.slots_iso(session, lo, hi, bound, nodes=sorted(nodes)):
                     if row[0] in present:
                         fresh[row[0]].append(_entry(row))
+            elif changes.nodes:  # nothing cached: read with the next window
+                present = None
             with self._lock:
                 for d, ns in touched_days.items():
                     if ns and d in self._days:
                         self._days[d] = days[d].with_nodes(d, {n: fresh[n] for n in ns})
                 for w, ns in touched_windows.items():
-                    if ns and w in self._windows:
-                        self._windows[w] = windows[w].with_nodes({n: fresh[n] for n in ns})
+                    if ns and w in self._windows and present is not None:
+                        self._windows[w] = windows[w].with_nodes({n: fresh[n] for n in ns}, present)
                 # Read by other threads since the copy above, perhaps before the changes: read again.
                 for d in [d for d in self._days if d not in days and _touched(changes.spans, d, d + DAY)]:
                     del self._days[d]
@@ -314,7 +316,7 @@ class CalendarCache:
                     del self._windows[w]
                 for window in self._windows.values():
                     window.generation = changes.generation
-                self._generation = changes.generation
+                self._generation, self._present = changes.generation, present
                 return changes.generation
 
     def _entries(

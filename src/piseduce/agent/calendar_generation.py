@@ -7,8 +7,8 @@ them, in the writer's own transaction. An update bumps the counter only when a c
 shows changes (the engine's progress writes leave it alone).
 
 Every bump writes at least one row to calendar_changes with the new counter: the booking's node
-and span (start, busy_until), before and after for an update, or NULLs (everything) for a node's
-change. A worker's cache at generation G asks for the rows after G and re-reads only those nodes'
+and span (start, busy_until), before and after for an update, or a node's name and NULL times for
+its own change. A worker's cache at generation G asks for the rows after G and re-reads only those nodes'
 slots in the days they overlap (changes_since); the rows are complete when the first is G + 1.
 Every PRUNE_EVERY generations the counter's own trigger deletes the rows older than KEEP
 generations, so the table stays small; a cache further behind reads everything again.
@@ -46,19 +46,26 @@ def _changed(columns: tuple[str, ...], differ: str) -> str:
     return " OR ".join(f'OLD."{c}" {differ} NEW."{c}"' for c in columns)
 
 
+# What a row's change records: the node and the span it holds; a node's, all its time (NULLs).
+_RECORDED = {"reservations": ("node_name", "start", "busy_until"), "nodes": ("name", None, None)}
+
+
+def _row(table: str, prefix: str) -> str:
+    return ", ".join(f"{prefix}.{c}" if c else "NULL" for c in _RECORDED[table])
+
+
+def _moved(table: str, differ: str) -> str:
+    return " OR ".join(f"NEW.{c} {differ} OLD.{c}" for c in _RECORDED[table] if c)
+
+
 def _sqlite_spans(table: str, what: str) -> str:
     """The statements after a row's bump that record what it changed, at the new generation."""
-    if table == "nodes":
-        return f"{_INTO} SELECT n, NULL, NULL, NULL {_COUNTER};"
     if what == "UPDATE":
         return (
-            f"{_INTO} SELECT n, OLD.node_name, OLD.start, OLD.busy_until {_COUNTER}; "
-            f"{_INTO} SELECT n, NEW.node_name, NEW.start, NEW.busy_until {_COUNTER} "
-            "AND (NEW.node_name IS NOT OLD.node_name OR NEW.start IS NOT OLD.start "
-            "OR NEW.busy_until IS NOT OLD.busy_until);"
+            f"{_INTO} SELECT n, {_row(table, 'OLD')} {_COUNTER}; "
+            f"{_INTO} SELECT n, {_row(table, 'NEW')} {_COUNTER} AND ({_moved(table, 'IS NOT')});"
         )
-    row = "OLD" if what == "DELETE" else "NEW"
-    return f"{_INTO} SELECT n, {row}.node_name, {row}.start, {row}.busy_until {_COUNTER};"
+    return f"{_INTO} SELECT n, {_row(table, 'OLD' if what == 'DELETE' else 'NEW')} {_COUNTER};"
 
 
 def _prune(new_n: str) -> str:
@@ -94,38 +101,39 @@ def _pg_functions(spans: bool) -> list[str]:
     if not spans:
         return [_pg_function("calendar_generation_bump", f"{BUMP};")]
     bump = f"{BUMP} RETURNING n INTO g;"
-    return [
-        _pg_function("calendar_generation_bump", f"{bump} {_INTO} SELECT g, NULL, NULL, NULL WHERE {_SET};"),
-        # Statement-level, over the statement's rows (`changed`): a bulk insert bumps once.
-        _pg_function(
-            "calendar_rows_changed",
-            f"IF NOT EXISTS (SELECT 1 FROM changed) THEN RETURN NULL; END IF; {bump} "
-            f"{_INTO} SELECT g, node_name, start, busy_until FROM changed WHERE g IS NOT NULL;",
-        ),
-        _pg_function(
-            "calendar_row_updated",
-            f"{bump} {_INTO} SELECT g, OLD.node_name, OLD.start, OLD.busy_until WHERE g IS NOT NULL; "
-            f"{_INTO} SELECT g, NEW.node_name, NEW.start, NEW.busy_until WHERE g IS NOT NULL "
-            "AND (NEW.node_name, NEW.start, NEW.busy_until) "
-            "IS DISTINCT FROM (OLD.node_name, OLD.start, OLD.busy_until);",
-        ),
+    out = [
         _pg_function("calendar_changes_prune", f"{_prune('NEW.n')};"),
         "CREATE TRIGGER calendar_changes_prune AFTER UPDATE ON calendar_generation FOR EACH ROW "
         f"WHEN (NEW.n % {PRUNE_EVERY} = 0) EXECUTE FUNCTION calendar_changes_prune()",
     ]
+    for table in _TABLES:
+        out += [
+            # Statement-level, over the statement's rows (`changed`): a bulk insert bumps once.
+            _pg_function(
+                f"calendar_{table}_changed",
+                f"IF NOT EXISTS (SELECT 1 FROM changed) THEN RETURN NULL; END IF; {bump} "
+                f"{_INTO} SELECT g, {_row(table, 'changed')} FROM changed WHERE {_SET};",
+            ),
+            _pg_function(
+                f"calendar_{table}_updated",
+                f"{bump} {_INTO} SELECT g, {_row(table, 'OLD')} WHERE {_SET}; "
+                f"{_INTO} SELECT g, {_row(table, 'NEW')} WHERE {_SET} "
+                f"AND ({_moved(table, 'IS DISTINCT FROM')});",
+            ),
+        ]
+    return out
 
 
 def _postgresql(spans: bool) -> list[str]:
     out = _pg_functions(spans)
     for table, columns in (("reservations", RESERVATION_COLUMNS), ("nodes", NODE_COLUMNS)):
-        update = "calendar_row_updated" if spans and table == "reservations" else "calendar_generation_bump"
-        if spans and table == "reservations":
+        if spans:
             # Transition tables need one trigger per event.
             for what, rows in (("insert", "NEW"), ("delete", "OLD")):
                 out.append(
                     f"CREATE TRIGGER calendar_{table}_{what} AFTER {what.upper()} ON {table} "
                     f"REFERENCING {rows} TABLE AS changed FOR EACH STATEMENT "
-                    "EXECUTE FUNCTION calendar_rows_changed()"
+                    f"EXECUTE FUNCTION calendar_{table}_changed()"
                 )
         else:
             # Once per statement: a bulk insert bumps the counter once.
@@ -133,6 +141,7 @@ def _postgresql(spans: bool) -> list[str]:
                 f"CREATE TRIGGER calendar_{table}_insert_delete AFTER INSERT OR DELETE ON {table} "
                 "FOR EACH STATEMENT EXECUTE FUNCTION calendar_generation_bump()"
             )
+        update = f"calendar_{table}_updated" if spans else "calendar_generation_bump"
         out.append(
             f"CREATE TRIGGER calendar_{table}_update AFTER UPDATE ON {table} FOR EACH ROW "
             f"WHEN ({_changed(columns, 'IS DISTINCT FROM')}) EXECUTE FUNCTION {update}()"
@@ -147,7 +156,10 @@ def _drops(dialect: str) -> list[str]:
             for t in _TABLES
             for w in ("insert_delete", "insert", "delete", "update")
         ]
-        functions = ("calendar_generation_bump", "calendar_rows_changed", "calendar_row_updated")
+        functions = (
+            "calendar_generation_bump",
+            *(f"calendar_{t}_{w}" for t in _TABLES for w in ("changed", "updated")),
+        )
         return [
             *triggers,
             "DROP TRIGGER IF EXISTS calendar_changes_prune ON calendar_generation",
@@ -183,17 +195,20 @@ def current(session: Session) -> int | None:
     return None if value is None else int(value)
 
 
-# A change: (node, start, busy_until) of a booking before or after it.
+# A change: (node, start, busy_until) of a booking before or after it; a node's: all its time.
 Change = tuple[str, dt.datetime, dt.datetime]
+ALWAYS = (dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.max.replace(tzinfo=dt.UTC))
 
 
 @dataclass(frozen=True)
 class Changes:
-    """What changed after a generation: the newest generation seen, and the bookings' spans
-    before and after each change; `everything`: a node changed, or the rows since were pruned."""
+    """What changed after a generation: the newest generation seen, the bookings' spans before
+    and after each change, whether a node changed (added, removed, renamed, present or not: its
+    span is ALWAYS); `everything`: the rows since were pruned."""
 
     generation: int
     spans: list[Change]
+    nodes: bool
     everything: bool
 
 
@@ -208,12 +223,16 @@ def changes_since(session: Session, generation: int) -> Changes | None:
         return None
     spans: list[Change] = []
     everything = int(rows[0][0]) != generation + 1
+    nodes = False
     for _, node, a, b in rows:
-        if node is None or a is None or b is None:
+        if node is None:  # not written by these triggers: nothing is known
             everything = True
-            break
-        spans.append((node, _utc(a), _utc(b)))
-    return Changes(int(rows[-1][0]), spans, everything)
+        elif a is None or b is None:
+            nodes = True
+            spans.append((node, *ALWAYS))
+        else:
+            spans.append((node, _utc(a), _utc(b)))
+    return Changes(int(rows[-1][0]), spans, nodes, everything)
 
 
 def _utc(value: dt.datetime | str) -> dt.datetime:

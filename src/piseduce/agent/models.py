@@ -251,7 +251,7 @@ class CalendarGeneration(Base):
 
 class CalendarChange(Base):
     """A booking's node and span (start, busy_until) a generation of the calendar changed, written
-    by the triggers that bump the counter; NULLs for a change to everything (a node's). The API's
+    by the triggers that bump the counter; NULL times for a node's change (all its time). The API's
     workers re-read only those nodes' slots in the days they overlap (calendar_cache.py)."""
 
     __tablename__ = "calendar_changes"

@@ -29,7 +29,7 @@ def upgrade() -> None:
         "calendar_changes",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("generation", sa.BigInteger(), nullable=False),
-        # The booking's node and span (start, busy_until); NULLs: everything (a node's change).
+        # The booking's node and span (start, busy_until); a node's change: its name, NULL times.
         sa.Column("node", sa.String(length=128), nullable=True),
         sa.Column("start", UTCDateTime(), nullable=True),
         sa.Column("end", UTCDateTime(), nullable=True),
