@@ -29,8 +29,9 @@ WINDOWS = 8  # windows kept per worker (a week of 5,000 busy nodes is a few MB)
 Slot = tuple[str, str, str, int, str]
 
 
-# A slot as a day keeps it: (start key, busy-until key, node, slot, its JSON as others see it).
-Entry = tuple[str, str, str, Slot, str]
+# A slot as a day keeps it, one flat tuple (a nested one was one more object per slot for the
+# collector): (start key, busy-until key, node, its JSON as others see it, *the Slot).
+Entry = tuple[str, str, str, str, str, str, str, int, str]
 DAY = dt.timedelta(days=1)
 DAYS = 64  # days kept per worker (a day of 5,000 busy nodes is some 5,000 slots)
 MAX_SPANS = 1000  # more changed spans since the cache's generation: everything is read again
@@ -83,8 +84,8 @@ class Day:
             overlapping.setdefault(e[2], []).append(e)
             if e[0] >= lo:
                 starting.setdefault(e[2], []).append(e)
-                owners.setdefault(e[3][2], set()).add(e[2])
-        joined = {n: (es, ",".join(e[4] for e in es)) for n, es in starting.items()}
+                owners.setdefault(e[6], set()).add(e[2])
+        joined = {n: (es, ",".join(e[3] for e in es)) for n, es in starting.items()}
         return cls(_key(day + DAY), overlapping, joined, owners)
 
     def with_nodes(self, day: dt.datetime, fresh: dict[str, list[Entry]]) -> Day:
@@ -94,16 +95,16 @@ class Day:
         overlapping, starting, owners = dict(self.overlapping), dict(self.starting), dict(self.owners)
         for node, entries in fresh.items():
             for e in starting.pop(node, ((), ""))[0]:
-                owners[e[3][2]] = owners[e[3][2]] - {node}
+                owners[e[6]] = owners[e[6]] - {node}
             overlapping.pop(node, None)
             held = [e for e in entries if e[0] < self.end_key and e[1] > lo]
             begun = [e for e in held if e[0] >= lo]
             if held:
                 overlapping[node] = held
             if begun:
-                starting[node] = (begun, ",".join(e[4] for e in begun))
+                starting[node] = (begun, ",".join(e[3] for e in begun))
                 for e in begun:
-                    owners[e[3][2]] = owners.get(e[3][2], set()) | {node}
+                    owners[e[6]] = owners.get(e[6], set()) | {node}
         return Day(self.end_key, overlapping, starting, owners)
 
 
@@ -144,9 +145,9 @@ class Window:
             for node, entries in by_node:
                 kept = [e for e in entries if e[0] < hi and e[1] > lo]
                 if kept:
-                    segments.setdefault(node, []).append((kept, ",".join(e[4] for e in kept)))
+                    segments.setdefault(node, []).append((kept, ",".join(e[3] for e in kept)))
                     for e in kept:
-                        held_by.setdefault(e[3][2], set()).add(node)
+                        held_by.setdefault(e[6], set()).add(node)
 
         for i, day in enumerate(days):
             if i == 0:
@@ -178,19 +179,19 @@ class Window:
         for node, entries in fresh.items():
             for segment in segments.pop(node, ()):
                 for e in segment[0]:
-                    held_by[e[3][2]] = held_by[e[3][2]] - {node}
+                    held_by[e[6]] = held_by[e[6]] - {node}
             hidden.pop(node, None)
             admin.pop(node, None)
             kept = [e for e in entries if e[0] < hi and e[1] > lo]
             if not kept:
                 continue
             added = added or node not in self.segments
-            joined = ",".join(e[4] for e in kept)
+            joined = ",".join(e[3] for e in kept)
             segments[node] = [(kept, joined)]
             key = self.keys.setdefault(node, _quoted(node))
             hidden[node] = f"{key}:[{joined}]"
             for e in kept:
-                held_by[e[3][2]] = held_by.get(e[3][2], set()) | {node}
+                held_by[e[6]] = held_by.get(e[6], set()) | {node}
         ordered = dict(sorted(segments.items())) if added else segments
         window = Window(
             self.generation, self.start, self.end, present, ordered, held_by, self.keys, hidden
@@ -203,7 +204,7 @@ class Window:
         return window
 
     def slots(self, node: str) -> list[Slot]:
-        return [e[3] for segment in self.segments.get(node, ()) for e in segment[0]]
+        return [e[4:] for segment in self.segments.get(node, ()) for e in segment[0]]
 
     def _node(self, node: str, me: str | None, admin: bool, remote: Sequence[BusyInterval]) -> str:
         """`node`'s slots as JSON for `me` (None: nobody's own, the admins' shared pieces)."""
@@ -236,8 +237,7 @@ class Window:
 
 def _entry(row: holds.SlotRow) -> Entry:
     node, a, b, owner, rid, status, held = row
-    slot = (a, b, owner, rid, status)
-    return (a[:-1], held[:-1], node, slot, _hidden(slot))
+    return (a[:-1], held[:-1], node, f'{{"start":"{a}","end":"{b}"}}', a, b, owner, rid, status)
 
 
 def _day_of(t: dt.datetime) -> dt.datetime:
