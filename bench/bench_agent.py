@@ -6,11 +6,14 @@ validation, no network):
   - booking 4 nodes by properties (POST /api/reservations, count 4)      target < 20 ms
   - GET /api/schedule, 48-hour window                                     target < 50 ms
   - GET /api/schedule, 7-day window                                       target < 100 ms
-each schedule twice: a window nobody asked since the last booking change (read from the
-database), and the same window asked again by other users (the Reserve page's case: answered
-from the workers' cache while the calendar generation holds); the answers' sizes for information.
-And, for reference, the same booking through the booking function alone.
-Prints the medians and their ratio to the targets (ratio < 1 = within target).
+each schedule four ways: cold (the worker's cache emptied: every day read from the database),
+warm (a window nobody asked, shifted by an hour: built from the days cached), cached (the same
+window asked again by other users) and after a booking (the Reserve page's real case: someone
+booked one node in the window since: that node's slots are read again, calendar_changes); the
+answers' sizes for information. And, for reference, the same booking through the booking
+function alone. Prints the medians with this process's CPU time and the collector's share of it
+(gc.callbacks), so that a figure stays readable on a loaded machine, and their ratio to the
+targets (ratio < 1 = within target).
 """
 
 from __future__ import annotations
