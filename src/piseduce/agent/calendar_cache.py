@@ -32,6 +32,10 @@ Slot = tuple[str, str, str, int, str]
 # A slot as a day keeps it, one flat tuple (a nested one was one more object per slot for the
 # collector): (start key, busy-until key, node, its JSON as others see it, *the Slot).
 Entry = tuple[str, str, str, str, str, str, str, int, str]
+# A node's entries, by start. Days and windows keep tuples of tuples of text, not lists: the
+# collector stops tracking those after one look (lists it scans at every full collection, some
+# 90,000 of them for a cached week at 5,000 nodes).
+Entries = tuple[Entry, ...]
 DAY = dt.timedelta(days=1)
 DAYS = 64  # days kept per worker (a day of 5,000 busy nodes is some 5,000 slots)
 MAX_SPANS = 1000  # more changed spans since the cache's generation: everything is read again
@@ -70,8 +74,8 @@ class Day:
     (which also holds the slots begun before it) and a last day it ends within."""
 
     end_key: str
-    overlapping: dict[str, list[Entry]]  # node → its slots holding it in the day, by start
-    starting: dict[str, tuple[list[Entry], str]]  # node → its slots starting in the day, their JSON
+    overlapping: dict[str, Entries]  # node → its slots holding it in the day, by start
+    starting: dict[str, tuple[Entries, str]]  # node → its slots starting in the day, their JSON
     owners: dict[str, set[str]]  # owner → the nodes of their slots starting in the day
 
     @classmethod
@@ -85,8 +89,8 @@ class Day:
             if e[0] >= lo:
                 starting.setdefault(e[2], []).append(e)
                 owners.setdefault(e[6], set()).add(e[2])
-        joined = {n: (es, ",".join(e[3] for e in es)) for n, es in starting.items()}
-        return cls(_key(day + DAY), overlapping, joined, owners)
+        joined = {n: (tuple(es), ",".join(e[3] for e in es)) for n, es in starting.items()}
+        return cls(_key(day + DAY), {n: tuple(es) for n, es in overlapping.items()}, joined, owners)
 
     def with_nodes(self, day: dt.datetime, fresh: dict[str, list[Entry]]) -> Day:
         """A copy with these nodes' slots replaced (`fresh`: each node's slots around the day, by
@@ -97,8 +101,8 @@ class Day:
             for e in starting.pop(node, ((), ""))[0]:
                 owners[e[6]] = owners[e[6]] - {node}
             overlapping.pop(node, None)
-            held = [e for e in entries if e[0] < self.end_key and e[1] > lo]
-            begun = [e for e in held if e[0] >= lo]
+            held = tuple([e for e in entries if e[0] < self.end_key and e[1] > lo])
+            begun = tuple([e for e in held if e[0] >= lo])
             if held:
                 overlapping[node] = held
             if begun:
@@ -109,7 +113,7 @@ class Day:
 
 
 # A node's slots in a window, in pieces: (the entries, their JSON as others see them).
-Segment = tuple[list[Entry], str]
+Segment = tuple[Entries, str]
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Window:
     start: dt.datetime
     end: dt.datetime
     present: frozenset[str]
-    segments: dict[str, list[Segment]]  # node → its slots in the window by start, in pieces
+    segments: dict[str, tuple[Segment, ...]]  # node → its slots in the window by start, in pieces
     held_by: dict[str, set[str]]  # owner → the nodes they hold in the window
     keys: dict[str, str]  # node → its name as JSON
     hidden: dict[str, str]  # node → '"name":[slots as others see them]', by name
@@ -141,9 +145,9 @@ class Window:
         segments: dict[str, list[Segment]] = {}
         held_by: dict[str, set[str]] = {}
 
-        def filtered(by_node: Iterable[tuple[str, list[Entry]]]) -> None:
+        def filtered(by_node: Iterable[tuple[str, Entries]]) -> None:
             for node, entries in by_node:
-                kept = [e for e in entries if e[0] < hi and e[1] > lo]
+                kept = tuple([e for e in entries if e[0] < hi and e[1] > lo])
                 if kept:
                     segments.setdefault(node, []).append((kept, ",".join(e[3] for e in kept)))
                     for e in kept:
@@ -162,7 +166,7 @@ class Window:
                     held_by.setdefault(owner, set()).update(nodes)
             else:
                 filtered((n, seg[0]) for n, seg in day.starting.items())
-        ordered = dict(sorted(segments.items()))
+        ordered = {n: tuple(segs) for n, segs in sorted(segments.items())}
         for n in ordered:
             if n not in keys:
                 keys[n] = _quoted(n)
@@ -182,12 +186,12 @@ class Window:
                     held_by[e[6]] = held_by[e[6]] - {node}
             hidden.pop(node, None)
             admin.pop(node, None)
-            kept = [e for e in entries if e[0] < hi and e[1] > lo]
+            kept = tuple([e for e in entries if e[0] < hi and e[1] > lo])
             if not kept:
                 continue
             added = added or node not in self.segments
             joined = ",".join(e[3] for e in kept)
-            segments[node] = [(kept, joined)]
+            segments[node] = ((kept, joined),)
             key = self.keys.setdefault(node, _quoted(node))
             hidden[node] = f"{key}:[{joined}]"
             for e in kept:
