@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # helpers.fake_driver
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_agent import Timer, report_to  # noqa: E402
+from bench_agent import Sample, Timer, report_to  # noqa: E402
 
 from piseduce import db  # noqa: E402
 from piseduce.agent.app import create_app  # noqa: E402
@@ -122,7 +122,7 @@ async def measure(folder: Path) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as c:
         await c.get("/api/nodes", headers=H)  # warm-up
         for name, body, later in cases:
-            samples: list[tuple[float, float]] = []
+            samples: list[Sample] = []
             for _ in range(25):
                 req = dict(body)
                 if later:

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from piseduce import db
-from piseduce.agent import calendar_generation
+from piseduce.agent import calendar_cache, calendar_generation, holds
 from piseduce.agent.calendar_cache import CalendarCache
 from piseduce.agent.drivers.base import BusyInterval
 from piseduce.agent.lifecycle import ACTIVE_STATUSES, FINAL_STATUSES
-from piseduce.agent.models import Node, Reservation
+from piseduce.agent.models import CalendarChange, Node, Reservation
 from piseduce.protocol import Schedule
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -71,6 +73,7 @@ def _expected(
     me: str,
     admin: bool,
     remote: list[BusyInterval],
+    present: Collection[str] = NODES,
 ) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     for node, owner, a, b, held, status, rid in rows:
@@ -88,7 +91,7 @@ def _expected(
                 )
             )
     for r in remote:
-        if r.node in NODES and r.start < end and r.end > start:
+        if r.node in present and r.start < end and r.end > start:
             out.setdefault(r.node, []).append((r.start, r.end, None, False, None, "", r.reason))
     return {n: sorted(v, key=lambda x: x[0]) for n, v in out.items()}
 
@@ -110,7 +113,8 @@ def _answered(text: str) -> dict[str, list[tuple[Any, ...]]]:
 @given(
     bookings=st.lists(booking_st, max_size=25),
     changes=st.lists(
-        st.tuples(st.integers(0, 24), st.sampled_from(["end", "status", "owner", "delete"])), max_size=4
+        st.tuples(st.integers(0, 24), st.sampled_from(["end", "status", "owner", "delete", "gone"])),
+        max_size=4,
     ),
     remote=remote_st,
     window=st.sampled_from(WINDOWS),
@@ -130,6 +134,7 @@ def test_calendar_matches_brute_force(
     start, end = window
     with sessions.begin() as s:
         s.execute(delete(Reservation))
+        s.execute(update(Node).values(present=True))
         free = dict.fromkeys(NODES, FIRST)
         for node, owner, before, minutes, gap, status in bookings:
             a = free[node] + dt.timedelta(minutes=before)
@@ -154,7 +159,9 @@ def test_calendar_matches_brute_force(
             if not ids:
                 break
             rid = ids[k % len(ids)]
-            if what == "end":  # given back early, as the destroy route does
+            if what == "gone":  # no longer in the remote inventory
+                s.execute(update(Node).where(Node.name == NODES[k % len(NODES)]).values(present=False))
+            elif what == "end":  # given back early, as the destroy route does
                 r = s.get(Reservation, rid)
                 if r is None:
                     continue
@@ -176,12 +183,14 @@ def test_calendar_matches_brute_force(
             (r.node_name, r.owner, r.start, r.end, r.busy_until, r.status, r.id)
             for r in s.scalars(select(Reservation))
         ]
+        present = set(s.scalars(select(Node.name).where(Node.present.is_(True))))
         got = cache.window(s, start, end, BOUND).nodes_json(me, admin, intervals)
+    rows = [r for r in rows if r[0] in present]
     answered = _answered(got)
     for slots in answered.values():
         assert [x[0] for x in slots] == sorted(x[0] for x in slots)
     # A remote job may start with a booking: equal starts in any order.
-    assert _tied(answered) == _tied(_expected(rows, start, end, me, admin, intervals))
+    assert _tied(answered) == _tied(_expected(rows, start, end, me, admin, intervals, present))
 
 
 def _tied(found: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
@@ -228,3 +237,202 @@ def test_a_change_by_any_writer_bumps_the_generation(sessions: sessionmaker[Sess
             now = calendar_generation.current(s)
         assert now is not None and now > before, change
         before = now
+
+
+# --- A change drops only the cached days it touches (calendar_changes, migration 0009) ---
+
+WEEK = (T0, T0 + dt.timedelta(days=7))
+TWO_DAYS = (T0, T0 + dt.timedelta(hours=48))
+
+
+def _booking(node: str, start: dt.datetime, hours: float, owner: str = USERS[0]) -> Reservation:
+    end = start + dt.timedelta(hours=hours)
+    return Reservation(node_name=node, owner=owner, start=start, end=end, busy_until=end, status="scheduled")
+
+
+def _week_of_bookings(sessions: sessionmaker[Session]) -> None:
+    """Every node held six hours a day, from a day before the week to a day after it."""
+    with sessions.begin() as s:
+        s.add_all(
+            _booking(n, T0 + dt.timedelta(days=d, hours=2 * i), 6, USERS[(d + i) % len(USERS)])
+            for d in range(-1, 8)
+            for i, n in enumerate(NODES)
+        )
+
+
+class _Reads:
+    """What the cache reads from the database: holds.slots_iso's [start, end) and nodes (None: all)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.spans: list[tuple[dt.datetime, dt.datetime, Any]] = []
+        real = holds.slots_iso
+
+        def counted(
+            session: Session, start: dt.datetime, end: dt.datetime, bound: Any = None, nodes: Any = None
+        ) -> Any:
+            self.spans.append((start, end, nodes))
+            return real(session, start, end, bound, nodes)
+
+        monkeypatch.setattr(holds, "slots_iso", counted)
+
+
+def _matches(
+    sessions: sessionmaker[Session], cache: CalendarCache, window: tuple[dt.datetime, dt.datetime]
+) -> None:
+    """The cache's answer for `window`, for each user and an admin, against the brute force."""
+    with sessions() as s:
+        rows = [
+            (r.node_name, r.owner, r.start, r.end, r.busy_until, r.status, r.id)
+            for r in s.scalars(select(Reservation))
+        ]
+        present = set(s.scalars(select(Node.name).where(Node.present.is_(True))))
+        got = cache.window(s, *window, BOUND)
+    rows = [r for r in rows if r[0] in present]
+    for me, admin in [(u, False) for u in USERS] + [(USERS[0], True)]:
+        assert _tied(_answered(got.nodes_json(me, admin, []))) == _tied(
+            _expected(rows, *window, me, admin, [])
+        )
+
+
+SHIFTED = (T0 + dt.timedelta(hours=1), T0 + dt.timedelta(days=6, hours=23))  # built from the days
+
+
+def test_a_booking_re_reads_only_its_node(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _week_of_bookings(sessions)
+    cache = CalendarCache()
+    _matches(sessions, cache, WEEK)
+    with sessions() as s:
+        two_days = cache.window(s, *TWO_DAYS, BOUND)
+    reads = _Reads(monkeypatch)
+    with sessions.begin() as s:
+        s.add(_booking("n-4", T0 + dt.timedelta(days=3, hours=20), 1, USERS[1]))
+    _matches(sessions, cache, WEEK)
+    _matches(sessions, cache, SHIFTED)  # a new window, from the days the change was patched into
+    assert reads.spans == [(*WEEK, ["n-4"])]
+    with sessions() as s:  # a window the booking does not touch is still the one cached
+        assert cache.window(s, *TWO_DAYS, BOUND) is two_days
+    assert len(reads.spans) == 1
+
+
+def _extend(s: Session) -> None:
+    """Day 2's booking on n-1 runs on into day 4 (the days of its old and new span), in place of
+    n-1's next two."""
+    mine = Reservation.node_name == "n-1"
+    for d in (3, 4):
+        s.execute(delete(Reservation).where(mine, Reservation.start == T0 + dt.timedelta(days=d)))
+    r = s.scalars(select(Reservation).where(mine, Reservation.start == T0 + dt.timedelta(days=2))).one()
+    r.end = r.busy_until = T0 + dt.timedelta(days=4, hours=1)
+
+
+def _cancel(s: Session) -> None:
+    s.execute(
+        update(Reservation)
+        .where(Reservation.node_name == "n-2", Reservation.start == T0 + dt.timedelta(days=5, hours=2))
+        .values(status="cancelled")
+    )
+
+
+def _remove_node(s: Session) -> None:
+    s.execute(delete(Reservation).where(Reservation.node_name == "n-3"))
+    s.execute(delete(Node).where(Node.name == "n-3"))
+
+
+def _node_gone(s: Session) -> None:
+    s.execute(update(Node).where(Node.name == NODES[-1]).values(present=False))
+
+
+@pytest.mark.parametrize(
+    ("change", "nodes"),
+    [
+        (_extend, ["n-1"]),
+        (_cancel, ["n-2"]),
+        (_remove_node, ["n-3"]),
+        (_node_gone, [NODES[-1]]),
+    ],
+)
+def test_each_change_is_seen_and_only_its_nodes_re_read(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, change: Any, nodes: Any
+) -> None:
+    _week_of_bookings(sessions)
+    cache = CalendarCache()
+    _matches(sessions, cache, WEEK)
+    reads = _Reads(monkeypatch)
+    with sessions.begin() as s:
+        change(s)
+    _matches(sessions, cache, WEEK)
+    _matches(sessions, cache, SHIFTED)
+    assert reads.spans == [(*WEEK, nodes)]  # one query: the changed nodes' slots
+
+
+def test_a_node_back_in_the_inventory_is_listed_again(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _week_of_bookings(sessions)
+    back = update(Node).where(Node.name == "n-2")
+    with sessions.begin() as s:
+        s.execute(back.values(present=False))
+    cache = CalendarCache()
+    _matches(sessions, cache, WEEK)
+    reads = _Reads(monkeypatch)
+    with sessions.begin() as s:
+        s.execute(back.values(present=True))
+    _matches(sessions, cache, WEEK)
+    _matches(sessions, cache, SHIFTED)
+    assert reads.spans == [(*WEEK, ["n-2"])]
+
+
+_OTHER_PROCESS = """
+import datetime as dt, sys
+from piseduce import db
+from piseduce.agent.models import Reservation
+engine = db.make_engine(sys.argv[1])
+start = dt.datetime.fromisoformat(sys.argv[2])
+with db.session_factory(engine).begin() as s:
+    end = start + dt.timedelta(hours=1)
+    s.add(Reservation(node_name="n-2", owner="bob", start=start, end=end, busy_until=end, status="scheduled"))
+engine.dispose()
+"""
+
+
+def test_two_workers_see_a_change_by_another_process(sessions: sessionmaker[Session]) -> None:
+    """Each worker has its own cache and connections; the change is written by a third process."""
+    _week_of_bookings(sessions)
+    bind = sessions.kw["bind"]
+    url = bind.url.render_as_string(hide_password=False)
+    other = db.make_engine(url)
+    workers = [(sessions, CalendarCache()), (db.session_factory(other), CalendarCache())]
+    try:
+        for made, cache in workers:
+            _matches(made, cache, WEEK)
+            _matches(made, cache, TWO_DAYS)
+        at = T0 + dt.timedelta(days=1, hours=20)
+        subprocess.run([sys.executable, "-c", _OTHER_PROCESS, url, at.isoformat()], check=True, timeout=120)
+        for made, cache in workers:
+            _matches(made, cache, WEEK)
+            with made() as s:
+                slots = cache.window(s, *TWO_DAYS, BOUND).slots("n-2")
+            assert any(a == calendar_cache.iso(at) for a, *_ in slots)
+    finally:
+        other.dispose()
+
+
+def test_the_changes_table_is_pruned(sessions: sessionmaker[Session]) -> None:
+    """Thousands of generations later the table holds the last KEEP or so; a cache further behind
+    than those reads everything again, and right."""
+    n = calendar_generation.KEEP + 2 * calendar_generation.PRUNE_EVERY
+    with sessions.begin() as s:
+        s.add_all(_booking(NODES[i % 4], T0 + dt.timedelta(hours=i // 4), 0.5) for i in range(n))
+    behind = CalendarCache()
+    _matches(sessions, behind, TWO_DAYS)
+    with sessions.begin() as s:  # one generation a row, on both databases
+        s.execute(update(Reservation).values(owner=USERS[2]))
+    with sessions() as s:
+        kept = s.scalar(select(func.count()).select_from(CalendarChange))
+        oldest = s.scalar(select(func.min(CalendarChange.generation)))
+        now = calendar_generation.current(s)
+    assert now is not None and oldest is not None and kept is not None
+    assert now - oldest <= calendar_generation.KEEP + calendar_generation.PRUNE_EVERY
+    assert kept <= 2 * (calendar_generation.KEEP + calendar_generation.PRUNE_EVERY)
+    _matches(sessions, behind, TWO_DAYS)

@@ -156,9 +156,17 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+# (node, start, end, owner, id, status, busy_until), times as ISO-8601 UTC text.
+SlotRow = tuple[str, str, str, str, int, str, str]
+
+
 def slots_iso(
-    session: Session, start: dt.datetime, end: dt.datetime, bound: dt.timedelta | None = None
-) -> list[tuple[str, str, str, str, int, str, str]]:
+    session: Session,
+    start: dt.datetime,
+    end: dt.datetime,
+    bound: dt.timedelta | None = None,
+    nodes: Sequence[str] | None = None,
+) -> list[SlotRow]:
     """Active bookings that hold a node somewhere in [start, end), in one query, by start time, as
     (node, start, end, owner, id, status, busy_until) with ISO-8601 UTC strings. On SQLite the stored text is
     reformatted instead of parsed (the calendar answers thousands of slots); ordered by start, the
@@ -176,6 +184,8 @@ def slots_iso(
     )
     if bound is not None:
         q = q.where(Reservation.start >= start - bound)
+    if nodes is not None:  # a few nodes' slots (the calendar's cache after a change)
+        q = q.where(Reservation.node_name.in_(nodes))
     result = session.connection().execute(q)
     # The driver's plain tuples: SQLAlchemy's Row objects would cost more than the query here,
     # and these columns need no conversion (SQLite text; timestamptz already aware).

@@ -249,6 +249,20 @@ class CalendarGeneration(Base):
     n: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
+class CalendarChange(Base):
+    """A booking's node and span (start, busy_until) a generation of the calendar changed, written
+    by the triggers that bump the counter; NULL times for a node's change (all its time). The API's
+    workers re-read only those nodes' slots in the days they overlap (calendar_cache.py)."""
+
+    __tablename__ = "calendar_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation: Mapped[int] = mapped_column(BigInteger, index=True)
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 event.listen(Base.metadata, "after_create", calendar_generation.after_create)
 
 

@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("n", sa.BigInteger(), nullable=False, server_default="0"),
     )
-    calendar_generation.install(op.get_bind())
+    calendar_generation.install(op.get_bind(), spans=False)
     op.drop_index("ix_reservations_start", table_name="reservations")
     op.create_index("ix_reservations_start", "reservations", list(COVERING), unique=False)
 
