@@ -4,13 +4,26 @@ must not come back unnoticed (a benchmark is never a timed test; these count ins
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib.machinery
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpcore._synchronization as httpcore_sync
+import httpx
 import pytest
 
+from helpers.constants import TOKEN
+from helpers.webui_fixtures import fake_agent_app, write_webui_config
+from piseduce import crypto
+from piseduce.config import load_webui_config
+from piseduce.db import make_engine, session_factory
+from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.agent_pools import AgentPools
+from piseduce.webui.agents import AgentRef, Identity
+from piseduce.webui.answer_memo import AnswerMemo
+from piseduce.webui.database import Database
 
 
 def _ssl_context_of(client: Any) -> Any:
@@ -49,3 +62,51 @@ async def test_httpcore_knows_the_event_loop_without_searching_the_file_system(
         httpcore_sync.AsyncEvent().set()
         await asyncio.sleep(0)
     assert searches == []
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[tuple[AgentClient, AgentRef]]:
+    """An AgentClient talking to one in-process fake agent of 100 nodes (a 9 KiB node list)."""
+    cfg = load_webui_config(write_webui_config(tmp_path, agent_timeout_seconds=30.0))
+    engine = make_engine(cfg.database_url)
+    client = AgentClient(cfg, Database(session_factory(engine)), crypto.load_fernet(cfg.key_path))
+    agent = fake_agent_app("lab", nodes=100, delay=0)
+    transport = httpx.AsyncClient(transport=httpx.ASGITransport(app=agent))
+    client.pools.route_all(transport)
+    ref = AgentRef(1, "lab", "agent", 80, "http://agent", TOKEN, "raspberry", "", "connected", "", False)
+    try:
+        yield client, ref
+    finally:
+        await transport.aclose()
+        await client.close()
+        engine.dispose()
+
+
+async def test_users_share_the_checked_node_list_of_an_agent(hub: tuple[AgentClient, AgentRef]) -> None:
+    # The same bytes check to the same models whoever asked: 8 users of a worker must not check
+    # 50 agents' node lists 8 times over (nor one user once per page).
+    client, ref = hub
+    alice, bob = Identity("alice@example.org", "user"), Identity("bob@example.org", "user")
+    first = await client.nodes(ref, alice)
+    assert first.value is not None and len(first.value) == 100
+    again, other = await client.nodes(ref, alice), await client.nodes(ref, bob)
+    assert again.value is first.value and other.value is first.value
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    calendar = await client.schedule(ref, alice, start, start + dt.timedelta(days=2))
+    assert calendar.value is not None
+    assert (await client.schedule(ref, bob, start, start + dt.timedelta(days=2))).value is calendar.value
+    later = await client.schedule(ref, bob, start, start + dt.timedelta(days=3))  # another window
+    assert later.value is not None and later.value is not calendar.value
+
+
+def test_the_memo_is_bounded_in_bytes_as_well_as_in_entries() -> None:
+    memo = AnswerMemo(max_entries=10, max_total_bytes=5000)
+    for i in range(4):
+        assert memo.put(("agent", i), bytes([i]) * 2000, i) is not None
+    assert len(memo) == 2 and memo.total_bytes == 4000  # the oldest went first
+    assert memo.get(("agent", 0), bytes([0]) * 2000) is None
+    assert memo.get(("agent", 3), bytes([3]) * 2000) is not None
+    assert memo.get(("agent", 3), bytes([4]) * 2000) is None  # other bytes: decoded afresh
+    memo.put(("agent", 3), bytes([5]) * 2000, 5)  # replaced, not counted twice
+    assert len(memo) == 2 and memo.total_bytes == 4000
+    assert memo.put(("agent", 9), b"x" * 100, 9) is None  # small: cheap to decode, not kept

@@ -1,10 +1,17 @@
-"""The last big answers of agents, decoded and checked, for when an agent answers the same again.
+"""The last answers of agents, decoded and checked, for when an agent answers the same again.
 
-A site's node list (and the calendar of a day) is the same bytes from one page to the next; at
-6 agents x 500 nodes, decoding and checking them against the protocol's models was a third of the
-Reserve page. When an agent's answer to the same call for the same user is byte for byte the one
-remembered, its decoded JSON and its checked models are reused; any other answer is decoded
-afresh. Per worker, in memory, bounded in entries and in bytes.
+A site's node list (and the calendar of a day) is the same bytes from one page to the next and
+from one user to the next; at 6 agents x 500 nodes, decoding and checking them against the
+protocol's models was a third of the Reserve page, and at 50 agents x 100 nodes the answers were
+too small (under 16 KiB) and too many (100 a page, 64 kept) to be remembered at all. When an
+agent's answer to the same call is byte for byte the one remembered, its decoded JSON and its
+checked models are reused; any other answer is decoded afresh.
+
+Who asked is not part of the key: an answer is reused only when its bytes are the very bytes
+remembered, and the same bytes decode and check to the same values whoever asked (an agent that
+answers users differently just replaces the entry, as a changed answer does). So 8 users of a
+worker share one entry per agent and call. Per worker, in memory, bounded in entries and in
+bytes; nothing to keep coherent across workers, as every answer is compared with what it reuses.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-FROM_BYTES = 16 * 1024  # smaller answers are cheap to decode
+FROM_BYTES = 1024  # smaller answers are cheap to decode and check
 MAX_BYTES = 1 << 20  # a bigger one is not kept (rare; decoded in a thread anyway)
-MAX_ENTRIES = 64
+MAX_ENTRIES = 1024  # 50 agents x a few calls (nodes, calendar of the days shown), with room
+MAX_TOTAL_BYTES = 8 << 20  # of answers kept (what they decode to is some 10 times more)
 
 Key = tuple[Any, ...]
 
@@ -28,9 +36,11 @@ class Memo:
 
 
 class AnswerMemo:
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
         self._entries: OrderedDict[Key, Memo] = OrderedDict()
         self._max = max_entries
+        self._max_total = max_total_bytes
+        self._total = 0
 
     def get(self, key: Key, body: bytes) -> Memo | None:
         """The memo of `key` if it was made from exactly `body`."""
@@ -43,8 +53,19 @@ class AnswerMemo:
     def put(self, key: Key, body: bytes, data: Any) -> Memo | None:
         if not FROM_BYTES <= len(body) <= MAX_BYTES:
             return None
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._total -= len(old.body)
         memo = self._entries[key] = Memo(body, data)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        self._total += len(body)
+        while len(self._entries) > self._max or self._total > self._max_total:
+            _key, dropped = self._entries.popitem(last=False)
+            self._total -= len(dropped.body)
         return memo
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
