@@ -22,7 +22,7 @@ from piseduce.db import make_engine, session_factory
 from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.agent_pools import AgentPools
 from piseduce.webui.agents import AgentRef, Identity
-from piseduce.webui.answer_memo import AnswerMemo
+from piseduce.webui.answer_memo import VARIANTS, AnswerMemo
 from piseduce.webui.database import Database
 
 
@@ -107,6 +107,21 @@ def test_the_memo_is_bounded_in_bytes_as_well_as_in_entries() -> None:
     assert memo.get(("agent", 0), bytes([0]) * 2000) is None
     assert memo.get(("agent", 3), bytes([3]) * 2000) is not None
     assert memo.get(("agent", 3), bytes([4]) * 2000) is None  # other bytes: decoded afresh
-    memo.put(("agent", 3), bytes([5]) * 2000, 5)  # replaced, not counted twice
-    assert len(memo) == 2 and memo.total_bytes == 4000
     assert memo.put(("agent", 9), b"x" * 100, 9) is None  # small: cheap to decode, not kept
+
+
+def test_a_call_keeps_its_last_few_distinct_answers() -> None:
+    # One per user whose calendar marks their own slots; the one still asked for stays.
+    def body(i: int) -> bytes:
+        return f"{i:02d}".encode() * 1000
+
+    memo = AnswerMemo()
+    key = ("agent", "/api/schedule")
+    first = memo.put(key, body(0), 0)
+    for i in range(1, VARIANTS + 3):
+        memo.put(key, body(i), i)
+        assert memo.get(key, body(0)) is first  # asked again each time: never the oldest
+    assert len(memo) == VARIANTS and memo.total_bytes == VARIANTS * 2000
+    assert memo.get(key, body(1)) is None
+    found = memo.get(key, body(VARIANTS + 2))
+    assert found is not None and found.data == VARIANTS + 2

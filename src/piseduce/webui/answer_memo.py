@@ -8,10 +8,11 @@ agent's answer to the same call is byte for byte the one remembered, its decoded
 checked models are reused; any other answer is decoded afresh.
 
 Who asked is not part of the key: an answer is reused only when its bytes are the very bytes
-remembered, and the same bytes decode and check to the same values whoever asked (an agent that
-answers users differently just replaces the entry, as a changed answer does). So 8 users of a
-worker share one entry per agent and call. Per worker, in memory, bounded in entries and in
-bytes; nothing to keep coherent across workers, as every answer is compared with what it reuses.
+remembered, and the same bytes decode and check to the same values whoever asked. A call keeps
+its last few distinct answers (VARIANTS): 8 users of a worker share one memo of an agent's node
+list, and each keeps theirs of a calendar that marks their own slots. Per worker, in memory,
+bounded in entries and in bytes; nothing to keep coherent across workers, as every answer is
+compared with what it reuses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FROM_BYTES = 1024  # smaller answers are cheap to decode and check
 MAX_BYTES = 1 << 20  # a bigger one is not kept (rare; decoded in a thread anyway)
 MAX_ENTRIES = 1024  # 50 agents x a few calls (nodes, calendar of the days shown), with room
 MAX_TOTAL_BYTES = 8 << 20  # of answers kept (what they decode to is some 10 times more)
+VARIANTS = 8  # distinct answers kept per call (users whose calendars differ)
 
 Key = tuple[Any, ...]
 
@@ -37,34 +39,50 @@ class Memo:
 
 class AnswerMemo:
     def __init__(self, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
-        self._entries: OrderedDict[Key, Memo] = OrderedDict()
+        # key -> its distinct answers, the most recent last; keys in least recently used order.
+        self._entries: OrderedDict[Key, list[Memo]] = OrderedDict()
         self._max = max_entries
         self._max_total = max_total_bytes
         self._total = 0
+        self._count = 0
 
     def get(self, key: Key, body: bytes) -> Memo | None:
-        """The memo of `key` if it was made from exactly `body`."""
-        memo = self._entries.get(key)
-        if memo is None or memo.body != body:
+        """The memo of `key` made from exactly `body`, if any."""
+        variants = self._entries.get(key)
+        if variants is None:
             return None
-        self._entries.move_to_end(key)
-        return memo
+        for i, memo in enumerate(variants):
+            if memo.body == body:
+                self._entries.move_to_end(key)
+                variants.append(variants.pop(i))  # the least recently used variant goes first
+                return memo
+        return None
 
     def put(self, key: Key, body: bytes, data: Any) -> Memo | None:
         if not FROM_BYTES <= len(body) <= MAX_BYTES:
             return None
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._total -= len(old.body)
-        memo = self._entries[key] = Memo(body, data)
+        variants = self._entries.setdefault(key, [])
+        self._entries.move_to_end(key)
+        memo = Memo(body, data)
+        variants.append(memo)
         self._total += len(body)
-        while len(self._entries) > self._max or self._total > self._max_total:
-            _key, dropped = self._entries.popitem(last=False)
-            self._total -= len(dropped.body)
+        self._count += 1
+        if len(variants) > VARIANTS:
+            self._forget(variants.pop(0))
+        while self._count > self._max or self._total > self._max_total:
+            oldest = next(iter(self._entries.values()))
+            self._forget(oldest.pop(0))
+            if not oldest:
+                self._entries.popitem(last=False)
         return memo
 
+    def _forget(self, memo: Memo) -> None:
+        self._total -= len(memo.body)
+        self._count -= 1
+
     def __len__(self) -> int:
-        return len(self._entries)
+        """How many answers are kept (every variant of every call)."""
+        return self._count
 
     @property
     def total_bytes(self) -> int:
