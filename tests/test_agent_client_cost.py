@@ -9,6 +9,7 @@ import importlib.machinery
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpcore._synchronization as httpcore_sync
 import httpx
@@ -24,6 +25,7 @@ from piseduce.webui.agent_pools import AgentPools
 from piseduce.webui.agents import AgentRef, Identity
 from piseduce.webui.answer_memo import VARIANTS, AnswerMemo
 from piseduce.webui.database import Database
+from piseduce.webui.routes.reserve import View, _lay_out, _rows, fetch_nodes
 
 
 def _ssl_context_of(client: Any) -> Any:
@@ -125,3 +127,30 @@ def test_a_call_keeps_its_last_few_distinct_answers() -> None:
     assert memo.get(key, body(1)) is None
     found = memo.get(key, body(VARIANTS + 2))
     assert found is not None and found.data == VARIANTS + 2
+
+
+async def test_a_node_list_seen_again_is_laid_out_from_the_rows_it_gave(
+    hub: tuple[AgentClient, AgentRef],
+) -> None:
+    # Rebuilding and sorting every agent's rows at each page was a third of its CPU at 50 agents;
+    # the rows are derived once per node list, and a page draws on copies of its own.
+    client, ref = hub
+    alice, bob = Identity("alice@example.org", "user"), Identity("bob@example.org", "user")
+    start = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    end = start + dt.timedelta(days=1)
+    zone = ZoneInfo("Europe/Paris")
+    view = View([], "", 1, 30)
+
+    async def page(who: Identity) -> Any:
+        answers = await fetch_nodes(client, [ref], who, start, end)
+        return answers, _lay_out(answers, start, end, start.date(), 1, zone, view)
+
+    answers, first = await page(alice)
+    again, second = await page(bob)
+    every, *_ = _rows(answers)
+    assert len(every) == 100 and _rows(again)[0][0] is every[0]  # the same rows, not rebuilt
+    assert [r.name for r in every[:12]] == [f"n-{i}" for i in range(12)]  # natural order
+    assert [r.key for r in second.rows] == [r.key for r in first.rows] == [r.key for r in every[:30]]
+    assert any(r.busy for r in first.rows)
+    assert all(not r.busy and not r.slots for r in every)  # the pages drew on copies
+    assert not set(map(id, first.rows)) & set(map(id, every))

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -80,6 +80,9 @@ class Result(Generic[T]):
     value: T | None = None
     error: str = ""
     failure: str = ""  # agents.Reply.failure: transport, token, too_large, unexpected, http
+    # Where a page may keep what it derives from `value` (answer_memo.Memo.derived: shared by
+    # every page that gets the same answer, never changed once put); None: not remembered.
+    derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -166,7 +169,7 @@ class AgentClient(AgentHub):
         )
         memo = reply.memo
         if memo is not None and model in memo.checked:
-            return Result(reply.agent, reply.status, memo.checked[model])
+            return Result(reply.agent, reply.status, memo.checked[model], derived=memo.derived)
         if reply.size >= agent_answers.THREAD_FROM_BYTES:
             # A big answer (a site's schedule) is checked off the event loop, as it was decoded.
             result = await asyncio.to_thread(read, reply, model, f"{method} {path}")
@@ -174,6 +177,7 @@ class AgentClient(AgentHub):
             result = read(reply, model, f"{method} {path}")
         if memo is not None and result.value is not None:
             memo.checked[model] = result.value
+            return replace(result, derived=memo.derived)
         return result
 
     # ------------------------------------------------------------ identity and health

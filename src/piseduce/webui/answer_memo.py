@@ -35,6 +35,9 @@ class Memo:
     body: bytes
     data: Any  # the decoded JSON (never changed by its readers)
     checked: dict[Any, Any] = field(default_factory=dict)  # model -> the checked value
+    # What pages derive from the checked value (their own keys), kept as long as the answer is:
+    # the Reserve page's sorted rows of an agent, rebuilt only when its node list changes.
+    derived: dict[Any, Any] = field(default_factory=dict)
 
 
 class AnswerMemo:
