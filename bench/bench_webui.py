@@ -270,7 +270,12 @@ def run_site(agents: int, nodes: int, args: argparse.Namespace, dead: bool) -> N
     finally:
         silent.close()
         webui.terminate()
-        webui.wait(20)
+        try:
+            webui.wait(30)
+        except subprocess.TimeoutExpired:  # a worker stuck in its shutdown: the run's figures stand
+            print("  the web UI did not stop within 30 s of SIGTERM: killed", flush=True)
+            webui.kill()
+            webui.wait(10)
         for p in procs:
             p.terminate()
             p.join(10)

@@ -4,6 +4,8 @@ must not come back unnoticed (a benchmark is never a timed test; these count ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import importlib.machinery
 from collections.abc import AsyncIterator
@@ -16,15 +18,24 @@ import httpx
 import pytest
 
 from helpers.constants import TOKEN
-from helpers.webui_fixtures import fake_agent_app, write_webui_config
+from helpers.webui_fixtures import (
+    add_user,
+    fake_agent_app,
+    register_agent,
+    threaded_app,
+    webui_client,
+    write_webui_config,
+)
 from piseduce import crypto
 from piseduce.config import load_webui_config
 from piseduce.db import make_engine, session_factory
+from piseduce.webui import node_lists
 from piseduce.webui.agent_client import AgentClient
 from piseduce.webui.agent_pools import AgentPools
 from piseduce.webui.agents import AgentRef, Identity
 from piseduce.webui.answer_memo import VARIANTS, AnswerMemo
 from piseduce.webui.database import Database
+from piseduce.webui.node_lists import NodeLists
 from piseduce.webui.routes.reserve import View, _lay_out, _rows, fetch_nodes
 
 
@@ -154,3 +165,104 @@ async def test_a_node_list_seen_again_is_laid_out_from_the_rows_it_gave(
     assert any(r.busy for r in first.rows)
     assert all(not r.busy and not r.slots for r in every)  # the pages drew on copies
     assert not set(map(id, first.rows)) & set(map(id, every))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    agent: str
+    ok: bool = True
+
+
+async def test_a_node_list_is_asked_once_for_the_pages_of_a_few_seconds() -> None:
+    lists = NodeLists(ttl=60)
+    asked: list[str] = []
+
+    async def fetch(ok: bool = True) -> _Answer:
+        asked.append("x")
+        await asyncio.sleep(0.01)
+        return _Answer("first", ok)
+
+    where = ("http://a:1", "token")
+    # Pages at the same moment share the call in flight; each gets the answer with its own ref.
+    got = await asyncio.gather(*(lists.get(1, where, f"ref{i}", fetch) for i in range(8)))
+    assert len(asked) == 1 and [a.agent for a in got] == [f"ref{i}" for i in range(8)]
+    assert (await lists.get(1, where, "later", fetch)).agent == "later" and len(asked) == 1
+    await lists.get(1, ("http://a:2", "token"), "moved", fetch)  # the agent was edited: asked
+    assert len(asked) == 2
+    lists.forget(1)  # this worker sent it a change
+    await lists.get(1, ("http://a:2", "token"), "changed", fetch)
+    assert len(asked) == 3
+    await lists.get(2, where, "b", lambda: fetch(ok=False))  # a failure is not kept
+    await lists.get(2, where, "b", fetch)
+    assert len(asked) == 5
+
+
+async def test_a_page_that_gives_up_does_not_cancel_the_shared_call() -> None:
+    lists = NodeLists(ttl=60)
+    release = asyncio.Event()
+
+    async def fetch() -> _Answer:
+        await release.wait()
+        return _Answer("first")
+
+    first = asyncio.ensure_future(lists.get(1, ("h", "t"), "a", fetch))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(lists.get(1, ("h", "t"), "b", fetch))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    assert (await second).agent == "b"
+
+
+async def test_ttl_none_is_the_module_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_lists, "TTL", 0.0)
+    lists = NodeLists()
+    asked: list[int] = []
+
+    async def fetch() -> _Answer:
+        asked.append(1)
+        return _Answer("a")
+
+    await lists.get(1, ("h", "t"), "a", fetch)
+    await lists.get(1, ("h", "t"), "a", fetch)
+    assert len(asked) == 2
+
+
+def test_a_reserve_page_asks_each_agent_twice_at_most_and_users_share_the_node_lists(
+    tmp_path: Path,
+) -> None:
+    # nodes + calendar of every agent, the nodes of credential-free agents once for a few
+    # seconds; a booking sent to an agent makes this worker ask for its nodes again.
+    cfg = write_webui_config(tmp_path, health_check_seconds=3600, agent_timeout_seconds=15)
+    users = [f"user{i}@example.org" for i in range(3)]
+    for email in users:
+        add_user(cfg, email, "password-of-a-user")
+    apps = [fake_agent_app(f"site{i}", nodes=30, delay=0) for i in range(2)]
+    with contextlib.ExitStack() as stack:
+        for i, app in enumerate(apps):
+            register_agent(cfg, f"site{i}", stack.enter_context(threaded_app(app)), "raspberry")
+        b = stack.enter_context(webui_client(cfg))  # one event loop: its pools' (TestClient)
+
+        def log_in(email: str) -> None:
+            b.c.cookies.clear()
+            assert b.login(email, "password-of-a-user").status_code == 303
+
+        for email in users:
+            log_in(email)
+        for app in apps:
+            app.state.calls.clear()
+        for email in users:
+            log_in(email)
+            page = b.get("/reserve")
+            assert page.status_code == 200 and 'data-total="60"' in page.text
+        for app in apps:
+            assert app.state.calls["GET /api/nodes"] <= 1, app.state.calls
+            assert app.state.calls["GET /api/schedule"] == len(users), app.state.calls
+            assert sum(app.state.calls.values()) <= 1 + len(users), app.state.calls
+        booked = b.post("/reserve", {"node": "1/n-0", "duration": "1"}, page="/reserve")
+        assert booked.status_code in (200, 409), booked.text[:300]
+        assert apps[0].state.calls["POST /api/reservations"] == 1
+        nodes_before = apps[0].state.calls["GET /api/nodes"]
+        b.get("/reserve")
+        assert apps[0].state.calls["GET /api/nodes"] == nodes_before + 1
+        assert apps[1].state.calls["GET /api/nodes"] <= 1

@@ -65,6 +65,7 @@ from piseduce.webui.models import (
     Agent,
     utcnow,
 )
+from piseduce.webui.node_lists import NodeLists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,6 +149,10 @@ class Held:
 class AgentClient(AgentHub):
     """The hub, typed: every agent route the web UI calls."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.node_lists = NodeLists()
+
     async def _ask(
         self,
         ref: AgentRef,
@@ -163,6 +168,8 @@ class AgentClient(AgentHub):
         token: bool = True,
         max_bytes: int | None = None,
     ) -> Result[Any]:
+        if method != "GET":  # it may change the agent's nodes: this worker asks for them afresh
+            self.node_lists.forget(ref.id)
         reply = await self.call(
             ref, method, path, who=who, json=json, params=params, timeout=timeout, use_breaker=use_breaker,
             token=token, max_bytes=max_bytes,
@@ -258,7 +265,16 @@ class AgentClient(AgentHub):
     # ------------------------------------------------------------ nodes and calendar
 
     async def nodes(self, ref: AgentRef, who: Identity) -> Result[list[Node]]:
-        return await self._ask(ref, "GET", "/api/nodes", list[Node], who=who)
+        """Its nodes; those of an agent that acts with no account of the user's are the same for
+        every user, and shared by this worker's pages for a few seconds (node_lists.py)."""
+
+        async def ask() -> Result[list[Node]]:
+            return await self._ask(ref, "GET", "/api/nodes", list[Node], who=who)
+
+        if ref.about.credentials != "none":
+            return await ask()
+        kept: Result[list[Node]] = await self.node_lists.get(ref.id, (ref.base_url, ref.token), ref, ask)
+        return kept
 
     async def schedule(
         self, ref: AgentRef, who: Identity, start: dt.datetime, end: dt.datetime
