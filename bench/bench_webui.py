@@ -8,6 +8,12 @@ to 8 users at once (median of every request of the 8). Targets: 300 ms with 1 us
 Then, at the first site, one more agent that accepts connections and never answers: the pages
 still come within 1.2 s (one agent deadline, then the circuit breaker skips it).
 
+Beside each median: the web UI's CPU per page (its processes' utime + stime, proc_meter.py: 8 users
+on 2 workers get 600 ms only if a page costs well under 100 ms of it), the fake agents' CPU (they
+share the machine), the agents' calls per page by route, and the load. A page that lacked an
+agent (it timed out) is counted and warned of: its agent's circuit breaker then skips it for up to
+30 s, and the figures after it ask fewer agents than the site has.
+
     .venv/bin/python bench/bench_webui.py                      # both sites, 2 workers
     .venv/bin/python bench/bench_webui.py --sites 10x100 --rounds 5 --workers 2
 """
