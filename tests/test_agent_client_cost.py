@@ -184,17 +184,20 @@ async def test_a_node_list_is_asked_once_for_the_pages_of_a_few_seconds() -> Non
 
     where = ("http://a:1", "token")
     # Pages at the same moment share the call in flight; each gets the answer with its own ref.
-    got = await asyncio.gather(*(lists.get(1, where, f"ref{i}", fetch) for i in range(8)))
+    got = await asyncio.gather(*(lists.get((1, "user"), where, f"ref{i}", fetch) for i in range(8)))
     assert len(asked) == 1 and [a.agent for a in got] == [f"ref{i}" for i in range(8)]
-    assert (await lists.get(1, where, "later", fetch)).agent == "later" and len(asked) == 1
-    await lists.get(1, ("http://a:2", "token"), "moved", fetch)  # the agent was edited: asked
+    assert (await lists.get((1, "user"), where, "later", fetch)).agent == "later" and len(asked) == 1
+    await lists.get((1, "user"), ("http://a:2", "token"), "moved", fetch)  # the agent was edited
     assert len(asked) == 2
-    lists.forget(1)  # this worker sent it a change
-    await lists.get(1, ("http://a:2", "token"), "changed", fetch)
+    await lists.get((1, "admin"), ("http://a:2", "token"), "admin", fetch)  # roles apart
     assert len(asked) == 3
-    await lists.get(2, where, "b", lambda: fetch(ok=False))  # a failure is not kept
-    await lists.get(2, where, "b", fetch)
+    lists.forget(1)  # this worker sent it a change: every role's list goes
+    await lists.get((1, "user"), ("http://a:2", "token"), "changed", fetch)
+    await lists.get((1, "admin"), ("http://a:2", "token"), "changed", fetch)
     assert len(asked) == 5
+    await lists.get((2, "user"), where, "b", lambda: fetch(ok=False))  # a failure is not kept
+    await lists.get((2, "user"), where, "b", fetch)
+    assert len(asked) == 7
 
 
 async def test_a_page_that_gives_up_does_not_cancel_the_shared_call() -> None:
@@ -205,9 +208,9 @@ async def test_a_page_that_gives_up_does_not_cancel_the_shared_call() -> None:
         await release.wait()
         return _Answer("first")
 
-    first = asyncio.ensure_future(lists.get(1, ("h", "t"), "a", fetch))
+    first = asyncio.ensure_future(lists.get((1, "user"), ("h", "t"), "a", fetch))
     await asyncio.sleep(0)
-    second = asyncio.ensure_future(lists.get(1, ("h", "t"), "b", fetch))
+    second = asyncio.ensure_future(lists.get((1, "user"), ("h", "t"), "b", fetch))
     await asyncio.sleep(0)
     first.cancel()
     release.set()
@@ -223,8 +226,8 @@ async def test_ttl_none_is_the_module_default(monkeypatch: pytest.MonkeyPatch) -
         asked.append(1)
         return _Answer("a")
 
-    await lists.get(1, ("h", "t"), "a", fetch)
-    await lists.get(1, ("h", "t"), "a", fetch)
+    await lists.get((1, "user"), ("h", "t"), "a", fetch)
+    await lists.get((1, "user"), ("h", "t"), "a", fetch)
     assert len(asked) == 2
 
 

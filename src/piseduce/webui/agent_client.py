@@ -273,7 +273,8 @@ class AgentClient(AgentHub):
 
         if ref.about.credentials != "none":
             return await ask()
-        kept: Result[list[Node]] = await self.node_lists.get(ref.id, (ref.base_url, ref.token), ref, ask)
+        key = (ref.id, who.role)
+        kept: Result[list[Node]] = await self.node_lists.get(key, (ref.base_url, ref.token), ref, ask)
         return kept
 
     async def schedule(

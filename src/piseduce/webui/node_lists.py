@@ -4,8 +4,9 @@ The Reserve page asks every agent for its nodes and its calendar; at 50 agents t
 page, and each call costs the web UI most of a millisecond of CPU (httpx), which 8 users on 2
 workers cannot afford. The calendar is the caller's (it marks their own slots), but the node list of
 an agent that acts with no testbed account of the user's (`credentials` "none") is the same for
-everyone: it is kept TTL seconds, and the pages of that time share it; calls at the same moment
-share one call in flight.
+everyone (of a role: admins and users are kept apart, should an agent ever answer them apart): it
+is kept TTL seconds, and the pages of that time share it; calls at the same moment share one call
+in flight.
 
 Per worker: another worker may show a node list up to TTL seconds older than this one's. A change
 this worker sends to an agent (any call that is not a GET) forgets that agent's list at once.
@@ -22,37 +23,40 @@ from typing import Any
 TTL = 3.0
 
 Fetch = Callable[[], Awaitable[Any]]
+Key = tuple[int, str]  # the agent's id, the caller's role
 
 
 class NodeLists:
     def __init__(self, ttl: float | None = None) -> None:
         self._ttl = TTL if ttl is None else ttl
-        # agent id -> (its address and token, until when, the answer or the call in flight)
-        self._kept: dict[int, tuple[tuple[str, str], float, asyncio.Future[Any]]] = {}
+        # (agent id, role) -> (its address and token, until when, the answer or the call in flight)
+        self._kept: dict[Key, tuple[tuple[str, str], float, asyncio.Future[Any]]] = {}
 
-    async def get(self, agent_id: int, where: tuple[str, str], ref: Any, fetch: Fetch) -> Any:
+    async def get(self, key: Key, where: tuple[str, str], ref: Any, fetch: Fetch) -> Any:
         """The agent's answer (a Result) kept or in flight, else `fetch()`'s, kept if it is a
         success. `where` (its address and token) must match: an edited agent is asked afresh."""
         now = time.monotonic()
-        kept = self._kept.get(agent_id)
+        kept = self._kept.get(key)
         if kept is not None and kept[0] == where and now < kept[1]:
             task = kept[2]
         else:
             # A task of its own: a page that gives up (its browser left) does not cancel the others'.
             task = asyncio.ensure_future(fetch())
-            self._kept[agent_id] = (where, now + self._ttl, task)
-            task.add_done_callback(lambda t: self._settled(agent_id, t))
+            self._kept[key] = (where, now + self._ttl, task)
+            task.add_done_callback(lambda t: self._settled(key, t))
         return replace(await asyncio.shield(task), agent=ref)  # with the caller's snapshot of the agent
 
-    def _settled(self, agent_id: int, task: asyncio.Future[Any]) -> None:
-        kept = self._kept.get(agent_id)
+    def _settled(self, key: Key, task: asyncio.Future[Any]) -> None:
+        kept = self._kept.get(key)
         if kept is None or kept[2] is not task:
             return
         failed = task.cancelled() or task.exception() is not None or not task.result().ok
         if failed:  # a failure is not kept: the next page asks again
-            del self._kept[agent_id]
+            del self._kept[key]
         else:  # kept TTL seconds from its answer, not from its question
-            self._kept[agent_id] = (kept[0], time.monotonic() + self._ttl, task)
+            self._kept[key] = (kept[0], time.monotonic() + self._ttl, task)
 
     def forget(self, agent_id: int) -> None:
-        self._kept.pop(agent_id, None)
+        """Every role's list of the agent."""
+        for key in [k for k in self._kept if k[0] == agent_id]:
+            del self._kept[key]
