@@ -8,6 +8,12 @@ to 8 users at once (median of every request of the 8). Targets: 300 ms with 1 us
 Then, at the first site, one more agent that accepts connections and never answers: the pages
 still come within 1.2 s (one agent deadline, then the circuit breaker skips it).
 
+Beside each median: the web UI's CPU per page (its processes' utime + stime, proc_meter.py: 8 users
+on 2 workers get 600 ms only if a page costs well under 100 ms of it), the fake agents' CPU (they
+share the machine), the agents' calls per page by route, and the load. A page that lacked an
+agent (it timed out) is counted and warned of: its agent's circuit breaker then skips it for up to
+30 s, and the figures after it ask fewer agents than the site has.
+
     .venv/bin/python bench/bench_webui.py                      # both sites, 2 workers
     .venv/bin/python bench/bench_webui.py --sites 10x100 --rounds 5 --workers 2
 """
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -33,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from proc_meter import Meter, load  # noqa: E402
 from results import emit  # noqa: E402
 
 SITES = ((50, 100), (6, 500))
@@ -46,53 +54,69 @@ TARGET_DEAD = 1.2
 CLOSE = {"Connection": "close"}  # a new connection per request: the kernel spreads them over workers
 
 
-def serve_agents(ports: list[int], nodes: int, ready: mp.Event) -> None:  # type: ignore[valid-type]
+ROUTES = ("/api/nodes", "/api/schedule", "/api/reservations", "/api/info", "/api/health")
+
+
+def counted(app: Any, counts: Any) -> Any:
+    """The app, counting its calls by route in `counts` (shared memory: the bench reads it)."""
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            counts[ROUTES.index(path) if path in ROUTES else len(ROUTES)] += 1
+        await app(scope, receive, send)
+
+    return asgi
+
+
+def serve_agents(names: list[str], nodes: int, ports: Any, counts: Any) -> None:
+    """Fake agents in one process, each on a socket it binds itself (port 0: no race for a port
+    another process took meanwhile); their ports go back through `ports`."""
     import uvicorn
 
     from helpers.webui_fixtures import fake_agent_app
 
     async def main() -> None:
-        servers = [
-            uvicorn.Server(
-                uvicorn.Config(
-                    fake_agent_app(f"site{i}", nodes=nodes, delay=DELAY),
-                    host="127.0.0.1",
-                    port=p,
-                    log_level="error",
-                )
-            )
-            for i, p in enumerate(ports)
-        ]
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        socks, servers = [], []
+        for name in names:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+            app = counted(fake_agent_app(name, nodes=nodes, delay=DELAY), counts)
+            servers.append(uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off")))
+        tasks = [asyncio.create_task(s.serve(sockets=[k])) for s, k in zip(servers, socks, strict=True)]
         while not all(s.started for s in servers):
             await asyncio.sleep(0.05)
-        ready.set()  # type: ignore[attr-defined]
+        ports.put([int(k.getsockname()[1]) for k in socks])
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
 
 
-def start_agents(agents: int, nodes: int, processes: int = 2) -> tuple[list[int], list[mp.Process]]:
-    """`agents` fake agents spread over `processes` processes (one would be the bottleneck)."""
-    ports = [free_port() for _ in range(agents)]
-    procs = []
+def start_agents(agents: int, nodes: int, processes: int = 2) -> tuple[list[int], list[mp.Process], Any]:
+    """`agents` fake agents spread over `processes` processes (one would be the bottleneck): their
+    ports (site0, site1, ... in order), the processes, and a function reading their call counts."""
+    names = [f"site{i}" for i in range(agents)]
+    by_name: dict[str, int] = {}
+    procs, arrays = [], []
     for k in range(processes):
-        mine = ports[k::processes]
+        mine = names[k::processes]
         if not mine:
             continue
-        ready = mp.Event()
-        p = mp.Process(target=serve_agents, args=(mine, nodes, ready), daemon=True)
+        queue: Any = mp.Queue()
+        counts = mp.Array("l", len(ROUTES) + 1, lock=False)
+        p = mp.Process(target=serve_agents, args=(mine, nodes, queue, counts), daemon=True)
         p.start()
-        if not ready.wait(120):
-            raise SystemExit("the fake agents did not start")
+        try:
+            by_name.update(zip(mine, queue.get(timeout=120), strict=True))
+        except Exception as exc:
+            raise SystemExit("the fake agents did not start") from exc
         procs.append(p)
-    return ports, procs
+        arrays.append(counts)
 
+    def calls() -> dict[str, int]:
+        return {route: sum(a[i] for a in arrays) for i, route in enumerate((*ROUTES, "other"))}
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return [by_name[n] for n in names], procs, calls
 
 
 def wait_up(url: str) -> None:
@@ -153,7 +177,18 @@ async def many_users(clients: list[httpx.AsyncClient], path: str, rounds: int) -
     return statistics.median([t for times in every for t in times])
 
 
-async def measure_site(url: str, agents: int, nodes: int, rounds: int, users: int, workers: int) -> None:
+def cost(meter: Meter, before: Any, name: str, who: str, size: str, pages: int) -> None:
+    """What the pages since `before` cost: the web UI's CPU per page (its target: 8 users on 2
+    workers get 600 ms only if a page costs well under 100 ms of CPU), the agents' CPU and calls."""
+    webui, agents, calls = Meter.per_page(before, meter.read(), pages)
+    emit(f"web UI: {name} CPU per page, {who}", size, webui, "ms", None)
+    asked = ", ".join(f"{k.removeprefix('/api/')} {v:g}" for k, v in sorted(calls.items()))
+    print(f"    fake agents: {agents:.0f} ms CPU per page; calls per page: {asked}; load {load()}",
+          flush=True)
+
+
+async def measure_site(url: str, agents: int, nodes: int, rounds: int, users: int, workers: int,
+                       meter: Meter) -> None:
     size = f"{agents} x {nodes} nodes, {workers} workers"
     clients = [await login(url, f"user{i}@example.org", "bench-password") for i in range(users)]
     try:
@@ -171,10 +206,15 @@ async def measure_site(url: str, agents: int, nodes: int, rounds: int, users: in
         _took, page_bytes = await timed(first, "/reserve")
         for name in ("reserve", "manage"):
             path = f"/{name}"
+            before = meter.read()
             emit(f"web UI: {name} median, 1 user", size, await one_user(first, path, rounds) * 1000, "ms",
                  TARGET * 1000)
+            cost(meter, before, name, "1 user", size, rounds)
+            before = meter.read()
+            many = max(3, rounds // 3)
             emit(f"web UI: {name} median, {users} users at once", size,
-                 await many_users(clients, path, max(3, rounds // 3)) * 1000, "ms", TARGET_USERS * 1000)
+                 await many_users(clients, path, many) * 1000, "ms", TARGET_USERS * 1000)
+            cost(meter, before, name, f"{users} users", size, many * users)
         emit("web UI: reserve page size", size, page_bytes / 1024, "KiB", None)
         for path, n in PARTIAL.items():
             print(f"  WARNING: {n} answers of {path} lacked an agent (timed out: is the machine loaded?)")
@@ -208,7 +248,7 @@ def run_site(agents: int, nodes: int, args: argparse.Namespace, dead: bool) -> N
     from helpers.webui_fixtures import SilentPort, add_user, write_webui_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webui-"))
-    ports, procs = start_agents(agents, nodes)
+    ports, procs, calls = start_agents(agents, nodes)
     cfg_path = write_webui_config(tmp, agent_timeout_seconds=1.5, health_check_seconds=30,
                                   event_loop_db_check="warn")
     for i in range(args.users):
@@ -228,14 +268,20 @@ def run_site(agents: int, nodes: int, args: argparse.Namespace, dead: bool) -> N
         url = f"http://127.0.0.1:{cfg.port_number}"
         wait_up(url)
         print(f"web UI: {agents} agents x {nodes} nodes, {DELAY * 1000:.0f} ms per agent call, "
-              f"{args.workers} workers", flush=True)
-        asyncio.run(measure_site(url, agents, nodes, args.rounds, args.users, args.workers))
+              f"{args.workers} workers; load {load()}", flush=True)
+        meter = Meter(webui.pid, [p.pid for p in procs if p.pid is not None], calls)
+        asyncio.run(measure_site(url, agents, nodes, args.rounds, args.users, args.workers, meter))
         if dead:
             asyncio.run(measure_dead(url, cfg_path, silent.port, args.rounds, args.workers, agents, nodes))
     finally:
         silent.close()
         webui.terminate()
-        webui.wait(20)
+        try:
+            webui.wait(30)
+        except subprocess.TimeoutExpired:  # a worker stuck in its shutdown: the run's figures stand
+            print("  the web UI did not stop within 30 s of SIGTERM: killed", flush=True)
+            webui.kill()
+            webui.wait(10)
         for p in procs:
             p.terminate()
             p.join(10)

@@ -23,6 +23,7 @@ from helpers.webui_fixtures import (
     webui_client,
     write_webui_config,
 )
+from piseduce.webui import node_lists
 
 
 @pytest.fixture
@@ -226,10 +227,12 @@ def test_deep_values_inside_free_form_fields_are_refused(config: Path, agent: Ho
 
 
 def test_a_big_answer_is_reused_only_while_it_is_byte_for_byte_the_same(
-    config: Path, agent: HostileAgent
+    config: Path, agent: HostileAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The web UI keeps the last big answers decoded (webui/answer_memo.py): a node list that
     changed is read again, and a malformed one after a good one is refused like any other."""
+    # Each page asks the agent (no node list shared for seconds: webui/node_lists.py).
+    monkeypatch.setattr(node_lists, "TTL", 0.0)
     agent.answer("GET /api/nodes", json.dumps(nodes(400)).encode())
     with webui_client(config) as b:
         assert b.login(OWNER, "victim-password").status_code == 303

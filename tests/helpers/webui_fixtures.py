@@ -4,6 +4,7 @@ processes, agents that refuse or never answer, and a contract-speaking fake agen
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -340,6 +341,20 @@ class WebuiProcess:
 # ---------------------------------------------------------------- contract fake agent (bench)
 
 
+class _Counted:
+    """Counts the calls of an app by "METHOD /path" (plain ASGI: nearly free, unlike an
+    @app.middleware, whose cost the benchmark's fake agents would add to the machine's load)."""
+
+    def __init__(self, app: Any, calls: collections.Counter[str]) -> None:
+        self.app = app
+        self.calls = calls
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.calls[f"{scope['method']} {scope['path']}"] += 1
+        await self.app(scope, receive, send)
+
+
 def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: str = TOKEN) -> Any:
     """A minimal agent speaking the §5.1 contract, answering every call after `delay` seconds."""
     from fastapi import FastAPI, Header, HTTPException, Response
@@ -389,6 +404,10 @@ def fake_agent_app(name: str, *, nodes: int = 100, delay: float = 0.1, token: st
     nodes_body = json.dumps(node_list).encode()
     reservations_body = json.dumps(reservations).encode()
     busy_body = json.dumps(busy).encode()
+
+    # How many calls of each route it answered (what a page costs the agents: test_agent_client_cost).
+    app.state.calls = collections.Counter()
+    app.add_middleware(_Counted, calls=app.state.calls)
 
     def check(authorization: str | None) -> None:
         if authorization != f"Bearer {token}":

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -65,6 +65,7 @@ from piseduce.webui.models import (
     Agent,
     utcnow,
 )
+from piseduce.webui.node_lists import NodeLists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +81,9 @@ class Result(Generic[T]):
     value: T | None = None
     error: str = ""
     failure: str = ""  # agents.Reply.failure: transport, token, too_large, unexpected, http
+    # Where a page may keep what it derives from `value` (answer_memo.Memo.derived: shared by
+    # every page that gets the same answer, never changed once put); None: not remembered.
+    derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +149,10 @@ class Held:
 class AgentClient(AgentHub):
     """The hub, typed: every agent route the web UI calls."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.node_lists = NodeLists()
+
     async def _ask(
         self,
         ref: AgentRef,
@@ -160,13 +168,15 @@ class AgentClient(AgentHub):
         token: bool = True,
         max_bytes: int | None = None,
     ) -> Result[Any]:
+        if method != "GET":  # it may change the agent's nodes: this worker asks for them afresh
+            self.node_lists.forget(ref.id)
         reply = await self.call(
             ref, method, path, who=who, json=json, params=params, timeout=timeout, use_breaker=use_breaker,
             token=token, max_bytes=max_bytes,
         )
         memo = reply.memo
         if memo is not None and model in memo.checked:
-            return Result(reply.agent, reply.status, memo.checked[model])
+            return Result(reply.agent, reply.status, memo.checked[model], derived=memo.derived)
         if reply.size >= agent_answers.THREAD_FROM_BYTES:
             # A big answer (a site's schedule) is checked off the event loop, as it was decoded.
             result = await asyncio.to_thread(read, reply, model, f"{method} {path}")
@@ -174,6 +184,7 @@ class AgentClient(AgentHub):
             result = read(reply, model, f"{method} {path}")
         if memo is not None and result.value is not None:
             memo.checked[model] = result.value
+            return replace(result, derived=memo.derived)
         return result
 
     # ------------------------------------------------------------ identity and health
@@ -254,7 +265,17 @@ class AgentClient(AgentHub):
     # ------------------------------------------------------------ nodes and calendar
 
     async def nodes(self, ref: AgentRef, who: Identity) -> Result[list[Node]]:
-        return await self._ask(ref, "GET", "/api/nodes", list[Node], who=who)
+        """Its nodes; those of an agent that acts with no account of the user's are the same for
+        every user, and shared by this worker's pages for a few seconds (node_lists.py)."""
+
+        async def ask() -> Result[list[Node]]:
+            return await self._ask(ref, "GET", "/api/nodes", list[Node], who=who)
+
+        if ref.about.credentials != "none":
+            return await ask()
+        key = (ref.id, who.role)
+        kept: Result[list[Node]] = await self.node_lists.get(key, (ref.base_url, ref.token), ref, ask)
+        return kept
 
     async def schedule(
         self, ref: AgentRef, who: Identity, start: dt.datetime, end: dt.datetime

@@ -295,8 +295,8 @@ class AgentHub:
             brk.failure(time.monotonic(), error)
             return Reply(ref, False, 0, failure="transport", error=f"unreachable: {error}")
         brk.success()
-        memo_key = (ref.id, ref.base_url, ref.token, path, tuple(sorted((params or {}).items())),
-                    self._headers(ref, who, token).get("X-Piseduce-User"), who.role if who else "")
+        # Not who asked: a memo is reused only for the very bytes it was made from (answer_memo.py).
+        memo_key = (ref.id, ref.base_url, path, tuple(sorted((params or {}).items())))
         memo = self.memo.get(memo_key, body) if method == "GET" and resp.is_success else None
         if memo is not None:
             return Reply(ref, True, resp.status_code, memo.data, size=len(body), memo=memo)
