@@ -442,11 +442,13 @@ class ActionRunner:
         pct = max(0, min(100, int(percent)))
         overall = self._overall(self.index, pct)
         # Only a change of the integer percentage (or a message) counts, and a bare percentage is
-        # committed at most once per PROGRESS_INTERVAL: no commit storm from chatty steps.
+        # committed at most once per PROGRESS_INTERVAL: no commit storm from chatty steps. A step's
+        # own 100 % rides with the commit that follows its run() (done, or waiting for the result).
         if overall == self.progress and not message:
             return
         self.progress = overall
-        if not message and self.clock.monotonic() - self._progress_committed < PROGRESS_INTERVAL:
+        soon = pct == 100 or self.clock.monotonic() - self._progress_committed < PROGRESS_INTERVAL
+        if not message and soon:
             self._progress_dirty = True
             return
 

@@ -1,0 +1,76 @@
+"""How many commits the executor makes per action (issue 15: a thousand concurrent actions cost
+what their transitions cost): a step's own 100 % rides with the commit that ends its run()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from helpers.engine_fixtures import (
+    add_node,
+    add_reservation,
+    load_config,
+    migrated,
+    reservation,
+    sqlite_url,
+    write_config,
+)
+from helpers.fake_driver import FakeDriver
+from piseduce.agent.drivers.base import Process, Step, StepContext
+from piseduce.agent.engine import runner
+from piseduce.agent.engine.executor import Executor
+from piseduce.agent.models import Action
+
+
+class HundredDriver(FakeDriver):
+    """'work' reports 30 % then 100 % in run(); 'check' reports 100 % in run() and is done at its
+    second poll; each poll notes the progress the database holds."""
+
+    polls: list[int] = []
+
+    def processes(self) -> dict[str, Process]:
+        sessions = self.sessions
+
+        async def work(ctx: StepContext) -> None:
+            await ctx.progress(30)
+            await ctx.progress(100)
+
+        async def check_run(ctx: StepContext) -> None:
+            await ctx.progress(100)
+
+        async def check_done(ctx: StepContext) -> bool:
+            with sessions() as s:
+                query = select(Action.progress).where(Action.reservation_id == ctx.reservation.id)
+                HundredDriver.polls.append(s.scalars(query).one())
+            return len(HundredDriver.polls) >= 2
+
+        steps = (Step("work", work, weight=1), Step("check", check_run, check_done, poll=0.01, weight=1))
+        return {**super().processes(), "deploy": Process("deploy", steps)}
+
+
+async def test_a_steps_final_100_percent_rides_with_its_done_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every bare percentage would be committed at once: only the steps' 100 % may wait.
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL", 0.0)
+    url = sqlite_url(tmp_path)
+    engine, sessions = migrated(url)
+    try:
+        add_node(sessions, "n1")
+        rid = add_reservation(sessions, "n1")
+        config = load_config(write_config(tmp_path, url))
+        ex = Executor(config, sessions, HundredDriver(config, sessions), "ex-1")
+        HundredDriver.polls = []
+        await ex.tick()
+        await ex.drain()
+        await ex.shutdown()
+        assert reservation(sessions, rid).status == "deployed"
+        # 30 %; work done (with its 100 %); check waiting for the result (with its 100 %); done.
+        assert ex.journal.entries == 4
+        # done() is first polled right after run() (nothing committed in between: 'work' done is
+        # 50 %), then again once "waiting for the result" is committed, with the step's 100 %.
+        assert HundredDriver.polls == [50, 100]
+    finally:
+        engine.dispose()
