@@ -21,7 +21,7 @@ from helpers.fake_driver import FakeDriver
 from piseduce.agent.drivers.base import Process, Step, StepContext
 from piseduce.agent.engine import runner
 from piseduce.agent.engine.executor import Executor
-from piseduce.agent.models import Action
+from piseduce.agent.models import Action, Reservation
 
 
 class HundredDriver(FakeDriver):
@@ -72,5 +72,54 @@ async def test_a_steps_final_100_percent_rides_with_its_done_commit(
         # done() is first polled right after run() (nothing committed in between: 'work' done is
         # 50 %), then again once "waiting for the result" is committed, with the step's 100 %.
         assert HundredDriver.polls == [50, 100]
+    finally:
+        engine.dispose()
+
+
+class NestedStateDriver(FakeDriver):
+    """One step that changes a nested value of its state in place between commits (its logs),
+    noting what the database holds after each."""
+
+    seen: list[object] = []
+
+    def processes(self) -> dict[str, Process]:
+        sessions = self.sessions
+
+        def saved(ctx: StepContext) -> object:
+            with sessions() as s:
+                r = s.get(Reservation, ctx.reservation.id)
+                assert r is not None
+                return (r.driver_state or {}).get("job")
+
+        async def work(ctx: StepContext) -> None:
+            ctx.state["job"] = {"n": 1}
+            await ctx.log("one")
+            NestedStateDriver.seen.append(saved(ctx))
+            await ctx.log("nothing changed")
+            NestedStateDriver.seen.append(saved(ctx))
+            ctx.state["job"]["n"] = 2
+            await ctx.log("two")
+            NestedStateDriver.seen.append(saved(ctx))
+            ctx.state["job"]["n"] = 3
+
+        return {**super().processes(), "deploy": Process("deploy", (Step("work", work),))}
+
+
+async def test_state_changed_in_place_after_a_commit_is_saved_by_the_next(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    engine, sessions = migrated(url)
+    try:
+        add_node(sessions, "n1")
+        rid = add_reservation(sessions, "n1")
+        config = load_config(write_config(tmp_path, url))
+        ex = Executor(config, sessions, NestedStateDriver(config, sessions), "ex-1")
+        NestedStateDriver.seen = []
+        await ex.tick()
+        await ex.drain()
+        await ex.shutdown()
+        r = reservation(sessions, rid)
+        assert r.status == "deployed"
+        assert NestedStateDriver.seen == [{"n": 1}, {"n": 1}, {"n": 2}]
+        assert r.driver_state["job"] == {"n": 3}
     finally:
         engine.dispose()
