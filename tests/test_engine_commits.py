@@ -3,10 +3,11 @@ what their transitions cost): a step's own 100 % rides with the commit that ends
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from helpers.engine_fixtures import (
     add_node,
@@ -21,7 +22,7 @@ from helpers.fake_driver import FakeDriver
 from piseduce.agent.drivers.base import Process, Step, StepContext
 from piseduce.agent.engine import runner
 from piseduce.agent.engine.executor import Executor
-from piseduce.agent.models import Action, Reservation
+from piseduce.agent.models import Action, Event, Reservation
 
 
 class HundredDriver(FakeDriver):
@@ -123,3 +124,35 @@ async def test_state_changed_in_place_after_a_commit_is_saved_by_the_next(tmp_pa
         assert r.driver_state["job"] == {"n": 3}
     finally:
         engine.dispose()
+
+
+async def test_events_written_together_are_one_info_line_and_a_debug_line_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="piseduce.agent.actions")
+    url = sqlite_url(tmp_path)
+    engine, sessions = migrated(url)
+    try:
+        for name in ("n1", "n2", "n3"):
+            add_node(sessions, name)
+            add_reservation(sessions, name)
+        add_node(sessions, "n4", behavior="raise", behavior_step="boot")
+        add_reservation(sessions, "n4")
+        config = load_config(write_config(tmp_path, url))
+        ex = Executor(config, sessions, FakeDriver(config, sessions), "ex-1")
+        await ex.tick()
+        await ex.drain()
+        await ex.shutdown()
+        with sessions() as s:
+            written = s.scalar(select(func.count()).select_from(Event)) or 0
+            failed = s.scalars(select(Event.message).where(Event.level == "error")).all()
+    finally:
+        engine.dispose()
+    records = [r for r in caplog.records if r.name == "piseduce.agent.actions"]
+    batches = [r for r in records if r.levelno == logging.INFO]
+    # Every event in a batch's count, each batch one INFO line, each event one DEBUG line.
+    assert batches and all(r.msg == "%d events written in one statement (%d nodes)" for r in batches)
+    assert sum(int(r.args[0]) for r in batches) == written  # type: ignore[index]
+    assert len([r for r in records if r.levelno == logging.DEBUG]) == written - len(failed)
+    # The failure keeps its own line, at WARNING.
+    assert failed and [r.getMessage() for r in records if r.levelno == logging.WARNING] == failed

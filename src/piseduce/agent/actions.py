@@ -43,6 +43,10 @@ def bulk_events(session: Session) -> Iterator[None]:
         yield
         if rows:
             session.execute(insert(cast(Table, Event.__table__)), rows)
+            # The batch's one line at INFO (its events are at DEBUG, see add_event).
+            if log.isEnabledFor(logging.INFO):
+                nodes = len({r["node_name"] for r in rows})
+                log.info("%d events written in one statement (%d nodes)", len(rows), nodes)
     finally:
         if outer is None:
             session.info.pop(EVENT_ROWS, None)
@@ -121,8 +125,17 @@ def add_event(
         rows.append(row)
     else:
         session.add(Event(**row))
+    # An event written with many others (`bulk_events`: the engine's group commits, a thousand
+    # a second) is logged at DEBUG, its batch in one INFO line: a line per event cost the executor
+    # more CPU than its database. Warnings and errors keep a line each.
+    if level in ("warning", "error"):
+        lvl = logging.WARNING
+    else:
+        lvl = logging.DEBUG if rows is not None else logging.INFO
+    if not log.isEnabledFor(lvl):
+        return
     log.log(
-        logging.WARNING if level in ("warning", "error") else logging.INFO,
+        lvl,
         message,
         extra={
             "node": row["node_name"] or None,
