@@ -42,7 +42,7 @@ def bulk_events(session: Session) -> Iterator[None]:
     try:
         yield
         if rows:
-            session.execute(insert(cast(Table, Event.__table__)), rows)
+            _insert_events(session, rows)
             # The batch's one line at INFO (its events are at DEBUG, see add_event).
             if log.isEnabledFor(logging.INFO):
                 nodes = len({r["node_name"] for r in rows})
@@ -52,6 +52,30 @@ def bulk_events(session: Session) -> Iterator[None]:
             session.info.pop(EVENT_ROWS, None)
         else:
             session.info[EVENT_ROWS] = outer
+
+
+# The columns of an event row (add_event), in the order COPY sends them.
+EVENT_COLUMNS = (
+    "reservation_id", "action_id", "node_name", "time", "level", "step", "message", "kind", "actor"
+)
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Many events at once: COPY on PostgreSQL, where an INSERT of many rows costs five times its
+    CPU (psycopg adapts each row's parameters and queues a statement for it); one INSERT of many
+    rows elsewhere. Both in the session's transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(cast(Table, Event.__table__)), rows)
+        return
+    session.flush()  # what the ORM has pending goes first, as with the INSERT
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            # The UTCDateTime column's own rule: an aware time, stored as UTC.
+            if row["time"].tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            copy.write_row([row[c] for c in EVENT_COLUMNS])
 
 
 class EventReservation(Protocol):
