@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from results import emit  # noqa: E402
 
 from helpers.fake_driver import FakeDriver  # noqa: E402
-from piseduce.agent.engine.executor import Executor  # noqa: E402
+from piseduce.agent.engine.executor import Executor, tune_gc  # noqa: E402
 from piseduce.agent.models import Event, Node, Reservation, utcnow  # noqa: E402
 from piseduce.config import load_agent_config  # noqa: E402
 from piseduce.db import make_engine, session_factory, upgrade  # noqa: E402
@@ -180,6 +180,8 @@ async def run(url: str, folder: Path, sizes: list[int], delay: float, limit: flo
         )
     )
     config = load_agent_config(cfg_path, check_files=False)
+    # The garbage collector set up as `piseduce agent exec` sets it (run_executor).
+    tune_gc()
     ex = Executor(config, sessions, FakeDriver(config, sessions), "bench")
     stop = asyncio.Event()
     task = asyncio.create_task(ex.run_forever(stop))
