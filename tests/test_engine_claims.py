@@ -29,7 +29,9 @@ from helpers.engine_fixtures import (
 )
 from helpers.fake_driver import FakeDriver
 from piseduce.agent.engine.executor import Executor
+from piseduce.agent.engine.schedule import queue_deploys
 from piseduce.agent.models import Action, ExecutorPresence, Node, utcnow
+from piseduce.db import write_session
 
 PG = pytest.param(
     "postgres",
@@ -159,3 +161,25 @@ async def test_a_first_claim_commits_the_start_of_the_process_and_of_its_first_s
     await stop(ex)
     assert messages(sessions, rid).count("prepare: started") == 1
     assert reservation(sessions, rid).status == "deployed"
+
+
+def test_queued_deploys_map_to_their_reservations_with_the_models_defaults(db: Any) -> None:
+    # PostgreSQL inserts them with one INSERT ... SELECT of an array, whose RETURNING comes in no
+    # particular order: each id must still be its reservation's, in the order asked.
+    sessions = db[2]
+    rids = list(reversed(book(sessions, 5)))
+    with write_session(sessions) as s:
+        ids = queue_deploys(s, rids)
+        s.add(Action(reservation_id=None, process="deploy"))  # the ORM's defaults, to compare with
+    with sessions() as s:
+        made = {a.id: a for a in s.scalars(select(Action))}
+    orm = next(a for a in made.values() if a.reservation_id is None)
+    assert len(ids) == len(set(ids)) == 5
+    assert [made[i].reservation_id for i in ids] == rids
+    columns = (
+        "process", "status", "step_index", "step_name", "step_rebooted", "step_ran",
+        "progress", "error", "args", "locked_by", "locked_until",
+    )
+    for i in ids:
+        assert [getattr(made[i], c) for c in columns] == [getattr(orm, c) for c in columns]
+        assert made[i].created_at is not None and made[i].step_started_at is not None

@@ -61,6 +61,10 @@ instances (`rows`): one SELECT per table for a batch, one UPDATE of many rows pe
 columns, one INSERT of many rows for the events. A reservation that reaches a final status is
 still written through the ORM, whose listeners erase its secrets and settle its energy.
 
+Their events are written together too (`actions.bulk_events`: COPY on PostgreSQL), logged at
+DEBUG with one INFO line per batch, and the `agent exec` process freezes its startup heap for the
+garbage collector (`executor.tune_gc`), whose full collections stalled every action otherwise.
+
 Database calls run in a small thread pool (one thread on SQLite, where writers are serialised
 anyway, so that in-process writers never wait on SQLite's busy handler) and never block the loop.
 

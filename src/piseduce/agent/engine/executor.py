@@ -4,6 +4,7 @@ leases of those actions, the reservations' secrets in memory, and a clean stop."
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -350,11 +351,28 @@ class Executor:
         self.db.close()
 
 
+# Objects allocated (less those freed) before a young collection: CPython's 700 made a thousand
+# concurrent actions trigger hundreds a second, and every tenth of the older ones a full one.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """The executor process's garbage collector. What exists once it has started (modules, the
+    ORM's mappings, the driver) is frozen: a full collection no longer scans it. With a thousand
+    actions running, one took 60-80 ms of CPU (every action stalled meanwhile) and came three
+    times in a 1,000-node deployment; young collections wait for 10,000 new objects."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def run_executor(
     config: AgentConfig, *, name: str | None = None, stop: asyncio.Event | None = None
 ) -> None:
     """`piseduce agent exec`: run until SIGTERM/SIGINT (or `stop`), then stop cleanly."""
     async def body(sessions: sessionmaker[Session], driver: Driver, stop: asyncio.Event) -> None:
+        tune_gc()
         await Executor(config, sessions, driver, name).run_forever(stop)
 
     await run_daemon(config, body, tables=("actions", "reservations", "nodes"), stop=stop)

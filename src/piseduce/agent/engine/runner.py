@@ -89,6 +89,7 @@ class ActionRunner:
         self._progress_dirty = False
         self._progress_committed = self.clock.monotonic()
         self._bound = StepBound()
+        self._weights: tuple[list[int], int] | None = None
 
     # ------------------------------------------------------------ the whole action
 
@@ -347,8 +348,12 @@ class ActionRunner:
     def _overall(self, index: int, step_percent: int) -> int:
         assert self.process is not None
         steps = self.process.steps
-        total = sum(max(s.weight, 0) for s in steps) or 1
-        done = sum(max(s.weight, 0) for s in steps[:index])
+        if self._weights is None:
+            # Summed once per action, not at every progress report.
+            weights = [max(s.weight, 0) for s in steps]
+            self._weights = ([sum(weights[:i]) for i in range(len(weights) + 1)], sum(weights) or 1)
+        before, total = self._weights
+        done = before[min(index, len(steps))]
         current = max(steps[index].weight, 0) * step_percent / 100 if index < len(steps) else 0
         return max(0, min(100, int((done + current) * 100 / total)))
 
@@ -402,9 +407,14 @@ class ActionRunner:
             owner=self.ex.name,
             lease_seconds=self.ex.lease_seconds,
             now=self.clock.now,
-            state=copy.deepcopy(ctx.state),
+            # The last saved copy when nothing changed (it is never mutated): no copy per commit.
+            state=self.saved_state if ctx.state == self.saved_state else copy.deepcopy(ctx.state),
             saved_state=self.saved_state,
-            connection=copy.deepcopy(ctx.connection),
+            connection=(
+                self.saved_connection
+                if ctx.connection == self.saved_connection
+                else copy.deepcopy(ctx.connection)
+            ),
             saved_connection=self.saved_connection,
             progress=self.progress if self._progress_dirty else None,
             mutate=mutate,
@@ -442,11 +452,13 @@ class ActionRunner:
         pct = max(0, min(100, int(percent)))
         overall = self._overall(self.index, pct)
         # Only a change of the integer percentage (or a message) counts, and a bare percentage is
-        # committed at most once per PROGRESS_INTERVAL: no commit storm from chatty steps.
+        # committed at most once per PROGRESS_INTERVAL: no commit storm from chatty steps. A step's
+        # own 100 % rides with the commit that follows its run() (done, or waiting for the result).
         if overall == self.progress and not message:
             return
         self.progress = overall
-        if not message and self.clock.monotonic() - self._progress_committed < PROGRESS_INTERVAL:
+        soon = pct == 100 or self.clock.monotonic() - self._progress_committed < PROGRESS_INTERVAL
+        if not message and soon:
             self._progress_dirty = True
             return
 
