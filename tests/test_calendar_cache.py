@@ -261,11 +261,11 @@ def _week_of_bookings(sessions: sessionmaker[Session]) -> None:
 
 
 class _Reads:
-    """What the cache reads from the database: holds.slots_iso's [start, end) and nodes (None: all)."""
+    """What the cache reads from the database: holds.slots_text's [start, end) and nodes (None: all)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.spans: list[tuple[dt.datetime, dt.datetime, Any]] = []
-        real = holds.slots_iso
+        real = holds.slots_text
 
         def counted(
             session: Session, start: dt.datetime, end: dt.datetime, bound: Any = None, nodes: Any = None
@@ -273,7 +273,7 @@ class _Reads:
             self.spans.append((start, end, nodes))
             return real(session, start, end, bound, nodes)
 
-        monkeypatch.setattr(holds, "slots_iso", counted)
+        monkeypatch.setattr(holds, "slots_text", counted)
 
 
 def _matches(
@@ -436,3 +436,58 @@ def test_the_changes_table_is_pruned(sessions: sessionmaker[Session]) -> None:
     assert now - oldest <= calendar_generation.KEEP + calendar_generation.PRUNE_EVERY
     assert kept <= 2 * (calendar_generation.KEEP + calendar_generation.PRUNE_EVERY)
     _matches(sessions, behind, TWO_DAYS)
+
+
+# --- The answer's text, byte for byte (times sliced from the stored text, holds.slots_text) ---
+
+EDGES = [
+    # (start, hours): at midnight, with microseconds, ending at midnight, at a second's first instant.
+    (T0, 3),
+    (T0 + dt.timedelta(hours=5, microseconds=123_456), 2.5),
+    (T0 + dt.timedelta(hours=21), 3),
+    (T0 + dt.timedelta(days=1, hours=4, seconds=7, microseconds=1), 19),
+    (T0 - dt.timedelta(hours=2, microseconds=999_999), 1),
+]
+
+
+def _text_of(slots: dict[str, list[tuple[dt.datetime, dt.datetime, Reservation]]], me: str) -> str:
+    """The answer's "nodes" object made from the rows' datetimes with calendar_cache.iso, as the
+    uncached encoding would: only the caller's own slots show their owner, id and status."""
+
+    def one(a: dt.datetime, b: dt.datetime, r: Reservation) -> str:
+        times = f'"start":"{calendar_cache.iso(a)}","end":"{calendar_cache.iso(b)}"'
+        if r.owner != me:
+            return "{" + times + "}"
+        return (
+            "{" + times + f',"owner":{json.dumps(r.owner, ensure_ascii=False)},"mine":true,'
+            f'"reservation_id":{r.id},"status":{json.dumps(r.status)}}}'
+        )
+
+    nodes = [
+        f"{json.dumps(n, ensure_ascii=False)}:[{','.join(one(*x) for x in sorted(v, key=lambda x: x[0]))}]"
+        for n, v in sorted(slots.items())
+    ]
+    return "{" + ",".join(nodes) + "}"
+
+
+@pytest.mark.parametrize("window", [WEEK, TWO_DAYS, WINDOWS[2], WINDOWS[3]])
+def test_the_answer_is_the_rows_times_byte_for_byte(
+    sessions: sessionmaker[Session], window: tuple[dt.datetime, dt.datetime]
+) -> None:
+    with sessions.begin() as s:
+        s.add_all(
+            _booking(n, a + dt.timedelta(days=d), h, USERS[(d + i) % len(USERS)])
+            for d in range(0, 7, 2)
+            for i, n in enumerate(NODES)
+            for a, h in EDGES[i % 2 :: 2]
+        )
+    with sessions() as s:
+        rows = list(s.scalars(select(Reservation)))
+        got = CalendarCache().window(s, *window, BOUND)
+    slots: dict[str, list[tuple[dt.datetime, dt.datetime, Reservation]]] = {}
+    for r in rows:
+        if r.start < window[1] and r.busy_until > window[0]:
+            slots.setdefault(r.node_name, []).append((r.start, r.end, r))
+    assert any(r.start.microsecond for r in rows) and any(not r.start.microsecond for r in rows)
+    for me in USERS:
+        assert got.nodes_json(me, False, []) == _text_of(slots, me)
