@@ -491,3 +491,43 @@ def test_the_answer_is_the_rows_times_byte_for_byte(
     assert any(r.start.microsecond for r in rows) and any(not r.start.microsecond for r in rows)
     for me in USERS:
         assert got.nodes_json(me, False, []) == _text_of(slots, me)
+
+
+# --- A worker's start reads the coming week (CalendarCache.warm_up, the app's lifespan) ---
+
+
+def test_warm_up_reads_the_coming_days_once(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _week_of_bookings(sessions)
+    cache = CalendarCache()
+    with sessions() as s:
+        cache.warm_up(s, BOUND, now=T0 + dt.timedelta(hours=5))
+    reads = _Reads(monkeypatch)
+    for window in (SHIFTED, TWO_DAYS, (T0 + dt.timedelta(hours=7), T0 + dt.timedelta(hours=55))):
+        _matches(sessions, cache, window)
+    assert reads.spans == []  # every window built from the days read at start
+
+
+def test_the_app_warms_its_calendar_when_it_starts(
+    make_agent_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from piseduce.agent.app import create_app
+
+    app = create_app(make_agent_config())
+    today = calendar_cache._day_of(dt.datetime.now(dt.UTC))
+    with app.state.agent.sessions.begin() as s:
+        s.add(Node(name="n-1", ip="10.0.0.1", properties={}, attrs={}))
+        s.add(_booking("n-1", today + dt.timedelta(hours=30), 2))
+    with TestClient(app):
+        pass  # the lifespan's end waits for the warm-up
+    reads = _Reads(monkeypatch)
+    with app.state.agent.sessions() as s:
+        window = app.state.agent.calendar.window(
+            s, today + dt.timedelta(hours=1), today + dt.timedelta(hours=49), BOUND
+        )
+    app.state.agent.engine.dispose()
+    assert reads.spans == []
+    assert list(json.loads(window.nodes_json(USERS[1], False, []))) == ["n-1"]
