@@ -261,11 +261,11 @@ def _week_of_bookings(sessions: sessionmaker[Session]) -> None:
 
 
 class _Reads:
-    """What the cache reads from the database: holds.slots_iso's [start, end) and nodes (None: all)."""
+    """What the cache reads from the database: holds.slots_text's [start, end) and nodes (None: all)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.spans: list[tuple[dt.datetime, dt.datetime, Any]] = []
-        real = holds.slots_iso
+        real = holds.slots_text
 
         def counted(
             session: Session, start: dt.datetime, end: dt.datetime, bound: Any = None, nodes: Any = None
@@ -273,7 +273,7 @@ class _Reads:
             self.spans.append((start, end, nodes))
             return real(session, start, end, bound, nodes)
 
-        monkeypatch.setattr(holds, "slots_iso", counted)
+        monkeypatch.setattr(holds, "slots_text", counted)
 
 
 def _matches(
@@ -436,3 +436,98 @@ def test_the_changes_table_is_pruned(sessions: sessionmaker[Session]) -> None:
     assert now - oldest <= calendar_generation.KEEP + calendar_generation.PRUNE_EVERY
     assert kept <= 2 * (calendar_generation.KEEP + calendar_generation.PRUNE_EVERY)
     _matches(sessions, behind, TWO_DAYS)
+
+
+# --- The answer's text, byte for byte (times sliced from the stored text, holds.slots_text) ---
+
+EDGES = [
+    # (start, hours): at midnight, with microseconds, ending at midnight, at a second's first instant.
+    (T0, 3),
+    (T0 + dt.timedelta(hours=5, microseconds=123_456), 2.5),
+    (T0 + dt.timedelta(hours=21), 3),
+    (T0 + dt.timedelta(days=1, hours=4, seconds=7, microseconds=1), 19),
+    (T0 - dt.timedelta(hours=2, microseconds=999_999), 1),
+]
+
+
+def _text_of(slots: dict[str, list[tuple[dt.datetime, dt.datetime, Reservation]]], me: str) -> str:
+    """The answer's "nodes" object made from the rows' datetimes with calendar_cache.iso, as the
+    uncached encoding would: only the caller's own slots show their owner, id and status."""
+
+    def one(a: dt.datetime, b: dt.datetime, r: Reservation) -> str:
+        times = f'"start":"{calendar_cache.iso(a)}","end":"{calendar_cache.iso(b)}"'
+        if r.owner != me:
+            return "{" + times + "}"
+        return (
+            "{" + times + f',"owner":{json.dumps(r.owner, ensure_ascii=False)},"mine":true,'
+            f'"reservation_id":{r.id},"status":{json.dumps(r.status)}}}'
+        )
+
+    nodes = [
+        f"{json.dumps(n, ensure_ascii=False)}:[{','.join(one(*x) for x in sorted(v, key=lambda x: x[0]))}]"
+        for n, v in sorted(slots.items())
+    ]
+    return "{" + ",".join(nodes) + "}"
+
+
+@pytest.mark.parametrize("window", [WEEK, TWO_DAYS, WINDOWS[2], WINDOWS[3]])
+def test_the_answer_is_the_rows_times_byte_for_byte(
+    sessions: sessionmaker[Session], window: tuple[dt.datetime, dt.datetime]
+) -> None:
+    with sessions.begin() as s:
+        s.add_all(
+            _booking(n, a + dt.timedelta(days=d), h, USERS[(d + i) % len(USERS)])
+            for d in range(0, 7, 2)
+            for i, n in enumerate(NODES)
+            for a, h in EDGES[i % 2 :: 2]
+        )
+    with sessions() as s:
+        rows = list(s.scalars(select(Reservation)))
+        got = CalendarCache().window(s, *window, BOUND)
+    slots: dict[str, list[tuple[dt.datetime, dt.datetime, Reservation]]] = {}
+    for r in rows:
+        if r.start < window[1] and r.busy_until > window[0]:
+            slots.setdefault(r.node_name, []).append((r.start, r.end, r))
+    assert any(r.start.microsecond for r in rows) and any(not r.start.microsecond for r in rows)
+    for me in USERS:
+        assert got.nodes_json(me, False, []) == _text_of(slots, me)
+
+
+# --- A worker's start reads the coming week (CalendarCache.warm_up, the app's lifespan) ---
+
+
+def test_warm_up_reads_the_coming_days_once(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _week_of_bookings(sessions)
+    cache = CalendarCache()
+    with sessions() as s:
+        cache.warm_up(s, BOUND, now=T0 + dt.timedelta(hours=5))
+    reads = _Reads(monkeypatch)
+    for window in (SHIFTED, TWO_DAYS, (T0 + dt.timedelta(hours=7), T0 + dt.timedelta(hours=55))):
+        _matches(sessions, cache, window)
+    assert reads.spans == []  # every window built from the days read at start
+
+
+def test_the_app_warms_its_calendar_when_it_starts(
+    make_agent_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from piseduce.agent.app import create_app
+
+    app = create_app(make_agent_config())
+    today = calendar_cache._day_of(dt.datetime.now(dt.UTC))
+    with app.state.agent.sessions.begin() as s:
+        s.add(Node(name="n-1", ip="10.0.0.1", properties={}, attrs={}))
+        s.add(_booking("n-1", today + dt.timedelta(hours=30), 2))
+    with TestClient(app):
+        pass  # the lifespan's end waits for the warm-up
+    reads = _Reads(monkeypatch)
+    with app.state.agent.sessions() as s:
+        window = app.state.agent.calendar.window(
+            s, today + dt.timedelta(hours=1), today + dt.timedelta(hours=49), BOUND
+        )
+    app.state.agent.engine.dispose()
+    assert reads.spans == []
+    assert list(json.loads(window.nodes_json(USERS[1], False, []))) == ["n-1"]

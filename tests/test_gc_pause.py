@@ -54,3 +54,28 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
     with paused():
         pass
     assert not gc.isenabled()
+
+
+def test_what_was_made_inside_goes_to_the_oldest_generation_unexamined() -> None:
+    gc.enable()
+    gc.collect()
+    with paused():
+        made = [[i] for i in range(5000)]  # lists: tracked until collected
+    assert gc.get_count()[0] < 100  # no young collection of them pending
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(x) in oldest for x in made)
+    assert gc.get_freeze_count() == 0
+
+
+def test_objects_frozen_by_someone_else_stay_frozen() -> None:
+    gc.enable()
+    sentinel = [object()]
+    gc.freeze()
+    try:
+        with paused():
+            made = [[i] for i in range(100)]
+        collected = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
+        assert id(sentinel) not in collected  # still in the permanent generation
+        assert gc.get_freeze_count() > 0 and made
+    finally:
+        gc.unfreeze()

@@ -6,6 +6,7 @@ from `PISEDUCE_AGENT_CONFIG`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import piseduce
-from piseduce.agent import errors
+from piseduce.agent import errors, holds
 from piseduce.agent.api import admin, credentials, events, health, monitoring, nodes, reservations, slots
 from piseduce.agent.api.deps import ERRORS, AgentState
+from piseduce.agent.api.deps import db as db_work
 from piseduce.agent.auth import admin as require_admin
 from piseduce.agent.booking import Limits
 from piseduce.agent.drivers import load_driver
@@ -137,6 +139,16 @@ def _load_driver(config: AgentConfig, sessions: sessionmaker[Session]) -> Driver
         ) from None
 
 
+def _warm_calendar(state: AgentState) -> None:
+    """The worker's calendar cache filled with the coming week (CalendarCache.warm_up), so that the
+    first Reserve page is not a cold read; a failure only leaves the cache empty."""
+    try:
+        with state.sessions() as s:
+            state.calendar.warm_up(s, holds.hold_bound(s, state.limits))
+    except Exception:
+        log.warning("reading the coming week's calendar at start failed", exc_info=True)
+
+
 def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
     engine = make_engine(config.database_url)
     sessions = session_factory(engine)
@@ -158,8 +170,11 @@ def create_app(config: AgentConfig, driver: Driver | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The coming week's calendar, in the thread pool: requests are served meanwhile.
+        warming = asyncio.ensure_future(db_work(_warm_calendar, state))
         yield
         try:
+            await warming  # before the engine goes: it may still be reading
             await driver.close()
         finally:
             engine.dispose()

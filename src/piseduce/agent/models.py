@@ -65,7 +65,7 @@ class Node(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-# What the calendar reads of a reservation (holds.slots_iso), in its index.
+# What the calendar reads of a reservation (holds.slots_text), in its index.
 CALENDAR_INDEX_COLUMNS = ("start", "busy_until", "status", "node_name", "end", "owner")
 
 
