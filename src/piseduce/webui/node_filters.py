@@ -86,7 +86,9 @@ def parse_chips(text: str) -> list[Filter]:
         raw = json.loads(text or "[]")
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         raise ValueError("the filters are malformed") from None
-    if not isinstance(raw, list) or len(raw) > MAX_FILTERS:
+    if not isinstance(raw, list):
+        raise ValueError("the filters are malformed")
+    if len(raw) > MAX_FILTERS:
         raise ValueError(f"at most {MAX_FILTERS} filters")
     out = []
     for item in raw:
