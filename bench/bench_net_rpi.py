@@ -173,7 +173,7 @@ def chain_target(boards: int) -> float:
     return 1.3 if boards <= 16 else 1.5
 
 
-async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> None:
+async def main(size_mb: int, boards: int, chains: list[int], scale: float, sparse_only: bool = False) -> None:
     problem = real_mode_problem()
     if problem:
         print(f"bench_net_rpi: skipped, the real mode cannot run here: {problem}")
@@ -224,7 +224,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 emit(f"net rpi: physical bound of a star of {boards} (uplink)", sized, bound, "s", None)
                 emit(f"net rpi: star of {boards} boards / one board", sized, many / one, "x", None)
             agent_key = sshc.load_or_create_agent_key(key)
-            for n in chains:
+            for n in [] if sparse_only else chains:
                 names = [b.name for b in cluster.boards[:n]]
                 cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, image, sha)
@@ -244,7 +244,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 emit(f"net rpi: chain of {n} boards, images the agent sent", sized, run.sent / size, "images",
                      1.0)
             n = min(chains) if chains else 0
-            if n >= 3:
+            if n >= 3 and not sparse_only:
                 names = [b.name for b in cluster.boards[:n]]
                 victim = names[len(names) // 3]
                 cpu = CpuMeter()
@@ -270,6 +270,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 wiped = await asyncio.gather(*(wipe(cluster, name, key) for name in names))
                 if not all(wiped):
                     raise RuntimeError("a wipe did not zero its card")
+                cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, zimage, zsha, sparse=True)
                 results = [v for v in run.results.values() if isinstance(v, dict)]
                 if len(results) != n:
@@ -280,9 +281,11 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 zeros = 100 - data * 100 // size
                 report(f"{n} boards, chain, wiped cards, {zeros} % zeros", run.took, n * size, data_s,
                        f"the image's {data >> 20} MiB of data at the card's speed, or its size over a link")
+                print(cpu.line(boards_cpu(run.results)))
                 emit(f"net rpi: chain of {n}, 70 % zeros on wiped cards / one board (full image)", sized,
                      run.took / one, "x", 0.5)
-                await compressed_chain(cluster, names, agent_key, zimage, tmp, one, sized)
+                if not sparse_only:
+                    await compressed_chain(cluster, names, agent_key, zimage, tmp, one, sized)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -335,6 +338,9 @@ if __name__ == "__main__":
                     help="chain sizes, comma-separated ('' to skip)")
     ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_NET_SCALE", 8)),
                     help="links, uplink and cards this many times slower (ratios kept)")
+    ap.add_argument("--sparse-only", action="store_true",
+                    help="of the chains, only the 70 %%-zeros one on wiped cards (part 5), "
+                    "at the smallest --chain")
     args = ap.parse_args()
     chains = [int(x) for x in args.chain.split(",") if x.strip()]
-    asyncio.run(main(args.size_mb, args.boards, chains, args.scale))
+    asyncio.run(main(args.size_mb, args.boards, chains, args.scale, args.sparse_only))
