@@ -89,3 +89,16 @@ def test_hash_zeros_is_the_hash_of_the_zero_bytes() -> None:
         sha = hashlib.sha256(b"x")
         relay.hash_zeros(sha, n)
         assert sha.hexdigest() == hashlib.sha256(b"x" + bytes(n)).hexdigest()
+
+
+def test_a_zero_run_is_read_in_pieces_of_the_size_asked_for_runs() -> None:
+    """A wiped card's board takes a run in big pieces (they cost its card nothing), data by chunk."""
+    a, b = socket.socketpair()
+    with a, b:
+        b.settimeout(1.0)
+        relay.send_frames(a, relay.Zeros(10 << 20), 0)
+        relay.send_frames(a, b"\x01" * (64 << 10), 10 << 20)
+        reader = relay.FrameReader(b)
+        got = [reader.read(16 << 10, 8 << 20) for _ in range(3)]
+        assert [type(p).__name__ for p in got] == ["Zeros", "Zeros", "bytearray"]
+        assert [len(p or b"") for p in got] == [8 << 20, 2 << 20, 16 << 10]

@@ -60,6 +60,10 @@ from piseduce.node.relay import (
 # second at a link's speed, large enough that hashing, writing and serving cost per chunk.
 CHUNK = 256 << 10
 LAG = 32 << 20  # how far the card may trail what the board received (and serves)
+# A zero run for a wiped card, received and forwarded as one piece up to this size: it costs that
+# card nothing, so a piece per chunk would only add wake-ups (any other card writes it by CHUNK,
+# its progress seen as it goes).
+SKIPPED_PIECE = 8 << 20
 WINDOW = 64 << 20  # recent bytes kept in memory; never fewer than the unwritten ones (LAG)
 RETRY_PAUSE = 0.5
 TICK = 0.1  # how often the progress reporter looks at the counts
@@ -163,10 +167,9 @@ class Image:
             end = min(self.have, offset + CHUNK)
             for start, data in reversed(self.recent):  # pullers ask for recent bytes: look from the end
                 if start <= offset < start + len(data):
-                    stop = min(end, start + len(data)) - start
-                    if isinstance(data, Zeros):
-                        return Zeros(stop - (offset - start))
-                    return memoryview(data)[offset - start:stop]
+                    if isinstance(data, Zeros):  # the rest of the run: one frame, whatever its length
+                        return Zeros(start + len(data) - offset)
+                    return memoryview(data)[offset - start:min(end, start + len(data)) - start]
                 if start + len(data) <= offset:
                     break
         return card.pread(end - offset, offset)
@@ -358,7 +361,9 @@ class Writer:
             while self.image.have < self.image.size and self.image.wait_room():
                 if self.generation != generation:
                     return  # the agent named another source: take it from there
-                data = frames.read(min(CHUNK, self.image.size - self.image.have))
+                left = self.image.size - self.image.have
+                zeros = SKIPPED_PIECE if self.header.sparse else CHUNK
+                data = frames.read(min(CHUNK, left), min(zeros, left))
                 if data:
                     self.image.add(data)
 

@@ -151,15 +151,17 @@ class FrameReader:
         self.kind = DATA
         self.left = 0  # of the current frame
 
-    def read(self, want: int) -> Chunk | None:
-        """Image bytes (at most `want`) or a run of zeros; None when nothing came within the socket's
-        timeout. OSError when the source closed the connection or sent a malformed frame."""
+    def read(self, want: int, zeros: int | None = None) -> Chunk | None:
+        """Image bytes (at most `want`) or a run of zeros (at most `zeros`, by default `want`); None
+        when nothing came within the socket's timeout. OSError when the source closed the
+        connection or sent a malformed frame."""
         if self.left == 0 and not self._header():
             return None
-        n = min(want, self.left)
         if self.kind == ZEROS:
+            n = min(want if zeros is None else zeros, self.left)
             self.left -= n
             return Zeros(n)
+        n = min(want, self.left)
         data = fill(self.sock, n)
         self.left -= len(data)
         return data or None
