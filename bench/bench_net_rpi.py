@@ -18,7 +18,9 @@ bound), eight boards 86.6 s, 99 MB/s in all (1.26x the uplink bound).
    against one board's (targets: 16 boards <= 1.3x, 48 boards <= 1.5x) and the bytes the agent sent;
 4. the same chain with one board powered off mid-transfer: the others finish (re-fed from the
    nearest healthy board), the killed one fails with the reason;
-5. a 70 %-zeros image on wiped cards (sparse write): the time follows the image's data;
+5. a 70 %-zeros image on wiped cards (sparse write): the time follows the image's data (the zeros
+   cross no link: a run is a "zeros, N bytes" frame; its bound is the data at a card's speed);
+   `--sparse-only` runs this part alone (with the one board it is compared with);
 6. that image gzip-compressed (a saved environment): the agent decompresses it once into its raw
    cache (raw_cache.py, sparse) and the chain carries the raw copy; decompression plus chain
    against one board's time (target: the chain's), the decompression's rate against the
@@ -52,6 +54,15 @@ process) and the whole host (/proc/stat), and the load average at its end.
   image every time (0.5-0.8 CPU s); 16 boards with one powered off at a third 29.5 / 29.5 s
   (1.08x), the others finished; a 70 %-zeros image on 16 wiped cards 13.0 / 13.6 s (its data
   alone would take 7.9 s, its size over a link 8.6 s); the .img.gz chain of 16 in all 1.07x.
+- 70 %-zeros image on a chain of 48 wiped cards (`--boards 0 --chain 48 --sparse-only`, the host
+  shared with other helpers' test suites): when the zeros crossed every link, 30.2 / 31.4 / 30.6 s
+  (bound 8.6 s, its size over a link), the boards' helpers 50.2 / 53.4 / 50.9 CPU s (user 20.6,
+  sys 25.7: the kernel's network work), the host 60-63 CPU s, load 42-45 (both cores busy); a
+  zero test at C speed alone changed nothing. Now (zero runs as frames, from the agent and board
+  to board; 38 MiB on the wire for the 128 MiB image) 15.1 / 17.4 / 18.0 / 20.6 s against a bound
+  of 8.2 s (its 39 MiB of data at a card's speed), the helpers 23.2-29.2 CPU s (0.5-0.6 s a board:
+  0.13 s of it starting Python, user 0.28 s and sys 0.32 s in all), the host 30-41 CPU s in that
+  time: still CPU-bound on 2 cores, the rest of the gap being the other helpers' load.
 
 The defaults are that run's (about 7 minutes here); the first baseline was
 `--size-mb 1024 --boards 8 --chain '' --scale 1`.
