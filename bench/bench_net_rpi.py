@@ -18,7 +18,9 @@ bound), eight boards 86.6 s, 99 MB/s in all (1.26x the uplink bound).
    against one board's (targets: 16 boards <= 1.3x, 48 boards <= 1.5x) and the bytes the agent sent;
 4. the same chain with one board powered off mid-transfer: the others finish (re-fed from the
    nearest healthy board), the killed one fails with the reason;
-5. a 70 %-zeros image on wiped cards (sparse write): the time follows the image's data;
+5. a 70 %-zeros image on wiped cards (sparse write): the time follows the image's data (the zeros
+   cross no link: a run is a "zeros, N bytes" frame; its bound is the data at a card's speed);
+   `--sparse-only` runs this part alone (with the one board it is compared with);
 6. that image gzip-compressed (a saved environment): the agent decompresses it once into its raw
    cache (raw_cache.py, sparse) and the chain carries the raw copy; decompression plus chain
    against one board's time (target: the chain's), the decompression's rate against the
@@ -52,6 +54,15 @@ process) and the whole host (/proc/stat), and the load average at its end.
   image every time (0.5-0.8 CPU s); 16 boards with one powered off at a third 29.5 / 29.5 s
   (1.08x), the others finished; a 70 %-zeros image on 16 wiped cards 13.0 / 13.6 s (its data
   alone would take 7.9 s, its size over a link 8.6 s); the .img.gz chain of 16 in all 1.07x.
+- 70 %-zeros image on a chain of 48 wiped cards (`--boards 0 --chain 48 --sparse-only`, the host
+  shared with other helpers' test suites): when the zeros crossed every link, 30.2 / 31.4 / 30.6 s
+  (bound 8.6 s, its size over a link), the boards' helpers 50.2 / 53.4 / 50.9 CPU s (user 20.6,
+  sys 25.7: the kernel's network work), the host 60-63 CPU s, load 42-45 (both cores busy); a
+  zero test at C speed alone changed nothing. Now (zero runs as frames, from the agent and board
+  to board; 38 MiB on the wire for the 128 MiB image) 15.1 / 17.4 / 18.0 / 20.6 s against a bound
+  of 8.2 s (its 39 MiB of data at a card's speed), the helpers 23.2-29.2 CPU s (0.5-0.6 s a board:
+  0.13 s of it starting Python, user 0.28 s and sys 0.32 s in all), the host 30-41 CPU s in that
+  time: still CPU-bound on 2 cores, the rest of the gap being the other helpers' load.
 
 The defaults are that run's (about 7 minutes here); the first baseline was
 `--size-mb 1024 --boards 8 --chain '' --scale 1`.
@@ -173,7 +184,7 @@ def chain_target(boards: int) -> float:
     return 1.3 if boards <= 16 else 1.5
 
 
-async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> None:
+async def main(size_mb: int, boards: int, chains: list[int], scale: float, sparse_only: bool = False) -> None:
     problem = real_mode_problem()
     if problem:
         print(f"bench_net_rpi: skipped, the real mode cannot run here: {problem}")
@@ -224,7 +235,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 emit(f"net rpi: physical bound of a star of {boards} (uplink)", sized, bound, "s", None)
                 emit(f"net rpi: star of {boards} boards / one board", sized, many / one, "x", None)
             agent_key = sshc.load_or_create_agent_key(key)
-            for n in chains:
+            for n in [] if sparse_only else chains:
                 names = [b.name for b in cluster.boards[:n]]
                 cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, image, sha)
@@ -244,7 +255,7 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 emit(f"net rpi: chain of {n} boards, images the agent sent", sized, run.sent / size, "images",
                      1.0)
             n = min(chains) if chains else 0
-            if n >= 3:
+            if n >= 3 and not sparse_only:
                 names = [b.name for b in cluster.boards[:n]]
                 victim = names[len(names) // 3]
                 cpu = CpuMeter()
@@ -270,19 +281,25 @@ async def main(size_mb: int, boards: int, chains: list[int], scale: float) -> No
                 wiped = await asyncio.gather(*(wipe(cluster, name, key) for name in names))
                 if not all(wiped):
                     raise RuntimeError("a wipe did not zero its card")
+                cpu = CpuMeter()
                 run = await chain_harness.run_chain(cluster, names, agent_key, zimage, zsha, sparse=True)
                 results = [v for v in run.results.values() if isinstance(v, dict)]
                 if len(results) != n:
                     raise RuntimeError(f"sparse chain: {run.results}")
                 data = max(int(r.get("card_bytes") or 0) for r in results)
-                # The zeros still cross the links (only the cards skip them).
-                data_s = max(data / (card_mbps * 1e6), link_s)
+                # The zeros cross no link (a frame header stands for a run): the image's data at
+                # the slower of a card and a link is the bound.
+                data_s = max(data / (card_mbps * 1e6), data * 8 / (link * 1e6))
                 zeros = 100 - data * 100 // size
                 report(f"{n} boards, chain, wiped cards, {zeros} % zeros", run.took, n * size, data_s,
-                       f"the image's {data >> 20} MiB of data at the card's speed, or its size over a link")
+                       f"the image's {data >> 20} MiB of data at the card's speed (its size over a link: "
+                       f"{link_s:.1f} s)")
+                print(f"  the agent sent {run.sent / size:.2f} images in {run.wire >> 20} MiB on the wire")
+                print(cpu.line(boards_cpu(run.results)))
                 emit(f"net rpi: chain of {n}, 70 % zeros on wiped cards / one board (full image)", sized,
                      run.took / one, "x", 0.5)
-                await compressed_chain(cluster, names, agent_key, zimage, tmp, one, sized)
+                if not sparse_only:
+                    await compressed_chain(cluster, names, agent_key, zimage, tmp, one, sized)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -335,6 +352,9 @@ if __name__ == "__main__":
                     help="chain sizes, comma-separated ('' to skip)")
     ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_NET_SCALE", 8)),
                     help="links, uplink and cards this many times slower (ratios kept)")
+    ap.add_argument("--sparse-only", action="store_true",
+                    help="of the chains, only the 70 %%-zeros one on wiped cards (part 5), "
+                    "at the smallest --chain")
     args = ap.parse_args()
     chains = [int(x) for x in args.chain.split(",") if x.strip()]
-    asyncio.run(main(args.size_mb, args.boards, chains, args.scale))
+    asyncio.run(main(args.size_mb, args.boards, chains, args.scale, args.sparse_only))

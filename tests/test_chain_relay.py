@@ -177,10 +177,12 @@ def _serve_in_bursts(token: bytes, size: int, bursts: list[bytes], pause: float,
             conn, _ = server.accept()
         with conn:
             relay.serve_handshake(conn, token, size)
+            offset = 0
             for i, burst in enumerate(bursts):
                 if i:
                     stop.wait(pause)
-                conn.sendall(burst)
+                relay.send_frames(conn, burst, offset)
+                offset += len(burst)
             stop.wait(60)
 
     threading.Thread(target=run, daemon=True).start()
@@ -246,7 +248,23 @@ def _pull_with(port: int, token: bytes) -> bytes:
         got = b""
         while chunk := sock.recv(1 << 16):
             got += chunk
-        return got
+        return got[:relay.PROOF] + _unframe(got[relay.PROOF:])
+
+
+def _unframe(wire: bytes) -> bytes:
+    """The image bytes a framed stream stands for (the test's own reading of the format)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(wire):
+        kind, n = struct.unpack(">cI", wire[pos:pos + 5])
+        pos += 5
+        assert kind in (b"D", b"Z") and n > 0, (kind, n)
+        if kind == b"Z":
+            out += bytes(n)
+        else:
+            out += wire[pos:pos + n]
+            pos += n
+    return bytes(out)
 
 
 async def test_a_pull_without_the_distribution_credential_is_refused(tmp_path: Path) -> None:
@@ -305,6 +323,83 @@ async def test_a_wiped_card_takes_only_the_image_data(tmp_path: Path) -> None:
     out, _ = await proc.communicate()
     assert json.loads(out.splitlines()[-1]) == {"ok": True, "verified": True, "size": len(image),
                                                 "sha256": sha}
+
+
+def _unaligned_zeros(size: int) -> bytes:
+    """70 % zeros, and zero runs that start and end inside 64 KiB blocks and cross 256 KiB chunks."""
+    image = bytearray(_image(size, zero_share=0.7))
+    image[(3 << 20) - 1000:(5 << 20) + 777] = bytes((2 << 20) + 1777)
+    image[(6 << 20) + 12345] = 0x42  # one byte of data in a zero run
+    return bytes(image)
+
+
+@pytest.mark.parametrize("wiped", [True, False])
+async def test_zero_runs_cross_the_chain_as_lengths_and_every_card_holds_the_image(
+        tmp_path: Path, wiped: bool) -> None:
+    """The zeros do not cross the links (agent to head, head to tail); a wiped card skips them, a
+    card that is not wiped (0xa5 everywhere) has them written."""
+    image = _unaligned_zeros(12 << 20)
+    sha = hashlib.sha256(image).hexdigest()
+    helpers, source, _ = await _chain(tmp_path, image, 2, sparse=wiped)
+    try:
+        helpers[0].send({"pull": f"127.0.0.1:{source.port}"})
+        helpers[1].send({"pull": f"127.0.0.1:{helpers[0].port}"})
+        await wait_until(lambda: all(h.seen("wrote") for h in helpers), 60, 0.05)
+        results = [await h.finish() for h in helpers]
+    finally:
+        for h in helpers:
+            await h.kill()
+        await source.close()
+    zeros = image.count(0)
+    assert source.sent == len(image) and source.wire < (len(image) - zeros) + (1 << 20), source.wire
+    assert results[0]["served"] == len(image)
+    for h, res in zip(helpers, results, strict=True):
+        assert res["ok"] is True and res["sha256"] == sha, res
+        assert (res["skipped_zero"] > zeros * 0.9) is wiped and res["written"] == len(image)
+        card = h.card.read_bytes()
+        assert card[:len(image)] == image
+        assert card[len(image):] == (bytes(CARD - len(image)) if wiped else b"\xa5" * (CARD - len(image)))
+
+
+def _serve_frames(token: bytes, size: int, wire: list[relay.Chunk]) -> int:
+    """A source that sends exactly these pieces (data or zero runs) as frames."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        with server:
+            conn, _ = server.accept()
+        with conn:
+            relay.serve_handshake(conn, token, size)
+            offset = 0
+            for piece in wire:
+                relay.send_frames(conn, piece, offset)
+                offset += len(piece)
+            with contextlib.suppress(OSError):
+                conn.recv(1)
+
+    threading.Thread(target=run, daemon=True).start()
+    return int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("wiped", [True, False])
+async def test_a_zero_run_over_data_fails_the_checksum(tmp_path: Path, wiped: bool) -> None:
+    """A source (or a link) that turns a MiB of data into a zero run: the board hashes the zeros it
+    was told of, so the sum is wrong and the board fails, wiped card or not."""
+    image = _image(6 << 20, zero_share=0.5)
+    data_at = next(i for i in range(0, len(image), 1 << 20) if image[i:i + (1 << 20)] != bytes(1 << 20))
+    wire: list[relay.Chunk] = [image[:data_at], relay.Zeros(1 << 20), image[data_at + (1 << 20):]]
+    helpers, source, token = await _chain(tmp_path, image, 1, sparse=wiped)
+    h = helpers[0]
+    try:
+        h.send({"pull": f"127.0.0.1:{_serve_frames(token, len(image), wire)}"})
+        assert h.proc is not None
+        await asyncio.wait_for(h.proc.wait(), 60)
+        await asyncio.wait_for(h.reader, 10)  # type: ignore[arg-type]
+    finally:
+        await h.kill()
+        await source.close()
+    assert h.seen("wrote") is None
+    assert h.lines[-1]["ok"] is False and "checksum mismatch" in h.lines[-1]["error"], h.lines[-1]
 
 
 async def test_the_direct_write_skips_zero_blocks_only_when_asked(tmp_path: Path) -> None:

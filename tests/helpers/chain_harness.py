@@ -80,9 +80,10 @@ class ChainDistributor(Distributor):
 @dataclass
 class ChainRun:
     took: float  # until every healthy board had the whole image on its card
-    sent: int  # bytes the agent sent
+    sent: int  # image bytes the agent sent (zero runs included)
     results: dict[str, dict[str, Any] | str]  # a board's write result, or why it failed
     events: dict[str, list[str]]
+    wire: int = 0  # the bytes those took on the wire (a zero run is a frame header)
 
 
 async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey, image: Path, sha: str, *,
@@ -131,4 +132,4 @@ async def run_chain(cluster: RpiCluster, names: list[str], key: asyncssh.SSHKey,
         await g.released.wait()
     sent = sum(g.source.sent for g in groups)
     return ChainRun(took, sent, dict(zip(names, results, strict=True)),
-                    {n: c.events for n, c in contexts.items()})
+                    {n: c.events for n, c in contexts.items()}, sum(g.source.wire for g in groups))

@@ -21,8 +21,10 @@ is its slowest card's plus a chunk's time on each link. A board re-fed from anot
 resumes at the byte it has received. It serves recent bytes from memory (`WINDOW` bytes, every
 byte not yet on its card among them) and older ones from its card (a raw image is the card's
 first bytes). Progress lines count the bytes on the card (`done`) and those received
-(`received`), within a second of any change. `sparse`: the card is known to be all zeros
-(wiped), so all-zero blocks are skipped rather than written.
+(`received`), within a second of any change. The image's zero runs travel as "zeros" frames
+(`relay.frames`: a run's length, not its bytes) and wait in memory as their length alone; they are
+hashed as the rest. `sparse`: the card is known to be all zeros (wiped), so zero runs and all-zero
+blocks are skipped rather than written; on any other card they are written as zeros.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, BinaryIO
 
 from piseduce.node import cardio
 from piseduce.node.disk import DiskError, reread_partitions
@@ -43,9 +45,14 @@ from piseduce.node.meter import Meter
 from piseduce.node.relay import (
     HANDSHAKE_TIMEOUT,
     MAX_HANDSHAKES,
+    Chunk,
+    FrameReader,
     RelayAuthError,
+    Zeros,
+    hash_zeros,
     parse_address,
     pull_handshake,
+    send_frames,
     serve_handshake,
 )
 
@@ -53,14 +60,15 @@ from piseduce.node.relay import (
 # second at a link's speed, large enough that hashing, writing and serving cost per chunk.
 CHUNK = 256 << 10
 LAG = 32 << 20  # how far the card may trail what the board received (and serves)
+# A zero run for a wiped card, received and forwarded as one piece up to this size: it costs that
+# card nothing, so a piece per chunk would only add wake-ups (any other card writes it by CHUNK,
+# its progress seen as it goes).
+SKIPPED_PIECE = 8 << 20
 WINDOW = 64 << 20  # recent bytes kept in memory; never fewer than the unwritten ones (LAG)
 RETRY_PAUSE = 0.5
 TICK = 0.1  # how often the progress reporter looks at the counts
 ACCEPT_PAUSE = 0.1  # after accept() fails (out of fds, an aborted connection): pause, accept again
 REFUSED_EVERY = 60.0  # at most one `refused` line per peer in this many seconds (each is an event)
-
-Chunk: TypeAlias = bytes | bytearray | memoryview
-
 
 class Header:
     def __init__(self, raw: Any) -> None:
@@ -159,6 +167,8 @@ class Image:
             end = min(self.have, offset + CHUNK)
             for start, data in reversed(self.recent):  # pullers ask for recent bytes: look from the end
                 if start <= offset < start + len(data):
+                    if isinstance(data, Zeros):  # the rest of the run: one frame, whatever its length
+                        return Zeros(start + len(data) - offset)
                     return memoryview(data)[offset - start:min(end, start + len(data)) - start]
                 if start + len(data) <= offset:
                     break
@@ -241,6 +251,8 @@ class Server:
             try:
                 offset = serve_handshake(conn, self.token, self.image.size)
                 conn.settimeout(None)
+                # A zero run is a 5-byte frame: sent at once, not held for the previous one's ACK.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except (RelayAuthError, OSError) as exc:
                 self.refusals.add(str(peer[0]), str(exc) or type(exc).__name__)
                 return
@@ -257,7 +269,7 @@ class Server:
             data = self.image.read(offset, card)
             if not data:
                 return
-            conn.sendall(data)
+            send_frames(conn, data, offset)
             offset += len(data)
             with self.lock:
                 self.served += len(data)
@@ -345,33 +357,15 @@ class Writer:
         with socket.create_connection(address, timeout=HANDSHAKE_TIMEOUT) as sock:
             pull_handshake(sock, self.header.token, self.image.have)
             sock.settimeout(1.0)
+            frames = FrameReader(sock)
             while self.image.have < self.image.size and self.image.wait_room():
                 if self.generation != generation:
                     return  # the agent named another source: take it from there
-                data = self._fill(sock, min(CHUNK, self.image.size - self.image.have))
+                left = self.image.size - self.image.have
+                zeros = SKIPPED_PIECE if self.header.sparse else CHUNK
+                data = frames.read(min(CHUNK, left), min(zeros, left))
                 if data:
                     self.image.add(data)
-
-    def _fill(self, sock: socket.socket, want: int) -> bytearray:
-        """Up to `want` bytes: a whole chunk when the source keeps sending (hashing, writing and
-        serving cost per chunk, not per packet), less when it pauses. A buffer of its own (the
-        image keeps it: served and written from there without a copy)."""
-        buf = bytearray(want)
-        view = memoryview(buf)
-        got = 0
-        while got < want:
-            try:
-                n = sock.recv_into(view[got:want])
-            except TimeoutError:
-                break
-            if n == 0:
-                if got:
-                    break
-                raise OSError("the source closed the connection")
-            got += n
-        view.release()
-        del buf[got:]
-        return buf
 
     def _card(self) -> None:
         """Writes what arrived to the card, in order; a card error stops the board."""
@@ -383,11 +377,18 @@ class Writer:
 
     def _write(self, data: Chunk) -> None:
         offset = self.image.written
-        if self.header.sparse:
+        if isinstance(data, Zeros):
+            if self.header.sparse:
+                self.skipped += len(data)
+            else:
+                self.card.zero(offset, len(data))
+            hash_zeros(self.sha, len(data))
+        elif self.header.sparse:
             self.skipped += self.card.pwrite_nonzero(data, offset)
+            self.sha.update(data)
         else:
             self.card.pwrite(data, offset)
-        self.sha.update(data)
+            self.sha.update(data)
         self.image.on_card(len(data))
 
 

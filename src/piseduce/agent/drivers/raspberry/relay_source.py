@@ -4,7 +4,10 @@ board-to-board handshake of `piseduce.node.relay`, and counts what it sent.
 
 It is on the board network, so it takes connections only from the chain's members' addresses
 (`allowed`; others are closed before anything is read or allocated), at most MAX_HANDSHAKES
-handshakes at once, each within one HANDSHAKE_TIMEOUT, and never an offset beyond the image."""
+handshakes at once, each within one HANDSHAKE_TIMEOUT, and never an offset beyond the image.
+The image goes out framed (`relay.frames`): its zero blocks as "zeros, N bytes" frames, found in
+the executor thread that reads the file (a memcmp a block), so the zeros never cross the board
+network; the boards hash them as any other byte."""
 
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import hmac
 import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
-from piseduce.node.relay import HANDSHAKE_TIMEOUT, MAGIC, MAX_HANDSHAKES, NONCE, PROOF, proof
+from piseduce.node.relay import HANDSHAKE_TIMEOUT, MAGIC, MAX_HANDSHAKES, NONCE, PROOF, frames, proof
 
 CHUNK = 1 << 20
 
@@ -28,7 +32,8 @@ class ImageSource:
         self.allowed = allowed
         self.handshakes = 0
         self.size = path.stat().st_size
-        self.sent = 0
+        self.sent = 0  # image bytes served, zero runs included
+        self.wire = 0  # bytes those took on the wire (a zero run: a frame header)
         self.refused = 0
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -80,15 +85,23 @@ class ImageSource:
             with self.path.open("rb") as fh:
                 fh.seek(offset)
                 while True:
-                    chunk = await loop.run_in_executor(None, fh.read, CHUNK)
-                    if not chunk:
+                    n, parts = await loop.run_in_executor(None, _read_frames, fh, offset)
+                    if not n:
                         break
-                    writer.write(chunk)
+                    writer.writelines(parts)
                     await writer.drain()
-                    self.sent += len(chunk)
+                    offset += n
+                    self.sent += n
+                    self.wire += sum(len(p) for p in parts)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             return  # the board went away: the distribution re-feeds whoever needs it
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _read_frames(fh: BinaryIO, offset: int) -> tuple[int, list[bytes | memoryview]]:
+    """The next CHUNK of the image (at `offset`) as frames: its zero blocks found off the event loop."""
+    chunk = fh.read(CHUNK)
+    return len(chunk), list(frames(chunk, offset))
