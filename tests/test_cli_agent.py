@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -142,3 +145,55 @@ def test_cli_help_lists_commands() -> None:
     assert p.returncode == 0
     for cmd in ("init-db", "api", "exec"):
         assert cmd in p.stdout
+
+
+@pytest.fixture
+def root_logging() -> Iterator[logging.Logger]:
+    """The root logger as it was, given back after a command configured it in-process."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "function"),
+    [
+        ("exec", "piseduce.agent.engine.executor", "run_executor"),
+        ("monitor", "piseduce.agent.monitor", "run_monitor"),
+        ("gateway", "piseduce.agent.gateway", "run_gateway"),
+    ],
+)
+@pytest.mark.parametrize(("option", "level"), [((), logging.INFO), (("--log-level", "debug"), logging.DEBUG)])
+def test_log_level_option(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    root_logging: logging.Logger,
+    command: str,
+    module: str,
+    function: str,
+    option: tuple[str, ...],
+    level: int,
+) -> None:
+    """`--log-level debug` lets the engine's per-event DEBUG lines through; INFO is the default."""
+    from typer.testing import CliRunner
+
+    from piseduce.agent import cli
+
+    cfg = write_config(tmp_path)
+    assert run("agent", "init-db", str(cfg)).returncode == 0
+    seen: list[int] = []
+
+    async def loop(_config: object) -> None:
+        seen.append(root_logging.level)
+
+    monkeypatch.setattr(importlib.import_module(module), function, loop)
+    result = CliRunner().invoke(cli.app, [command, str(cfg), *option])
+    assert result.exit_code == 0, result.output
+    assert seen == [level]
+
+
+def test_log_level_rejects_unknown_level(tmp_path: Path) -> None:
+    p = run("agent", "exec", str(write_config(tmp_path)), "--log-level", "loud")
+    assert p.returncode != 0 and "loud" in p.stderr

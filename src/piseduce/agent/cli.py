@@ -27,11 +27,26 @@ class LogFormat(StrEnum):
     json = "json"
 
 
-def _setup(config: Path, log_format: LogFormat = LogFormat.text) -> AgentConfig:
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+FormatOption = Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")]
+# DEBUG shows the executor's line per event (engine/journal.py), off by default: a thousand nodes
+# deploying write thousands a second.
+LevelOption = Annotated[LogLevel, typer.Option(help="The lowest level of the lines logged")]
+
+
+def _setup(
+    config: Path, log_format: LogFormat = LogFormat.text, log_level: LogLevel = LogLevel.info
+) -> AgentConfig:
     from piseduce.logs import configure
 
     # Logging first: unknown keys of the config are reported as warnings.
-    configure(fmt=log_format.value)
+    configure(level=log_level.value, fmt=log_format.value)
     return load_agent_config(config)
 
 
@@ -129,14 +144,15 @@ def _check_database(cfg: AgentConfig) -> None:
 def api(
     config: ConfigArg,
     workers: Annotated[int, typer.Option(min=1, max=64, help="API worker processes")] = 1,
-    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+    log_format: FormatOption = LogFormat.text,
+    log_level: LevelOption = LogLevel.info,
 ) -> None:
     """Serve the agent API on the config's host and port_number."""
     import uvicorn
 
     from piseduce.agent.app import CONFIG_ENV, create_app
 
-    cfg = _setup(config, log_format)
+    cfg = _setup(config, log_format, log_level)
     _check_database(cfg)
     common = {"host": cfg.host, "port": cfg.port_number, "log_config": None, "access_log": False}
     if workers > 1:
@@ -147,10 +163,12 @@ def api(
         uvicorn.run(create_app(cfg), **common)  # type: ignore[arg-type]
 
 
-def _run_loop(config: Path, log_format: LogFormat, run: Callable[[AgentConfig], Awaitable[None]]) -> None:
+def _run_loop(
+    config: Path, log_format: LogFormat, log_level: LogLevel, run: Callable[[AgentConfig], Awaitable[None]]
+) -> None:
     """The executor, the monitor and the gateway: the config, the database's revision, then their
     loop until Ctrl-C (each module imported by its command only: the others need none of it)."""
-    cfg = _setup(config, log_format)
+    cfg = _setup(config, log_format, log_level)
     _check_database(cfg)
 
     async def main() -> None:
@@ -163,34 +181,37 @@ def _run_loop(config: Path, log_format: LogFormat, run: Callable[[AgentConfig], 
 @app.command("exec")
 def exec_(
     config: ConfigArg,
-    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+    log_format: FormatOption = LogFormat.text,
+    log_level: LevelOption = LogLevel.info,
 ) -> None:
     """Run the executor: deployments, actions and expiries (the durable state machine)."""
     from piseduce.agent.engine.executor import run_executor
 
-    _run_loop(config, log_format, run_executor)
+    _run_loop(config, log_format, log_level, run_executor)
 
 
 @app.command("monitor")
 def monitor(
     config: ConfigArg,
-    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+    log_format: FormatOption = LogFormat.text,
+    log_level: LevelOption = LogLevel.info,
 ) -> None:
     """Sample the nodes' power and temperature every monitor_period_seconds (kept monitor_retention_days)."""
     from piseduce.agent.monitor import run_monitor
 
-    _run_loop(config, log_format, run_monitor)
+    _run_loop(config, log_format, log_level, run_monitor)
 
 
 @app.command("gateway")
 def gateway(
     config: ConfigArg,
-    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON")] = LogFormat.text,
+    log_format: FormatOption = LogFormat.text,
+    log_level: LevelOption = LogLevel.info,
 ) -> None:
     """Run the SSH gateway: users jump to the boards they hold (ssh -J), on gateway_port."""
     from piseduce.agent.gateway import run_gateway
 
-    _run_loop(config, log_format, run_gateway)
+    _run_loop(config, log_format, log_level, run_gateway)
 
 
 @app.command("network-config")

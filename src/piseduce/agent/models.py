@@ -80,7 +80,8 @@ class Reservation(Base):
     end: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # end + turnaround gap: the node is held until then (the exclusion constraint on PostgreSQL uses it).
     busy_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(16), default=CONFIGURING, index=True)
+    # Indexed with end and with start (__table_args__): the scheduling pass's lookups.
+    status: Mapped[str] = mapped_column(String(16), default=CONFIGURING)
     # The deploy form's values (environment, part_size, ssh_keys...); its secrets (os_password) are
     # sealed with the key file under "_sealed" (agent/sealed.py) and erased when the reservation ends.
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -107,6 +108,10 @@ class Reservation(Base):
         # The calendar's range scans (migrations 0002_api, 0006): covering, so a week of a big
         # site's slots is read from the index alone, in start order.
         Index("ix_reservations_start", *CALENDAR_INDEX_COLUMNS),
+        # The executor's pass every poll interval (migration 0010): what expired (a live status,
+        # end <= now) and what is due (scheduled, start <= now), without reading every live row.
+        Index("ix_reservations_status_end", "status", "end"),
+        Index("ix_reservations_status_start", "status", "start"),
     )
 
 
