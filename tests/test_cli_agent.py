@@ -197,3 +197,36 @@ def test_log_level_option(
 def test_log_level_rejects_unknown_level(tmp_path: Path) -> None:
     p = run("agent", "exec", str(write_config(tmp_path)), "--log-level", "loud")
     assert p.returncode != 0 and "loud" in p.stderr
+
+
+def test_api_workers_keep_the_log_level_and_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_logging: logging.Logger
+) -> None:
+    """`agent api --workers 2` runs fresh interpreters (uvicorn's factory): each must log at the
+    level and in the format the command was given, not the defaults."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from piseduce.agent import app as agent_app
+    from piseduce.agent import cli
+    from piseduce.logs import JsonFormatter
+
+    cfg = write_config(tmp_path)
+    assert run("agent", "init-db", str(cfg)).returncode == 0
+    started: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **_kw: started.append(target))
+    for env in (agent_app.CONFIG_ENV, agent_app.LOG_LEVEL_ENV, agent_app.LOG_FORMAT_ENV):
+        # setenv first: monkeypatch then takes away at the end what the command sets.
+        monkeypatch.setenv(env, "")
+        monkeypatch.delenv(env)
+    result = CliRunner().invoke(
+        cli.app, ["api", str(cfg), "--workers", "2", "--log-level", "warning", "--log-format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert started == ["piseduce.agent.app:app_from_env"]
+    # What a worker process does on start, with the environment the command left it.
+    root_logging.setLevel(logging.INFO)
+    root_logging.handlers[:] = []
+    agent_app.app_from_env()
+    assert root_logging.level == logging.WARNING
+    assert [type(h.formatter) for h in root_logging.handlers] == [JsonFormatter]

@@ -46,6 +46,9 @@ from piseduce.db import make_engine, session_factory
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "PISEDUCE_AGENT_CONFIG"
+# A worker process is a fresh interpreter: the command's --log-level and --log-format travel here.
+LOG_LEVEL_ENV = "PISEDUCE_AGENT_LOG_LEVEL"
+LOG_FORMAT_ENV = "PISEDUCE_AGENT_LOG_FORMAT"
 # Request bodies are capped while they stream in (piseduce.body_limit): 1 MiB, and for the deploy
 # form, which may carry a firmware file base64-encoded, that file's limit on top.
 MAX_BODY_BYTES = 1 << 20
@@ -223,4 +226,7 @@ def app_from_env() -> FastAPI:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise ConfigError(f"{CONFIG_ENV} is not set: it must name the agent's config file")
+    from piseduce.logs import configure
+
+    configure(level=os.environ.get(LOG_LEVEL_ENV, "info"), fmt=os.environ.get(LOG_FORMAT_ENV, "text"))
     return create_app(load_agent_config(path))

@@ -150,7 +150,7 @@ def api(
     """Serve the agent API on the config's host and port_number."""
     import uvicorn
 
-    from piseduce.agent.app import CONFIG_ENV, create_app
+    from piseduce.agent.app import CONFIG_ENV, LOG_FORMAT_ENV, LOG_LEVEL_ENV, create_app
 
     cfg = _setup(config, log_format, log_level)
     _check_database(cfg)
@@ -158,6 +158,8 @@ def api(
     if workers > 1:
         # Each worker process builds its own app (and database engine) from the config path.
         os.environ[CONFIG_ENV] = str(cfg.path)
+        os.environ[LOG_LEVEL_ENV] = log_level.value
+        os.environ[LOG_FORMAT_ENV] = log_format.value
         uvicorn.run("piseduce.agent.app:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
     else:
         uvicorn.run(create_app(cfg), **common)  # type: ignore[arg-type]
