@@ -3,8 +3,11 @@ what their transitions cost): a step's own 100 % rides with the commit that ends
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -23,6 +26,26 @@ from piseduce.agent.drivers.base import Process, Step, StepContext
 from piseduce.agent.engine import runner
 from piseduce.agent.engine.executor import Executor
 from piseduce.agent.models import Action, Event, Reservation
+
+
+@contextlib.asynccontextmanager
+async def one_deployment(
+    tmp_path: Path, driver: type[FakeDriver]
+) -> AsyncIterator[tuple[Executor, Any, int]]:
+    """One node's deployment by `driver`, run to its end: (the executor, sessions, reservation id)."""
+    url = sqlite_url(tmp_path)
+    engine, sessions = migrated(url)
+    try:
+        add_node(sessions, "n1")
+        rid = add_reservation(sessions, "n1")
+        config = load_config(write_config(tmp_path, url))
+        ex = Executor(config, sessions, driver(config, sessions), "ex-1")
+        await ex.tick()
+        await ex.drain()
+        await ex.shutdown()
+        yield ex, sessions, rid
+    finally:
+        engine.dispose()
 
 
 class HundredDriver(FakeDriver):
@@ -56,25 +79,14 @@ async def test_a_steps_final_100_percent_rides_with_its_done_commit(
 ) -> None:
     # Every bare percentage would be committed at once: only the steps' 100 % may wait.
     monkeypatch.setattr(runner, "PROGRESS_INTERVAL", 0.0)
-    url = sqlite_url(tmp_path)
-    engine, sessions = migrated(url)
-    try:
-        add_node(sessions, "n1")
-        rid = add_reservation(sessions, "n1")
-        config = load_config(write_config(tmp_path, url))
-        ex = Executor(config, sessions, HundredDriver(config, sessions), "ex-1")
-        HundredDriver.polls = []
-        await ex.tick()
-        await ex.drain()
-        await ex.shutdown()
+    HundredDriver.polls = []
+    async with one_deployment(tmp_path, HundredDriver) as (ex, sessions, rid):
         assert reservation(sessions, rid).status == "deployed"
         # 30 %; work done (with its 100 %); check waiting for the result (with its 100 %); done.
         assert ex.journal.entries == 4
         # done() is first polled right after run() (nothing committed in between: 'work' done is
         # 50 %), then again once "waiting for the result" is committed, with the step's 100 %.
         assert HundredDriver.polls == [50, 100]
-    finally:
-        engine.dispose()
 
 
 class NestedStateDriver(FakeDriver):
@@ -107,23 +119,12 @@ class NestedStateDriver(FakeDriver):
 
 
 async def test_state_changed_in_place_after_a_commit_is_saved_by_the_next(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path)
-    engine, sessions = migrated(url)
-    try:
-        add_node(sessions, "n1")
-        rid = add_reservation(sessions, "n1")
-        config = load_config(write_config(tmp_path, url))
-        ex = Executor(config, sessions, NestedStateDriver(config, sessions), "ex-1")
-        NestedStateDriver.seen = []
-        await ex.tick()
-        await ex.drain()
-        await ex.shutdown()
+    NestedStateDriver.seen = []
+    async with one_deployment(tmp_path, NestedStateDriver) as (_ex, sessions, rid):
         r = reservation(sessions, rid)
         assert r.status == "deployed"
         assert NestedStateDriver.seen == [{"n": 1}, {"n": 1}, {"n": 2}]
         assert r.driver_state["job"] == {"n": 3}
-    finally:
-        engine.dispose()
 
 
 async def test_events_written_together_are_one_info_line_and_a_debug_line_each(
