@@ -1,0 +1,5 @@
+"""`python -m piseduce.client.cli` is `pisctl`."""
+
+from piseduce.client.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Simulators of the testbeds, speaking the real protocols on loopback."""
