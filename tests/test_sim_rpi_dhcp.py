@@ -42,6 +42,15 @@ def require_dhcp() -> None:
             pytest.skip(f"needs {tool} (apt-get install {package}; ./run setup installs it)")
 
 
+def publish(conf: Path, text: str) -> None:
+    """Put the dnsmasq file in place at once, as `piseduce agent network-config --output` does: the
+    simulator restarts dnsmasq on every change it sees, and a file written in place can be seen
+    empty first (a CI run had dnsmasq started twice, and the pid the test held was gone)."""
+    tmp = conf.with_name(conf.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, conf)
+
+
 def board_network(inv: dict[str, Any], tftp: Path, nfs: Path) -> BoardNetwork:
     """What an operator's agent config says of the simulator's board network (a range of 11
     addresses for boards nobody registered)."""
@@ -87,7 +96,7 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
         static = net.network.network_address + 77
         files = render(net, [node("pi-1", one.identity.mac, static)])
         assert f"dhcp-host={one.identity.mac},{static},pi-1" in files.dnsmasq
-        conf.write_text(files.dnsmasq)
+        publish(conf, files.dnsmasq)
         await wait_until(lambda: cluster.dhcp_served == 1, 10)
         assert cluster.inventory()["dhcp"]["served"] == 1
 
@@ -104,7 +113,7 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
 
         # pi-2 registered at a static address: the file rewritten, dnsmasq restarted, next boot there
         other = net.network.network_address + 78
-        conf.write_text(render(net, [node("pi-1", one.identity.mac, static),
+        publish(conf, render(net, [node("pi-1", one.identity.mac, static),
                                      node("pi-2", two.identity.mac, other)]).dnsmasq)
         await wait_until(lambda: cluster.dhcp_served == 2, 10)
         await power(cluster.inventory(), two.identity.port, on=False)
@@ -115,7 +124,7 @@ async def test_the_generated_file_hands_out_static_and_range_addresses(tmp_path:
             assert (await conn.run("true")).exit_status == 0
 
         # a file dnsmasq refuses: the last good one keeps serving
-        conf.write_text("dhcp-range=nonsense\n")
+        publish(conf, "dhcp-range=nonsense\n")
         await asyncio.sleep(1)
         assert cluster.dhcp_served == 2
 
@@ -148,7 +157,7 @@ async def test_no_dnsmasq_remains_after_the_simulator_exits(tmp_path: Path, sig:
         net = board_net.network
         pi1 = inv["boards"][0]
         static = net.network_address + 60
-        conf.write_text(render(board_net, [node("pi-1", pi1["mac"], static)]).dnsmasq)
+        publish(conf, render(board_net, [node("pi-1", pi1["mac"], static)]).dnsmasq)
         shutil.copytree(tmp_path / "tftp" / TEMPLATE, tmp_path / "tftp" / pi1["serial"])
         await wait_until((state / "dhcp" / "dnsmasq.pid").exists, 15, 0.05)
         await power(inv, 1, on=True)
@@ -194,7 +203,7 @@ async def test_a_server_that_answers_late_still_gives_the_board_its_lease(tmp_pa
     async with running_cluster(tmp_path, boards=2, dhcp_config=conf) as (cluster, _key):
         net = board_network(cluster.inventory(), cluster.opts.tftp_root, cluster.opts.nfs_root)
         one, static = cluster.board("pi-1"), net.network.network_address + 77
-        conf.write_text(render(net, [node("pi-1", one.identity.mac, static)]).dnsmasq)
+        publish(conf, render(net, [node("pi-1", one.identity.mac, static)]).dnsmasq)
         await wait_until(lambda: cluster.dhcp_served == 1, 10)
         servers = [pid for pid in descendants(os.getpid()) if comm(pid) == "dnsmasq"]
         assert len(servers) == 1, servers
@@ -227,7 +236,7 @@ async def test_without_a_lease_a_board_does_not_boot(tmp_path: Path) -> None:
         static_only = BoardNetwork(**{**net.__dict__, "dhcp_range": None})
         files = render(static_only, [node("pi-2", two.identity.mac, net.network.network_address + 90)])
         assert "static" in files.dnsmasq
-        conf.write_text(files.dnsmasq)
+        publish(conf, files.dnsmasq)
         await wait_until(lambda: cluster.dhcp_served == 1, 10)
         await asyncio.gather(boot(cluster, "pi-2"), power(cluster.inventory(), 1, on=True))
         assert two.address[0] == str(net.network.network_address + 90)
