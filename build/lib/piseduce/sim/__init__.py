@@ -1,1 +1,0 @@
-"""Simulators of the testbeds, speaking the real protocols on loopback."""
