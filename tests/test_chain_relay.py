@@ -15,6 +15,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,28 +168,6 @@ async def test_a_board_forwards_what_it_received_while_its_slow_card_trails(tmp_
     assert source.sent == len(image)
 
 
-def _serve_in_bursts(token: bytes, size: int, bursts: list[bytes], pause: float,
-                     stop: threading.Event) -> int:
-    """A source that sends `bursts` `pause` seconds apart, then goes quiet (connection kept)."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def run() -> None:
-        with server:
-            conn, _ = server.accept()
-        with conn:
-            relay.serve_handshake(conn, token, size)
-            offset = 0
-            for i, burst in enumerate(bursts):
-                if i:
-                    stop.wait(pause)
-                relay.send_frames(conn, burst, offset)
-                offset += len(burst)
-            stop.wait(60)
-
-    threading.Thread(target=run, daemon=True).start()
-    return int(server.getsockname()[1])
-
-
 async def test_a_board_reports_every_byte_it_got_even_when_they_stop_within_a_second(
         tmp_path: Path) -> None:
     """Progress lines went out only on a write, at most one a second: bytes that came in the
@@ -201,7 +180,7 @@ async def test_a_board_reports_every_byte_it_got_even_when_they_stop_within_a_se
     stop = threading.Event()
     try:
         await source.close()
-        port = _serve_in_bursts(token, len(image), bursts, 0.2, stop)
+        port = _serve_frames(token, len(image), bursts, 0.2, stop)
         await asyncio.sleep(1.2)  # the start line is more than a reporting interval old
         h.send({"pull": f"127.0.0.1:{port}"})
 
@@ -361,8 +340,11 @@ async def test_zero_runs_cross_the_chain_as_lengths_and_every_card_holds_the_ima
         assert card[len(image):] == (bytes(CARD - len(image)) if wiped else b"\xa5" * (CARD - len(image)))
 
 
-def _serve_frames(token: bytes, size: int, wire: list[relay.Chunk]) -> int:
-    """A source that sends exactly these pieces (data or zero runs) as frames."""
+def _serve_frames(token: bytes, size: int, pieces: Sequence[relay.Chunk], pause: float = 0.0,
+                  stop: threading.Event | None = None) -> int:
+    """A source that sends exactly these pieces (data or zero runs) as frames, `pause` seconds
+    apart, then keeps the connection: until `stop` is set (a source gone quiet), or without
+    `stop` until the board closes it."""
     server = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
@@ -371,11 +353,16 @@ def _serve_frames(token: bytes, size: int, wire: list[relay.Chunk]) -> int:
         with conn:
             relay.serve_handshake(conn, token, size)
             offset = 0
-            for piece in wire:
+            for i, piece in enumerate(pieces):
+                if i and stop is not None:
+                    stop.wait(pause)
                 relay.send_frames(conn, piece, offset)
                 offset += len(piece)
-            with contextlib.suppress(OSError):
-                conn.recv(1)
+            if stop is not None:
+                stop.wait(60)
+            else:
+                with contextlib.suppress(OSError):
+                    conn.recv(1)
 
     threading.Thread(target=run, daemon=True).start()
     return int(server.getsockname()[1])
